@@ -1,0 +1,39 @@
+# Two commands to a running demo and a green suite: `make demo`, `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+DEMO_HOME := $(CURDIR)/var/dagster_home
+DEMO_ENV := DAGSTER_HOME=$(DEMO_HOME) HK_CONFIG=$(CURDIR)/hk.yaml
+
+.PHONY: install demo dev test lint bench-cleanup clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+$(DEMO_HOME)/dagster.yaml: deploy/dagster.demo.yaml
+	mkdir -p $(DEMO_HOME)
+	cp deploy/dagster.demo.yaml $@
+
+demo: install $(DEMO_HOME)/dagster.yaml
+	$(DEMO_ENV) $(BIN)/hk demo
+
+dev: install $(DEMO_HOME)/dagster.yaml
+	$(DEMO_ENV) $(BIN)/dagster dev --host 127.0.0.1 --port 3000 -w workspace.yaml
+
+test: install
+	$(BIN)/pytest
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+bench-cleanup: install
+	$(BIN)/python bench/bench_cleanup.py
+
+clean:
+	rm -rf var .pytest_cache

@@ -1,0 +1,296 @@
+"""A lossless archive of deleted rows: Parquet files per table and day, with a manifest.
+
+The protocol that makes it lossless and duplicate-free across crashes:
+
+1. the rows a batch deletes are written to ``<file>.parquet.pending`` and fsynced,
+2. then the database transaction that deletes them commits,
+3. then the file is renamed to ``<file>.parquet`` and entered in the day's ``_manifest.json``.
+
+A crash before 2 leaves a pending file whose rows are still in the table; a crash after 2 leaves
+one whose rows are gone. ``recover`` tells the two apart by looking the rows' primary keys up,
+discarding the first kind (the rows will be archived again) and finishing the second.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Protocol
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+PENDING_SUFFIX = ".parquet.pending"
+MANIFEST_NAME = "_manifest.json"
+
+
+class ArchiveError(Exception):
+    """The archive root cannot be written or holds something unexpected."""
+
+
+class ArchiveStore(Protocol):
+    """Where archive files live. Local directories today; object storage can implement this."""
+
+    def describe(self) -> str: ...
+
+    def check_writable(self) -> None: ...
+
+    def write_durably(self, path: str, data: bytes) -> None: ...
+
+    def rename(self, source: str, target: str) -> None: ...
+
+    def read_bytes(self, path: str) -> bytes: ...
+
+    def remove(self, path: str) -> None: ...
+
+    def list_files(self, prefix: str, suffix: str) -> list[str]: ...
+
+
+class LocalArchiveStore:
+    """A directory on local disk; every write is fsynced along with its directory."""
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root)
+
+    def describe(self) -> str:
+        return str(self.root)
+
+    def check_writable(self) -> None:
+        probe = self.root / f".hk-write-probe-{os.getpid()}"
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            probe.write_bytes(b"ok")
+            probe.unlink()
+        except OSError as exc:
+            raise ArchiveError(
+                f"archive.root: cannot write to {self.root} ({exc.strerror or exc})"
+            ) from None
+
+    def _path(self, path: str) -> Path:
+        return self.root / path
+
+    def write_durably(self, path: str, data: bytes) -> None:
+        target = self._path(path)
+        self._make_dirs(target.parent)
+        with open(target, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        _fsync_directory(target.parent)
+
+    def rename(self, source: str, target: str) -> None:
+        destination = self._path(target)
+        os.replace(self._path(source), destination)
+        _fsync_directory(destination.parent)
+
+    def read_bytes(self, path: str) -> bytes:
+        return self._path(path).read_bytes()
+
+    def remove(self, path: str) -> None:
+        target = self._path(path)
+        target.unlink(missing_ok=True)
+        _fsync_directory(target.parent)
+
+    def list_files(self, prefix: str, suffix: str) -> list[str]:
+        base = self._path(prefix)
+        if not base.exists():
+            return []
+        return sorted(
+            str(found.relative_to(self.root))
+            for found in base.rglob(f"*{suffix}")
+            if found.is_file()
+        )
+
+    def _make_dirs(self, directory: Path) -> None:
+        missing = []
+        while not directory.exists():
+            missing.append(directory)
+            directory = directory.parent
+        for created in reversed(missing):
+            created.mkdir(exist_ok=True)
+            _fsync_directory(created.parent)
+
+
+def _fsync_directory(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@dataclass(frozen=True)
+class ArchivedFile:
+    file: str
+    rows: int
+    bytes: int
+    sha256: str
+    run_id: str
+    archived_at: str
+    min_cutoff: str | None
+    max_cutoff: str | None
+
+
+@dataclass(frozen=True)
+class StagedFile:
+    pending_path: str
+    final_path: str
+    entry: ArchivedFile
+
+
+@dataclass(frozen=True)
+class RecoveryResult:
+    completed: int = 0
+    discarded: int = 0
+    rows_completed: int = 0
+
+
+def archive_day_dir(table: str, day: date) -> str:
+    return f"{table}/date={day.isoformat()}"
+
+
+class TableArchive:
+    """The archive of one table: ``<root>/<table>/date=<YYYY-MM-DD>/<run>-<seq>.parquet``."""
+
+    def __init__(self, store: ArchiveStore, table: str, cutoff_column: str) -> None:
+        self.store = store
+        self.table = table
+        self.cutoff_column = cutoff_column
+
+    def stage(self, rows: pa.Table, *, run_id: str, sequence: int, now: datetime) -> StagedFile:
+        """Write the rows a batch is deleting, durably, before the batch commits."""
+        sink = pa.BufferOutputStream()
+        pq.write_table(rows, sink, compression="zstd")
+        data = sink.getvalue().to_pybytes()
+        name = f"{run_id}-{sequence:06d}.parquet"
+        directory = archive_day_dir(self.table, now.astimezone(UTC).date())
+        minimum, maximum = _cutoff_range(rows, self.cutoff_column)
+        entry = ArchivedFile(
+            file=name,
+            rows=rows.num_rows,
+            bytes=len(data),
+            sha256=hashlib.sha256(data).hexdigest(),
+            run_id=run_id,
+            archived_at=now.astimezone(UTC).isoformat(),
+            min_cutoff=minimum,
+            max_cutoff=maximum,
+        )
+        pending = f"{directory}/{name[: -len('.parquet')]}{PENDING_SUFFIX}"
+        self.store.write_durably(pending, data)
+        return StagedFile(pending, f"{directory}/{name}", entry)
+
+    def commit(self, staged: StagedFile) -> None:
+        """After the delete committed: publish the file and enter it in the manifest."""
+        self.store.rename(staged.pending_path, staged.final_path)
+        self._add_to_manifest(staged.final_path.rsplit("/", 1)[0], [staged.entry])
+
+    def discard(self, staged: StagedFile) -> None:
+        self.store.remove(staged.pending_path)
+
+    def recover(self, rows_still_in_table: Callable[[pa.Table], bool]) -> RecoveryResult:
+        """Finish or discard what a crashed run left behind, then repair the manifests."""
+        completed = discarded = rows_completed = 0
+        for pending in self.store.list_files(self.table, PENDING_SUFFIX):
+            data = self.store.read_bytes(pending)
+            try:
+                rows = pq.read_table(pa.BufferReader(data))
+            except (pa.ArrowInvalid, OSError):
+                # A torn write: the transaction only commits after the fsync, so it never did.
+                self.store.remove(pending)
+                discarded += 1
+                continue
+            if rows.num_rows == 0 or rows_still_in_table(rows):
+                self.store.remove(pending)
+                discarded += 1
+                continue
+            final = pending[: -len(PENDING_SUFFIX)] + ".parquet"
+            self.store.rename(pending, final)
+            completed += 1
+            rows_completed += rows.num_rows
+        self._repair_manifests()
+        return RecoveryResult(completed, discarded, rows_completed)
+
+    def manifest(self, directory: str) -> dict:
+        try:
+            return json.loads(self.store.read_bytes(f"{directory}/{MANIFEST_NAME}"))
+        except FileNotFoundError:
+            return {"table": self.table, "files": [], "rows": 0}
+        except json.JSONDecodeError as exc:
+            raise ArchiveError(
+                f"archive manifest {directory}/{MANIFEST_NAME} is corrupt: {exc}"
+            ) from None
+
+    def manifests(self) -> dict[str, dict]:
+        directories = {
+            path.rsplit("/", 1)[0] for path in self.store.list_files(self.table, ".parquet")
+        } | {path.rsplit("/", 1)[0] for path in self.store.list_files(self.table, MANIFEST_NAME)}
+        return {directory: self.manifest(directory) for directory in sorted(directories)}
+
+    def read_all(self) -> pa.Table | None:
+        """Every archived row of this table (for tests, audits and restores)."""
+        tables = []
+        for directory, manifest in self.manifests().items():
+            for entry in manifest["files"]:
+                data = self.store.read_bytes(f"{directory}/{entry['file']}")
+                if hashlib.sha256(data).hexdigest() != entry["sha256"]:
+                    raise ArchiveError(f"checksum mismatch for {directory}/{entry['file']}")
+                tables.append(pq.read_table(pa.BufferReader(data)))
+        if not tables:
+            return None
+        return pa.concat_tables(tables, promote_options="permissive")
+
+    def _add_to_manifest(self, directory: str, entries: list[ArchivedFile]) -> None:
+        manifest = self.manifest(directory)
+        known = {item["file"] for item in manifest["files"]}
+        manifest["files"].extend(asdict(entry) for entry in entries if entry.file not in known)
+        manifest["rows"] = sum(item["rows"] for item in manifest["files"])
+        manifest["table"] = self.table
+        manifest["cutoff_column"] = self.cutoff_column
+        temporary = f"{directory}/{MANIFEST_NAME}.tmp"
+        self.store.write_durably(temporary, json.dumps(manifest, indent=1).encode())
+        self.store.rename(temporary, f"{directory}/{MANIFEST_NAME}")
+
+    def _repair_manifests(self) -> None:
+        """Enter published files a crash left out of their manifest (renamed, not yet listed)."""
+        for directory, manifest in self.manifests().items():
+            listed = {item["file"] for item in manifest["files"]}
+            missing = []
+            for path in self.store.list_files(directory, ".parquet"):
+                name = path.rsplit("/", 1)[1]
+                if name in listed:
+                    continue
+                data = self.store.read_bytes(path)
+                rows = pq.read_table(pa.BufferReader(data))
+                minimum, maximum = _cutoff_range(rows, self.cutoff_column)
+                missing.append(
+                    ArchivedFile(
+                        file=name,
+                        rows=rows.num_rows,
+                        bytes=len(data),
+                        sha256=hashlib.sha256(data).hexdigest(),
+                        run_id=name.rsplit("-", 1)[0],
+                        archived_at=datetime.now(UTC).isoformat(),
+                        min_cutoff=minimum,
+                        max_cutoff=maximum,
+                    )
+                )
+            if missing:
+                self._add_to_manifest(directory, missing)
+
+
+def _cutoff_range(rows: pa.Table, column: str) -> tuple[str | None, str | None]:
+    if column not in rows.column_names or rows.num_rows == 0:
+        return None, None
+    import pyarrow.compute as pc
+
+    bounds = pc.min_max(rows.column(column))
+    low, high = bounds["min"].as_py(), bounds["max"].as_py()
+    return (
+        low.isoformat() if hasattr(low, "isoformat") else low,
+        high.isoformat() if hasattr(high, "isoformat") else high,
+    )

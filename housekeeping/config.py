@@ -1,0 +1,281 @@
+"""The one YAML config file, loaded into pydantic models.
+
+Every key is documented in the README. Loading validates shapes and values (durations, crons,
+names); checking the config against the live database is `schema_check`'s job.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from datetime import timedelta
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any
+
+import yaml
+from croniter import croniter
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
+
+DEFAULT_CONFIG_PATH = "hk.yaml"
+DEMO_DATABASE_URL = "sqlite:///var/demo.db"
+
+
+class ConfigError(Exception):
+    """The config file is missing, malformed or names something that does not exist."""
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)\s*$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_duration(value: Any) -> timedelta:
+    """'250ms', '30s', '15m', '24h', '30d', '2w' (or a number of seconds) -> timedelta."""
+    if isinstance(value, timedelta):
+        return value
+    if isinstance(value, bool):
+        raise ValueError(f"expected a duration like '30d' or '15m', got {value!r}")
+    if isinstance(value, int | float):
+        return timedelta(seconds=value)
+    if isinstance(value, str):
+        match = _DURATION.match(value)
+        if match:
+            return timedelta(seconds=float(match.group(1)) * _UNIT_SECONDS[match.group(2)])
+    raise ValueError(f"expected a duration like '30d', '24h', '15m' or '250ms', got {value!r}")
+
+
+def _positive(value: timedelta) -> timedelta:
+    if value <= timedelta(0):
+        raise ValueError(f"must be greater than 0, got {format_duration(value)}")
+    return value
+
+
+def _non_negative(value: timedelta) -> timedelta:
+    if value < timedelta(0):
+        raise ValueError(f"must not be negative, got {format_duration(value)}")
+    return value
+
+
+def _valid_cron(value: str) -> str:
+    if not isinstance(value, str) or not croniter.is_valid(value) or len(value.split()) != 5:
+        raise ValueError(f"not a valid 5-field cron expression: {value!r}")
+    return value
+
+
+def format_duration(value: timedelta) -> str:
+    seconds = value.total_seconds()
+    for unit in ("w", "d", "h", "m", "s"):
+        size = _UNIT_SECONDS[unit]
+        if seconds and seconds % size == 0:
+            return f"{int(seconds // size)}{unit}"
+    return f"{seconds * 1000:g}ms"
+
+
+Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
+PositiveDuration = Annotated[timedelta, BeforeValidator(parse_duration), AfterValidator(_positive)]
+NonNegativeDuration = Annotated[
+    timedelta, BeforeValidator(parse_duration), AfterValidator(_non_negative)
+]
+Cron = Annotated[str, AfterValidator(_valid_cron)]
+# Policy names become Dagster asset names and archive folder names.
+PolicyName = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,62}$")]
+Identifier = Annotated[str, Field(min_length=1, max_length=63)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PolicyKind(StrEnum):
+    EXPIRED = "expired"  # rows whose cutoff column (an expiry time) has passed: revoked tokens
+    AGE = "age"  # rows older than a retention age: request, error and audit logs
+    JOBS = "jobs"  # finished jobs, per status retention and keep-last-N per queue
+
+
+class DeleteStrategy(StrEnum):
+    AUTO = "auto"
+    PAGE_RANGES = "page_ranges"
+    PRIMARY_KEY_RANGES = "primary_key_ranges"
+    CUTOFF_INDEX = "cutoff_index"
+
+
+class JobStatusRetention(_Model):
+    retention: PositiveDuration
+    keep_last: int | None = Field(default=None, ge=1)
+
+
+class PolicyConfig(_Model):
+    kind: PolicyKind
+    table: Identifier
+    cutoff_column: Identifier
+    primary_key: list[Identifier] | None = None
+    retention: PositiveDuration | None = None
+    grace: NonNegativeDuration = timedelta(0)
+    status_column: Identifier | None = None
+    queue_column: Identifier | None = None
+    statuses: dict[str, JobStatusRetention] | None = None
+    archive: bool = False
+    schedule: Cron | None = None
+    max_delete_fraction: float | None = Field(default=None, gt=0, le=1)
+    strategy: DeleteStrategy = DeleteStrategy.AUTO
+    description: str | None = None
+
+    @model_validator(mode="after")
+    def _kind_specific_keys(self) -> PolicyConfig:
+        if self.kind is PolicyKind.AGE and self.retention is None:
+            raise ValueError("kind 'age' needs 'retention' (e.g. retention: 30d)")
+        if self.kind is PolicyKind.JOBS:
+            if not self.status_column:
+                raise ValueError("kind 'jobs' needs 'status_column'")
+            if not self.statuses:
+                raise ValueError(
+                    "kind 'jobs' needs 'statuses', e.g. statuses: {completed: {retention: 24h}}"
+                )
+            if any(rule.keep_last for rule in self.statuses.values()) and not self.queue_column:
+                raise ValueError("'keep_last' counts jobs per queue, so it needs 'queue_column'")
+        elif self.statuses or self.status_column or self.queue_column:
+            raise ValueError("'statuses', 'status_column' and 'queue_column' are for kind 'jobs'")
+        if self.kind is not PolicyKind.AGE and self.retention is not None:
+            which = "'grace'" if self.kind is PolicyKind.EXPIRED else "'statuses'"
+            raise ValueError(f"'retention' is for kind 'age'; kind '{self.kind}' uses {which}")
+        return self
+
+
+class SafetyConfig(_Model):
+    max_clock_skew: PositiveDuration = timedelta(seconds=30)
+    max_delete_fraction: float = Field(default=0.5, gt=0, le=1)
+    lock_timeout: PositiveDuration = timedelta(seconds=2)
+    statement_timeout: PositiveDuration = timedelta(seconds=30)
+
+
+class BatchConfig(_Model):
+    target_duration: PositiveDuration = timedelta(milliseconds=120)
+    initial_size: int = Field(default=5000, ge=1)
+    min_size: int = Field(default=100, ge=1)
+    max_size: int = Field(default=1_000_000, ge=1)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> BatchConfig:
+        if not self.min_size <= self.initial_size <= self.max_size:
+            raise ValueError("batch sizes must satisfy min_size <= initial_size <= max_size")
+        return self
+
+
+class ArchiveConfig(_Model):
+    root: str = "var/archive"
+
+
+class DagsterRunRetentionConfig(_Model):
+    enabled: bool = True
+    retention: PositiveDuration = timedelta(days=30)
+    failed_retention: PositiveDuration = timedelta(days=90)
+    schedule: Cron | None = "0 4 * * *"
+
+    @model_validator(mode="after")
+    def _failed_kept_at_least_as_long(self) -> DagsterRunRetentionConfig:
+        if self.failed_retention < self.retention:
+            raise ValueError("failed_retention must be at least as long as retention")
+        return self
+
+
+class HousekeepingConfig(_Model):
+    timezone: str = "UTC"
+    state_database_url: str = "sqlite:///var/hk_state.db"
+    archive: ArchiveConfig = ArchiveConfig()
+    safety: SafetyConfig = SafetyConfig()
+    batch: BatchConfig = BatchConfig()
+    policies: dict[PolicyName, PolicyConfig] = Field(default_factory=dict)
+    dagster_runs: DagsterRunRetentionConfig = DagsterRunRetentionConfig()
+
+    def policy(self, name: str) -> PolicyConfig:
+        try:
+            return self.policies[name]
+        except KeyError:
+            known = ", ".join(sorted(self.policies)) or "none"
+            raise ConfigError(f"unknown policy {name!r} (configured: {known})") from None
+
+    def delete_fraction_limit(self, policy: PolicyConfig) -> float:
+        if policy.max_delete_fraction is not None:
+            return policy.max_delete_fraction
+        return self.safety.max_delete_fraction
+
+
+_ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def _expand_env(value: Any, path: str) -> Any:
+    """Replace ${VAR} and ${VAR:-default} in string values, so secrets stay in the environment."""
+    if isinstance(value, dict):
+        return {
+            key: _expand_env(item, f"{path}.{key}" if path else str(key))
+            for key, item in value.items()
+        }
+    if isinstance(value, list):
+        return [_expand_env(item, f"{path}[{index}]") for index, item in enumerate(value)]
+    if not isinstance(value, str):
+        return value
+
+    def substitute(match: re.Match[str]) -> str:
+        name, default = match.group(1), match.group(2)
+        if name in os.environ:
+            return os.environ[name]
+        if default is not None:
+            return default
+        raise ConfigError(f"{path}: environment variable {name} is not set")
+
+    return _ENV_REFERENCE.sub(substitute, value)
+
+
+def _describe_validation_error(source: str, error: ValidationError) -> str:
+    lines = []
+    for item in error.errors():
+        location = ".".join(str(part) for part in item["loc"])
+        message = item["msg"].removeprefix("Value error, ")
+        if item["type"] == "extra_forbidden":
+            message = "unknown key (check the spelling against the README's config reference)"
+        lines.append(f"{source}: {location or '(top level)'}: {message}")
+    return "\n".join(lines)
+
+
+def parse_config(data: Any, source: str = "config") -> HousekeepingConfig:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a mapping of keys at the top level")
+    try:
+        return HousekeepingConfig.model_validate(_expand_env(data, ""))
+    except ValidationError as exc:
+        raise ConfigError(_describe_validation_error(source, exc)) from None
+
+
+def config_path() -> Path:
+    return Path(os.environ.get("HK_CONFIG", DEFAULT_CONFIG_PATH))
+
+
+def load_config(path: str | os.PathLike[str] | None = None) -> HousekeepingConfig:
+    """Load and validate the config file (default: $HK_CONFIG, else ./hk.yaml)."""
+    file = Path(path) if path is not None else config_path()
+    try:
+        text = file.read_text()
+    except FileNotFoundError:
+        raise ConfigError(
+            f"config file {file} not found (set HK_CONFIG or pass --config)"
+        ) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{file}: not valid YAML: {exc}") from None
+    return parse_config(data, str(file))
+
+
+def database_url() -> str:
+    """The application database: $DATABASE_URL, else the demo's SQLite file."""
+    return os.environ.get("DATABASE_URL") or DEMO_DATABASE_URL

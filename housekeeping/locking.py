@@ -1,0 +1,87 @@
+"""One cleanup per table at a time, across processes and machines.
+
+PostgreSQL: a session-level advisory lock keyed by the table name, held for the whole run.
+SQLite (the demo): an exclusive file lock beside the database file.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import psycopg
+
+from housekeeping.database import AppDatabase, libpq_url
+
+# Advisory locks take two int4 keys: ours is the product's, theirs the table's.
+LOCK_NAMESPACE = 0x686B  # "hk"
+
+
+class AlreadyRunning(Exception):
+    """Another cleanup of the same table holds its lock."""
+
+
+def table_lock_key(table: str) -> int:
+    value = zlib.crc32(table.encode())
+    return value - (1 << 32) if value >= (1 << 31) else value
+
+
+@contextmanager
+def table_lock(db: AppDatabase, table: str) -> Iterator[None]:
+    if db.is_postgres:
+        with _postgres_lock(db, table):
+            yield
+    else:
+        with _file_lock(db, table):
+            yield
+
+
+@contextmanager
+def _postgres_lock(db: AppDatabase, table: str) -> Iterator[None]:
+    key = table_lock_key(table)
+    with psycopg.connect(libpq_url(db.url), autocommit=True, connect_timeout=10) as conn:
+        acquired = conn.execute(
+            "SELECT pg_try_advisory_lock(%s, %s)", (LOCK_NAMESPACE, key)
+        ).fetchone()[0]
+        if not acquired:
+            holder = conn.execute(
+                "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND classid = %s::oid "
+                "AND objid = %s::oid AND granted LIMIT 1",
+                (LOCK_NAMESPACE, key & 0xFFFFFFFF),
+            ).fetchone()
+            who = f" (held by PostgreSQL backend pid {holder[0]})" if holder else ""
+            raise AlreadyRunning(
+                f"a cleanup of table {table!r} is already running{who}; this run deleted nothing"
+            )
+        try:
+            yield
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(%s, %s)", (LOCK_NAMESPACE, key))
+
+
+@contextmanager
+def _file_lock(db: AppDatabase, table: str) -> Iterator[None]:
+    database = db.url.database or ""
+    if database in ("", ":memory:"):
+        yield
+        return
+    path = Path(f"{database}.hk-lock-{table}")
+    handle = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise AlreadyRunning(
+                f"a cleanup of table {table!r} is already running (lock file {path}); "
+                "this run deleted nothing"
+            ) from None
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+    finally:
+        os.close(handle)

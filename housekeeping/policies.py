@@ -1,0 +1,366 @@
+"""Runs one housekeeping policy: checks, safety refusals, then the batched delete.
+
+Order matters and is the same for every policy: check the config against the live schema, check
+that the archive can be written, compare clocks, take the table lock, finish what a crashed run
+left in the archive, count, refuse a suspiciously large delete, and only then delete.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pyarrow as pa
+import sqlalchemy as sa
+
+from housekeeping.archive import ArchiveStore, LocalArchiveStore, TableArchive
+from housekeeping.config import (
+    DeleteStrategy,
+    HousekeepingConfig,
+    PolicyConfig,
+    PolicyKind,
+    format_duration,
+)
+from housekeeping.database import AppDatabase, quote_identifier
+from housekeeping.deletion import (
+    BoundParams,
+    DeleteOutcome,
+    DeleteTarget,
+    delete_in_batches,
+    target_conditions,
+)
+from housekeeping.locking import table_lock
+from housekeeping.schema_check import CheckedPolicy, check_policy
+
+# Above this share of expiring rows, walking the whole table beats walking the cutoff index.
+PRIMARY_KEY_WALK_FRACTION = 0.10
+
+
+class SafetyRefusal(Exception):
+    """The run refused to delete anything: clocks disagree or the delete looks too large."""
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    dry_run: bool = False
+    allow_large_delete: bool = False
+
+
+@dataclass
+class PolicyResult:
+    policy: str
+    table: str
+    kind: str
+    dry_run: bool
+    cutoffs: list[str]
+    table_rows: int = 0
+    expected_deleted: int = 0
+    deleted: int = 0
+    not_expiring: int = 0
+    remaining_expired: int = 0
+    batches: int = 0
+    max_batch_ms: float = 0.0
+    duration_ms: float = 0.0
+    archived_rows: int = 0
+    archive_files: int = 0
+    recovered_archive_files: int = 0
+    strategies: list[str] = field(default_factory=list)
+    stopped_early: bool = False
+    exceeds_delete_fraction: bool = False
+
+    def summary_line(self) -> str:
+        verb = "would delete" if self.dry_run else "deleted"
+        count = self.expected_deleted if self.dry_run else self.deleted
+        line = (
+            f"{self.policy}: {verb} {count:,} of {self.table_rows:,} rows from {self.table} "
+            f"(cutoff {', '.join(self.cutoffs)})"
+        )
+        if not self.dry_run:
+            line += f" in {self.batches} batches, {self.duration_ms:,.0f} ms"
+            if self.archived_rows:
+                line += f", archived {self.archived_rows:,}"
+            if self.stopped_early:
+                line += ", stopped early on request"
+        return line
+
+    def metadata(self) -> dict[str, Any]:
+        """What the Dagster UI shows and plots across runs (numbers only, no row contents)."""
+        values = asdict(self)
+        kept_key = "active_revoked" if self.kind == PolicyKind.EXPIRED else "retained_rows"
+        values[kept_key] = values.pop("not_expiring")
+        values["cutoffs"] = ", ".join(self.cutoffs)
+        values["strategies"] = ", ".join(self.strategies) or "none"
+        return values
+
+
+def check_clock_skew(
+    db: AppDatabase, tolerance: timedelta, pipeline_clock: Callable[[], datetime]
+) -> datetime:
+    """The database's now, after refusing when it and this process disagree beyond tolerance."""
+    before = pipeline_clock()
+    database_now = db.clock()
+    after = pipeline_clock()
+    local_now = before + (after - before) / 2
+    skew = abs(database_now - local_now) - (after - before) / 2
+    if skew > tolerance:
+        raise SafetyRefusal(
+            f"clock skew: the database clock says {database_now.isoformat()} but this process "
+            f"says {local_now.isoformat()} (off by {skew.total_seconds():.1f}s, tolerance "
+            f"safety.max_clock_skew = {format_duration(tolerance)}); nothing was deleted. "
+            "Fix NTP on the database or pipeline host."
+        )
+    return database_now
+
+
+def count_rows(
+    db: AppDatabase, table: str, targets: list[DeleteTarget], *, sequential: bool = False
+) -> tuple[int, list[int]]:
+    """The table's row count and each target's matching rows, in one pass over the table.
+
+    ``sequential`` forbids index scans: right after a mass delete the cutoff index is full of
+    dead entries until VACUUM, and walking them is far slower than reading the table once.
+    """
+    params = BoundParams(numeric=False)
+    matches = [
+        f"count(CASE WHEN {' AND '.join(target_conditions(db, target, params))} THEN 1 END)"
+        for target in targets
+    ]
+    sql = f"SELECT {', '.join(['count(*)', *matches])} FROM {quote_identifier(table)}"
+    with db.connect() as conn, conn.begin():
+        if sequential and db.is_postgres:
+            for setting in ("enable_indexscan", "enable_indexonlyscan", "enable_bitmapscan"):
+                conn.execute(sa.text(f"SET LOCAL {setting} = off"))
+        counts = conn.execute(sa.text(sql), params.as_driver_params()).one()
+    return int(counts[0]), [int(value or 0) for value in counts[1:]]
+
+
+def build_targets(
+    db: AppDatabase, conn: sa.Connection, checked: CheckedPolicy, database_now: datetime
+) -> list[DeleteTarget]:
+    policy = checked.policy
+    base = dict(
+        table=policy.table, primary_key=checked.primary_key, cutoff_column=policy.cutoff_column
+    )
+    if policy.kind is PolicyKind.EXPIRED:
+        return [DeleteTarget(cutoff=database_now - policy.grace, **base)]
+    if policy.kind is PolicyKind.AGE:
+        assert policy.retention is not None
+        return [DeleteTarget(cutoff=database_now - policy.retention, **base)]
+    return _job_targets(db, conn, checked, database_now, base)
+
+
+def _job_targets(
+    db: AppDatabase,
+    conn: sa.Connection,
+    checked: CheckedPolicy,
+    database_now: datetime,
+    base: dict[str, Any],
+) -> list[DeleteTarget]:
+    """Per status an age cutoff; with keep_last, per queue the newest N are kept as well.
+
+    A finished job goes when it is older than the status's retention OR not among the newest
+    keep_last of its queue (BullMQ's removeOnComplete {age, count}, Sidekiq's dead-set limits).
+    Ties at the N-th newest are kept, so a queue never keeps fewer than N.
+    """
+    policy = checked.policy
+    assert policy.statuses is not None and policy.status_column is not None
+    table = quote_identifier(policy.table)
+    status_column = quote_identifier(policy.status_column)
+    cutoff_column = quote_identifier(policy.cutoff_column)
+    targets = []
+    for status, rule in policy.statuses.items():
+        age_cutoff = database_now - rule.retention
+        if not rule.keep_last:
+            targets.append(
+                DeleteTarget(cutoff=age_cutoff, filters=((policy.status_column, status),), **base)
+            )
+            continue
+        assert policy.queue_column is not None
+        queue_column = quote_identifier(policy.queue_column)
+        queues = (
+            conn.execute(
+                sa.text(
+                    f"SELECT DISTINCT {queue_column} FROM {table} WHERE {status_column} = :status"
+                ),
+                {"status": status},
+            )
+            .scalars()
+            .all()
+        )
+        for queue in queues:
+            queue_match = f"{queue_column} IS NULL" if queue is None else f"{queue_column} = :queue"
+            nth_newest = conn.execute(
+                sa.text(
+                    f"SELECT {cutoff_column} FROM {table} WHERE {status_column} = :status "
+                    f"AND {queue_match} AND {cutoff_column} IS NOT NULL "
+                    f"ORDER BY {cutoff_column} DESC LIMIT 1 OFFSET :offset"
+                ),
+                {"status": status, "queue": queue, "offset": rule.keep_last - 1},
+            ).scalar()
+            cutoff = age_cutoff
+            if nth_newest is not None:
+                cutoff = max(age_cutoff, db.read_timestamp(nth_newest))
+            targets.append(
+                DeleteTarget(
+                    cutoff=cutoff,
+                    filters=((policy.status_column, status), (policy.queue_column, queue)),
+                    **base,
+                )
+            )
+    return targets
+
+
+def choose_strategy(
+    db: AppDatabase, configured: DeleteStrategy, checked: CheckedPolicy, expected: int, total: int
+) -> DeleteStrategy:
+    if configured is not DeleteStrategy.AUTO:
+        return configured
+    has_cutoff_index = checked.policy.cutoff_column in checked.table.indexed_leading_columns
+    if checked.table.is_partitioned and has_cutoff_index:
+        return DeleteStrategy.CUTOFF_INDEX  # prunes partitions; key ranges would visit them all
+    if not has_cutoff_index or (total and expected / total >= PRIMARY_KEY_WALK_FRACTION):
+        if db.is_postgres and not checked.table.is_partitioned:
+            return DeleteStrategy.PAGE_RANGES
+        return DeleteStrategy.PRIMARY_KEY_RANGES
+    return DeleteStrategy.CUTOFF_INDEX
+
+
+def _rows_still_in_table(db: AppDatabase, checked: CheckedPolicy) -> Callable[[pa.Table], bool]:
+    """For archive recovery: does any row of a pending file still exist in the table?"""
+    key = checked.primary_key
+
+    def lookup(rows: pa.Table) -> bool:
+        if any(column not in rows.column_names for column in key):
+            return True  # cannot tell: keep the rows in the table, re-archive them later
+        values = list(zip(*(rows.column(column).to_pylist() for column in key), strict=True))
+        with db.connect() as conn:
+            for start in range(0, len(values), 500):
+                chunk = values[start : start + 500]
+                params = BoundParams(numeric=False)
+                if len(key) == 1:
+                    listed = ", ".join(params.bind(value[0]) for value in chunk)
+                    where = f"{quote_identifier(key[0])} IN ({listed})"
+                else:
+                    columns = ", ".join(quote_identifier(column) for column in key)
+                    listed = ", ".join(
+                        "(" + ", ".join(params.bind(item) for item in value) + ")"
+                        for value in chunk
+                    )
+                    where = f"({columns}) IN ({listed})"
+                sql = (
+                    f"SELECT 1 FROM {quote_identifier(checked.policy.table)} WHERE {where} LIMIT 1"
+                )
+                if conn.execute(sa.text(sql), params.as_driver_params()).first() is not None:
+                    return True
+        return False
+
+    return lookup
+
+
+def archive_store(config: HousekeepingConfig) -> ArchiveStore:
+    return LocalArchiveStore(config.archive.root)
+
+
+def run_policy(
+    db: AppDatabase,
+    config: HousekeepingConfig,
+    name: str,
+    *,
+    options: RunOptions = RunOptions(),
+    run_id: str | None = None,
+    should_stop: Callable[[], bool] = lambda: False,
+    log: Callable[[str], None] = lambda message: None,
+    pipeline_clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    store: ArchiveStore | None = None,
+) -> PolicyResult:
+    """Run one policy end to end. Raises (deleting nothing) on bad config or a safety refusal."""
+    started = time.perf_counter()
+    policy: PolicyConfig = config.policy(name)
+    checked = check_policy(db, name, policy)
+    archive = None
+    if policy.archive and not options.dry_run:
+        store = store or archive_store(config)
+        store.check_writable()
+        archive = TableArchive(store, policy.table, policy.cutoff_column)
+    database_now = check_clock_skew(db, config.safety.max_clock_skew, pipeline_clock)
+    run_id = run_id or uuid.uuid4().hex[:12]
+
+    with table_lock(db, policy.table):
+        recovered = 0
+        if archive is not None:
+            recovery = archive.recover(_rows_still_in_table(db, checked))
+            recovered = recovery.completed
+            if recovery.completed or recovery.discarded:
+                log(
+                    f"{name}: archive recovery finished {recovery.completed} and discarded "
+                    f"{recovery.discarded} files a previous run left pending"
+                )
+        with db.connect() as conn:
+            targets = build_targets(db, conn, checked, database_now)
+        total, expected_by_target = count_rows(db, policy.table, targets)
+        expected = sum(expected_by_target)
+        result = PolicyResult(
+            policy=name,
+            table=policy.table,
+            kind=str(policy.kind),
+            dry_run=options.dry_run,
+            cutoffs=sorted({target.cutoff.isoformat(timespec="seconds") for target in targets}),
+            table_rows=total,
+            expected_deleted=expected,
+            not_expiring=total - expected,
+            remaining_expired=expected if options.dry_run else 0,
+            recovered_archive_files=recovered,
+        )
+        limit = config.delete_fraction_limit(policy)
+        result.exceeds_delete_fraction = bool(total) and expected / total > limit
+        if options.dry_run:
+            result.duration_ms = (time.perf_counter() - started) * 1000
+            return result
+        if result.exceeds_delete_fraction and not options.allow_large_delete:
+            raise SafetyRefusal(
+                f"{name}: this run would delete {expected:,} of {total:,} rows of "
+                f"{policy.table!r} ({expected / total:.0%}), above the limit of {limit:.0%} "
+                f"(policies.{name}.max_delete_fraction or safety.max_delete_fraction); nothing "
+                "was deleted. Check the cutoff, or rerun with allow_large_delete."
+            )
+        sequence = 0
+        for target, target_expected in zip(targets, expected_by_target, strict=True):
+            if target_expected == 0:
+                continue
+            strategy = choose_strategy(db, policy.strategy, checked, target_expected, total)
+            result.strategies.append(str(strategy))
+            outcome: DeleteOutcome = delete_in_batches(
+                db,
+                target,
+                strategy=strategy,
+                batch=config.batch,
+                safety=config.safety,
+                archive=archive,
+                run_id=run_id,
+                first_sequence=sequence,
+                should_stop=should_stop,
+            )
+            sequence += outcome.batches
+            result.deleted += outcome.deleted
+            result.batches += outcome.batches
+            result.archived_rows += outcome.archived_rows
+            result.archive_files += outcome.archive_files
+            result.max_batch_ms = max(result.max_batch_ms, outcome.max_batch_ms)
+            log(
+                f"{name}: deleted {outcome.deleted:,} rows ({target.describe()}) "
+                f"in {outcome.batches} batches"
+            )
+            if outcome.stopped_early:
+                result.stopped_early = True
+                break
+        walked_whole_table = any(
+            strategy != DeleteStrategy.CUTOFF_INDEX for strategy in result.strategies
+        )
+        _, remaining = count_rows(db, policy.table, targets, sequential=walked_whole_table)
+        result.remaining_expired = sum(remaining)
+    result.duration_ms = (time.perf_counter() - started) * 1000
+    return result

@@ -1,0 +1,90 @@
+"""Checks the config against the live database before anything is deleted."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from housekeeping.config import ConfigError, HousekeepingConfig, PolicyConfig, PolicyKind
+from housekeeping.database import AppDatabase, TableInfo, quote_identifier
+
+
+@dataclass(frozen=True)
+class CheckedPolicy:
+    """A policy whose table and columns exist as the config says, with the key to walk by."""
+
+    name: str
+    policy: PolicyConfig
+    table: TableInfo
+
+    @property
+    def primary_key(self) -> tuple[str, ...]:
+        return tuple(self.policy.primary_key or self.table.primary_key)
+
+
+@dataclass(frozen=True)
+class IndexAdvice:
+    policy: str
+    table: str
+    column: str
+    statement: str
+
+
+def check_policy(db: AppDatabase, name: str, policy: PolicyConfig) -> CheckedPolicy:
+    key = f"policies.{name}"
+    table = db.table_info(policy.table)
+    if table is None:
+        raise ConfigError(f"{key}.table: table {policy.table!r} does not exist in {db.describe()}")
+
+    def require_column(config_key: str, column: str, *, timestamp: bool = False) -> None:
+        info = table.columns.get(column)
+        if info is None:
+            known = ", ".join(table.columns)
+            raise ConfigError(
+                f"{key}.{config_key}: column {column!r} does not exist in table "
+                f"{policy.table!r} (columns: {known})"
+            )
+        if timestamp and not info.is_timestamp:
+            raise ConfigError(
+                f"{key}.{config_key}: column {policy.table}.{column} is {info.type_name}, "
+                "not a timestamp; a cutoff needs a timestamp column"
+            )
+
+    require_column("cutoff_column", policy.cutoff_column, timestamp=True)
+    if policy.kind is PolicyKind.JOBS:
+        assert policy.status_column is not None
+        require_column("status_column", policy.status_column)
+        if policy.queue_column:
+            require_column("queue_column", policy.queue_column)
+    if policy.primary_key:
+        for column in policy.primary_key:
+            require_column("primary_key", column)
+    elif not table.primary_key:
+        raise ConfigError(
+            f"{key}.primary_key: table {policy.table!r} has no primary key; name a unique, "
+            "non-null column (or columns) under primary_key"
+        )
+    if not db.can_delete_from(policy.table):
+        raise ConfigError(
+            f"{key}.table: the database user may not DELETE from {policy.table!r} "
+            f"(GRANT DELETE ON {quote_identifier(policy.table)} TO <user>)"
+        )
+    return CheckedPolicy(name, policy, table)
+
+
+def check_config(db: AppDatabase, config: HousekeepingConfig) -> list[CheckedPolicy]:
+    return [check_policy(db, name, policy) for name, policy in config.policies.items()]
+
+
+def index_advice(db: AppDatabase, checked: CheckedPolicy) -> IndexAdvice | None:
+    """A CREATE INDEX to run when the cutoff column has no index (a cleanup would scan the table)."""
+    column = checked.policy.cutoff_column
+    if column in checked.table.indexed_leading_columns:
+        return None
+    table = checked.table.name
+    index_name = quote_identifier(f"idx_{table}_{column}"[:63])
+    concurrently = " CONCURRENTLY" if db.is_postgres and not checked.table.is_partitioned else ""
+    statement = (
+        f"CREATE INDEX{concurrently} {index_name} ON {quote_identifier(table)} "
+        f"({quote_identifier(column)});"
+    )
+    return IndexAdvice(checked.name, table, column, statement)
