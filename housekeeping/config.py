@@ -188,6 +188,7 @@ class DagsterRunRetentionConfig(_Model):
 
 class HousekeepingConfig(_Model):
     timezone: str = "UTC"
+    owner: Annotated[str, Field(pattern=r"^(team:[A-Za-z0-9_-]+|[^@\s]+@[^@\s]+)$")] = "team:operations"
     state_database_url: str = "sqlite:///var/hk_state.db"
     archive: ArchiveConfig = ArchiveConfig()
     safety: SafetyConfig = SafetyConfig()

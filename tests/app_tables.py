@@ -75,3 +75,58 @@ def rows_of(db: AppDatabase, table: str, order_by: str = "id") -> list[tuple]:
 def count(db: AppDatabase, table: str, where: str = "1=1", **params) -> int:
     with db.connect() as conn:
         return int(conn.execute(sa.text(f"SELECT count(*) FROM {table} WHERE {where}"), params).scalar_one())
+
+
+def create_jobs(db: AppDatabase, jobs: list[dict]) -> None:
+    """jobs(id, queue, name, status, created_at, started_at, finished_at, attempts, error)."""
+    ts = timestamp_type(db)
+    with db.engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                f"CREATE TABLE jobs ({id_column(db)}, queue text, name text, status text, "
+                f"created_at {ts}, started_at {ts}, finished_at {ts}, attempts integer, error text)"
+            )
+        )
+        conn.execute(
+            sa.text(
+                "INSERT INTO jobs (queue, name, status, created_at, started_at, finished_at, "
+                "attempts, error) VALUES (:queue, :name, :status, :created_at, :started_at, "
+                ":finished_at, :attempts, :error)"
+            ),
+            [
+                {
+                    "queue": job["queue"],
+                    "name": job.get("name", "work"),
+                    "status": job["status"],
+                    "created_at": stored(db, job["finished_at"] or datetime.now(UTC)),
+                    "started_at": None,
+                    "finished_at": stored(db, job["finished_at"]) if job["finished_at"] else None,
+                    "attempts": 1,
+                    "error": None,
+                }
+                for job in jobs
+            ],
+        )
+
+
+def create_request_logs(db: AppDatabase, *, hours_back: list[float]) -> None:
+    ts = timestamp_type(db)
+    now = datetime.now(UTC)
+    with db.engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                f"CREATE TABLE request_logs ({id_column(db)}, request_id text, ts {ts}, method text, "
+                "route text, status_code integer, duration_ms double precision, ip text, "
+                "user_id bigint, user_agent text)"
+            )
+        )
+        conn.execute(
+            sa.text(
+                "INSERT INTO request_logs (request_id, ts, method, route, status_code, duration_ms) "
+                "VALUES (:rid, :ts, 'GET', '/api/v1/orders', 200, 12.5)"
+            ),
+            [
+                {"rid": f"r{number}", "ts": stored(db, now - timedelta(hours=hours))}
+                for number, hours in enumerate(hours_back)
+            ],
+        )

@@ -1,0 +1,486 @@
+"""Token cleanup speed on PostgreSQL, as ratios against a single DELETE measured in the same run.
+
+    make bench-cleanup            # or: .venv/bin/python bench/bench_cleanup.py [--naive] [...]
+
+The target (issue 2): on ``revoked_tokens`` with 2,000,000 rows of which 1,500,000 expired (expiry
+uncorrelated with insertion order, indexes on expires_at and user_id), ``run_policy`` cleans up in
+at most 2x the time of one ``DELETE FROM revoked_tokens WHERE expires_at < now()`` on a fresh copy
+of the same data (4x with the archive on), while no batch transaction lasts over 250 ms, and the
+cleanup's peak memory does not grow with the table size.
+
+Every contender runs on a fresh copy of one template table (same rows, same physical order, same
+indexes, vacuumed and checkpointed), ``--repeat`` times, interleaved so that a noisy neighbour hurts
+all contenders alike; the median counts. This is a report, not a test: it exits 0 on FAIL too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import quote
+
+import psycopg
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from housekeeping.config import HousekeepingConfig, parse_config  # noqa: E402
+from housekeeping.database import AppDatabase  # noqa: E402
+from housekeeping.policies import RunOptions, run_policy  # noqa: E402
+
+DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/test"
+TABLE = "revoked_tokens"
+TEMPLATE = "bench_revoked_tokens_template"
+BATCH_LIMIT_MS = 250.0
+# Peak RSS may wobble by allocator noise; "does not grow with table size" means within this.
+MEMORY_GROWTH_TOLERANCE = 1.20
+NAIVE_BATCH = 5000
+
+
+def with_search_path(url: str, schema: str) -> str:
+    separator = "&" if "?" in url else "?"
+    return f"{url}{separator}options={quote(f'-csearch_path={schema}')}"
+
+
+# The template is built in SQL rather than by housekeeping.demo_data: the benchmark needs an exact
+# count of expired rows (1,500,000 of 2,000,000) spread uniformly at random over insertion order,
+# and only the token table, whereas the demo generator draws realistic lifetimes for a whole app.
+# Expiry is at least an hour away from now either way, so the set of expired rows stays the same
+# for the whole benchmark.
+TEMPLATE_SQL = f"""
+CREATE TABLE {TEMPLATE} AS
+SELECT s.id,
+       (1 + floor(random() * 50000))::bigint AS user_id,
+       md5(s.id::text || ':' || random()::text) AS token_hash,
+       now() - interval '31 days' + s.id * (interval '30 days' / %(rows)s) AS revoked_at,
+       CASE WHEN s.position <= %(expired)s
+            THEN now() - interval '1 hour' - random() * interval '29 days'
+            ELSE now() + interval '1 hour' + random() * interval '29 days'
+       END AS expires_at
+FROM (
+    SELECT g::bigint AS id, row_number() OVER (ORDER BY random()) AS position
+    FROM generate_series(1, %(rows)s) AS g
+) AS s
+ORDER BY s.id
+"""
+
+
+class BenchDatabase:
+    """One throwaway schema holding the template and, in turn, each fresh copy."""
+
+    def __init__(self, base_url: str) -> None:
+        self.base_url = base_url
+        self.schema = f"hk_bench_{uuid.uuid4().hex[:10]}"
+        self.url = with_search_path(base_url, self.schema)
+        self.conn = psycopg.connect(self.url, autocommit=True)
+
+    def create_schema(self) -> None:
+        with psycopg.connect(self.base_url, autocommit=True) as admin:
+            admin.execute(f'CREATE SCHEMA "{self.schema}"')
+
+    def drop_schema(self) -> None:
+        self.conn.close()
+        with psycopg.connect(self.base_url, autocommit=True) as admin:
+            admin.execute(f'DROP SCHEMA IF EXISTS "{self.schema}" CASCADE')
+
+    def build_template(self, rows: int, expired: int) -> None:
+        self.conn.execute("SELECT setseed(0.42)")
+        # One process only, so the rows are generated (and stored) in id order.
+        self.conn.execute("SET max_parallel_workers_per_gather = 0")
+        self.conn.execute(TEMPLATE_SQL, {"rows": rows, "expired": expired})
+
+    def fresh_copy(self, rows: int | None = None) -> int:
+        """A new ``revoked_tokens`` from the template (its first ``rows``); returns expired rows."""
+        self.conn.execute(f"DROP TABLE IF EXISTS {TABLE}")
+        where = f"WHERE id <= {int(rows)}" if rows is not None else ""
+        # A serial plan keeps the template's physical order.
+        self.conn.execute("SET max_parallel_workers_per_gather = 0")
+        self.conn.execute(f"CREATE TABLE {TABLE} AS SELECT * FROM {TEMPLATE} {where}")
+        self.conn.execute("RESET max_parallel_workers_per_gather")
+        self.conn.execute(f"ALTER TABLE {TABLE} ADD PRIMARY KEY (id)")
+        self.conn.execute(f"CREATE INDEX {TABLE}_expires_at_idx ON {TABLE} (expires_at)")
+        self.conn.execute(f"CREATE INDEX {TABLE}_user_id_idx ON {TABLE} (user_id)")
+        self.conn.execute(f"VACUUM ANALYZE {TABLE}")
+        # Start every contender without someone else's dirty buffers to write back.
+        self.conn.execute("CHECKPOINT")
+        return self.conn.execute(
+            f"SELECT count(*) FROM {TABLE} WHERE expires_at < now()"
+        ).fetchone()[0]
+
+    def count(self) -> int:
+        return self.conn.execute(f"SELECT count(*) FROM {TABLE}").fetchone()[0]
+
+
+@dataclass
+class Run:
+    seconds: float
+    max_batch_ms: float
+    batches: int
+    peak_memory_mib: float | None = None
+    problem: str | None = None
+
+
+@dataclass
+class Contender:
+    name: str
+    limit: float | None
+    rows: int
+    measure: Callable[[BenchDatabase, int], Run]
+    runs: list[Run] = field(default_factory=list)
+
+    @property
+    def median(self) -> float:
+        return statistics.median(run.seconds for run in self.runs)
+
+
+def single_delete(bench: BenchDatabase, expired: int) -> Run:
+    started = time.perf_counter()
+    deleted = bench.conn.execute(f"DELETE FROM {TABLE} WHERE expires_at < now()").rowcount
+    seconds = time.perf_counter() - started
+    problem = None if deleted == expired else f"deleted {deleted:,}, expected {expired:,}"
+    return Run(seconds, seconds * 1000, 1, problem=problem)
+
+
+def naive_limit_subselect(bench: BenchDatabase, expired: int) -> Run:
+    """The familiar pattern: each batch re-reads the dead rows all earlier batches left behind."""
+    deleted = batches = 0
+    longest = 0.0
+    started = time.perf_counter()
+    while True:
+        batch_started = time.perf_counter()
+        count = bench.conn.execute(
+            f"DELETE FROM {TABLE} WHERE id IN (SELECT id FROM {TABLE} "
+            f"WHERE expires_at < now() LIMIT {NAIVE_BATCH})"
+        ).rowcount
+        longest = max(longest, (time.perf_counter() - batch_started) * 1000)
+        batches += 1
+        deleted += count
+        if count < NAIVE_BATCH:
+            break
+    seconds = time.perf_counter() - started
+    problem = None if deleted == expired else f"deleted {deleted:,}, expected {expired:,}"
+    return Run(seconds, longest, batches, problem=problem)
+
+
+def cleanup_config(archive_root: str, *, archive: bool) -> HousekeepingConfig:
+    return parse_config(
+        {
+            "archive": {"root": archive_root},
+            "policies": {
+                TABLE: {
+                    "kind": "expired",
+                    "table": TABLE,
+                    "cutoff_column": "expires_at",
+                    "archive": archive,
+                }
+            },
+        },
+        "bench",
+    )
+
+
+def run_cleanup(url: str, archive_root: str, *, archive: bool) -> dict:
+    """One token cleanup exactly as the Dagster asset runs it (75% expire: allow_large_delete)."""
+    db = AppDatabase(url)
+    try:
+        started = time.perf_counter()
+        result = run_policy(
+            db,
+            cleanup_config(archive_root, archive=archive),
+            TABLE,
+            options=RunOptions(allow_large_delete=True),
+        )
+        seconds = time.perf_counter() - started
+    finally:
+        db.dispose()
+    return {
+        "seconds": seconds,
+        "deleted": result.deleted,
+        "remaining_expired": result.remaining_expired,
+        "archived_rows": result.archived_rows,
+        "max_batch_ms": result.max_batch_ms,
+        "batches": result.batches,
+        "strategies": result.strategies,
+    }
+
+
+def check_cleanup(outcome: dict, expired: int, *, archive: bool) -> str | None:
+    if outcome["deleted"] != expired:
+        return f"deleted {outcome['deleted']:,}, expected {expired:,}"
+    if outcome["remaining_expired"]:
+        return f"{outcome['remaining_expired']:,} expired rows remain"
+    if archive and outcome["archived_rows"] != expired:
+        return f"archived {outcome['archived_rows']:,} of {expired:,} rows"
+    return None
+
+
+def policy_cleanup(*, archive: bool) -> Callable[[BenchDatabase, int], Run]:
+    def measure(bench: BenchDatabase, expired: int) -> Run:
+        root = tempfile.mkdtemp(prefix="hk-bench-archive-")
+        try:
+            outcome = run_cleanup(bench.url, root, archive=archive)
+        finally:
+            shutil.rmtree(root, ignore_errors=True)
+        return Run(
+            outcome["seconds"],
+            outcome["max_batch_ms"],
+            outcome["batches"],
+            problem=check_cleanup(outcome, expired, archive=archive),
+        )
+
+    return measure
+
+
+def peak_memory_child(url: str, archive: bool) -> dict:
+    """Runs in a fresh interpreter, so its high-water mark is the cleanup's alone."""
+    before = _vm_hwm_mib()
+    root = tempfile.mkdtemp(prefix="hk-bench-archive-")
+    try:
+        outcome = run_cleanup(url, root, archive=archive)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    outcome["rss_before_mib"] = before
+    outcome["peak_rss_mib"] = _vm_hwm_mib()
+    return outcome
+
+
+def _vm_hwm_mib() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def measure_peak_memory(bench: BenchDatabase, rows: int, *, archive: bool) -> dict:
+    expired = bench.fresh_copy(rows)
+    command = [sys.executable, __file__, "--memory-child", bench.url]
+    child = subprocess.run(
+        command + (["--archive"] if archive else []),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if child.returncode != 0:
+        raise RuntimeError(f"memory child failed:\n{child.stderr}")
+    outcome = json.loads(child.stdout.strip().splitlines()[-1])
+    outcome["rows"] = rows
+    outcome["expired"] = expired
+    outcome["problem"] = check_cleanup(outcome, expired, archive=archive)
+    return outcome
+
+
+def _fmt_ratio(value: float) -> str:
+    return f"{value:.2f}x"
+
+
+def print_speed_table(contenders: list[Contender], baselines: dict[int, float]) -> list[str]:
+    failures = []
+    header = (
+        f"{'contender':<34} {'rows':>10} {'median s':>9}  {'runs s':<20} {'ratio':>7} "
+        f"{'limit':>6} {'max batch ms':>13} {'batches':>8}  result"
+    )
+    print(header)
+    print("-" * len(header))
+    for contender in contenders:
+        ratio = contender.median / baselines[contender.rows]
+        runs = " ".join(f"{run.seconds:.2f}" for run in contender.runs)
+        max_batch = max(run.max_batch_ms for run in contender.runs)
+        batches = round(statistics.median(run.batches for run in contender.runs))
+        problems = [run.problem for run in contender.runs if run.problem]
+        if contender.limit is None:
+            verdict = "baseline" if contender.name.startswith("single") else "info"
+            limit = "-"
+        else:
+            limit = f"{contender.limit:g}x"
+            reasons = []
+            if ratio > contender.limit:
+                reasons.append(f"ratio {ratio:.2f}x > {limit}")
+            if max_batch > BATCH_LIMIT_MS:
+                reasons.append(f"a batch took {max_batch:.0f} ms > {BATCH_LIMIT_MS:.0f} ms")
+            verdict = "PASS" if not reasons and not problems else "FAIL"
+            if reasons or problems:
+                failures.append(f"{contender.name}: " + "; ".join(reasons + problems))
+        if problems and contender.limit is None:
+            verdict = "WRONG"
+            failures.append(f"{contender.name}: " + "; ".join(problems))
+        batch_text = f"{max_batch:.0f}" + (
+            "" if contender.limit is None else f" (<= {BATCH_LIMIT_MS:.0f})"
+        )
+        print(
+            f"{contender.name:<34} {contender.rows:>10,} {contender.median:>9.2f}  {runs:<20} "
+            f"{_fmt_ratio(ratio):>7} {limit:>6} {batch_text:>13} {batches:>8}  {verdict}"
+        )
+    return failures
+
+
+def print_memory_table(results: list[dict]) -> list[str]:
+    failures = []
+    print()
+    print("peak memory of the cleanup process (a fresh child interpreter per run, VmHWM)")
+    header = (
+        f"{'contender':<34} {'rows':>10} {'expired':>10} {'RSS before':>11} {'peak RSS':>9} "
+        f"{'batches':>8}"
+    )
+    print(header)
+    print("-" * len(header))
+    for item in results:
+        name = "run_policy, archive" if item["archive"] else "run_policy, no archive"
+        print(
+            f"{name:<34} {item['rows']:>10,} {item['expired']:>10,} "
+            f"{item['rss_before_mib']:>8.0f} MiB {item['peak_rss_mib']:>5.0f} MiB "
+            f"{item['batches']:>8}"
+        )
+        if item["problem"]:
+            failures.append(f"memory run {name} at {item['rows']:,} rows: {item['problem']}")
+    for archive in (False, True):
+        series = sorted((r for r in results if r["archive"] == archive), key=lambda r: r["rows"])
+        if len(series) < 2:
+            continue
+        small, large = series[0], series[-1]
+        growth = large["peak_rss_mib"] / small["peak_rss_mib"]
+        name = "archive" if archive else "no archive"
+        verdict = "PASS" if growth <= MEMORY_GROWTH_TOLERANCE else "FAIL"
+        print(
+            f"  {name}: {large['rows'] / small['rows']:.0f}x the rows -> peak RSS x{growth:.2f} "
+            f"(limit x{MEMORY_GROWTH_TOLERANCE:.2f}: does not grow with table size)  {verdict}"
+        )
+        if verdict == "FAIL":
+            failures.append(f"peak memory ({name}) grew x{growth:.2f} with the table size")
+    return failures
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--url",
+        default=os.environ.get("HK_BENCH_POSTGRES_URL", DEFAULT_URL),
+        help="PostgreSQL server (default: $HK_BENCH_POSTGRES_URL or %(default)s)",
+    )
+    parser.add_argument("--rows", type=int, default=2_000_000, help="tokens in the table")
+    parser.add_argument("--expired", type=int, default=1_500_000, help="of which expired")
+    parser.add_argument("--repeat", type=int, default=3, help="runs per contender (median)")
+    parser.add_argument(
+        "--naive",
+        action="store_true",
+        help="also time DELETE ... WHERE id IN (SELECT ... LIMIT n) on a smaller copy",
+    )
+    parser.add_argument(
+        "--naive-rows",
+        type=int,
+        default=200_000,
+        help="table size for --naive (it is quadratic; default %(default)s)",
+    )
+    parser.add_argument(
+        "--memory-rows",
+        type=int,
+        default=500_000,
+        help="the smaller table of the peak-memory comparison (default %(default)s)",
+    )
+    parser.add_argument(
+        "--keep-schema",
+        action="store_true",
+        help="keep the throwaway schema (and the last copy) for inspection",
+    )
+    parser.add_argument("--memory-child", metavar="URL", help=argparse.SUPPRESS)
+    parser.add_argument("--archive", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if not 0 < args.expired <= args.rows:
+        parser.error("--expired must be between 1 and --rows")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.memory_child:
+        print(json.dumps(peak_memory_child(args.memory_child, args.archive)))
+        return 0
+
+    fraction = args.expired / args.rows
+    bench = BenchDatabase(args.url)
+    bench.create_schema()
+    try:
+        started = time.perf_counter()
+        bench.build_template(args.rows, args.expired)
+        print(
+            f"template: {args.rows:,} tokens, {args.expired:,} expired ({fraction:.0%}), expiry "
+            f"shuffled against insertion order; schema {bench.schema} "
+            f"({time.perf_counter() - started:.0f}s)"
+        )
+        contenders = [
+            Contender("single DELETE", None, args.rows, single_delete),
+            Contender("run_policy, no archive", 2.0, args.rows, policy_cleanup(archive=False)),
+            Contender("run_policy, archive", 4.0, args.rows, policy_cleanup(archive=True)),
+        ]
+        if args.naive:
+            contenders += [
+                Contender("single DELETE", None, args.naive_rows, single_delete),
+                Contender(
+                    f"naive LIMIT {NAIVE_BATCH} subselect",
+                    None,
+                    args.naive_rows,
+                    naive_limit_subselect,
+                ),
+            ]
+        # Interleaved rounds: a slow minute on the shared machine hits every contender.
+        for round_number in range(1, args.repeat + 1):
+            for contender in contenders:
+                rows = None if contender.rows == args.rows else contender.rows
+                expired = bench.fresh_copy(rows)
+                run = contender.measure(bench, expired)
+                contender.runs.append(run)
+                print(
+                    f"  round {round_number}: {contender.name:<30} {contender.rows:>10,} rows "
+                    f"{run.seconds:7.2f} s  max batch {run.max_batch_ms:6.0f} ms  "
+                    f"{run.batches:>5} batches"
+                    + (f"  PROBLEM: {run.problem}" if run.problem else ""),
+                    flush=True,
+                )
+        memory = []
+        for rows in sorted({min(args.memory_rows, args.rows), args.rows}):
+            for archive in (False, True):
+                memory.append(
+                    measure_peak_memory(bench, rows, archive=archive) | {"archive": archive}
+                )
+                print(
+                    f"  memory: {rows:>10,} rows, archive {archive}: "
+                    f"peak {memory[-1]['peak_rss_mib']:.0f} MiB",
+                    flush=True,
+                )
+
+        print()
+        baselines = {c.rows: c.median for c in contenders if c.name == "single DELETE"}
+        failures = print_speed_table(contenders, baselines)
+        failures += print_memory_table(memory)
+        print()
+        if failures:
+            print("SUMMARY: FAIL: " + " | ".join(failures))
+        else:
+            print(
+                "SUMMARY: PASS: cleanup "
+                f"{contenders[1].median / baselines[args.rows]:.2f}x and with archive "
+                f"{contenders[2].median / baselines[args.rows]:.2f}x a single DELETE, every batch "
+                f"under {BATCH_LIMIT_MS:.0f} ms, peak memory flat across table sizes"
+            )
+    finally:
+        if args.keep_schema:
+            print(f"kept schema {bench.schema} ({bench.url})")
+            bench.conn.close()
+        else:
+            bench.drop_schema()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,216 @@
+"""Dagster assets: one per housekeeping policy, plus Dagster's own run history.
+
+Thin adapters: they load the config, call the core (`run_and_record`, `purge_dagster_runs`) and
+report what happened as metadata the UI plots across runs.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import dagster as dg
+
+from housekeeping.config import HousekeepingConfig, PolicyConfig, PolicyKind, format_duration
+from housekeeping.dagster_runs import purge_dagster_runs
+from housekeeping.history import PolicyRun, RunStatus, run_and_record
+from housekeeping.policies import RunOptions
+from housekeeping.resources import HousekeepingResource
+from housekeeping.stopping import stop_on_terminate
+
+GROUP = "housekeeping"
+DAGSTER_RUNS_ASSET = dg.AssetKey([GROUP, "dagster_run_history"])
+
+
+class CleanupRunConfig(dg.Config):
+    dry_run: bool = dg.Field(
+        default=False, description="Count what would be deleted per table; delete nothing."
+    )
+    allow_large_delete: bool = dg.Field(
+        default=False,
+        description="Delete even when the run would remove more than max_delete_fraction of "
+        "the table (the safety refusal's override).",
+    )
+
+
+class RunRetentionRunConfig(dg.Config):
+    dry_run: bool = dg.Field(default=False, description="Count the runs to purge; purge nothing.")
+
+
+def policy_asset_key(name: str) -> dg.AssetKey:
+    return dg.AssetKey([GROUP, name])
+
+
+def describe_policy(name: str, policy: PolicyConfig) -> str:
+    if policy.description:
+        return policy.description
+    if policy.kind is PolicyKind.EXPIRED:
+        rule = f"rows whose `{policy.cutoff_column}` has passed"
+        if policy.grace:
+            rule += f" by more than {format_duration(policy.grace)}"
+    elif policy.kind is PolicyKind.AGE:
+        assert policy.retention is not None
+        rule = f"rows whose `{policy.cutoff_column}` is older than {format_duration(policy.retention)}"
+    else:
+        assert policy.statuses is not None
+        parts = []
+        for status, rule_config in policy.statuses.items():
+            part = f"{status} older than {format_duration(rule_config.retention)}"
+            if rule_config.keep_last:
+                part += f" or beyond the newest {rule_config.keep_last} per queue"
+            parts.append(part)
+        rule = "finished jobs: " + "; ".join(parts)
+    archive = " Deleted rows are archived to Parquet first." if policy.archive else ""
+    return f"Deletes from `{policy.table}` {rule}, in short batched transactions.{archive}"
+
+
+def _scalar_metadata(values: dict[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in values.items() if value is not None}
+
+
+def build_policy_asset(
+    name: str, policy: PolicyConfig, config: HousekeepingConfig, database_kind: str
+) -> dg.AssetsDefinition:
+    key = policy_asset_key(name)
+    kinds = {database_kind} | ({"parquet"} if policy.archive else set())
+
+    @dg.asset(
+        key=key,
+        group_name=GROUP,
+        description=describe_policy(name, policy),
+        kinds=kinds,
+        owners=[config.owner],
+        # One run per table at a time; the advisory lock guards against anything else.
+        pool=f"hk_table_{policy.table}",
+        output_required=False,
+        tags={"hk/kind": str(policy.kind)},
+        metadata={
+            "table": policy.table,
+            "cutoff_column": policy.cutoff_column,
+            "archive": policy.archive,
+            "schedule": policy.schedule or "manual only",
+        },
+    )
+    def policy_cleanup(
+        context: dg.AssetExecutionContext,
+        config: CleanupRunConfig,
+        housekeeping: HousekeepingResource,
+    ):
+        settings = housekeeping.load()
+        db = housekeeping.app_database()
+        history = housekeeping.run_history(settings)
+        try:
+            with stop_on_terminate() as stop:
+                result = run_and_record(
+                    history,
+                    db,
+                    settings,
+                    name,
+                    dagster_run_id=context.run_id,
+                    options=RunOptions(config.dry_run, config.allow_large_delete),
+                    run_id=context.run_id,
+                    should_stop=stop,
+                    log=context.log.info,
+                )
+        finally:
+            db.dispose()
+            history.dispose()
+        context.log.info(result.summary_line())
+        metadata = _scalar_metadata(result.metadata())
+        if result.dry_run:
+            # A dry run is an observation, not a materialization: the plotted history stays real.
+            context.log_event(dg.AssetObservation(asset_key=key, metadata=metadata))
+            return
+        if result.stopped_early:
+            context.log_event(dg.AssetMaterialization(asset_key=key, metadata=metadata))
+            raise dg.Failure(
+                description=(
+                    f"Stopped on request after {result.batches} batches: {result.deleted:,} rows "
+                    "deleted (and archived where configured); the next run carries on."
+                ),
+                metadata=metadata,
+            )
+        yield dg.MaterializeResult(metadata=metadata)
+
+    return policy_cleanup
+
+
+def build_dagster_run_history_asset(config: HousekeepingConfig) -> dg.AssetsDefinition:
+    retention = config.dagster_runs
+
+    @dg.asset(
+        key=DAGSTER_RUNS_ASSET,
+        group_name=GROUP,
+        description=(
+            f"Purges Dagster runs older than {format_duration(retention.retention)} (failed and "
+            f"canceled runs after {format_duration(retention.failed_retention)}) with their event "
+            "logs and compute logs, through Dagster's public instance API. Runs in progress are "
+            "never touched."
+        ),
+        kinds={"dagster"},
+        owners=[config.owner],
+        pool="hk_dagster_run_history",
+        output_required=False,
+        metadata={"schedule": retention.schedule or "manual only"},
+    )
+    def dagster_run_history(
+        context: dg.AssetExecutionContext,
+        config: RunRetentionRunConfig,
+        housekeeping: HousekeepingResource,
+    ):
+        settings = housekeeping.load()
+        history = housekeeping.run_history(settings)
+        started = datetime.now(UTC)
+        try:
+            with stop_on_terminate() as stop:
+                result = purge_dagster_runs(
+                    context.instance,
+                    now=started,
+                    retention=settings.dagster_runs.retention,
+                    failed_retention=settings.dagster_runs.failed_retention,
+                    dry_run=config.dry_run,
+                    should_stop=stop,
+                    keep_run_ids={context.run_id},
+                )
+            if not config.dry_run:
+                history.record(
+                    PolicyRun(
+                        policy="dagster_run_history",
+                        table_name="dagster runs",
+                        status=RunStatus.STOPPED if result.stopped_early else RunStatus.SUCCESS,
+                        started_at=started,
+                        finished_at=datetime.now(UTC),
+                        deleted=result.runs_deleted,
+                        expected_deleted=result.would_delete,
+                        duration_ms=result.duration_ms,
+                        dagster_run_id=context.run_id,
+                    )
+                )
+        finally:
+            history.dispose()
+        metadata = _scalar_metadata(
+            {
+                "runs_deleted": result.runs_deleted,
+                "failed_runs_deleted": result.failed_runs_deleted,
+                "would_delete": result.would_delete,
+                "compute_log_dirs_deleted": result.compute_log_dirs_deleted,
+                "oldest_remaining_run": (
+                    result.oldest_remaining_run_created_at.isoformat()
+                    if result.oldest_remaining_run_created_at
+                    else None
+                ),
+                "stopped_early": result.stopped_early,
+                "duration_ms": result.duration_ms,
+                "dry_run": config.dry_run,
+            }
+        )
+        context.log.info(
+            f"dagster_run_history: {'would purge' if config.dry_run else 'purged'} "
+            f"{result.would_delete if config.dry_run else result.runs_deleted} runs"
+        )
+        if config.dry_run:
+            context.log_event(dg.AssetObservation(asset_key=DAGSTER_RUNS_ASSET, metadata=metadata))
+            return
+        yield dg.MaterializeResult(metadata=metadata)
+
+    return dagster_run_history

@@ -1,0 +1,206 @@
+"""`hk`: what is not a Dagster run. A thin click shell over the same core the assets use."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from housekeeping.archive import ArchiveError
+from housekeeping.config import ConfigError, database_url, load_config
+from housekeeping.database import AppDatabase, DatabaseError
+from housekeeping.locking import AlreadyRunning
+from housekeeping.policies import SafetyRefusal
+
+EXPECTED_ERRORS = (ConfigError, DatabaseError, ArchiveError, SafetyRefusal, AlreadyRunning)
+
+
+class HkGroup(click.Group):
+    """Turns the product's own errors into one-line messages (exit 1) instead of tracebacks."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except EXPECTED_ERRORS as exc:
+            raise click.ClickException(str(exc)) from None
+
+
+config_option = click.option(
+    "--config",
+    "config_file",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Config file (default: $HK_CONFIG, else ./hk.yaml).",
+)
+database_option = click.option(
+    "--database-url",
+    default=None,
+    help="Application database URL (default: $DATABASE_URL, else the demo's SQLite file).",
+)
+
+
+@click.group(cls=HkGroup)
+@click.version_option(package_name="pg-housekeeping")
+def main() -> None:
+    """Housekeeping and metrics for applications on PostgreSQL (Dagster runs the schedules)."""
+
+
+@main.command()
+@database_option
+@click.option("--tokens", default=20_000, show_default=True, help="Revoked tokens to generate.")
+@click.option("--requests", default=200_000, show_default=True, help="Request log rows.")
+@click.option("--days", default=30, show_default=True, help="Days of history to spread them over.")
+@click.option("--seed", "random_seed", default=42, show_default=True, help="Random seed.")
+@click.option("--reset", is_flag=True, help="Drop and recreate the tables if they hold rows.")
+@click.option(
+    "--partitioned-request-logs",
+    is_flag=True,
+    help="PostgreSQL only: create request_logs range-partitioned by day.",
+)
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def seed(database_url, tokens, requests, days, random_seed, reset, partitioned_request_logs, quiet):
+    """Create the reference schema and fill it with realistic generated data."""
+    from housekeeping.demo_data import SeedError, seed_database
+
+    url = database_url or _default_database_url()
+    try:
+        summary = seed_database(
+            url,
+            tokens=tokens,
+            requests=requests,
+            days=days,
+            seed=random_seed,
+            progress=not quiet,
+            reset=reset,
+            partitioned_request_logs=partitioned_request_logs,
+        )
+    except (SeedError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(_describe_seed(summary))
+
+
+def _describe_seed(summary) -> str:
+    counts = ", ".join(f"{table} {rows:,}" for table, rows in summary.row_counts.items())
+    return f"seeded {counts} in {summary.elapsed_seconds:.1f}s"
+
+
+def _default_database_url() -> str:
+    url = database_url()
+    if url.startswith("sqlite:///") and not url.startswith("sqlite:////"):
+        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    return url
+
+
+@main.group()
+def config() -> None:
+    """Inspect the config file."""
+
+
+@config.command("check")
+@config_option
+@database_option
+def config_check(config_file, database_url):
+    """Validate the config against the live database; advise missing indexes."""
+    from housekeeping.policies import archive_store
+    from housekeeping.schema_check import check_policy, index_advice
+
+    settings = load_config(config_file)
+    db = AppDatabase(database_url or _default_database_url())
+    problems = []
+    advice = []
+    for name, policy in settings.policies.items():
+        try:
+            checked = check_policy(db, name, policy)
+        except ConfigError as exc:
+            problems.append(str(exc))
+            continue
+        click.echo(f"ok    {name}: {policy.table}.{policy.cutoff_column} (key {', '.join(checked.primary_key)})")
+        tip = index_advice(db, checked)
+        if tip:
+            advice.append(tip)
+    if any(policy.archive for policy in settings.policies.values()):
+        archive_store(settings).check_writable()
+    for tip in advice:
+        click.echo(
+            f"warn  {tip.policy}: {tip.table}.{tip.column} has no index, so every cleanup scans "
+            f"the whole table. Run:\n      {tip.statement}"
+        )
+    for problem in problems:
+        click.echo(f"error {problem}", err=True)
+    if problems:
+        raise click.ClickException(f"{len(problems)} problem(s) in the config")
+    click.echo(f"config OK: {len(settings.policies)} policies against {db.describe()}")
+
+
+@main.command()
+@click.option("--tokens", default=20_000, show_default=True)
+@click.option("--requests", default=100_000, show_default=True)
+@click.option("--days", default=120, show_default=True)
+def demo(tokens, requests, days):
+    """Seed the demo database (first time), run the housekeeping job once through Dagster, report."""
+    import dagster as dg
+
+    from housekeeping.demo_data import seed_database
+    from housekeeping.history import RunHistory
+
+    url = _default_database_url()
+    db = AppDatabase(url)
+    if "revoked_tokens" not in db.table_names():
+        click.echo(f"Seeding the demo application database ({db.describe()})...")
+        summary = seed_database(url, tokens=tokens, requests=requests, days=days, progress=True)
+        click.echo(_describe_seed(summary))
+    db.dispose()
+
+    from housekeeping.definitions import defs
+
+    if not os.environ.get("DAGSTER_HOME"):
+        raise click.ClickException("DAGSTER_HOME is not set (make demo sets it to var/dagster_home)")
+    instance = dg.DagsterInstance.get()
+    click.echo("Running housekeeping_job through Dagster...")
+    result = defs.resolve_job_def("housekeeping_job").execute_in_process(
+        instance=instance, raise_on_error=False
+    )
+    click.echo("")
+    click.echo(f"Dagster run {result.run_id}: {'SUCCESS' if result.success else 'FAILURE'}")
+    for event in result.all_events:
+        if event.is_step_materialization or event.event_type_value == "ASSET_OBSERVATION":
+            materialization = event.event_specific_data.materialization
+            metadata = {key: value.value for key, value in materialization.metadata.items()}
+            click.echo(_report_line(materialization.asset_key.path[-1], metadata))
+        elif event.is_step_failure:
+            click.echo(f"  FAILED {event.step_key}: {event.event_specific_data.error.message.strip()}")
+    history = RunHistory(load_config().state_database_url)
+    click.echo("")
+    click.echo("Health:")
+    for name in [*load_config().policies, "dagster_run_history"]:
+        health = history.health(name)
+        click.echo(
+            f"  {name:<22} {health.status:<9} runs {health.total_runs}, "
+            f"deleted {health.total_deleted:,} in total"
+        )
+    history.dispose()
+    click.echo("")
+    click.echo("Open the Dagster UI on this demo with: make dev  (http://127.0.0.1:3000)")
+    if not result.success:
+        sys.exit(1)
+
+
+def _report_line(asset: str, metadata: dict) -> str:
+    if "runs_deleted" in metadata:
+        return f"  {asset:<22} purged {metadata['runs_deleted']} Dagster runs"
+    deleted = metadata.get("deleted", 0)
+    parts = [
+        f"deleted {deleted:>9,} of {metadata.get('table_rows', 0):>9,} rows",
+        f"{metadata.get('batches', 0):>3} batches",
+        f"{metadata.get('duration_ms', 0):>7,.0f} ms",
+    ]
+    if metadata.get("archived_rows"):
+        parts.append(f"archived {metadata['archived_rows']:,}")
+    parts.append(f"remaining expired {metadata.get('remaining_expired', 0)}")
+    return f"  {asset:<22} " + ", ".join(parts)
+
+
+if __name__ == "__main__":
+    main()

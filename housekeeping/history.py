@@ -1,0 +1,264 @@
+"""The history of housekeeping runs, and the health it implies.
+
+Kept in the product's own state database (``state_database_url``: a SQLite file by default,
+PostgreSQL in production), not in the application database, so a run that failed because the
+application database was unreachable is recorded all the same. The health rules are the ones the
+teams in ``reference/`` use: healthy; degraded after 1-2 consecutive failures; critical after 3+;
+a warning after 0 deleted for 3+ runs in a row; a warning when cleanups average over 1000 ms.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+
+from housekeeping.config import HousekeepingConfig
+from housekeeping.database import AppDatabase, redact_url
+from housekeeping.locking import AlreadyRunning
+from housekeeping.policies import PolicyResult, run_policy
+
+metadata = sa.MetaData()
+
+policy_runs = sa.Table(
+    "hk_policy_runs",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("policy", sa.String(64), nullable=False, index=True),
+    sa.Column("table_name", sa.String(128), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),  # success | failed | stopped
+    sa.Column("started_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("finished_at", sa.DateTime(timezone=True), nullable=False, index=True),
+    sa.Column("deleted", sa.BigInteger, nullable=False, default=0),
+    sa.Column("expected_deleted", sa.BigInteger, nullable=False, default=0),
+    sa.Column("remaining_expired", sa.BigInteger, nullable=False, default=0),
+    sa.Column("archived_rows", sa.BigInteger, nullable=False, default=0),
+    sa.Column("batches", sa.Integer, nullable=False, default=0),
+    sa.Column("duration_ms", sa.Float, nullable=False, default=0.0),
+    sa.Column("error", sa.Text, nullable=True),
+    sa.Column("dagster_run_id", sa.String(64), nullable=True),
+)
+
+CONSECUTIVE_FAILURES_CRITICAL = 3
+ZERO_DELETE_RUNS_WARNING = 3
+AVERAGE_DURATION_WARNING_MS = 1000.0
+AVERAGE_OVER_RUNS = 10
+
+
+class RunStatus(StrEnum):
+    SUCCESS = "success"
+    FAILED = "failed"
+    STOPPED = "stopped"
+
+
+class HealthStatus(StrEnum):
+    HEALTHY = "healthy"
+    DEGRADED = "degraded"
+    CRITICAL = "critical"
+
+
+@dataclass(frozen=True)
+class PolicyRun:
+    policy: str
+    table_name: str
+    status: RunStatus
+    started_at: datetime
+    finished_at: datetime
+    deleted: int = 0
+    expected_deleted: int = 0
+    remaining_expired: int = 0
+    archived_rows: int = 0
+    batches: int = 0
+    duration_ms: float = 0.0
+    error: str | None = None
+    dagster_run_id: str | None = None
+
+
+@dataclass(frozen=True)
+class PolicyHealth:
+    policy: str
+    status: HealthStatus
+    consecutive_failures: int
+    consecutive_zero_deletes: int
+    average_duration_ms: float | None
+    total_runs: int
+    successful_runs: int
+    failed_runs: int
+    total_deleted: int
+    last_run: datetime | None
+    last_success: datetime | None
+    last_failure: datetime | None
+    last_error: str | None
+
+    @property
+    def zero_deletes_warning(self) -> bool:
+        return self.consecutive_zero_deletes >= ZERO_DELETE_RUNS_WARNING
+
+    @property
+    def slow_warning(self) -> bool:
+        return (self.average_duration_ms or 0.0) > AVERAGE_DURATION_WARNING_MS
+
+
+def evaluate_health(policy: str, runs: Sequence[PolicyRun]) -> PolicyHealth:
+    """Health from a policy's runs, newest first."""
+    failures = 0
+    for run in runs:
+        if run.status is not RunStatus.FAILED:
+            break
+        failures += 1
+    zero_deletes = 0
+    for run in runs:
+        if run.status is RunStatus.FAILED:
+            continue  # failures are judged by the rule above
+        if run.deleted:
+            break
+        zero_deletes += 1
+    completed = [run for run in runs if run.status is not RunStatus.FAILED][:AVERAGE_OVER_RUNS]
+    average = sum(run.duration_ms for run in completed) / len(completed) if completed else None
+    if failures >= CONSECUTIVE_FAILURES_CRITICAL:
+        status = HealthStatus.CRITICAL
+    elif failures:
+        status = HealthStatus.DEGRADED
+    else:
+        status = HealthStatus.HEALTHY
+    failed = [run for run in runs if run.status is RunStatus.FAILED]
+    succeeded = [run for run in runs if run.status is RunStatus.SUCCESS]
+    return PolicyHealth(
+        policy=policy,
+        status=status,
+        consecutive_failures=failures,
+        consecutive_zero_deletes=zero_deletes,
+        average_duration_ms=average,
+        total_runs=len(runs),
+        successful_runs=len(succeeded),
+        failed_runs=len(failed),
+        total_deleted=sum(run.deleted for run in runs),
+        last_run=runs[0].finished_at if runs else None,
+        last_success=succeeded[0].finished_at if succeeded else None,
+        last_failure=failed[0].finished_at if failed else None,
+        last_error=failed[0].error if failed else None,
+    )
+
+
+class RunHistory:
+    """Reads and writes ``hk_policy_runs`` in the state database."""
+
+    def __init__(self, url: str) -> None:
+        parsed = sa.engine.make_url(url)
+        if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        if parsed.get_backend_name() == "postgresql" and parsed.drivername == "postgresql":
+            parsed = parsed.set(drivername="postgresql+psycopg")
+        self.engine = sa.create_engine(parsed)
+        self.description = redact_url(parsed)
+        metadata.create_all(self.engine)
+
+    def record(self, run: PolicyRun) -> None:
+        values = {
+            field: getattr(run, field)
+            for field in PolicyRun.__dataclass_fields__
+            if field != "status"
+        }
+        values["status"] = str(run.status)
+        if values["error"]:
+            values["error"] = values["error"][:2000]
+        with self.engine.begin() as conn:
+            conn.execute(policy_runs.insert().values(**values))
+
+    def recent(self, policy: str, limit: int = 100) -> list[PolicyRun]:
+        query = (
+            sa.select(policy_runs)
+            .where(policy_runs.c.policy == policy)
+            .order_by(policy_runs.c.finished_at.desc(), policy_runs.c.id.desc())
+            .limit(limit)
+        )
+        with self.engine.connect() as conn:
+            rows = conn.execute(query).mappings().all()
+        return [
+            PolicyRun(
+                policy=row["policy"],
+                table_name=row["table_name"],
+                status=RunStatus(row["status"]),
+                started_at=_utc(row["started_at"]),
+                finished_at=_utc(row["finished_at"]),
+                deleted=row["deleted"],
+                expected_deleted=row["expected_deleted"],
+                remaining_expired=row["remaining_expired"],
+                archived_rows=row["archived_rows"],
+                batches=row["batches"],
+                duration_ms=row["duration_ms"],
+                error=row["error"],
+                dagster_run_id=row["dagster_run_id"],
+            )
+            for row in rows
+        ]
+
+    def health(self, policy: str) -> PolicyHealth:
+        return evaluate_health(policy, self.recent(policy, limit=500))
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+
+def _utc(value: datetime) -> datetime:
+    # SQLite hands back naive datetimes; everything stored here is UTC.
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def run_and_record(
+    history: RunHistory,
+    db: AppDatabase,
+    config: HousekeepingConfig,
+    name: str,
+    *,
+    dagster_run_id: str | None = None,
+    **run_options: Any,
+) -> PolicyResult:
+    """``run_policy`` plus one history row per real run (dry runs are not history).
+
+    A refused or failed run is recorded as failed: the operator has to look either way. A run
+    that found another cleanup of the same table in progress is not recorded at all.
+    """
+    started = datetime.now(UTC)
+    policy = config.policy(name)
+    try:
+        result = run_policy(db, config, name, **run_options)
+    except AlreadyRunning:
+        raise
+    except Exception as exc:
+        history.record(
+            PolicyRun(
+                policy=name,
+                table_name=policy.table,
+                status=RunStatus.FAILED,
+                started_at=started,
+                finished_at=datetime.now(UTC),
+                duration_ms=(datetime.now(UTC) - started).total_seconds() * 1000,
+                error=f"{type(exc).__name__}: {exc}",
+                dagster_run_id=dagster_run_id,
+            )
+        )
+        raise
+    if not result.dry_run:
+        history.record(
+            PolicyRun(
+                policy=name,
+                table_name=policy.table,
+                status=RunStatus.STOPPED if result.stopped_early else RunStatus.SUCCESS,
+                started_at=started,
+                finished_at=datetime.now(UTC),
+                deleted=result.deleted,
+                expected_deleted=result.expected_deleted,
+                remaining_expired=result.remaining_expired,
+                archived_rows=result.archived_rows,
+                batches=result.batches,
+                duration_ms=result.duration_ms,
+                dagster_run_id=dagster_run_id,
+            )
+        )
+    return result
