@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import Protocol
+from typing import BinaryIO, Protocol
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -42,6 +42,8 @@ class ArchiveStore(Protocol):
 
     def write_durably(self, path: str, data: bytes) -> None: ...
 
+    def write_stream_durably(self, path: str, write: Callable[[BinaryIO], None]) -> str: ...
+
     def rename(self, source: str, target: str) -> None: ...
 
     def read_bytes(self, path: str) -> bytes: ...
@@ -49,6 +51,8 @@ class ArchiveStore(Protocol):
     def remove(self, path: str) -> None: ...
 
     def list_files(self, prefix: str, suffix: str) -> list[str]: ...
+
+    def size(self, path: str) -> int: ...
 
 
 class LocalArchiveStore:
@@ -82,6 +86,24 @@ class LocalArchiveStore:
             handle.flush()
             os.fsync(handle.fileno())
         _fsync_directory(target.parent)
+
+    def write_stream_durably(self, path: str, write: Callable[[BinaryIO], None]) -> str:
+        """Let ``write`` stream into the file, fsync it, and return its sha256."""
+        target = self._path(path)
+        self._make_dirs(target.parent)
+        with open(target, "wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        _fsync_directory(target.parent)
+        digest = hashlib.sha256()
+        with open(target, "rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(chunk)
+        return digest.hexdigest()
+
+    def size(self, path: str) -> int:
+        return self._path(path).stat().st_size
 
     def rename(self, source: str, target: str) -> None:
         destination = self._path(target)
@@ -150,6 +172,18 @@ class RecoveryResult:
     rows_completed: int = 0
 
 
+PARTITION_MARKER = "-partition-"
+
+
+def partition_file_name(run_id: str, partition: str) -> str:
+    return f"{run_id}{PARTITION_MARKER}{partition}"
+
+
+def partition_of(path: str) -> str | None:
+    name = path.rsplit("/", 1)[-1].removesuffix(PENDING_SUFFIX).removesuffix(".parquet")
+    return name.split(PARTITION_MARKER, 1)[1] if PARTITION_MARKER in name else None
+
+
 def archive_day_dir(table: str, day: date) -> str:
     return f"{table}/date={day.isoformat()}"
 
@@ -184,6 +218,44 @@ class TableArchive:
         self.store.write_durably(pending, data)
         return StagedFile(pending, f"{directory}/{name}", entry)
 
+    def stage_stream(
+        self, batches: pa.RecordBatchReader, *, name: str, run_id: str, now: datetime
+    ) -> StagedFile:
+        """Like ``stage`` for data too big for memory (a whole partition), batch by batch."""
+        directory = archive_day_dir(self.table, now.astimezone(UTC).date())
+        pending = f"{directory}/{name}{PENDING_SUFFIX}"
+        rows = 0
+        low = high = None
+
+        def write(handle: BinaryIO) -> None:
+            nonlocal rows, low, high
+            with pq.ParquetWriter(handle, batches.schema, compression="zstd") as writer:
+                for batch in batches:
+                    if batch.num_rows == 0:
+                        continue
+                    writer.write_batch(batch)
+                    rows += batch.num_rows
+                    batch_low, batch_high = _cutoff_range(
+                        pa.Table.from_batches([batch]), self.cutoff_column
+                    )
+                    low = batch_low if low is None or (batch_low and batch_low < low) else low
+                    high = (
+                        batch_high if high is None or (batch_high and batch_high > high) else high
+                    )
+
+        sha256 = self.store.write_stream_durably(pending, write)
+        entry = ArchivedFile(
+            file=f"{name}.parquet",
+            rows=rows,
+            bytes=self.store.size(pending),
+            sha256=sha256,
+            run_id=run_id,
+            archived_at=now.astimezone(UTC).isoformat(),
+            min_cutoff=low,
+            max_cutoff=high,
+        )
+        return StagedFile(pending, f"{directory}/{name}.parquet", entry)
+
     def commit(self, staged: StagedFile) -> None:
         """After the delete committed: publish the file and enter it in the manifest."""
         self.store.rename(staged.pending_path, staged.final_path)
@@ -192,10 +264,25 @@ class TableArchive:
     def discard(self, staged: StagedFile) -> None:
         self.store.remove(staged.pending_path)
 
-    def recover(self, rows_still_in_table: Callable[[pa.Table], bool]) -> RecoveryResult:
+    def recover(
+        self,
+        rows_still_in_table: Callable[[pa.Table], bool],
+        partition_still_exists: Callable[[str], bool] | None = None,
+    ) -> RecoveryResult:
         """Finish or discard what a crashed run left behind, then repair the manifests."""
         completed = discarded = rows_completed = 0
         for pending in self.store.list_files(self.table, PENDING_SUFFIX):
+            partition = partition_of(pending)
+            if partition is not None and partition_still_exists is not None:
+                # A whole partition: it is dropped in the transaction, so it existing means the
+                # drop never committed.
+                if partition_still_exists(partition):
+                    self.store.remove(pending)
+                    discarded += 1
+                else:
+                    self.store.rename(pending, pending[: -len(PENDING_SUFFIX)] + ".parquet")
+                    completed += 1
+                continue
             data = self.store.read_bytes(pending)
             try:
                 rows = pq.read_table(pa.BufferReader(data))
@@ -273,7 +360,11 @@ class TableArchive:
                         rows=rows.num_rows,
                         bytes=len(data),
                         sha256=hashlib.sha256(data).hexdigest(),
-                        run_id=name.rsplit("-", 1)[0],
+                        run_id=(
+                            name.split(PARTITION_MARKER)[0]
+                            if PARTITION_MARKER in name
+                            else name.removesuffix(".parquet").rsplit("-", 1)[0]
+                        ),
                         archived_at=datetime.now(UTC).isoformat(),
                         min_cutoff=minimum,
                         max_cutoff=maximum,

@@ -8,26 +8,21 @@ from __future__ import annotations
 
 import fcntl
 import os
-import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import psycopg
 
-from housekeeping.database import AppDatabase, libpq_url
+from housekeeping.database import AppDatabase, DatabaseError, libpq_url, quote_identifier
 
-# Advisory locks take two int4 keys: ours is the product's, theirs the table's.
+# The advisory lock key: our namespace in the high 32 bits, the table's OID in the low 32 bits.
+# The OID (not the name) so that tables of the same name in other schemas do not collide.
 LOCK_NAMESPACE = 0x686B  # "hk"
 
 
 class AlreadyRunning(Exception):
     """Another cleanup of the same table holds its lock."""
-
-
-def table_lock_key(table: str) -> int:
-    value = zlib.crc32(table.encode())
-    return value - (1 << 32) if value >= (1 << 31) else value
 
 
 @contextmanager
@@ -42,16 +37,18 @@ def table_lock(db: AppDatabase, table: str) -> Iterator[None]:
 
 @contextmanager
 def _postgres_lock(db: AppDatabase, table: str) -> Iterator[None]:
-    key = table_lock_key(table)
     with psycopg.connect(libpq_url(db.url), autocommit=True, connect_timeout=10) as conn:
-        acquired = conn.execute(
-            "SELECT pg_try_advisory_lock(%s, %s)", (LOCK_NAMESPACE, key)
+        oid = conn.execute(
+            "SELECT to_regclass(%s)::oid::bigint", (quote_identifier(table),)
         ).fetchone()[0]
-        if not acquired:
+        if oid is None:
+            raise DatabaseError(f"table {table!r} does not exist")
+        key = (LOCK_NAMESPACE << 32) | oid
+        if not conn.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()[0]:
             holder = conn.execute(
                 "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND classid = %s::oid "
-                "AND objid = %s::oid AND granted LIMIT 1",
-                (LOCK_NAMESPACE, key & 0xFFFFFFFF),
+                "AND objid = %s::oid AND objsubid = 1 AND granted LIMIT 1",
+                (LOCK_NAMESPACE, oid),
             ).fetchone()
             who = f" (held by PostgreSQL backend pid {holder[0]})" if holder else ""
             raise AlreadyRunning(
@@ -60,7 +57,7 @@ def _postgres_lock(db: AppDatabase, table: str) -> Iterator[None]:
         try:
             yield
         finally:
-            conn.execute("SELECT pg_advisory_unlock(%s, %s)", (LOCK_NAMESPACE, key))
+            conn.execute("SELECT pg_advisory_unlock(%s)", (key,))
 
 
 @contextmanager

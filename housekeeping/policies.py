@@ -34,6 +34,13 @@ from housekeeping.deletion import (
     target_conditions,
 )
 from housekeeping.locking import table_lock
+from housekeeping.partition_retention import (
+    PartitionOutcome,
+    drop_expired_partitions,
+    expired_partitions,
+    partition_exists,
+    range_partitions,
+)
 from housekeeping.schema_check import CheckedPolicy, check_policy
 
 # Above this share of expiring rows, walking the whole table beats walking the cutoff index.
@@ -68,6 +75,7 @@ class PolicyResult:
     archived_rows: int = 0
     archive_files: int = 0
     recovered_archive_files: int = 0
+    partitions_dropped: int = 0
     strategies: list[str] = field(default_factory=list)
     stopped_early: bool = False
     exceeds_delete_fraction: bool = False
@@ -261,6 +269,33 @@ def _rows_still_in_table(db: AppDatabase, checked: CheckedPolicy) -> Callable[[p
     return lookup
 
 
+def _drop_whole_partitions(
+    db: AppDatabase,
+    checked: CheckedPolicy,
+    target: DeleteTarget,
+    archive: TableArchive | None,
+    config: HousekeepingConfig,
+    run_id: str,
+    should_stop: Callable[[], bool],
+    log: Callable[[str], None],
+) -> PartitionOutcome:
+    partitions = expired_partitions(
+        range_partitions(db, checked.table.name, checked.policy.cutoff_column), target.cutoff
+    )
+    if not partitions:
+        return PartitionOutcome()
+    return drop_expired_partitions(
+        db,
+        checked.table.name,
+        partitions,
+        archive=archive,
+        safety=config.safety,
+        run_id=run_id,
+        should_stop=should_stop,
+        log=log,
+    )
+
+
 def archive_store(config: HousekeepingConfig) -> ArchiveStore:
     return LocalArchiveStore(config.archive.root)
 
@@ -292,7 +327,10 @@ def run_policy(
     with table_lock(db, policy.table):
         recovered = 0
         if archive is not None:
-            recovery = archive.recover(_rows_still_in_table(db, checked))
+            recovery = archive.recover(
+                _rows_still_in_table(db, checked),
+                partition_exists(db) if checked.table.is_partitioned else None,
+            )
             recovered = recovery.completed
             if recovery.completed or recovery.discarded:
                 log(
@@ -327,6 +365,16 @@ def run_policy(
                 f"(policies.{name}.max_delete_fraction or safety.max_delete_fraction); nothing "
                 "was deleted. Check the cutoff, or rerun with allow_large_delete."
             )
+        if checked.table.is_partitioned and policy.kind is not PolicyKind.JOBS:
+            dropped = _drop_whole_partitions(
+                db, checked, targets[0], archive, config, run_id, should_stop, log
+            )
+            result.partitions_dropped = dropped.partitions_dropped
+            result.deleted += dropped.rows
+            result.archived_rows += dropped.archived_rows
+            result.archive_files += dropped.archive_files
+            result.max_batch_ms = max(result.max_batch_ms, dropped.max_transaction_ms)
+            expected_by_target = [max(0, expected_by_target[0] - dropped.rows)]
         sequence = 0
         for target, target_expected in zip(targets, expected_by_target, strict=True):
             if target_expected == 0:

@@ -1,0 +1,163 @@
+"""Range-partitioned tables (PostgreSQL): whole expired partitions go at once.
+
+A partition whose upper bound is at or before the cutoff holds only expired rows. It is streamed
+to the archive (durably), then detached and dropped in one transaction, then the archive file is
+published: the same stage -> commit -> publish protocol as row batches, so a crash anywhere is
+repaired by the next run (see archive.TableArchive.recover).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import adbc_driver_postgresql.dbapi as adbc
+import sqlalchemy as sa
+
+from housekeeping.archive import TableArchive, partition_file_name
+from housekeeping.config import SafetyConfig
+from housekeeping.database import AppDatabase, libpq_url, quote_identifier
+
+_RANGE_KEY = re.compile(r"^RANGE \((.+)\)$")
+_BOUNDS = re.compile(r"^FOR VALUES FROM \((.+)\) TO \((.+)\)$")
+
+
+@dataclass(frozen=True)
+class Partition:
+    name: str
+    lower: datetime | None  # None: MINVALUE
+    upper: datetime | None  # None: MAXVALUE
+
+
+@dataclass
+class PartitionOutcome:
+    partitions_dropped: int = 0
+    rows: int = 0
+    archived_rows: int = 0
+    archive_files: int = 0
+    max_transaction_ms: float = 0.0
+
+
+def _bound(text: str) -> datetime | None:
+    text = text.strip()
+    if text.upper() in ("MINVALUE", "MAXVALUE"):
+        return None
+    value = datetime.fromisoformat(text.strip("'"))
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def range_partitions(db: AppDatabase, table: str, column: str) -> list[Partition]:
+    """The table's range partitions on ``column`` (empty when partitioned otherwise)."""
+    with db.connect() as conn:
+        key = conn.execute(
+            sa.text("SELECT pg_get_partkeydef(to_regclass(:name))"),
+            {"name": quote_identifier(table)},
+        ).scalar()
+        match = _RANGE_KEY.match(key or "")
+        if not match or match.group(1).strip('"') != column:
+            return []
+        conn.execute(sa.text("SET LOCAL TimeZone = 'UTC'"))
+        rows = conn.execute(
+            sa.text(
+                "SELECT c.relname, pg_get_expr(c.relpartbound, c.oid) FROM pg_inherits i "
+                "JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = to_regclass(:name) "
+                "ORDER BY c.relname"
+            ),
+            {"name": quote_identifier(table)},
+        ).all()
+    partitions = []
+    for name, bound in rows:
+        bounds = _BOUNDS.match(bound or "")
+        if bounds is None:
+            continue  # the DEFAULT partition: its rows go row by row
+        partitions.append(Partition(name, _bound(bounds.group(1)), _bound(bounds.group(2))))
+    return partitions
+
+
+def expired_partitions(partitions: list[Partition], cutoff: datetime) -> list[Partition]:
+    return [p for p in partitions if p.upper is not None and p.upper <= cutoff]
+
+
+def partition_exists(db: AppDatabase) -> Callable[[str], bool]:
+    def exists(name: str) -> bool:
+        with db.connect() as conn:
+            return (
+                conn.execute(
+                    sa.text("SELECT to_regclass(:name)"), {"name": quote_identifier(name)}
+                ).scalar()
+                is not None
+            )
+
+    return exists
+
+
+def drop_expired_partitions(
+    db: AppDatabase,
+    table: str,
+    partitions: list[Partition],
+    *,
+    archive: TableArchive | None,
+    safety: SafetyConfig,
+    run_id: str,
+    should_stop: Callable[[], bool] = lambda: False,
+    log: Callable[[str], None] = lambda message: None,
+) -> PartitionOutcome:
+    outcome = PartitionOutcome()
+    conn = adbc.connect(libpq_url(db.url))
+    try:
+        cursor = conn.cursor()
+        for partition in partitions:
+            if outcome.partitions_dropped and should_stop():
+                break
+            quoted = quote_identifier(partition.name)
+            staged = None
+            try:
+                if archive is not None:
+                    # Read inside the dropping transaction: nobody can add rows to a partition
+                    # wholly in the past, and what we archive is exactly what we drop.
+                    cursor.execute(f"SELECT * FROM {quoted}")
+                    staged = archive.stage_stream(
+                        cursor.fetch_record_batch(),
+                        name=partition_file_name(run_id, partition.name),
+                        run_id=run_id,
+                        now=datetime.now(UTC),
+                    )
+                    rows = staged.entry.rows
+                else:
+                    cursor.execute(f"SELECT count(*) FROM {quoted}")
+                    rows = int(cursor.fetchone()[0])
+                # Timeouts guard the short exclusive part; the archive read above only holds
+                # ACCESS SHARE on the partition, so the application is never blocked by it.
+                lock_ms = int(safety.lock_timeout.total_seconds() * 1000)
+                statement_ms = int(safety.statement_timeout.total_seconds() * 1000)
+                cursor.execute(
+                    "SELECT set_config('lock_timeout', $1, true), "
+                    "set_config('statement_timeout', $2, true)",
+                    parameters=[f"{lock_ms}ms", f"{statement_ms}ms"],
+                )
+                cursor.fetchall()
+                started = datetime.now(UTC)
+                cursor.execute(f"ALTER TABLE {quote_identifier(table)} DETACH PARTITION {quoted}")
+                cursor.execute(f"DROP TABLE {quoted}")
+            except BaseException:
+                conn.rollback()
+                if archive is not None and staged is not None:
+                    archive.discard(staged)
+                raise
+            conn.commit()  # unknown outcome on failure: recovery checks whether the table exists
+            if archive is not None and staged is not None:
+                archive.commit(staged)
+                outcome.archived_rows += rows
+                outcome.archive_files += 1
+            outcome.partitions_dropped += 1
+            outcome.rows += rows
+            outcome.max_transaction_ms = max(
+                outcome.max_transaction_ms, (datetime.now(UTC) - started).total_seconds() * 1000
+            )
+            log(f"dropped partition {partition.name} of {table} ({rows:,} rows)")
+        cursor.close()
+    finally:
+        conn.close()
+    return outcome
