@@ -4,12 +4,12 @@ Thin adapters: they load the config, call the core (`run_and_record`, `purge_dag
 report what happened as metadata the UI plots across runs.
 """
 
-from __future__ import annotations
 
 from datetime import UTC, datetime
 from typing import Any
 
 import dagster as dg
+from pydantic import Field
 
 from housekeeping.config import HousekeepingConfig, PolicyConfig, PolicyKind, format_duration
 from housekeeping.dagster_runs import purge_dagster_runs
@@ -23,10 +23,10 @@ DAGSTER_RUNS_ASSET = dg.AssetKey([GROUP, "dagster_run_history"])
 
 
 class CleanupRunConfig(dg.Config):
-    dry_run: bool = dg.Field(
+    dry_run: bool = Field(
         default=False, description="Count what would be deleted per table; delete nothing."
     )
-    allow_large_delete: bool = dg.Field(
+    allow_large_delete: bool = Field(
         default=False,
         description="Delete even when the run would remove more than max_delete_fraction of "
         "the table (the safety refusal's override).",
@@ -34,7 +34,7 @@ class CleanupRunConfig(dg.Config):
 
 
 class RunRetentionRunConfig(dg.Config):
-    dry_run: bool = dg.Field(default=False, description="Count the runs to purge; purge nothing.")
+    dry_run: bool = Field(default=False, description="Count the runs to purge; purge nothing.")
 
 
 def policy_asset_key(name: str) -> dg.AssetKey:

@@ -1,6 +1,5 @@
 """Asset checks: each policy's health, judged from its run history (see history.py)."""
 
-from __future__ import annotations
 
 import dagster as dg
 

@@ -4,7 +4,6 @@ A config that does not validate fails the code location's load with the same mes
 `hk config check` prints.
 """
 
-from __future__ import annotations
 
 import dagster as dg
 
