@@ -69,12 +69,19 @@ def create_revoked_tokens(
 
 def rows_of(db: AppDatabase, table: str, order_by: str = "id") -> list[tuple]:
     with db.connect() as conn:
-        return [tuple(row) for row in conn.execute(sa.text(f"SELECT * FROM {table} ORDER BY {order_by}"))]
+        return [
+            tuple(row)
+            for row in conn.execute(sa.text(f"SELECT * FROM {table} ORDER BY {order_by}"))
+        ]
 
 
 def count(db: AppDatabase, table: str, where: str = "1=1", **params) -> int:
     with db.connect() as conn:
-        return int(conn.execute(sa.text(f"SELECT count(*) FROM {table} WHERE {where}"), params).scalar_one())
+        return int(
+            conn.execute(
+                sa.text(f"SELECT count(*) FROM {table} WHERE {where}"), params
+            ).scalar_one()
+        )
 
 
 def create_jobs(db: AppDatabase, jobs: list[dict]) -> None:

@@ -57,7 +57,9 @@ def test_policy_names_must_be_usable_as_asset_names():
 
 def test_missing_environment_variable_in_config_names_it(monkeypatch):
     monkeypatch.delenv("HK_NOT_SET_ANYWHERE", raising=False)
-    with pytest.raises(ConfigError, match=r"archive\.root: environment variable HK_NOT_SET_ANYWHERE"):
+    with pytest.raises(
+        ConfigError, match=r"archive\.root: environment variable HK_NOT_SET_ANYWHERE"
+    ):
         parse_config({"archive": {"root": "${HK_NOT_SET_ANYWHERE}"}})
 
 
@@ -79,10 +81,22 @@ def test_the_shipped_config_is_valid():
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        ({"table": "revoked_tokenz"}, r"policies\.revoked_tokens\.table: table 'revoked_tokenz' does not exist"),
-        ({"cutoff_column": "expires"}, r"policies\.revoked_tokens\.cutoff_column: column 'expires' does not exist"),
-        ({"cutoff_column": "token_hash"}, r"policies\.revoked_tokens\.cutoff_column: column revoked_tokens\.token_hash is .*not a timestamp"),
-        ({"primary_key": ["nope"]}, r"policies\.revoked_tokens\.primary_key: column 'nope' does not exist"),
+        (
+            {"table": "revoked_tokenz"},
+            r"policies\.revoked_tokens\.table: table 'revoked_tokenz' does not exist",
+        ),
+        (
+            {"cutoff_column": "expires"},
+            r"policies\.revoked_tokens\.cutoff_column: column 'expires' does not exist",
+        ),
+        (
+            {"cutoff_column": "token_hash"},
+            r"policies\.revoked_tokens\.cutoff_column: column revoked_tokens\.token_hash is .*not a timestamp",
+        ),
+        (
+            {"primary_key": ["nope"]},
+            r"policies\.revoked_tokens\.primary_key: column 'nope' does not exist",
+        ),
     ],
 )
 def test_config_that_does_not_match_the_live_schema_is_refused(db, tmp_path, overrides, message):
@@ -122,7 +136,9 @@ def test_an_archive_root_that_cannot_be_written_is_refused_before_deleting(db, t
     create_revoked_tokens(db, rows=50, expired_fraction=0.5)
     before = rows_of(db, "revoked_tokens")
     config = token_config(tmp_path, archive=True)
-    config = config.model_copy(update={"archive": config.archive.model_copy(update={"root": str(root)})})
+    config = config.model_copy(
+        update={"archive": config.archive.model_copy(update={"root": str(root)})}
+    )
 
     with pytest.raises(ArchiveError, match=r"archive\.root: cannot write to"):
         run_policy(db, config, "revoked_tokens")
@@ -143,7 +159,9 @@ def test_a_user_without_delete_rights_is_refused_by_name(pg_url, postgres_server
     try:
         base = postgres_server.replace("postgres@", f"{role}@", 1)
         reader = AppDatabase(with_search_path(base, schema))
-        with pytest.raises(ConfigError, match=r"policies\.revoked_tokens\.table: the database user may not DELETE"):
+        with pytest.raises(
+            ConfigError, match=r"policies\.revoked_tokens\.table: the database user may not DELETE"
+        ):
             run_policy(reader, token_config(tmp_path), "revoked_tokens")
         reader.dispose()
         assert len(rows_of(db, "revoked_tokens")) == 50

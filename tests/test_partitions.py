@@ -86,7 +86,9 @@ def config(tmp_path):
     )
 
 
-def test_whole_expired_partitions_are_archived_and_dropped_and_the_rest_deleted_by_row(db, tmp_path):
+def test_whole_expired_partitions_are_archived_and_dropped_and_the_rest_deleted_by_row(
+    db, tmp_path
+):
     create_daily_partitioned_logs(db, days=8, rows_per_day=200)
     total = count(db, "request_logs")
     with db.connect() as conn:
@@ -104,12 +106,16 @@ def test_whole_expired_partitions_are_archived_and_dropped_and_the_rest_deleted_
     assert result.deleted == expired
     assert count(db, "request_logs") == total - expired
     assert result.remaining_expired == 0
-    archived = TableArchive(LocalArchiveStore(tmp_path / "archive"), "request_logs", "ts").read_all()
+    archived = TableArchive(
+        LocalArchiveStore(tmp_path / "archive"), "request_logs", "ts"
+    ).read_all()
     assert archived.num_rows == expired
     assert len(set(archived.column("id").to_pylist())) == expired
 
 
-def test_a_crash_after_the_partition_drop_commits_is_finished_by_the_next_run(db, tmp_path, monkeypatch):
+def test_a_crash_after_the_partition_drop_commits_is_finished_by_the_next_run(
+    db, tmp_path, monkeypatch
+):
     create_daily_partitioned_logs(db, days=6, rows_per_day=100)
     total = count(db, "request_logs")
 
@@ -127,7 +133,9 @@ def test_a_crash_after_the_partition_drop_commits_is_finished_by_the_next_run(db
 
     run_policy(db, config(tmp_path), "request_logs")
 
-    archived = TableArchive(LocalArchiveStore(tmp_path / "archive"), "request_logs", "ts").read_all()
+    archived = TableArchive(
+        LocalArchiveStore(tmp_path / "archive"), "request_logs", "ts"
+    ).read_all()
     ids = archived.column("id").to_pylist()
     assert len(ids) == len(set(ids))
     assert len(ids) + count(db, "request_logs") == total

@@ -33,21 +33,37 @@ def retention_config(tmp_path, name, policy):
 
 def test_request_logs_older_than_retention_are_archived_then_deleted(db, tmp_path):
     # 10 rows a day for 40 days: 30-day retention keeps the newest 30 days.
-    create_request_logs(db, hours_back=[day * 24 + hour * 2.4 + 1 for day in range(40) for hour in range(10)])
-    policy = {"kind": "age", "table": "request_logs", "cutoff_column": "ts", "retention": "30d", "archive": True}
+    create_request_logs(
+        db, hours_back=[day * 24 + hour * 2.4 + 1 for day in range(40) for hour in range(10)]
+    )
+    policy = {
+        "kind": "age",
+        "table": "request_logs",
+        "cutoff_column": "ts",
+        "retention": "30d",
+        "archive": True,
+    }
 
     result = run_policy(db, retention_config(tmp_path, "request_logs", policy), "request_logs")
 
     assert count(db, "request_logs") == 300
     assert result.deleted == 100 and result.remaining_expired == 0
-    archived = TableArchive(LocalArchiveStore(tmp_path / "archive"), "request_logs", "ts").read_all()
+    archived = TableArchive(
+        LocalArchiveStore(tmp_path / "archive"), "request_logs", "ts"
+    ).read_all()
     assert archived.num_rows == 100
-    assert sorted(archived.column("request_id").to_pylist()) == sorted(f"r{n}" for n in range(300, 400))
+    assert sorted(archived.column("request_id").to_pylist()) == sorted(
+        f"r{n}" for n in range(300, 400)
+    )
 
 
 def jobs_at(now, queue, status, ages_hours):
     return [
-        {"queue": queue, "status": status, "finished_at": now - timedelta(hours=age) if age is not None else None}
+        {
+            "queue": queue,
+            "status": status,
+            "finished_at": now - timedelta(hours=age) if age is not None else None,
+        }
         for age in ages_hours
     ]
 
@@ -96,7 +112,9 @@ def test_keep_last_keeps_the_newest_n_per_queue_even_within_the_age(db, tmp_path
         "statuses": {"completed": {"retention": "24h", "keep_last": 3}},
     }
 
-    dry = run_policy(db, retention_config(tmp_path, "jobs", policy), "jobs", options=RunOptions(dry_run=True))
+    dry = run_policy(
+        db, retention_config(tmp_path, "jobs", policy), "jobs", options=RunOptions(dry_run=True)
+    )
     result = run_policy(db, retention_config(tmp_path, "jobs", policy), "jobs")
 
     # emails: beyond the newest 3 (4 h, 5 h) and older than 24 h (30 h) go; reports stays whole;

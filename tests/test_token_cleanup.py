@@ -6,7 +6,6 @@ import threading
 import time
 from datetime import UTC, datetime, timedelta
 
-import pyarrow.compute as pc
 import pytest
 import sqlalchemy as sa
 
@@ -161,9 +160,11 @@ def test_a_second_cleanup_of_the_same_table_says_already_running(db, tmp_path):
     create_revoked_tokens(db, rows=100, expired_fraction=0.5)
     before = rows_of(db, "revoked_tokens")
 
-    with table_lock(db, "revoked_tokens"):
-        with pytest.raises(AlreadyRunning, match="already running"):
-            run_policy(db, token_config(tmp_path), "revoked_tokens")
+    with (
+        table_lock(db, "revoked_tokens"),
+        pytest.raises(AlreadyRunning, match="already running"),
+    ):
+        run_policy(db, token_config(tmp_path), "revoked_tokens")
     assert rows_of(db, "revoked_tokens") == before
 
 
@@ -242,7 +243,10 @@ def test_the_app_keeps_inserting_tokens_during_a_cleanup(pg_url, tmp_path):
     batch_times: list[float] = []
     try:
         result = run_policy(
-            db, config, "revoked_tokens", should_stop=lambda: batch_times.append(time.perf_counter()) and False
+            db,
+            config,
+            "revoked_tokens",
+            should_stop=lambda: batch_times.append(time.perf_counter()) and False,
         )
     finally:
         stop.set()
