@@ -12,6 +12,7 @@ from datetime import timedelta
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 from croniter import croniter
@@ -67,6 +68,16 @@ def _non_negative(value: timedelta) -> timedelta:
 def _valid_cron(value: str) -> str:
     if not isinstance(value, str) or not croniter.is_valid(value) or len(value.split()) != 5:
         raise ValueError(f"not a valid 5-field cron expression: {value!r}")
+    return value
+
+
+def _valid_timezone(value: str) -> str:
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(
+            f"unknown time zone {value!r} (use an IANA name like 'Europe/Berlin')"
+        ) from None
     return value
 
 
@@ -187,8 +198,10 @@ class DagsterRunRetentionConfig(_Model):
 
 
 class HousekeepingConfig(_Model):
-    timezone: str = "UTC"
-    owner: Annotated[str, Field(pattern=r"^(team:[A-Za-z0-9_-]+|[^@\s]+@[^@\s]+)$")] = "team:operations"
+    timezone: Annotated[str, AfterValidator(_valid_timezone)] = "UTC"
+    owner: Annotated[str, Field(pattern=r"^(team:[A-Za-z0-9_-]+|[^@\s]+@[^@\s]+)$")] = (
+        "team:operations"
+    )
     state_database_url: str = "sqlite:///var/hk_state.db"
     archive: ArchiveConfig = ArchiveConfig()
     safety: SafetyConfig = SafetyConfig()

@@ -50,6 +50,11 @@ def test_malformed_policy_values_name_the_key(policy, message):
         parse_config(config_with(**policy))
 
 
+def test_an_unknown_time_zone_is_named():
+    with pytest.raises(ConfigError, match=r"timezone: unknown time zone 'Mars/Olympus'"):
+        parse_config({"timezone": "Mars/Olympus"})
+
+
 def test_policy_names_must_be_usable_as_asset_names():
     with pytest.raises(ConfigError, match=r"policies\.Request-Logs"):
         parse_config({"policies": {"Request-Logs": config_with()["policies"]["request_logs"]}})
