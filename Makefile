@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 DEMO_HOME := $(CURDIR)/var/dagster_home
 DEMO_ENV := DAGSTER_HOME=$(DEMO_HOME) HK_CONFIG=$(CURDIR)/hk.yaml
 
-.PHONY: install demo dev test lint bench-cleanup clean
+.PHONY: install demo dev test lint bench-cleanup bench-rollup clean
 
 install: $(VENV)/.installed
 
@@ -34,6 +34,9 @@ lint: install
 
 bench-cleanup: install
 	$(BIN)/python bench/bench_cleanup.py
+
+bench-rollup: install
+	$(BIN)/python bench/bench_rollup.py
 
 clean:
 	rm -rf var .pytest_cache

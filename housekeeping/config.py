@@ -208,6 +208,8 @@ class HousekeepingConfig(_Model):
     batch: BatchConfig = BatchConfig()
     policies: dict[PolicyName, PolicyConfig] = Field(default_factory=dict)
     dagster_runs: DagsterRunRetentionConfig = DagsterRunRetentionConfig()
+    # The analytics package validates its own section (analytics/settings.py).
+    analytics: dict[str, Any] = Field(default_factory=dict)
 
     def policy(self, name: str) -> PolicyConfig:
         try:
