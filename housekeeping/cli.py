@@ -157,10 +157,21 @@ def demo(tokens, requests, days):
 
     if not os.environ.get("DAGSTER_HOME"):
         raise click.ClickException("DAGSTER_HOME is not set (make demo sets it to var/dagster_home)")
+    from housekeeping.assets import policy_asset_key
+
     instance = dg.DagsterInstance.get()
-    click.echo("Running housekeeping_job through Dagster...")
+    click.echo(
+        "Running housekeeping_job through Dagster (this first run on a never-cleaned database "
+        "sets allow_large_delete)..."
+    )
+    first_run_config = {
+        "ops": {
+            policy_asset_key(name).to_python_identifier(): {"config": {"allow_large_delete": True}}
+            for name in load_config().policies
+        }
+    }
     result = defs.resolve_job_def("housekeeping_job").execute_in_process(
-        instance=instance, raise_on_error=False
+        instance=instance, raise_on_error=False, run_config=first_run_config
     )
     click.echo("")
     click.echo(f"Dagster run {result.run_id}: {'SUCCESS' if result.success else 'FAILURE'}")
