@@ -97,3 +97,76 @@ def test_config_check_reads_the_environment_by_default(db, tmp_path, monkeypatch
 
     assert result.exit_code == 0, result.output
     assert "config OK" in result.output
+
+
+def test_seed_fills_the_reference_schema_with_the_requested_sizes(app_url):
+    result = CliRunner().invoke(
+        main,
+        [
+            "seed",
+            "--database-url",
+            app_url,
+            "--tokens",
+            "300",
+            "--requests",
+            "2000",
+            "--days",
+            "3",
+            "--seed",
+            "7",
+            "--quiet",
+        ],
+    )
+
+    assert result.exit_code == 0, result.output
+    assert "seeded revoked_tokens 300, request_logs 2,000" in result.output
+    db = AppDatabase(app_url)
+    assert set(db.table_names()) >= {"revoked_tokens", "request_logs", "jobs", "api_usage"}
+    db.dispose()
+
+
+def test_seed_refuses_a_populated_database_unless_reset(sqlite_url):
+    runner = CliRunner()
+    args = ["seed", "--database-url", sqlite_url, "--tokens", "50", "--requests", "100", "--quiet"]
+    assert runner.invoke(main, args).exit_code == 0
+
+    refused = runner.invoke(main, args)
+    assert refused.exit_code == 1
+    assert "revoked_tokens already holds rows" in refused.output and "--reset" in refused.output
+
+    reset = runner.invoke(main, [*args, "--reset", "--tokens", "60"])
+    assert reset.exit_code == 0, reset.output
+    assert "revoked_tokens 60" in reset.output
+
+
+@pytest.mark.postgres
+def test_seed_can_partition_request_logs_by_day_on_postgres(pg_url):
+    result = CliRunner().invoke(
+        main,
+        [
+            "seed",
+            "--database-url",
+            pg_url,
+            "--tokens",
+            "10",
+            "--requests",
+            "500",
+            "--days",
+            "2",
+            "--partitioned-request-logs",
+            "--quiet",
+        ],
+    )
+
+    assert result.exit_code == 0, result.output
+    info = AppDatabase(pg_url).table_info("request_logs")
+    assert info.is_partitioned
+
+
+def test_seed_refuses_partitioning_on_sqlite_by_name(sqlite_url):
+    result = CliRunner().invoke(
+        main, ["seed", "--database-url", sqlite_url, "--partitioned-request-logs", "--quiet"]
+    )
+
+    assert result.exit_code == 1
+    assert "partition" in result.output.lower() and "Traceback" not in result.output
