@@ -4,7 +4,6 @@ Thin adapters: they load the config, call the core (`run_and_record`, `purge_dag
 report what happened as metadata the UI plots across runs.
 """
 
-
 from datetime import UTC, datetime
 from typing import Any
 
@@ -50,7 +49,9 @@ def describe_policy(name: str, policy: PolicyConfig) -> str:
             rule += f" by more than {format_duration(policy.grace)}"
     elif policy.kind is PolicyKind.AGE:
         assert policy.retention is not None
-        rule = f"rows whose `{policy.cutoff_column}` is older than {format_duration(policy.retention)}"
+        rule = (
+            f"rows whose `{policy.cutoff_column}` is older than {format_duration(policy.retention)}"
+        )
     else:
         assert policy.statuses is not None
         parts = []
@@ -119,10 +120,11 @@ def build_policy_asset(
         metadata = _scalar_metadata(result.metadata())
         if result.dry_run:
             # A dry run is an observation, not a materialization: the plotted history stays real.
-            context.log_event(dg.AssetObservation(asset_key=key, metadata=metadata))
+            yield dg.AssetObservation(asset_key=key, metadata=metadata)
             return
         if result.stopped_early:
-            context.log_event(dg.AssetMaterialization(asset_key=key, metadata=metadata))
+            # Yielded (not logged) so it is recorded before the failure ends the step.
+            yield dg.AssetMaterialization(asset_key=key, metadata=metadata)
             raise dg.Failure(
                 description=(
                     f"Stopped on request after {result.batches} batches: {result.deleted:,} rows "
@@ -209,7 +211,7 @@ def build_dagster_run_history_asset(config: HousekeepingConfig) -> dg.AssetsDefi
             f"{result.would_delete if config.dry_run else result.runs_deleted} runs"
         )
         if config.dry_run:
-            context.log_event(dg.AssetObservation(asset_key=DAGSTER_RUNS_ASSET, metadata=metadata))
+            yield dg.AssetObservation(asset_key=DAGSTER_RUNS_ASSET, metadata=metadata)
             return
         yield dg.MaterializeResult(metadata=metadata)
 

@@ -116,7 +116,9 @@ def config_check(config_file, database_url):
         except ConfigError as exc:
             problems.append(str(exc))
             continue
-        click.echo(f"ok    {name}: {policy.table}.{policy.cutoff_column} (key {', '.join(checked.primary_key)})")
+        click.echo(
+            f"ok    {name}: {policy.table}.{policy.cutoff_column} (key {', '.join(checked.primary_key)})"
+        )
         tip = index_advice(db, checked)
         if tip:
             advice.append(tip)
@@ -156,7 +158,9 @@ def demo(tokens, requests, days):
     from housekeeping.definitions import defs
 
     if not os.environ.get("DAGSTER_HOME"):
-        raise click.ClickException("DAGSTER_HOME is not set (make demo sets it to var/dagster_home)")
+        raise click.ClickException(
+            "DAGSTER_HOME is not set (make demo sets it to var/dagster_home)"
+        )
     from housekeeping.assets import policy_asset_key
 
     instance = dg.DagsterInstance.get()
@@ -176,12 +180,14 @@ def demo(tokens, requests, days):
     click.echo("")
     click.echo(f"Dagster run {result.run_id}: {'SUCCESS' if result.success else 'FAILURE'}")
     for event in result.all_events:
-        if event.is_step_materialization or event.event_type_value == "ASSET_OBSERVATION":
+        if event.is_step_materialization:
             materialization = event.event_specific_data.materialization
             metadata = {key: value.value for key, value in materialization.metadata.items()}
             click.echo(_report_line(materialization.asset_key.path[-1], metadata))
         elif event.is_step_failure:
-            click.echo(f"  FAILED {event.step_key}: {event.event_specific_data.error.message.strip()}")
+            click.echo(
+                f"  FAILED {event.step_key}: {event.event_specific_data.error.message.strip()}"
+            )
     history = RunHistory(load_config().state_database_url)
     click.echo("")
     click.echo("Health:")

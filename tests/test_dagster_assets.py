@@ -165,8 +165,9 @@ TERMINATED_RUN = textwrap.dedent(
             instance=instance, raise_on_error=False
         )
         materializations = [
-            {k: v.value for k, v in m.metadata.items()}
-            for m in result.asset_materializations_for_node("housekeeping__revoked_tokens")
+            {k: v.value for k, v in event.event_specific_data.materialization.metadata.items()}
+            for event in result.all_events
+            if event.event_type_value == "ASSET_MATERIALIZATION"
         ]
         print(json.dumps({"success": result.success, "materializations": materializations}))
     """
