@@ -169,10 +169,12 @@ def demo(tokens, requests, days):
         "sets allow_large_delete)..."
     )
     first_run_config = {
+        # The report below says what happened; the step-by-step log is in the UI (make dev).
+        "loggers": {"console": {"config": {"log_level": "WARNING"}}},
         "ops": {
             policy_asset_key(name).to_python_identifier(): {"config": {"allow_large_delete": True}}
             for name in load_config().policies
-        }
+        },
     }
     result = defs.resolve_job_def("housekeeping_job").execute_in_process(
         instance=instance, raise_on_error=False, run_config=first_run_config
@@ -188,15 +190,20 @@ def demo(tokens, requests, days):
             click.echo(
                 f"  FAILED {event.step_key}: {event.event_specific_data.error.message.strip()}"
             )
+    failed_checks = {}
+    for evaluation in result.get_asset_check_evaluations():
+        if not evaluation.passed:
+            detail = ", ".join(f"{key} {value.value}" for key, value in evaluation.metadata.items())
+            failed_checks.setdefault(evaluation.asset_key.path[-1], []).append(
+                f"{evaluation.check_name} ({detail})"
+            )
     history = RunHistory(load_config().state_database_url)
     click.echo("")
-    click.echo("Health:")
+    click.echo("Health (asset checks):")
     for name in [*load_config().policies, "dagster_run_history"]:
         health = history.health(name)
-        click.echo(
-            f"  {name:<22} {health.status:<9} runs {health.total_runs}, "
-            f"deleted {health.total_deleted:,} in total"
-        )
+        warnings = "; ".join(failed_checks.get(name, [])) or "all checks passed"
+        click.echo(f"  {name:<22} {health.status:<9} {warnings}")
     history.dispose()
     click.echo("")
     click.echo("Open the Dagster UI on this demo with: make dev  (http://127.0.0.1:3000)")
