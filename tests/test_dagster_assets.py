@@ -79,6 +79,10 @@ def test_the_definitions_load_with_every_policy_schedule_job_and_check(tmp_path,
     assert defs.resolve_schedule_def("revoked_tokens_schedule").cron_schedule == "0 3 * * *"
     checks = {key.name for key in defs.resolve_asset_graph().asset_check_keys}
     assert {"health", "deletes_progress", "duration"} <= checks
+    # Dagster never runs two cleanups of one table at once: a pool per table, limit 1.
+    assert defs.resolve_assets_def(policy_asset_key("revoked_tokens")).op.pool == (
+        "hk_table_revoked_tokens"
+    )
 
 
 def test_the_housekeeping_job_deletes_and_reports_metadata_and_health(tmp_path, app, instance):
