@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from analytics.cli import query
 from housekeeping.archive import ArchiveError
 from housekeeping.config import ConfigError, database_url, load_config
 from housekeeping.database import AppDatabase, DatabaseError
@@ -224,6 +225,9 @@ def _report_line(asset: str, metadata: dict) -> str:
         parts.append(f"archived {metadata['archived_rows']:,}")
     parts.append(f"remaining expired {metadata.get('remaining_expired', 0)}")
     return f"  {asset:<22} " + ", ".join(parts)
+
+
+main.add_command(query)
 
 
 if __name__ == "__main__":

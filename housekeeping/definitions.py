@@ -4,9 +4,9 @@ A config that does not validate fails the code location's load with the same mes
 `hk config check` prints.
 """
 
-
 import dagster as dg
 
+from analytics.definitions import build_analytics_definitions
 from housekeeping.assets import (
     DAGSTER_RUNS_ASSET,
     GROUP,
@@ -119,7 +119,7 @@ def build_definitions(config: HousekeepingConfig, config_file: str = "") -> dg.D
     def failure_health_sensor(context: dg.RunFailureSensorContext) -> dg.RunRequest:
         return dg.RunRequest(run_key=context.dagster_run.run_id)
 
-    return dg.Definitions(
+    housekeeping_defs = dg.Definitions(
         assets=assets,
         asset_checks=checks,
         jobs=[
@@ -133,6 +133,7 @@ def build_definitions(config: HousekeepingConfig, config_file: str = "") -> dg.D
         sensors=[failure_health_sensor],
         resources={"housekeeping": HousekeepingResource(config_file=config_file)},
     )
+    return dg.Definitions.merge(housekeeping_defs, build_analytics_definitions(config, config_file))
 
 
 defs = build_definitions(load_config())

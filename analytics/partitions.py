@@ -1,0 +1,23 @@
+"""Time partitions of the rollup assets: hours in UTC for minute rollups."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import dagster as dg
+
+from analytics.settings import AnalyticsSettings
+
+HOUR_KEY_FORMAT = "%Y-%m-%d-%H:%M"
+
+
+def hourly_partitions(settings: AnalyticsSettings) -> dg.HourlyPartitionsDefinition:
+    return dg.HourlyPartitionsDefinition(
+        start_date=datetime.combine(settings.partitions_start, datetime.min.time()),
+        timezone="UTC",
+        fmt=HOUR_KEY_FORMAT,
+    )
+
+
+def hour_partition_key(hour: datetime) -> str:
+    return hour.astimezone(UTC).strftime(HOUR_KEY_FORMAT)

@@ -1,0 +1,217 @@
+"""The published rollups: Parquet partitions behind a small DuckDB file of views.
+
+DuckDB lets one process open a database file for writing and then locks every other process out,
+read-only openers included. So nothing published is ever written in place:
+
+- each dataset is a folder of Parquet files, one per partition (``<root>/<dataset>/<key>.parquet``),
+  each written to a private temporary file, fsynced and moved over the old one with
+  ``os.replace``: a reader sees the old file or the new one, never a half-written one;
+- every folder holds an empty ``_schema.parquet``, so a view over a dataset with no partitions yet
+  still works (and returns no rows);
+- the DuckDB file analysts open (``analytics.database``) holds only views, macros and the small
+  budget table; it is built in a private file, checkpointed, closed and renamed over the old one,
+  and only when its content changes.
+
+Writers of one dataset take a lock file (``<root>/.locks/<dataset>.lock``) around read-modify-write,
+so the freshness sensor and a partition run never interleave.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+import duckdb
+import pyarrow.parquet as pq
+
+META_TABLE = "_analytics_meta"
+SCHEMA_FILE = "_schema.parquet"
+LOCK_WAIT_SECONDS = 120.0
+
+
+class PublishError(Exception):
+    """The published location cannot be written, or holds something we did not publish."""
+
+
+def sql_string(value: str) -> str:
+    """A SQL string literal (for file paths in DuckDB statements)."""
+    return "'" + value.replace("'", "''") + "'"
+
+
+def _fsync_directory(path: Path) -> None:
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+class RollupStore:
+    """The Parquet datasets under ``root`` and the views file at ``database``."""
+
+    def __init__(self, root: Path, database: Path) -> None:
+        self.root = Path(root)
+        self.database = Path(database)
+
+    def dataset_path(self, dataset: str) -> Path:
+        return self.root / dataset
+
+    def dataset_glob(self, dataset: str) -> str:
+        return str(self.dataset_path(dataset) / "*.parquet")
+
+    def partition_path(self, dataset: str, key: str) -> Path:
+        return self.dataset_path(dataset) / f"{key}.parquet"
+
+    def partition_keys(self, dataset: str) -> list[str]:
+        folder = self.dataset_path(dataset)
+        if not folder.is_dir():
+            return []
+        return sorted(path.stem for path in folder.glob("*.parquet") if path.name != SCHEMA_FILE)
+
+    def prepare(self, datasets: dict[str, Sequence[tuple[str, str]]]) -> None:
+        """Create the dataset folders, each with its empty schema file.
+
+        ``datasets`` maps a dataset to its (column, DuckDB type) pairs.
+        """
+        try:
+            missing = {}
+            for dataset, columns in datasets.items():
+                folder = self.dataset_path(dataset)
+                folder.mkdir(parents=True, exist_ok=True)
+                schema_file = folder / SCHEMA_FILE
+                names = [name for name, _ in columns]
+                if not schema_file.exists() or pq.read_schema(schema_file).names != names:
+                    missing[dataset] = columns
+            if not missing:
+                return
+            with duckdb.connect() as connection:
+                for dataset, columns in missing.items():
+                    select = ", ".join(f"NULL::{kind} AS {name}" for name, kind in columns)
+                    self.replace_partition(
+                        connection,
+                        dataset,
+                        SCHEMA_FILE.removesuffix(".parquet"),
+                        f"SELECT {select} LIMIT 0",
+                    )
+        except OSError as exc:
+            raise PublishError(f"analytics.root: cannot write under {self.root}: {exc}") from None
+
+    @contextmanager
+    def writing(self, dataset: str, wait_seconds: float = LOCK_WAIT_SECONDS) -> Iterator[None]:
+        """Exclusive right to rewrite ``dataset``'s partitions (across processes)."""
+        locks = self.root / ".locks"
+        locks.mkdir(parents=True, exist_ok=True)
+        with open(locks / f"{dataset}.lock", "a+") as handle:
+            deadline = time.monotonic() + wait_seconds
+            while True:
+                try:
+                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        raise PublishError(
+                            f"another process has been writing {dataset} for over "
+                            f"{wait_seconds:.0f} s (lock {locks / f'{dataset}.lock'})"
+                        ) from None
+                    time.sleep(0.05)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def replace_partition(
+        self, connection: duckdb.DuckDBPyConnection, dataset: str, key: str, select: str
+    ) -> int:
+        """Write ``select``'s rows as partition ``key`` of ``dataset``; return the row count."""
+        final = self.partition_path(dataset, key)
+        temporary = final.with_name(f".{final.name}.{uuid.uuid4().hex}.tmp")
+        try:
+            connection.execute(
+                f"COPY ({select}) TO {sql_string(str(temporary))} "
+                "(FORMAT parquet, COMPRESSION zstd, ROW_GROUP_SIZE 122880)"
+            )
+            with open(temporary, "rb") as handle:
+                os.fsync(handle.fileno())
+            rows = pq.read_metadata(temporary).num_rows
+            os.replace(temporary, final)
+            _fsync_directory(final.parent)
+        finally:
+            temporary.unlink(missing_ok=True)
+        return rows
+
+    def existing_partition(self, dataset: str, key: str) -> Path | None:
+        path = self.partition_path(dataset, key)
+        return path if path.exists() else None
+
+    # ----------------------------------------------------------------------------------------
+    # The views file
+
+    def published_version(self) -> str | None:
+        """The version recorded in the views file; None when there is no file yet.
+
+        A file that is not a DuckDB database, or one we did not publish, is refused rather than
+        overwritten: it may be somebody's data.
+        """
+        if not self.database.exists():
+            return None
+        try:
+            connection = duckdb.connect(str(self.database), read_only=True)
+        except duckdb.Error as exc:
+            raise PublishError(
+                f"analytics.database: {self.database} is not a readable DuckDB database "
+                f"({_first_line(exc)}); move it away or point analytics.database elsewhere"
+            ) from None
+        try:
+            found = connection.execute(
+                "SELECT count(*) FROM duckdb_tables() WHERE table_name = ?", [META_TABLE]
+            ).fetchone()[0]
+            if not found:
+                raise PublishError(
+                    f"analytics.database: {self.database} is a DuckDB database that was not "
+                    f"published by the analytics pipeline (it has no {META_TABLE} table); move "
+                    "it away or point analytics.database elsewhere"
+                )
+            return connection.execute(f"SELECT version FROM {META_TABLE}").fetchone()[0]
+        finally:
+            connection.close()
+
+    def publish_views(self, statements: Sequence[str]) -> bool:
+        """Make the views file hold exactly ``statements``; False when it already did."""
+        version = hashlib.sha256("\n;\n".join(statements).encode()).hexdigest()
+        if self.published_version() == version:
+            return False
+        self.database.parent.mkdir(parents=True, exist_ok=True)
+        temporary = self.database.with_name(f".{self.database.name}.{uuid.uuid4().hex}.tmp")
+        try:
+            connection = duckdb.connect(str(temporary))
+            try:
+                for statement in statements:
+                    connection.execute(statement)
+                connection.execute(
+                    f"CREATE TABLE {META_TABLE} AS SELECT ? AS version, now() AS published_at",
+                    [version],
+                )
+                connection.execute("CHECKPOINT")
+            finally:
+                connection.close()
+            with open(temporary, "rb") as handle:
+                os.fsync(handle.fileno())
+            os.replace(temporary, self.database)
+            _fsync_directory(self.database.parent)
+        except duckdb.Error as exc:
+            raise PublishError(f"building the views file: {_first_line(exc)}") from None
+        finally:
+            temporary.unlink(missing_ok=True)
+            Path(f"{temporary}.wal").unlink(missing_ok=True)
+        return True
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

@@ -1,0 +1,162 @@
+"""The `analytics:` section of the config file, validated with the same rules as the rest.
+
+Every key is documented in docs/analytics.md ("Configuration"). Source tables and columns default
+to the reference schema; real users map their own names here. Errors read
+``<file>: analytics.<key>: <message>``.
+"""
+
+from __future__ import annotations
+
+from datetime import date, timedelta
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from housekeeping.config import (
+    ConfigError,
+    HousekeepingConfig,
+    NonNegativeDuration,
+    PositiveDuration,
+    _describe_validation_error,
+    _valid_timezone,
+)
+
+Identifier = Annotated[str, Field(min_length=1, max_length=63)]
+TimeZone = Annotated[str, AfterValidator(_valid_timezone)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class RequestLogsSource(_Model):
+    """One HTTP request per row."""
+
+    table: Identifier = "request_logs"
+    ts: Identifier = "ts"
+    method: Identifier = "method"
+    route: Identifier = "route"
+    status_code: Identifier = "status_code"
+    duration_ms: Identifier = "duration_ms"
+
+
+class JobsSource(_Model):
+    """One background job per row (BullMQ/Sidekiq-style statuses)."""
+
+    table: Identifier = "jobs"
+    queue: Identifier = "queue"
+    name: Identifier = "name"
+    status: Identifier = "status"
+    created_at: Identifier = "created_at"
+    started_at: Identifier = "started_at"
+    finished_at: Identifier = "finished_at"
+    attempts: Identifier = "attempts"
+    completed_status: str = "completed"
+    failed_status: str = "failed"
+    waiting_statuses: list[str] = Field(default_factory=lambda: ["waiting", "delayed"])
+    active_status: str = "active"
+
+
+class ApiUsageSource(_Model):
+    """One call to a paid external API per row."""
+
+    table: Identifier = "api_usage"
+    ts: Identifier = "ts"
+    service: Identifier = "service_name"
+    endpoint: Identifier = "endpoint"
+    response_time_ms: Identifier = "response_time_ms"
+    tokens_used: Identifier = "tokens_used"
+    cost_usd: Identifier = "cost_usd"
+    success: Identifier = "success"
+
+
+class RevokedTokensSource(_Model):
+    table: Identifier = "revoked_tokens"
+    user_id: Identifier = "user_id"
+    revoked_at: Identifier = "revoked_at"
+    expires_at: Identifier = "expires_at"
+
+
+class SourcesSettings(_Model):
+    request_logs: RequestLogsSource = RequestLogsSource()
+    jobs: JobsSource = JobsSource()
+    api_usage: ApiUsageSource = ApiUsageSource()
+    revoked_tokens: RevokedTokensSource = RevokedTokensSource()
+
+
+class ServiceBudget(_Model):
+    """Monthly limits of one external service; month-to-date totals are compared against them."""
+
+    monthly_calls: int | None = Field(default=None, gt=0)
+    monthly_tokens: int | None = Field(default=None, gt=0)
+    monthly_cost_usd: float | None = Field(default=None, gt=0)
+
+    @model_validator(mode="after")
+    def _something_set(self) -> ServiceBudget:
+        if (
+            self.monthly_calls is None
+            and self.monthly_tokens is None
+            and self.monthly_cost_usd is None
+        ):
+            raise ValueError("set at least one of monthly_calls, monthly_tokens, monthly_cost_usd")
+        return self
+
+
+class AnalyticsSettings(_Model):
+    # Parquet datasets, one file per partition: replaced atomically, never written in place.
+    root: str = "var/analytics"
+    # The small DuckDB file of views analysts open (read-only); rewritten only by rename.
+    database: str = "var/analytics/rollups.duckdb"
+    # Day boundaries of the daily views and daily partitions; default: the top-level timezone.
+    timezone: TimeZone | None = None
+    # First hour/day of the time partitions (the Dagster UI offers backfills from here).
+    partitions_start: date = date(2026, 1, 1)
+    # A closed hour is finalised (recomputed from the source) once this much time has passed.
+    late_row_grace: NonNegativeDuration = timedelta(minutes=5)
+    # Each refresh re-reads this far behind its previous watermark, for rows committed late.
+    late_commit_overlap: NonNegativeDuration = timedelta(minutes=2)
+    # How often the freshness sensor refreshes the current hour.
+    refresh_interval: PositiveDuration = timedelta(seconds=60)
+    # After a pause, the sensor refreshes at most this far back; older hours are finalised by runs.
+    max_catch_up: PositiveDuration = timedelta(hours=2)
+    # A job active for longer than this counts as stuck.
+    stuck_after: PositiveDuration = timedelta(hours=2)
+    # Environment variable holding the key that hashes user ids; unset: a key file under root.
+    user_hash_key_env: Identifier = "HK_USER_HASH_KEY"
+    sources: SourcesSettings = SourcesSettings()
+    budgets: dict[Identifier, ServiceBudget] = Field(default_factory=dict)
+
+    def day_timezone(self, config: HousekeepingConfig) -> str:
+        return self.timezone or config.timezone
+
+    @property
+    def root_path(self) -> Path:
+        return Path(self.root).expanduser().resolve()
+
+    @property
+    def database_path(self) -> Path:
+        return Path(self.database).expanduser().resolve()
+
+
+def parse_analytics_settings(data: Any, source: str = "config") -> AnalyticsSettings:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: analytics: expected a mapping of keys")
+    try:
+        return AnalyticsSettings.model_validate(data)
+    except ValidationError as exc:
+        message = _describe_validation_error(source, exc)
+        prefixed = [
+            line.replace(f"{source}: ", f"{source}: analytics.", 1).replace(
+                "analytics.(top level)", "analytics"
+            )
+            for line in message.splitlines()
+        ]
+        raise ConfigError("\n".join(prefixed)) from None
+
+
+def analytics_settings(config: HousekeepingConfig, source: str = "config") -> AnalyticsSettings:
+    """The validated `analytics:` section of a loaded config."""
+    return parse_analytics_settings(config.analytics, source)

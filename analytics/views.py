@@ -1,0 +1,141 @@
+"""The analyst-facing views and macros of the published DuckDB file.
+
+Each dataset is a view over its Parquet files. On top: hourly and daily request views, per route
+and overall, whose percentiles come from merging the minute sketches (sum the counts per bucket,
+walk the cumulative counts to the rank) — never from averaging percentiles — and table macros
+that do the same for any window.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from analytics.publish import RollupStore, sql_string
+from analytics.rollups import Dataset, all_datasets
+from analytics.sketch import PERCENTILES, bucket_value_sql
+
+_REQUEST_SUMS = (
+    "requests",
+    "status_2xx",
+    "status_3xx",
+    "status_4xx",
+    "status_5xx",
+    "status_429",
+    "status_other",
+)
+
+
+def _merged_requests(keys: Sequence[tuple[str, str]], where: str = "", seconds: str = "60") -> str:
+    """Requests grouped by ``keys`` ((alias, expression) pairs over requests_minute).
+
+    ``seconds`` is an expression (over the key aliases) for the length of a group's window,
+    for the request rate.
+    """
+    aliases = [alias for alias, _ in keys]
+    key_select = ", ".join(f"{expression} AS {alias}" for alias, expression in keys)
+    key_list = ", ".join(aliases)
+    sums = ", ".join(f"CAST(sum({name}) AS BIGINT) AS {name}" for name in _REQUEST_SUMS)
+    percentile_columns = ", ".join(
+        f"min(bucket) FILTER (WHERE cumulative > floor({q} * (total - 1))) AS {name}_bucket"
+        for name, q in PERCENTILES.items()
+    )
+    join = " AND ".join(f"t.{alias} IS NOT DISTINCT FROM p.{alias}" for alias in aliases)
+    percentile_values = ", ".join(
+        f"least(greatest({bucket_value_sql(f'p.{name}_bucket')}, t.latency_min_ms), "
+        f"t.latency_max_ms) AS latency_{name}_ms"
+        for name in PERCENTILES
+    )
+    return f"""
+        WITH base AS (
+            SELECT {key_select}, * FROM requests_minute {where}
+        ),
+        totals AS (
+            SELECT {key_list}, {sums},
+                min(latency_min_ms) AS latency_min_ms, max(latency_max_ms) AS latency_max_ms,
+                sum(latency_sum_ms) AS latency_sum_ms
+            FROM base GROUP BY {key_list}
+        ),
+        buckets AS (
+            SELECT {key_list}, entry.bucket AS bucket, sum(entry.count) AS n
+            FROM (SELECT {key_list}, unnest(latency_sketch) AS entry FROM base)
+            GROUP BY ALL
+        ),
+        ranked AS (
+            SELECT *,
+                sum(n) OVER (PARTITION BY {key_list} ORDER BY bucket
+                             ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS cumulative,
+                sum(n) OVER (PARTITION BY {key_list}) AS total
+            FROM buckets
+        ),
+        percentiles AS (
+            SELECT {key_list}, {percentile_columns} FROM ranked GROUP BY {key_list}
+        )
+        SELECT
+            {", ".join(f"t.{alias}" for alias in aliases)},
+            {", ".join(f"t.{name}" for name in _REQUEST_SUMS)},
+            t.requests / ({seconds}) AS request_rate_per_s,
+            t.status_5xx / nullif(t.requests, 0) AS error_rate,
+            t.status_4xx / nullif(t.requests, 0) AS client_error_rate,
+            t.status_429 / nullif(t.requests, 0) AS rate_limited_rate,
+            t.latency_min_ms, t.latency_max_ms,
+            t.latency_sum_ms / nullif(t.requests, 0) AS latency_avg_ms,
+            {percentile_values}
+        FROM totals t LEFT JOIN percentiles p ON {join}
+    """
+
+
+def view_statements(store: RollupStore, datasets: Sequence[Dataset], timezone: str) -> list[str]:
+    """Every statement of the views file, in order (its content hash is its version)."""
+    tz = sql_string(timezone)
+    statements = [
+        f"CREATE MACRO latency_bucket_value(bucket) AS {bucket_value_sql('bucket')}",
+    ]
+    for dataset in datasets:
+        glob = sql_string(store.dataset_glob(dataset.name))
+        statements.append(
+            f"CREATE VIEW {dataset.name} AS SELECT * FROM read_parquet({glob}, union_by_name = true)"
+        )
+        statements.append(f"COMMENT ON VIEW {dataset.name} IS {sql_string(dataset.description)}")
+    local_day = f"CAST(timezone({tz}, timezone('UTC', minute)) AS DATE)"
+    day_seconds = (
+        f"date_diff('second', timezone({tz}, CAST(t.day AS TIMESTAMP)), "
+        f"timezone({tz}, CAST(t.day + 1 AS TIMESTAMP)))"
+    )
+    hour = "date_trunc('hour', minute)"
+    statements += [
+        "CREATE VIEW request_latency_buckets AS "
+        "SELECT minute, route, method, unnest(latency_sketch, recursive := true) "
+        "FROM requests_minute",
+        "CREATE VIEW requests_hourly AS "
+        + _merged_requests(
+            [("hour", hour), ("route", "route"), ("method", "method")], seconds="3600"
+        ),
+        "CREATE VIEW requests_hourly_overall AS "
+        + _merged_requests([("hour", hour)], seconds="3600"),
+        "CREATE VIEW requests_daily AS "
+        + _merged_requests(
+            [("day", local_day), ("route", "route"), ("method", "method")], seconds=day_seconds
+        ),
+        "CREATE VIEW requests_daily_overall AS "
+        + _merged_requests([("day", local_day)], seconds=day_seconds),
+        "CREATE MACRO request_stats(from_ts, to_ts) AS TABLE "
+        + _merged_requests(
+            [("route", "route")],
+            where="WHERE minute >= from_ts AND minute < to_ts",
+            seconds="date_diff('second', CAST(from_ts AS TIMESTAMP), CAST(to_ts AS TIMESTAMP))",
+        ),
+        "CREATE MACRO request_stats_overall(from_ts, to_ts) AS TABLE "
+        + _merged_requests(
+            [("scope", "'all'")],
+            where="WHERE minute >= from_ts AND minute < to_ts",
+            seconds="date_diff('second', CAST(from_ts AS TIMESTAMP), CAST(to_ts AS TIMESTAMP))",
+        ),
+    ]
+    return statements
+
+
+def publish_rollup_views(store: RollupStore, timezone: str) -> bool:
+    """Every dataset folder with its schema file, then the views file; False when unchanged."""
+    datasets = all_datasets()
+    store.prepare({dataset.name: dataset.typed_columns for dataset in datasets})
+    return store.publish_views(view_statements(store, datasets, timezone))

@@ -1,0 +1,94 @@
+"""Shared helpers of the analytics tests (no tests here): settings, stores, hand-made rows."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pandas as pd
+import sqlalchemy as sa
+
+from analytics.publish import RollupStore
+from analytics.settings import AnalyticsSettings, parse_analytics_settings
+from analytics.views import publish_rollup_views
+from housekeeping.database import AppDatabase
+from housekeeping.demo_data import create_schema
+
+SQLITE_FORMAT = "%Y-%m-%d %H:%M:%S.%f"
+NOW = datetime(2026, 11, 20, 12, 30, tzinfo=UTC)
+
+
+def make_settings(tmp_path: Path, **overrides) -> AnalyticsSettings:
+    data = {
+        "root": str(tmp_path / "analytics"),
+        "database": str(tmp_path / "analytics" / "rollups.duckdb"),
+    }
+    data.update(overrides)
+    return parse_analytics_settings(data)
+
+
+def make_store(settings: AnalyticsSettings) -> RollupStore:
+    return RollupStore(settings.root_path, settings.database_path)
+
+
+def publish(store: RollupStore, settings: AnalyticsSettings, timezone: str = "UTC") -> None:
+    publish_rollup_views(store, settings.timezone or timezone)
+
+
+def query(settings: AnalyticsSettings, sql: str, parameters: list | None = None) -> pd.DataFrame:
+    with duckdb.connect(str(settings.database_path), read_only=True) as connection:
+        return connection.execute(sql, parameters or []).df()
+
+
+def stored(db: AppDatabase, value: datetime) -> datetime | str:
+    return value if db.is_postgres else value.astimezone(UTC).strftime(SQLITE_FORMAT)
+
+
+def empty_reference_schema(url: str) -> AppDatabase:
+    create_schema(url, now=NOW)
+    return AppDatabase(url)
+
+
+def insert_requests(db: AppDatabase, rows: Iterable[tuple[datetime, str, str, int, float]]) -> None:
+    """(ts, method, route, status_code, duration_ms) rows into the reference request_logs."""
+    values = [
+        {
+            "request_id": f"r{number}",
+            "ts": stored(db, ts),
+            "method": method,
+            "route": route,
+            "status_code": status,
+            "duration_ms": duration,
+        }
+        for number, (ts, method, route, status, duration) in enumerate(rows)
+    ]
+    if not values:
+        return
+    with db.engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                "INSERT INTO request_logs (request_id, ts, method, route, status_code, "
+                "duration_ms) VALUES (:request_id, :ts, :method, :route, :status_code, "
+                ":duration_ms)"
+            ),
+            values,
+        )
+
+
+def raw_requests(db: AppDatabase) -> pd.DataFrame:
+    """Every request log row, with ts as naive UTC: the independent reference."""
+    with db.connect() as conn:
+        frame = pd.DataFrame(
+            conn.execute(
+                sa.text("SELECT ts, method, route, status_code, duration_ms FROM request_logs")
+            ).all(),
+            columns=["ts", "method", "route", "status_code", "duration_ms"],
+        )
+    ts = pd.to_datetime(frame["ts"], utc=True, format="mixed")
+    frame["ts"] = ts.dt.tz_localize(None)
+    frame["minute"] = frame["ts"].dt.floor("min")
+    frame["duration_ms"] = frame["duration_ms"].astype(np.float64)
+    return frame
