@@ -52,11 +52,12 @@ def with_search_path(url: str, schema: str) -> str:
     return f"{url}{separator}options={quote(f'-csearch_path={schema}')}"
 
 
-# The template is built in SQL rather than by housekeeping.demo_data: the benchmark needs an exact
-# count of expired rows (1,500,000 of 2,000,000) spread uniformly at random over insertion order,
-# and only the token table, whereas the demo generator draws realistic lifetimes for a whole app.
-# Expiry is at least an hour away from now either way, so the set of expired rows stays the same
-# for the whole benchmark.
+# The template is built in SQL rather than by housekeeping.demo_data.seed_database: the issue fixes
+# an exact count of expired rows (1,500,000 of 2,000,000) with expiry uncorrelated with insertion
+# order, while the generator draws expiry as revoked_at + a realistic lifetime, so its expired share
+# is whatever the lifetimes give and old (early-inserted) tokens are the expired ones. Here each row
+# is expired or not by a random permutation, at least an hour away from now either way, so the set
+# of expired rows stays the same for the whole benchmark.
 TEMPLATE_SQL = f"""
 CREATE TABLE {TEMPLATE} AS
 SELECT s.id,

@@ -1,6 +1,5 @@
 """Asset checks: each policy's health, judged from its run history (see history.py)."""
 
-
 import dagster as dg
 
 from housekeeping.history import (

@@ -210,6 +210,8 @@ class HousekeepingConfig(_Model):
     dagster_runs: DagsterRunRetentionConfig = DagsterRunRetentionConfig()
     # The analytics package validates its own section (analytics/settings.py).
     analytics: dict[str, Any] = Field(default_factory=dict)
+    # The alerting package validates its own section (analytics/alerts/settings.py).
+    alerts: dict[str, Any] = Field(default_factory=dict)
 
     def policy(self, name: str) -> PolicyConfig:
         try:

@@ -5,7 +5,6 @@ Three ways to walk a table, chosen per run:
 - ``page_ranges`` (PostgreSQL) walks the table's pages in ranges (a TID range scan) and deletes
   the expired rows in each: the same sequential read a single big DELETE does, cut into short
   transactions. Best when many rows expire.
-
 - ``primary_key_ranges`` walks the primary key in ranges of N keys and deletes the expired rows
   inside each range. Every row is visited once, in physical-ish order, so it costs about one pass
   over the table however the expired rows are scattered: best when many rows expire.
@@ -14,13 +13,24 @@ Three ways to walk a table, chosen per run:
   ``DELETE ... WHERE id IN (SELECT id ... LIMIT n)`` quadratic). Best when few rows expire.
 
 Batch sizes adapt so each transaction lasts about ``batch.target_duration``.
+
+On PostgreSQL, what costs time besides the deleting itself is sending rows back, so a batch only
+asks for rows it needs: none without an archive (the server reports the count). An archived
+range batch runs in REPEATABLE READ and reads its rows with a plain SELECT, then deletes them with
+the same condition: one snapshot, so exactly the archived rows go (a row changed concurrently
+makes the DELETE fail and the batch is retried), and far cheaper for the server than
+``DELETE ... RETURNING *``. Rows stream out through COPY, decoded to Arrow as they arrive.
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
+import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -30,9 +40,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import sqlalchemy as sa
 
-from housekeeping.archive import TableArchive
+from housekeeping.archive import StagedFile, TableArchive
 from housekeeping.config import BatchConfig, DeleteStrategy, SafetyConfig
 from housekeeping.database import AppDatabase, DatabaseError, libpq_url, quote_identifier
+
+# Transaction-local settings that carry a streamed batch's values (see SettingParams).
+BATCH_SETTING_PREFIX = "housekeeping.batch_value_"
 
 
 @dataclass(frozen=True)
@@ -58,6 +71,8 @@ class DeleteOutcome:
     batches: int = 0
     archived_rows: int = 0
     archive_files: int = 0
+    # The longest batch transaction, from its first statement to its COMMIT (row locks are held
+    # that long); publishing the archive file afterwards holds none.
     max_batch_ms: float = 0.0
     duration_ms: float = 0.0
     stopped_early: bool = False
@@ -75,18 +90,79 @@ class BoundParams:
         self.values.append(value)
         return f"${len(self.values)}" if self.numeric else f":p{len(self.values)}"
 
+    def bind_as(self, value: Any, sql_type: str) -> str:
+        return f"CAST({self.bind(value)} AS {sql_type})"
+
+    @property
+    def driver_values(self) -> list[Any]:
+        """What to bind to the statement's placeholders."""
+        return self.values
+
     def as_driver_params(self) -> Any:
         if self.numeric:
             return self.values
         return {f"p{index}": value for index, value in enumerate(self.values, start=1)}
 
 
+class SettingParams(BoundParams):
+    """Values for a statement that cannot take bind parameters (PostgreSQL's COPY).
+
+    Each value is bound to ``set_config`` as a transaction-local setting, and the statement reads
+    it back in a scalar subquery, which PostgreSQL evaluates once (an InitPlan), not per row.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(numeric=True)
+
+    def bind(self, value: Any) -> str:
+        return self.bind_as(value, _sql_type(value))
+
+    def bind_as(self, value: Any, sql_type: str) -> str:
+        self.values.append(value)
+        name = f"{BATCH_SETTING_PREFIX}{len(self.values)}"
+        return f"(SELECT CAST(current_setting('{name}') AS {sql_type}))"
+
+    @property
+    def driver_values(self) -> list[Any]:
+        return []  # the values travel as settings (see _PostgresSession.apply_settings)
+
+    def settings(self) -> list[tuple[str, str]]:
+        return [
+            (f"{BATCH_SETTING_PREFIX}{index}", _setting_text(value))
+            for index, value in enumerate(self.values, start=1)
+        ]
+
+
+def _sql_type(value: Any) -> str:
+    if isinstance(value, datetime):
+        return "timestamptz" if value.tzinfo is not None else "timestamp"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int):
+        return "bigint"
+    if isinstance(value, str):
+        return "text"
+    raise TypeError(f"no SQL type for a streamed batch value of type {type(value).__name__}")
+
+
+def _setting_text(value: Any) -> str:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
 class _BatchSession(Protocol):
     numeric_params: bool
 
-    def begin(self, safety: SafetyConfig) -> None: ...
+    def begin(self) -> None: ...
+
+    def apply_settings(self, params: SettingParams) -> None: ...
 
     def query(self, sql: str, params: BoundParams) -> pa.Table: ...
+
+    def stream(self, sql: str) -> pa.Table: ...
 
     def execute(self, sql: str, params: BoundParams) -> int: ...
 
@@ -98,11 +174,18 @@ class _BatchSession(Protocol):
 
 
 class _PostgresSession:
-    """ADBC: deleted rows come back as Arrow straight from the wire (COPY-speed, no row loop)."""
+    """ADBC: rows come back as Arrow straight from the wire (COPY-speed, no row loop)."""
 
     numeric_params = True
 
-    def __init__(self, db: AppDatabase) -> None:
+    def __init__(
+        self,
+        db: AppDatabase,
+        safety: SafetyConfig,
+        *,
+        durable_commits: bool,
+        repeatable_read: bool,
+    ) -> None:
         try:
             self.conn = adbc.connect(libpq_url(db.url))
         except adbc.Error as exc:
@@ -110,28 +193,63 @@ class _PostgresSession:
                 f"cannot connect to the application database {db.describe()}: {exc}"
             ) from None
         self.cursor = self.conn.cursor()
-
-    def begin(self, safety: SafetyConfig) -> None:
-        # SET LOCAL semantics: the timeouts end with the transaction.
+        # DML goes through its own cursor: executemany reports the row count without RETURNING.
+        self.dml_cursor = self.conn.cursor()
         lock_ms = int(safety.lock_timeout.total_seconds() * 1000)
         statement_ms = int(safety.statement_timeout.total_seconds() * 1000)
+        # For the whole session, which only runs batch transactions: every statement of every
+        # batch gets them, without a round trip per batch. ``None`` keeps the server's setting.
+        settings = {
+            "lock_timeout": f"{lock_ms}ms",
+            "statement_timeout": f"{statement_ms}ms",
+            # Without an archive nothing waits on a batch's COMMIT being durable: should the
+            # server crash right after one, its rows come back and the next run deletes them.
+            # An archived batch is published only after its COMMIT, which must be durable.
+            "synchronous_commit": None if durable_commits else "off",
+            "default_transaction_isolation": "repeatable read" if repeatable_read else None,
+        }
+        calls = ", ".join(
+            f"set_config('{name}', coalesce(${index}, current_setting('{name}')), false)"
+            for index, name in enumerate(settings, start=1)
+        )
+        try:
+            self.cursor.execute(f"SELECT {calls}", parameters=list(settings.values()))
+            self.cursor.fetchall()
+            self.conn.commit()
+        except BaseException:
+            self.close()
+            raise
+
+    def begin(self) -> None:
+        """ADBC opens the transaction with its first statement."""
+
+    def apply_settings(self, params: SettingParams) -> None:
+        settings = params.settings()
+        if not settings:
+            return
+        calls = ", ".join(
+            f"set_config(${2 * index + 1}, ${2 * index + 2}, true)"
+            for index in range(len(settings))
+        )
         self.cursor.execute(
-            "SELECT set_config('lock_timeout', $1, true), set_config('statement_timeout', $2, true)",
-            parameters=[f"{lock_ms}ms", f"{statement_ms}ms"],
+            f"SELECT {calls}", parameters=[item for pair in settings for item in pair]
         )
         self.cursor.fetchall()
 
     def query(self, sql: str, params: BoundParams) -> pa.Table:
-        self.cursor.execute(sql, parameters=params.values or None)
+        self.cursor.execute(sql, parameters=params.driver_values or None)
+        return self.cursor.fetch_arrow_table()
+
+    def stream(self, sql: str) -> pa.Table:
+        # Without bind parameters ADBC runs the statement as COPY ... TO STDOUT, so rows are
+        # decoded as they arrive instead of after the server has sent the last one.
+        self.cursor.execute(sql)
         return self.cursor.fetch_arrow_table()
 
     def execute(self, sql: str, params: BoundParams) -> int:
-        # ADBC reports no row count for DML; count the RETURNING rows server-side instead.
-        self.cursor.execute(
-            f"WITH deleted AS ({sql} RETURNING 1) SELECT count(*) FROM deleted",
-            parameters=params.values or None,
-        )
-        return int(self.cursor.fetchone()[0])
+        values = params.driver_values
+        self.dml_cursor.executemany(sql, [values] if values else None)
+        return self.dml_cursor.rowcount
 
     def commit(self) -> None:
         self.conn.commit()
@@ -142,7 +260,9 @@ class _PostgresSession:
             self.conn.rollback()
 
     def close(self) -> None:
-        self.cursor.close()
+        with contextlib.suppress(Exception):
+            self.dml_cursor.close()
+            self.cursor.close()
         self.conn.close()
 
 
@@ -153,14 +273,20 @@ class _SqlAlchemySession:
         self.conn = db.connect()
         self.transaction: sa.RootTransaction | None = None
 
-    def begin(self, safety: SafetyConfig) -> None:
+    def begin(self) -> None:
         self.transaction = self.conn.begin()
+
+    def apply_settings(self, params: SettingParams) -> None:
+        raise NotImplementedError("streaming a batch needs PostgreSQL")
 
     def query(self, sql: str, params: BoundParams) -> pa.Table:
         result = self.conn.execute(sa.text(sql), params.as_driver_params())
         names = list(result.keys())
         rows = result.fetchall()
         return pa.table({name: [row[index] for row in rows] for index, name in enumerate(names)})
+
+    def stream(self, sql: str) -> pa.Table:
+        raise NotImplementedError("streaming a batch needs PostgreSQL")
 
     def execute(self, sql: str, params: BoundParams) -> int:
         return self.conn.execute(sa.text(sql), params.as_driver_params()).rowcount
@@ -178,8 +304,18 @@ class _SqlAlchemySession:
         self.conn.close()
 
 
-def open_batch_session(db: AppDatabase) -> _BatchSession:
-    return _PostgresSession(db) if db.is_postgres else _SqlAlchemySession(db)
+def open_batch_session(
+    db: AppDatabase,
+    safety: SafetyConfig,
+    *,
+    durable_commits: bool = True,
+    repeatable_read: bool = False,
+) -> _BatchSession:
+    if db.is_postgres:
+        return _PostgresSession(
+            db, safety, durable_commits=durable_commits, repeatable_read=repeatable_read
+        )
+    return _SqlAlchemySession(db)
 
 
 def _key_sql(columns: Sequence[str]) -> str:
@@ -235,6 +371,251 @@ def _page_layout(db: AppDatabase, table: str) -> tuple[int, float]:
     return int(pages), max(1.0, float(estimated_rows) / max(1, int(pages)))
 
 
+class _Walk:
+    """Where the next batch starts: each strategy's batch condition and how it moves on."""
+
+    def __init__(self, db: AppDatabase, target: DeleteTarget) -> None:
+        self.db = db
+        self.target = target
+        self.table = quote_identifier(target.table)
+        self.key = _key_sql(target.primary_key)
+        self.select_key = self.key.strip("()")
+        self.cutoff_column = quote_identifier(target.cutoff_column)
+
+    def where(self, session: _BatchSession, params: BoundParams, size: int) -> str:
+        """The condition of the next batch of about ``size`` rows (the same until advanced)."""
+        raise NotImplementedError
+
+    def advance(self, rows: pa.Table | None, deleted: int, size: int) -> bool:
+        """Move past the batch just run; True when the walk is complete."""
+        raise NotImplementedError
+
+
+class _PageWalk(_Walk):
+    def __init__(self, db: AppDatabase, target: DeleteTarget) -> None:
+        super().__init__(db, target)
+        if not db.is_postgres:
+            raise ValueError("the page_ranges strategy needs PostgreSQL")
+        self.total_pages, self.rows_per_page = _page_layout(db, target.table)
+        self.lower_page = 0
+        self.upper_page: int | None = None
+
+    def where(self, session: _BatchSession, params: BoundParams, size: int) -> str:
+        conditions = target_conditions(self.db, self.target, params)
+        pages = max(1, int(size / self.rows_per_page))
+        end = self.lower_page + pages
+        self.upper_page = end if end < self.total_pages else None
+        conditions.append(f"ctid >= {params.bind_as(f'({self.lower_page},0)', 'tid')}")
+        if self.upper_page is not None:
+            conditions.append(f"ctid < {params.bind_as(f'({self.upper_page},0)', 'tid')}")
+        return " AND ".join(conditions)
+
+    def advance(self, rows: pa.Table | None, deleted: int, size: int) -> bool:
+        if self.upper_page is None:
+            return True
+        self.lower_page = self.upper_page
+        return False
+
+
+class _KeyWalk(_Walk):
+    def __init__(self, db: AppDatabase, target: DeleteTarget) -> None:
+        super().__init__(db, target)
+        self.lower_key: tuple[Any, ...] | None = None
+        self.upper_key: tuple[Any, ...] | None = None
+
+    def where(self, session: _BatchSession, params: BoundParams, size: int) -> str:
+        key, select_key, table = self.key, self.select_key, self.table
+        probe = BoundParams(session.numeric_params)
+        where = f"WHERE {key} > {_key_values(probe, self.lower_key)} " if self.lower_key else ""
+        self.upper_key = _first_row(
+            session.query(
+                f"SELECT {select_key} FROM {table} {where}ORDER BY {select_key} "
+                f"LIMIT 1 OFFSET {int(size) - 1}",
+                probe,
+            ),
+            self.target.primary_key,
+        )
+        conditions = target_conditions(self.db, self.target, params)
+        if self.lower_key is not None:
+            conditions.append(f"{key} > {_key_values(params, self.lower_key)}")
+        if self.upper_key is not None:
+            conditions.append(f"{key} <= {_key_values(params, self.upper_key)}")
+        return " AND ".join(conditions)
+
+    def advance(self, rows: pa.Table | None, deleted: int, size: int) -> bool:
+        self.lower_key = self.upper_key
+        return self.upper_key is None
+
+
+class _CutoffWalk(_Walk):
+    def __init__(self, db: AppDatabase, target: DeleteTarget) -> None:
+        super().__init__(db, target)
+        self.lower_cutoff: Any = None
+
+    def where(self, session: _BatchSession, params: BoundParams, size: int) -> str:
+        conditions = target_conditions(self.db, self.target, params)
+        if self.lower_cutoff is not None:
+            conditions.append(f"{self.cutoff_column} >= {params.bind(self.lower_cutoff)}")
+        return (
+            f"{self.key} IN (SELECT {self.select_key} FROM {self.table} "
+            f"WHERE {' AND '.join(conditions)} ORDER BY {self.cutoff_column} LIMIT {int(size)})"
+        )
+
+    def advance(self, rows: pa.Table | None, deleted: int, size: int) -> bool:
+        if rows is not None and deleted:
+            self.lower_cutoff = pc.max(rows.column(self.target.cutoff_column)).as_py()
+        return deleted < size
+
+
+_WALKS: dict[DeleteStrategy, type[_Walk]] = {
+    DeleteStrategy.PAGE_RANGES: _PageWalk,
+    DeleteStrategy.PRIMARY_KEY_RANGES: _KeyWalk,
+    DeleteStrategy.CUTOFF_INDEX: _CutoffWalk,
+}
+
+# A REPEATABLE READ batch whose rows changed under it fails; it is simply run again.
+SERIALIZATION_FAILURE = "40001"
+BATCH_ATTEMPTS = 3
+
+
+@dataclass(frozen=True)
+class _Method:
+    """How a run's batches read and delete their rows (see the module docstring)."""
+
+    # what DELETE ... RETURNING brings back, if anything
+    returning: str | None
+    # read the rows with a SELECT before deleting them, in one REPEATABLE READ snapshot
+    select_first: bool
+    # values as transaction-local settings, so rows can come back through COPY
+    streaming: bool
+    # batches in flight at once: while one is being archived, the next one's DELETE runs
+    lanes: int
+
+    @classmethod
+    def choose(
+        cls,
+        db: AppDatabase,
+        target: DeleteTarget,
+        strategy: DeleteStrategy,
+        archive: TableArchive | None,
+        walk: _Walk,
+    ) -> _Method:
+        # Batches of a range walk cover disjoint rows, so two can be in flight and a SELECT and
+        # a DELETE with the same condition meet the same rows. Two cutoff-index batches could
+        # reach for the same rows (ties at the boundary), and LIMIT picks among ties freely.
+        range_walk = strategy in (DeleteStrategy.PAGE_RANGES, DeleteStrategy.PRIMARY_KEY_RANGES)
+        select_first = archive is not None and db.is_postgres and range_walk
+        if archive is not None:
+            returning: str | None = "*"
+        elif strategy is DeleteStrategy.CUTOFF_INDEX:
+            returning = walk.cutoff_column  # where the next batch starts
+        else:
+            returning = None
+        # Filter values (job statuses, queue names) meet columns of any type (enums, varchar),
+        # and keys can be of any type: those keep ordinary bind parameters.
+        streaming = (
+            (returning is not None or select_first)
+            and db.is_postgres
+            and not target.filters
+            and strategy is not DeleteStrategy.PRIMARY_KEY_RANGES
+        )
+        return cls(returning, select_first, streaming, lanes=2 if select_first else 1)
+
+
+class _AbandonedBatch(Exception):
+    """Another batch failed first, so this one was rolled back instead of committed."""
+
+
+@dataclass
+class _Batch:
+    session: _BatchSession
+    sequence: int
+    size: int
+    started: float = 0.0  # perf_counter before its first statement
+    deleted: int = 0
+    rows: pa.Table | None = None
+    committed: float = 0.0  # perf_counter once COMMIT returned
+    archived: bool = False
+
+    @property
+    def transaction_seconds(self) -> float:
+        return self.committed - self.started
+
+
+def _run_batch(batch: _Batch, walk: _Walk, method: _Method) -> None:
+    """The batch's statements, up to (not including) its COMMIT."""
+    session = batch.session
+    params = SettingParams() if method.streaming else BoundParams(session.numeric_params)
+    where = walk.where(session, params, batch.size)
+    if isinstance(params, SettingParams):
+        session.apply_settings(params)
+    delete = f"DELETE FROM {walk.table} WHERE {where}"
+    if method.select_first:
+        select = f"SELECT * FROM {walk.table} WHERE {where}"
+        batch.rows = session.stream(select) if method.streaming else session.query(select, params)
+        batch.deleted = session.execute(delete, params)
+        if batch.deleted != batch.rows.num_rows:
+            raise DatabaseError(
+                f"batch {batch.sequence} of {walk.target.describe()} read {batch.rows.num_rows} "
+                f"rows but deleted {batch.deleted}; rolled back (is the session really in "
+                "REPEATABLE READ?)"
+            )
+    elif method.returning is None:
+        batch.deleted = session.execute(delete, params)
+    else:
+        returning = f"{delete} RETURNING {method.returning}"
+        batch.rows = (
+            session.stream(returning) if method.streaming else session.query(returning, params)
+        )
+        batch.deleted = batch.rows.num_rows
+
+
+class _ArchivePublisher:
+    """Serializes publishing: each day's manifest is rewritten by one batch at a time."""
+
+    def __init__(self, archive: TableArchive) -> None:
+        self.archive = archive
+        self.lock = threading.Lock()
+
+    def commit(self, staged: StagedFile) -> None:
+        with self.lock:
+            self.archive.commit(staged)
+
+
+def _finish_batch(
+    batch: _Batch,
+    archive: TableArchive | None,
+    publisher: _ArchivePublisher | None,
+    run_id: str,
+    failed: threading.Event,
+) -> None:
+    """The archive protocol for one batch: stage durably, then commit, then publish."""
+    session, staged = batch.session, None
+    try:
+        if failed.is_set():
+            raise _AbandonedBatch
+        if archive is not None and batch.rows is not None and batch.deleted:
+            staged = archive.stage(
+                batch.rows, run_id=run_id, sequence=batch.sequence, now=datetime.now(UTC)
+            )
+    except BaseException:
+        failed.set()
+        session.rollback()
+        raise
+    batch.rows = None  # on disk now: free the memory before the next batch arrives
+    try:
+        # If COMMIT itself fails its outcome is unknown: the pending file stays, and the next
+        # run's recovery looks the rows up to finish or discard it.
+        session.commit()
+        batch.committed = time.perf_counter()
+        if staged is not None:
+            (publisher or archive).commit(staged)
+            batch.archived = True
+    except BaseException:
+        failed.set()
+        raise
+
+
 def delete_in_batches(
     db: AppDatabase,
     target: DeleteTarget,
@@ -250,119 +631,115 @@ def delete_in_batches(
 ) -> DeleteOutcome:
     """Delete every row matching ``target`` in short transactions; returns what was done.
 
-    ``should_stop`` is asked between batches: the batch in flight always finishes (commits and is
+    ``should_stop`` is asked between batches: the batches in flight always finish (commit and are
     archived), so a stopped run leaves nothing half-done and the next run carries on.
+
+    Archiving a range walk on PostgreSQL, two batches overlap: while one batch's rows are written
+    to the archive (its transaction still open, as the protocol wants), the next batch already
+    reads and deletes on a second connection. The database still runs one batch's statements at a
+    time, and every batch keeps its own stage -> commit -> publish order.
     """
     if strategy is DeleteStrategy.AUTO:
         raise ValueError("resolve the AUTO strategy before deleting (see choose_strategy)")
     outcome = DeleteOutcome(strategy=strategy)
-    session = open_batch_session(db)
+    walk = _WALKS[strategy](db, target)
+    method = _Method.choose(db, target, strategy, archive, walk)
+    lanes = method.lanes
+    publisher = _ArchivePublisher(archive) if archive is not None and lanes > 1 else None
+    failed = threading.Event()
+    in_flight: deque[tuple[_Batch, Future[None] | None]] = deque()
+    size = planned_size = batch.initial_size
+    planned = 0
+
+    def settle(future: Future[None]) -> None:
+        """Wait for a batch; if it failed, raise the error that started the failure."""
+        error = future.exception()
+        if error is None:
+            return
+        if isinstance(error, _AbandonedBatch):
+            for _, other in in_flight:
+                if other is not None and not isinstance(other.exception(), _AbandonedBatch):
+                    other.result()
+        raise error
+
+    def record(item: tuple[_Batch, Future[None] | None]) -> None:
+        nonlocal size
+        done, future = item
+        if future is not None:
+            settle(future)
+        elapsed = done.transaction_seconds
+        outcome.batches += 1
+        outcome.deleted += done.deleted
+        outcome.batch_sizes.append(done.size)
+        outcome.max_batch_ms = max(outcome.max_batch_ms, elapsed * 1000)
+        if done.archived:
+            outcome.archived_rows += done.deleted
+            outcome.archive_files += 1
+        on_batch(outcome)
+        size = _next_size(done.size, elapsed, batch)
+
+    sessions: list[_BatchSession] = []
+    worker = None
     started = time.perf_counter()
-    size = batch.initial_size
-    table = quote_identifier(target.table)
-    key = _key_sql(target.primary_key)
-    cutoff_column = quote_identifier(target.cutoff_column)
-    select_key = key.strip("()")
-    # Rows travel back only when they are archived, or when the walk needs the last cutoff seen.
-    if archive is not None:
-        returning: str | None = "*"
-    elif strategy is DeleteStrategy.CUTOFF_INDEX:
-        returning = cutoff_column
-    else:
-        returning = None
-    lower_page = 0
-    if strategy is DeleteStrategy.PAGE_RANGES:
-        if not db.is_postgres:
-            raise ValueError("the page_ranges strategy needs PostgreSQL")
-        total_pages, rows_per_page = _page_layout(db, target.table)
-    lower_key: tuple[Any, ...] | None = None
-    lower_cutoff: Any = None
     try:
+        for _ in range(lanes):
+            sessions.append(
+                open_batch_session(
+                    db,
+                    safety,
+                    durable_commits=archive is not None,
+                    repeatable_read=method.select_first,
+                )
+            )
+        if lanes > 1:
+            worker = ThreadPoolExecutor(max_workers=lanes, thread_name_prefix="hk-archive")
         while True:
-            if outcome.batches and should_stop():
+            while in_flight and (in_flight[0][1] is None or in_flight[0][1].done()):
+                record(in_flight.popleft())
+            if planned and should_stop():
                 outcome.stopped_early = True
                 break
-            batch_started = time.perf_counter()
-            session.begin(safety)
-            params = BoundParams(session.numeric_params)
-            conditions = target_conditions(db, target, params)
-            if strategy is DeleteStrategy.PAGE_RANGES:
-                pages = max(1, int(size / rows_per_page))
-                upper_page = lower_page + pages if lower_page + pages < total_pages else None
-                conditions.append(f"ctid >= {params.bind(f'({lower_page},0)')}::tid")
-                if upper_page is not None:
-                    conditions.append(f"ctid < {params.bind(f'({upper_page},0)')}::tid")
-                sql = f"DELETE FROM {table} WHERE {' AND '.join(conditions)}"
-            elif strategy is DeleteStrategy.PRIMARY_KEY_RANGES:
-                probe = BoundParams(session.numeric_params)
-                where = f"WHERE {key} > {_key_values(probe, lower_key)} " if lower_key else ""
-                upper_key = _first_row(
-                    session.query(
-                        f"SELECT {select_key} FROM {table} {where}ORDER BY {select_key} "
-                        f"LIMIT 1 OFFSET {int(size) - 1}",
-                        probe,
-                    ),
-                    target.primary_key,
-                )
-                if lower_key is not None:
-                    conditions.append(f"{key} > {_key_values(params, lower_key)}")
-                if upper_key is not None:
-                    conditions.append(f"{key} <= {_key_values(params, upper_key)}")
-                sql = f"DELETE FROM {table} WHERE {' AND '.join(conditions)}"
+            # A connection holds one batch at a time: wait until its previous batch committed.
+            while len(in_flight) >= lanes:
+                record(in_flight.popleft())
+            # At most 1.5x the previous batch, also when the last measured batch is an older one.
+            planned_size = size = min(size, int(planned_size * 1.5))
+            current = _Batch(sessions[planned % lanes], first_sequence + planned, size)
+            planned += 1
+            for attempt in itertools.count(1):
+                current.started = time.perf_counter()
+                current.session.begin()
+                try:
+                    _run_batch(current, walk, method)
+                    break
+                except adbc.Error as exc:
+                    current.session.rollback()
+                    if exc.sqlstate != SERIALIZATION_FAILURE or attempt >= BATCH_ATTEMPTS:
+                        raise
+                except BaseException:
+                    current.session.rollback()
+                    raise
+            done = walk.advance(current.rows, current.deleted, size)
+            if archive is None:
+                current.rows = None
+            if worker is None:
+                _finish_batch(current, archive, publisher, run_id, failed)
+                in_flight.append((current, None))
             else:
-                if lower_cutoff is not None:
-                    conditions.append(f"{cutoff_column} >= {params.bind(lower_cutoff)}")
-                sql = (
-                    f"DELETE FROM {table} WHERE {key} IN (SELECT {select_key} FROM {table} "
-                    f"WHERE {' AND '.join(conditions)} ORDER BY {cutoff_column} LIMIT {int(size)})"
-                )
-            rows: pa.Table | None = None
-            staged = None
-            try:
-                if returning is None:
-                    deleted = session.execute(sql, params)
-                else:
-                    rows = session.query(f"{sql} RETURNING {returning}", params)
-                    deleted = rows.num_rows
-                if archive is not None and rows is not None and deleted:
-                    staged = archive.stage(
-                        rows,
-                        run_id=run_id,
-                        sequence=first_sequence + outcome.batches,
-                        now=datetime.now(UTC),
-                    )
-            except BaseException:
-                session.rollback()
-                if archive is not None and staged is not None:
-                    archive.discard(staged)
-                raise
-            # If COMMIT itself fails its outcome is unknown: the pending file stays, and the next
-            # run's recovery looks the rows up to finish or discard it.
-            session.commit()
-            if archive is not None and staged is not None:
-                archive.commit(staged)
-                outcome.archived_rows += deleted
-                outcome.archive_files += 1
-            elapsed = time.perf_counter() - batch_started
-            outcome.batches += 1
-            outcome.deleted += deleted
-            outcome.batch_sizes.append(size)
-            outcome.max_batch_ms = max(outcome.max_batch_ms, elapsed * 1000)
-            on_batch(outcome)
-            if strategy is DeleteStrategy.PAGE_RANGES:
-                done = upper_page is None
-                lower_page = upper_page or 0
-            elif strategy is DeleteStrategy.PRIMARY_KEY_RANGES:
-                done = upper_key is None
-                lower_key = upper_key
-            else:
-                done = deleted < size
-                if rows is not None and deleted:
-                    lower_cutoff = pc.max(rows.column(target.cutoff_column)).as_py()
-            size = _next_size(size, elapsed, batch)
+                future = worker.submit(_finish_batch, current, archive, publisher, run_id, failed)
+                in_flight.append((current, future))
             if done:
                 break
+        while in_flight:
+            record(in_flight.popleft())
+    except BaseException:
+        # Batches not yet committed roll back; one already committing finishes its publish.
+        failed.set()
+        raise
     finally:
-        session.close()
+        if worker is not None:
+            worker.shutdown(wait=True)
+        for session in sessions:
+            session.close()
         outcome.duration_ms = (time.perf_counter() - started) * 1000
     return outcome

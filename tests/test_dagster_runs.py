@@ -1,9 +1,14 @@
-"""Dagster run-history retention on real instances (SQLite and PostgreSQL storage)."""
+"""Dagster run-history retention on real instances (SQLite and PostgreSQL storage).
+
+Dagster stamps a run's creation time itself, so the tests make runs "old" by purging with a
+``now`` far in the future.
+"""
 
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime, timedelta
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import dagster as dg
@@ -11,7 +16,18 @@ import psycopg
 import pytest
 import yaml
 
-from housekeeping.dagster_runs import purge_dagster_runs
+from housekeeping.dagster_runs import RunPurgeResult, purge_dagster_runs
+
+# Every finished status that may be deleted is SUCCESS, FAILURE or CANCELED; QUEUED is left out
+# because a queued run needs a remote job origin, which only Dagster's private API builds.
+UNFINISHED_STATUSES = [
+    dg.DagsterRunStatus.NOT_STARTED,
+    dg.DagsterRunStatus.MANAGED,
+    dg.DagsterRunStatus.STARTING,
+    dg.DagsterRunStatus.STARTED,
+    dg.DagsterRunStatus.CANCELING,
+    dg.DagsterRunStatus.SUSPENDED,
+]
 
 
 @dg.asset
@@ -25,167 +41,241 @@ def broken() -> None:
     raise RuntimeError("boom")
 
 
-def sqlite_instance(home: Path) -> dg.DagsterInstance:
+def write_dagster_yaml(home: Path, config: dict) -> dg.DagsterInstance:
     home.mkdir(parents=True, exist_ok=True)
-    (home / "dagster.yaml").write_text(yaml.safe_dump({"telemetry": {"enabled": False}}))
+    (home / "dagster.yaml").write_text(yaml.safe_dump({"telemetry": {"enabled": False}} | config))
     return dg.DagsterInstance.from_config(str(home))
 
 
 @pytest.fixture
-def instance(tmp_path):
-    test_instance = sqlite_instance(tmp_path / "dagster_home")
-    yield test_instance
-    test_instance.dispose()
+def sqlite_instance(tmp_path) -> Iterator[dg.DagsterInstance]:
+    instance = write_dagster_yaml(tmp_path / "dagster_home", {})
+    yield instance
+    instance.dispose()
 
 
 @pytest.fixture
-def postgres_instance(tmp_path, postgres_server):
+def postgres_instance(tmp_path, postgres_server) -> Iterator[dg.DagsterInstance]:
+    """Dagster storage in a fresh PostgreSQL database of its own, dropped afterwards."""
     database = f"hk_dagster_{uuid.uuid4().hex[:10]}"
-    admin = postgres_server.rsplit("/", 1)[0] + "/postgres"
-    with psycopg.connect(admin, autocommit=True) as conn:
+    admin_url = postgres_server.rsplit("/", 1)[0] + "/postgres"
+    with psycopg.connect(admin_url, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{database}"')
-    home = tmp_path / "dagster_pg_home"
-    home.mkdir()
-    (home / "dagster.yaml").write_text(
-        yaml.safe_dump(
-            {
-                "telemetry": {"enabled": False},
-                "storage": {
-                    "postgres": {
-                        "postgres_db": {
-                            "hostname": "127.0.0.1",
-                            "port": 5432,
-                            "username": "postgres",
-                            "db_name": database,
-                            # psycopg2, not psycopg 3: dagster-postgres' NOTIFY (dagster #33958)
-                            "scheme": "postgresql+psycopg2",
-                        }
-                    }
-                },
-            }
-        )
-    )
-    test_instance = dg.DagsterInstance.from_config(str(home))
+    storage = {
+        "postgres_db": {
+            "hostname": "127.0.0.1",
+            "port": 5432,
+            "username": "postgres",
+            "db_name": database,
+            # psycopg2, not psycopg 3: SQLAlchemy 2.1 maps bare postgresql:// to psycopg 3,
+            # on which dagster-postgres' NOTIFY fails.
+            "scheme": "postgresql+psycopg2",
+        }
+    }
+    instance = write_dagster_yaml(tmp_path / "dagster_pg_home", {"storage": {"postgres": storage}})
     try:
-        yield test_instance
+        yield instance
     finally:
-        test_instance.dispose()
-        with psycopg.connect(admin, autocommit=True) as conn:
+        instance.dispose()
+        with psycopg.connect(admin_url, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE "{database}" WITH (FORCE)')
 
 
-def make_runs(instance, successes: int, failures: int) -> tuple[list[str], list[str]]:
-    ok = [dg.materialize([chatty], instance=instance).run_id for _ in range(successes)]
-    failed = [
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def instance(request) -> dg.DagsterInstance:
+    """Runs a test once on SQLite storage and once on PostgreSQL storage."""
+    return request.getfixturevalue(f"{request.param}_instance")
+
+
+def succeeded_runs(instance: dg.DagsterInstance, count: int) -> list[str]:
+    return [dg.materialize([chatty], instance=instance).run_id for _ in range(count)]
+
+
+def failed_runs(instance: dg.DagsterInstance, count: int) -> list[str]:
+    return [
         dg.materialize([broken], instance=instance, raise_on_error=False).run_id
-        for _ in range(failures)
+        for _ in range(count)
     ]
-    return ok, failed
 
 
-def run_ids(instance) -> set[str]:
+def canceled_run(instance: dg.DagsterInstance) -> str:
+    run = instance.add_run(dg.DagsterRun(job_name="never_launched"))
+    instance.report_run_canceled(run)
+    return run.run_id
+
+
+def run_ids(instance: dg.DagsterInstance) -> set[str]:
     return {record.dagster_run.run_id for record in instance.get_run_records()}
 
 
-def compute_log_dir(instance, run_id: str) -> Path:
+def compute_log_dir(instance: dg.DagsterInstance, run_id: str) -> Path:
+    # Where the default LocalComputeLogManager keeps a run's captured stdout/stderr.
     return Path(instance.root_directory) / "storage" / run_id
 
 
-def purge(instance, *, days_later: float, **options):
-    return purge_dagster_runs(
-        instance,
-        now=datetime.now(UTC) + timedelta(days=days_later),
-        retention=timedelta(days=30),
-        failed_retention=timedelta(days=90),
-        **options,
-    )
+def purge(instance: dg.DagsterInstance, *, days_later: float, **options) -> RunPurgeResult:
+    arguments = {
+        "now": datetime.now(UTC) + timedelta(days=days_later),
+        "retention": timedelta(days=30),
+        "failed_retention": timedelta(days=90),
+    } | options
+    return purge_dagster_runs(instance, **arguments)
 
 
-def test_old_successful_runs_go_with_their_events_and_compute_logs(instance):
-    ok, failed = make_runs(instance, successes=3, failures=2)
-    assert all(compute_log_dir(instance, run_id).exists() for run_id in ok)
+def test_old_successful_runs_go_with_their_event_logs_and_compute_logs(instance):
+    succeeded = succeeded_runs(instance, 3)
+    failed = failed_runs(instance, 1)
+    assert all(compute_log_dir(instance, run_id).is_dir() for run_id in succeeded)
+    assert all(instance.all_logs(run_id) for run_id in succeeded)
 
     result = purge(instance, days_later=40)
 
-    assert result.runs_deleted == 3 and result.failed_runs_deleted == 0
+    assert (result.runs_deleted, result.failed_runs_deleted, result.would_delete) == (3, 0, 3)
+    assert result.compute_log_dirs_deleted == 3
     assert run_ids(instance) == set(failed)
-    for run_id in ok:
-        assert not instance.all_logs(run_id)
+    for run_id in succeeded:
+        assert instance.get_run_by_id(run_id) is None
+        assert instance.all_logs(run_id) == []
         assert not compute_log_dir(instance, run_id).exists()
-    assert result.oldest_remaining_run_created_at is not None
+    assert instance.all_logs(failed[0]) and compute_log_dir(instance, failed[0]).is_dir()
+    remaining = instance.get_run_record_by_id(failed[0])
+    assert result.oldest_remaining_run_created_at == remaining.create_timestamp
+    assert not result.stopped_early
 
 
-def test_failed_runs_are_kept_longer_then_go_too(instance):
-    _, failed = make_runs(instance, successes=1, failures=2)
+def test_recent_runs_are_kept(instance):
+    succeeded_runs(instance, 2)
+    before = run_ids(instance)
 
-    assert purge(instance, days_later=40).failed_runs_deleted == 0
-    assert run_ids(instance) == set(failed)
+    result = purge(instance, days_later=29)
 
-    result = purge(instance, days_later=100)
-    assert result.failed_runs_deleted == 2 and run_ids(instance) == set()
-    assert result.oldest_remaining_run_created_at is None
+    assert result.runs_deleted == 0 and run_ids(instance) == before
 
 
-def test_runs_in_progress_and_kept_runs_are_never_deleted(instance):
-    ok, _ = make_runs(instance, successes=2, failures=0)
-    in_progress = instance.create_run_for_job(
-        dg.define_asset_job("in_progress", selection=[chatty]).resolve(
-            asset_graph=dg.Definitions(assets=[chatty]).resolve_asset_graph()
-        ),
-        status=dg.DagsterRunStatus.STARTED,
-    )
+def test_failed_and_canceled_runs_are_kept_until_failed_retention_then_go(instance):
+    succeeded_runs(instance, 1)
+    failed_and_canceled = [*failed_runs(instance, 2), canceled_run(instance)]
 
-    result = purge(instance, days_later=400, keep_run_ids={ok[0]})
+    first = purge(instance, days_later=40)
+    assert (first.runs_deleted, first.failed_runs_deleted) == (1, 0)
+    assert run_ids(instance) == set(failed_and_canceled)
 
-    assert run_ids(instance) == {ok[0], in_progress.run_id}
+    second = purge(instance, days_later=100)
+    assert (second.runs_deleted, second.failed_runs_deleted) == (3, 3)
+    assert run_ids(instance) == set()
+    for run_id in failed_and_canceled:
+        assert instance.all_logs(run_id) == []
+        assert not compute_log_dir(instance, run_id).exists()
+    assert second.oldest_remaining_run_created_at is None
+
+
+def test_unfinished_runs_are_never_deleted_whatever_their_age(instance):
+    unfinished = {
+        instance.add_run(dg.DagsterRun(job_name="in_flight", status=status)).run_id
+        for status in UNFINISHED_STATUSES
+    }
+    succeeded = succeeded_runs(instance, 1)
+
+    result = purge(instance, days_later=10_000)
+
     assert result.runs_deleted == 1
+    assert run_ids(instance) == unfinished
+    assert instance.get_run_by_id(succeeded[0]) is None
+
+
+def test_kept_run_ids_are_never_deleted(instance):
+    kept, deleted = succeeded_runs(instance, 2)
+    failed = failed_runs(instance, 1)
+
+    result = purge(instance, days_later=400, keep_run_ids={kept, *failed}, batch_size=1)
+
+    assert run_ids(instance) == {kept, *failed}
+    assert (result.runs_deleted, result.would_delete) == (1, 1)
+    assert compute_log_dir(instance, kept).is_dir()
+    assert instance.get_run_by_id(deleted) is None
 
 
 def test_a_dry_run_deletes_nothing_and_counts_what_would_go(instance):
-    make_runs(instance, successes=3, failures=1)
+    succeeded = succeeded_runs(instance, 3)
+    failed = failed_runs(instance, 1)
     before = run_ids(instance)
 
     result = purge(instance, days_later=100, dry_run=True, batch_size=2)
 
     assert run_ids(instance) == before
-    assert result.would_delete == 4 and result.runs_deleted == 0
+    assert (result.would_delete, result.runs_deleted, result.failed_runs_deleted) == (4, 0, 0)
+    assert result.compute_log_dirs_deleted == 0
+    for run_id in [*succeeded, *failed]:
+        assert instance.all_logs(run_id) and compute_log_dir(instance, run_id).is_dir()
 
 
-def test_stopping_ends_after_the_current_batch(instance):
-    make_runs(instance, successes=5, failures=0)
+def test_a_stop_request_ends_the_purge_after_the_first_batch_leaving_whole_runs(instance):
+    succeeded = succeeded_runs(instance, 5)
+    # Turns True once the first batch of two is gone, as a terminate request would mid-purge.
+    first_batch_gone = lambda: len(run_ids(instance)) <= 3  # noqa: E731
 
-    result = purge(instance, days_later=40, batch_size=2, should_stop=lambda: True)
+    result = purge(instance, days_later=40, batch_size=2, should_stop=first_batch_gone)
 
-    assert result.stopped_early and result.runs_deleted == 2
-    assert len(run_ids(instance)) == 3
+    assert result.stopped_early
+    assert (result.runs_deleted, result.would_delete) == (2, 2)
+    assert run_ids(instance) == set(succeeded[2:])
+    for run_id in succeeded[2:]:
+        assert instance.all_logs(run_id) and compute_log_dir(instance, run_id).is_dir()
+
+
+def test_a_stop_requested_before_the_start_deletes_nothing(sqlite_instance):
+    succeeded_runs(sqlite_instance, 2)
+
+    result = purge(sqlite_instance, days_later=40, should_stop=lambda: True)
+
+    assert result.stopped_early and result.runs_deleted == 0
+    assert len(run_ids(sqlite_instance)) == 2
+
+
+def test_now_in_another_time_zone_means_the_same_instant(sqlite_instance):
+    succeeded_runs(sqlite_instance, 1)
+    # Ten hours behind UTC: read as UTC wall-clock time, the cutoff would fall before the run.
+    honolulu = timezone(timedelta(hours=-10))
+    now = (datetime.now(UTC) + timedelta(hours=1)).astimezone(honolulu)
+
+    result = purge_dagster_runs(
+        sqlite_instance,
+        now=now,
+        retention=timedelta(minutes=30),
+        failed_retention=timedelta(minutes=30),
+    )
+
+    assert result.runs_deleted == 1 and run_ids(sqlite_instance) == set()
+
+
+def test_a_run_id_that_is_not_a_plain_name_never_steers_log_deletion(sqlite_instance):
+    home = Path(sqlite_instance.root_directory)
+    sqlite_instance.add_run(
+        dg.DagsterRun(job_name="odd", run_id="..", status=dg.DagsterRunStatus.SUCCESS)
+    )
+
+    result = purge(sqlite_instance, days_later=40)
+
+    assert result.runs_deleted == 1 and result.compute_log_dirs_deleted == 0
+    assert (home / "dagster.yaml").is_file() and (home / "history").is_dir()
 
 
 @pytest.mark.parametrize(
     ("options", "message"),
     [
+        ({"now": datetime(2030, 1, 1)}, "now must be timezone-aware"),
         ({"retention": timedelta(0)}, "retention must be greater than 0"),
         ({"failed_retention": timedelta(days=-1)}, "failed_retention must be greater than 0"),
+        ({"failed_retention": timedelta(days=7)}, "failed_retention .* at least as long"),
         ({"batch_size": 0}, "batch_size must be at least 1"),
     ],
 )
-def test_bad_arguments_are_named(instance, options, message):
-    make_runs(instance, successes=1, failures=0)
-    arguments = {
-        "now": datetime.now(UTC) + timedelta(days=400),
-        "retention": timedelta(days=30),
-        "failed_retention": timedelta(days=90),
-    } | options
+def test_bad_arguments_are_refused_by_name_before_anything_is_deleted(
+    sqlite_instance, options, message
+):
+    succeeded_runs(sqlite_instance, 1)
+
     with pytest.raises(ValueError, match=message):
-        purge_dagster_runs(instance, **arguments)
-    assert len(run_ids(instance)) == 1
+        purge(sqlite_instance, days_later=400, **options)
 
-
-@pytest.mark.postgres
-def test_purging_works_on_postgres_storage(postgres_instance):
-    ok, failed = make_runs(postgres_instance, successes=2, failures=1)
-
-    result = purge(postgres_instance, days_later=40)
-
-    assert result.runs_deleted == 2
-    assert run_ids(postgres_instance) == set(failed)
-    assert not postgres_instance.all_logs(ok[0])
+    assert len(run_ids(sqlite_instance)) == 1
