@@ -198,6 +198,12 @@ class RunHistory:
             for row in rows
         ]
 
+    def policies(self) -> list[str]:
+        """Every policy with at least one recorded run."""
+        query = sa.select(policy_runs.c.policy).distinct().order_by(policy_runs.c.policy)
+        with self.engine.connect() as conn:
+            return [row[0] for row in conn.execute(query)]
+
     def health(self, policy: str) -> PolicyHealth:
         return evaluate_health(policy, self.recent(policy, limit=500))
 

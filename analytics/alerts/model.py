@@ -62,6 +62,8 @@ class AlertRecord:
     last_value: float | None = None
     last_notified_at: datetime | None = None
     updated_at: datetime | None = None
+    # Since when each severity's threshold has held without a break (its `for` counts from here).
+    breach_since: dict[Severity, datetime] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

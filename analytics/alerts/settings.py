@@ -1,0 +1,95 @@
+"""The `alerts:` section of the config file, validated with the same rules as the rest.
+
+Every key is documented in docs/alerts.md ("Configuration"). Errors read
+``<file>: alerts.<key>: <message>``. Secrets (the Slack token, the webhook URL) are never config
+keys: they come from the environment (SLACK_BOT_TOKEN, SLACK_WEBHOOK_URL).
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+
+from analytics.alerts.model import Severity
+from analytics.alerts.rules import Channel, RulePack, load_rules
+from housekeeping.config import (
+    ConfigError,
+    Cron,
+    HousekeepingConfig,
+    PositiveDuration,
+    _describe_validation_error,
+    _valid_timezone,
+)
+
+TimeZone = Annotated[str, AfterValidator(_valid_timezone)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SummarySettings(_Model):
+    # 13:00 every day in `timezone` (default: the config's top-level timezone).
+    cron: Cron = "0 13 * * *"
+    timezone: TimeZone | None = None
+    channel: Channel | None = None  # default: alerts.default_channel
+
+
+class AlertsSettings(_Model):
+    # Alert states, the notification outbox and silences (SQLAlchemy URL; PostgreSQL in production).
+    database_url: str = "sqlite:///var/hk_alerts.db"
+    # The rule file; default: the shipped default rule pack (analytics/alerts/default_rules.yaml).
+    rules_file: str | None = None
+    # How often the alert sensor evaluates every rule and drains the outbox.
+    evaluation_interval: PositiveDuration = timedelta(seconds=60)
+    default_channel: Channel = "#alerts"
+    # Channel per severity, unless a rule names its own.
+    channels: dict[Severity, Channel] = Field(default_factory=dict)
+    # Slack allows about one message per second per channel.
+    min_interval_per_channel: PositiveDuration = timedelta(seconds=1)
+    # Longest wait between two attempts to send the same message (backoff doubles up to it).
+    max_retry_interval: PositiveDuration = timedelta(minutes=5)
+    # Sent notifications and expired silences are deleted after this long.
+    history_retention: PositiveDuration = timedelta(days=30)
+    summary: SummarySettings = SummarySettings()
+    # Links to the Dagster UI in messages; default: $DAGSTER_WEBSERVER_URL.
+    dagster_webserver_url: str | None = None
+
+    def channel_for(self) -> dict[Severity, str]:
+        return {
+            severity: self.channels.get(severity, self.default_channel) for severity in Severity
+        }
+
+    def webserver_url(self) -> str | None:
+        url = self.dagster_webserver_url or os.environ.get("DAGSTER_WEBSERVER_URL") or None
+        return url.rstrip("/") if url else None
+
+    def load_rules(self) -> RulePack:
+        return load_rules(self.rules_file)
+
+
+def parse_alerts_settings(data: Any, source: str = "config") -> AlertsSettings:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: alerts: expected a mapping of keys")
+    try:
+        return AlertsSettings.model_validate(data)
+    except ValidationError as exc:
+        message = _describe_validation_error(source, exc)
+        raise ConfigError(
+            "\n".join(
+                line.replace(f"{source}: ", f"{source}: alerts.", 1).replace(
+                    "alerts.(top level)", "alerts"
+                )
+                for line in message.splitlines()
+            )
+        ) from None
+
+
+def alerts_settings(config: HousekeepingConfig, source: str = "config") -> AlertsSettings:
+    """The validated `alerts:` section of a loaded config."""
+    return parse_alerts_settings(config.alerts, source)

@@ -1,0 +1,474 @@
+"""Where alerts live between evaluations: states, the notification outbox, silences, heartbeats.
+
+SQLAlchemy on a SQLite file by default (``alerts.database_url``), PostgreSQL in production. An
+evaluation saves its new states and enqueues its notifications in ONE transaction, so a crash
+either keeps both or neither: a transition is never notified twice nor lost. Delivery then sends
+outbox rows in id order and marks each one sent only after Slack accepted it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+
+from analytics.alerts.model import (
+    AlertKey,
+    AlertRecord,
+    AlertState,
+    Notification,
+    NotificationKind,
+    Severity,
+)
+from housekeeping.database import redact_url
+
+metadata = sa.MetaData()
+TS = sa.DateTime(timezone=True)
+
+alert_states = sa.Table(
+    "hk_alert_states",
+    metadata,
+    sa.Column("rule", sa.String(200), primary_key=True),
+    sa.Column("group_key", sa.String(500), primary_key=True),
+    sa.Column("state", sa.String(20), nullable=False),
+    sa.Column("severity", sa.String(20)),
+    sa.Column("pending_since", TS),
+    sa.Column("firing_since", TS),
+    sa.Column("last_value", sa.Float),
+    sa.Column("last_notified_at", TS),
+    sa.Column("updated_at", TS),
+    sa.Column("breach_since", sa.Text, nullable=False, default="{}"),
+)
+
+outbox = sa.Table(
+    "hk_alert_outbox",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("rule", sa.String(200), nullable=False),
+    sa.Column("group_key", sa.String(500), nullable=False),
+    sa.Column("kind", sa.String(20), nullable=False),
+    sa.Column("severity", sa.String(20)),
+    sa.Column("channel", sa.String(200), nullable=False),
+    sa.Column("payload", sa.Text, nullable=False),
+    sa.Column("evaluated_at", TS, nullable=False),
+    sa.Column("created_at", TS, nullable=False),
+    # pending -> sent, or failed (a permanent error such as invalid_auth; see delivery.py)
+    sa.Column("status", sa.String(20), nullable=False, default="pending"),
+    sa.Column("attempts", sa.Integer, nullable=False, default=0),
+    sa.Column("next_attempt_at", TS, nullable=False),
+    sa.Column("last_error", sa.Text),
+    sa.Column("sent_at", TS),
+    sa.Column("slack_channel", sa.String(200)),
+    sa.Column("slack_ts", sa.String(64)),
+    # Once per fact: a failed Dagster run is notified once, however often a sensor sees it.
+    sa.Column("dedupe_key", sa.String(300), unique=True),
+    sa.Index("hk_alert_outbox_pending", "status", "next_attempt_at"),
+)
+
+silences = sa.Table(
+    "hk_alert_silences",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("rule", sa.String(200), nullable=False),
+    sa.Column("group_key", sa.String(500)),  # NULL: every group of the rule
+    sa.Column("starts_at", TS, nullable=False),
+    sa.Column("ends_at", TS, nullable=False),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("created_by", sa.String(200), nullable=False),
+)
+
+heartbeats = sa.Table(
+    "hk_alert_heartbeats",
+    metadata,
+    sa.Column("name", sa.String(100), primary_key=True),
+    sa.Column("at", TS, nullable=False),
+    sa.Column("detail", sa.Text),
+)
+
+
+class AlertStoreError(Exception):
+    """The alert database cannot be opened or written; the message names it (password hidden)."""
+
+
+def utc(value: datetime | None) -> datetime | None:
+    """SQLite returns naive datetimes; everything stored here is UTC."""
+    if value is None:
+        return None
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+@dataclass(frozen=True)
+class Silence:
+    id: int
+    rule: str
+    group: str | None
+    starts_at: datetime
+    ends_at: datetime
+    reason: str
+    created_by: str
+
+    def matches(self, key: AlertKey, now: datetime) -> bool:
+        return (
+            self.rule == key.rule
+            and (self.group is None or self.group == key.group)
+            and self.starts_at <= now < self.ends_at
+        )
+
+
+@dataclass(frozen=True)
+class OutboxRow:
+    id: int
+    notification: Notification
+    status: str
+    attempts: int
+    next_attempt_at: datetime
+    last_error: str | None
+    sent_at: datetime | None
+    slack_channel: str | None
+    slack_ts: str | None
+
+
+def notification_to_json(notification: Notification) -> str:
+    return json.dumps(
+        {
+            "rule": notification.key.rule,
+            "group": notification.key.group,
+            "kind": notification.kind.value,
+            "severity": notification.severity.value if notification.severity else None,
+            "channel": notification.channel,
+            "title": notification.title,
+            "text": notification.text,
+            "evaluated_at": notification.evaluated_at.isoformat(),
+            "value": notification.value,
+            "threshold": notification.threshold,
+            "comparator": notification.comparator,
+            "window_seconds": (
+                notification.window.total_seconds() if notification.window is not None else None
+            ),
+            "labels": notification.labels,
+            "run_id": notification.run_id,
+        },
+        sort_keys=True,
+    )
+
+
+def notification_from_json(text: str) -> Notification:
+    data = json.loads(text)
+    return Notification(
+        key=AlertKey(data["rule"], data["group"]),
+        kind=NotificationKind(data["kind"]),
+        severity=Severity(data["severity"]) if data["severity"] else None,
+        channel=data["channel"],
+        title=data["title"],
+        text=data["text"],
+        evaluated_at=datetime.fromisoformat(data["evaluated_at"]),
+        value=data["value"],
+        threshold=data["threshold"],
+        comparator=data["comparator"],
+        window=(
+            timedelta(seconds=data["window_seconds"])
+            if data["window_seconds"] is not None
+            else None
+        ),
+        labels=data["labels"],
+        run_id=data["run_id"],
+    )
+
+
+def _is_idle(record: AlertRecord) -> bool:
+    """An OK record with nothing pending carries no information: it is not stored."""
+    return record.state is AlertState.OK and not record.breach_since
+
+
+class AlertStore:
+    def __init__(self, url: str) -> None:
+        try:
+            parsed = sa.engine.make_url(url)
+        except sa.exc.ArgumentError:
+            raise AlertStoreError(
+                f"alerts.database_url: not a SQLAlchemy URL: {url.split('@')[-1]!r}"
+            ) from None
+        self.description = redact_url(parsed)
+        connect_args: dict[str, Any] = {}
+        if parsed.get_backend_name() == "sqlite":
+            if parsed.database not in (None, "", ":memory:"):
+                Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+            connect_args["timeout"] = 30
+        elif parsed.get_backend_name() == "postgresql" and parsed.drivername == "postgresql":
+            parsed = parsed.set(drivername="postgresql+psycopg")
+        self.engine = sa.create_engine(parsed, connect_args=connect_args)
+        if parsed.get_backend_name() == "sqlite":
+            sa.event.listen(self.engine, "connect", _sqlite_pragmas)
+        try:
+            metadata.create_all(self.engine)
+        except sa.exc.SQLAlchemyError as exc:
+            raise AlertStoreError(
+                f"cannot open the alert database {self.description}: {exc.orig or exc}"
+            ) from None
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sa.Connection]:
+        with self.engine.begin() as conn:
+            yield conn
+
+    # --- states -------------------------------------------------------------------------
+    def load_states(
+        self, conn: sa.Connection, rules: Sequence[str] | None = None
+    ) -> dict[AlertKey, AlertRecord]:
+        query = sa.select(alert_states)
+        if rules is not None:
+            query = query.where(alert_states.c.rule.in_(list(rules)))
+        records = {}
+        for row in conn.execute(query).mappings():
+            key = AlertKey(row["rule"], row["group_key"])
+            records[key] = AlertRecord(
+                key=key,
+                state=AlertState(row["state"]),
+                severity=Severity(row["severity"]) if row["severity"] else None,
+                pending_since=utc(row["pending_since"]),
+                firing_since=utc(row["firing_since"]),
+                last_value=row["last_value"],
+                last_notified_at=utc(row["last_notified_at"]),
+                updated_at=utc(row["updated_at"]),
+                breach_since={
+                    Severity(name): datetime.fromisoformat(at)
+                    for name, at in json.loads(row["breach_since"] or "{}").items()
+                },
+            )
+        return records
+
+    def save_states(
+        self, conn: sa.Connection, records: Iterable[AlertRecord], rules: Sequence[str]
+    ) -> None:
+        """Replace the stored states of ``rules`` with ``records`` (idle ones are dropped)."""
+        conn.execute(alert_states.delete().where(alert_states.c.rule.in_(list(rules))))
+        rows = [
+            {
+                "rule": record.key.rule,
+                "group_key": record.key.group,
+                "state": record.state.value,
+                "severity": record.severity.value if record.severity else None,
+                "pending_since": record.pending_since,
+                "firing_since": record.firing_since,
+                "last_value": record.last_value,
+                "last_notified_at": record.last_notified_at,
+                "updated_at": record.updated_at,
+                "breach_since": json.dumps(
+                    {severity.value: at.isoformat() for severity, at in record.breach_since.items()}
+                ),
+            }
+            for record in records
+            if not _is_idle(record)
+        ]
+        if rows:
+            conn.execute(alert_states.insert(), rows)
+
+    # --- outbox -------------------------------------------------------------------------
+    def enqueue(
+        self,
+        conn: sa.Connection,
+        notifications: Iterable[Notification],
+        now: datetime | None = None,
+        dedupe_key: str | None = None,
+    ) -> int:
+        """Store notifications to send; with ``dedupe_key``, at most once per key ever."""
+        now = now or datetime.now(UTC)
+        rows = [
+            {
+                "rule": item.key.rule,
+                "group_key": item.key.group,
+                "kind": item.kind.value,
+                "severity": item.severity.value if item.severity else None,
+                "channel": item.channel,
+                "payload": notification_to_json(item),
+                "evaluated_at": item.evaluated_at,
+                "created_at": now,
+                "status": "pending",
+                "attempts": 0,
+                "next_attempt_at": now,
+                "dedupe_key": dedupe_key,
+            }
+            for item in notifications
+        ]
+        if not rows:
+            return 0
+        if dedupe_key is not None:
+            exists = conn.execute(
+                sa.select(outbox.c.id).where(outbox.c.dedupe_key == dedupe_key)
+            ).first()
+            if exists is not None:
+                return 0
+        conn.execute(outbox.insert(), rows)
+        return len(rows)
+
+    def _row(self, row: Any) -> OutboxRow:
+        return OutboxRow(
+            id=row["id"],
+            notification=notification_from_json(row["payload"]),
+            status=row["status"],
+            attempts=row["attempts"],
+            next_attempt_at=utc(row["next_attempt_at"]),
+            last_error=row["last_error"],
+            sent_at=utc(row["sent_at"]),
+            slack_channel=row["slack_channel"],
+            slack_ts=row["slack_ts"],
+        )
+
+    def pending(self, limit: int = 500) -> list[OutboxRow]:
+        """Unsent rows in the order they were stored (due or not: delivery keeps the order)."""
+        query = (
+            sa.select(outbox).where(outbox.c.status == "pending").order_by(outbox.c.id).limit(limit)
+        )
+        with self.engine.connect() as conn:
+            return [self._row(row) for row in conn.execute(query).mappings()]
+
+    def rows(self, status: str | None = None, limit: int = 1000) -> list[OutboxRow]:
+        query = sa.select(outbox).order_by(outbox.c.id).limit(limit)
+        if status is not None:
+            query = query.where(outbox.c.status == status)
+        with self.engine.connect() as conn:
+            return [self._row(row) for row in conn.execute(query).mappings()]
+
+    def mark_sent(
+        self, ids: Sequence[int], now: datetime, slack_channel: str | None, slack_ts: str | None
+    ) -> None:
+        with self.transaction() as conn:
+            conn.execute(
+                outbox.update()
+                .where(outbox.c.id.in_(list(ids)))
+                .values(
+                    status="sent",
+                    sent_at=now,
+                    attempts=outbox.c.attempts + 1,
+                    slack_channel=slack_channel,
+                    slack_ts=slack_ts,
+                    last_error=None,
+                )
+            )
+
+    def mark_retry(self, ids: Sequence[int], error: str, next_attempt_at: datetime) -> None:
+        with self.transaction() as conn:
+            conn.execute(
+                outbox.update()
+                .where(outbox.c.id.in_(list(ids)))
+                .values(
+                    attempts=outbox.c.attempts + 1,
+                    last_error=error[:2000],
+                    next_attempt_at=next_attempt_at,
+                )
+            )
+
+    def mark_failed(self, ids: Sequence[int], error: str) -> None:
+        with self.transaction() as conn:
+            conn.execute(
+                outbox.update()
+                .where(outbox.c.id.in_(list(ids)))
+                .values(status="failed", attempts=outbox.c.attempts + 1, last_error=error[:2000])
+            )
+
+    def thread_of(self, key: AlertKey, before_id: int) -> tuple[str, str] | None:
+        """(Slack channel id, ts) of the latest sent FIRING message of ``key`` before a row."""
+        query = (
+            sa.select(outbox.c.slack_channel, outbox.c.slack_ts)
+            .where(
+                outbox.c.rule == key.rule,
+                outbox.c.group_key == key.group,
+                outbox.c.kind == NotificationKind.FIRING.value,
+                outbox.c.status == "sent",
+                outbox.c.slack_ts.is_not(None),
+                outbox.c.id < before_id,
+            )
+            .order_by(outbox.c.id.desc())
+            .limit(1)
+        )
+        with self.engine.connect() as conn:
+            row = conn.execute(query).first()
+        return (row[0], row[1]) if row is not None else None
+
+    # --- silences -----------------------------------------------------------------------
+    def add_silence(
+        self,
+        rule: str,
+        group: str | None,
+        starts_at: datetime,
+        ends_at: datetime,
+        reason: str,
+        created_by: str,
+    ) -> int:
+        with self.transaction() as conn:
+            result = conn.execute(
+                silences.insert().values(
+                    rule=rule,
+                    group_key=group,
+                    starts_at=starts_at,
+                    ends_at=ends_at,
+                    reason=reason,
+                    created_by=created_by,
+                )
+            )
+            return int(result.inserted_primary_key[0])
+
+    def remove_silence(self, silence_id: int) -> bool:
+        with self.transaction() as conn:
+            return conn.execute(silences.delete().where(silences.c.id == silence_id)).rowcount > 0
+
+    def list_silences(self, now: datetime, include_expired: bool = False) -> list[Silence]:
+        query = sa.select(silences).order_by(silences.c.id)
+        if not include_expired:
+            query = query.where(silences.c.ends_at > now)
+        with self.engine.connect() as conn:
+            return [_silence(row) for row in conn.execute(query).mappings()]
+
+    def active_silences(self, conn: sa.Connection, now: datetime) -> list[Silence]:
+        query = sa.select(silences).where(silences.c.starts_at <= now, silences.c.ends_at > now)
+        return [_silence(row) for row in conn.execute(query).mappings()]
+
+    # --- heartbeats and retention -------------------------------------------------------
+    def beat(self, name: str, at: datetime, detail: str = "") -> None:
+        with self.transaction() as conn:
+            conn.execute(heartbeats.delete().where(heartbeats.c.name == name))
+            conn.execute(heartbeats.insert().values(name=name, at=at, detail=detail))
+
+    def last_beat(self, name: str) -> datetime | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(heartbeats.c.at).where(heartbeats.c.name == name)).first()
+        return utc(row[0]) if row is not None else None
+
+    def purge(self, before: datetime) -> dict[str, int]:
+        """Sent (or permanently failed) outbox rows and expired silences older than ``before``."""
+        with self.transaction() as conn:
+            sent = conn.execute(
+                outbox.delete().where(
+                    outbox.c.status.in_(["sent", "failed"]), outbox.c.created_at < before
+                )
+            ).rowcount
+            expired = conn.execute(silences.delete().where(silences.c.ends_at < before)).rowcount
+        return {"outbox_rows": sent, "silences": expired}
+
+
+def _silence(row: Any) -> Silence:
+    return Silence(
+        id=row["id"],
+        rule=row["rule"],
+        group=row["group_key"],
+        starts_at=utc(row["starts_at"]),
+        ends_at=utc(row["ends_at"]),
+        reason=row["reason"],
+        created_by=row["created_by"],
+    )
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.close()

@@ -1,0 +1,133 @@
+"""Rule files are validated at load time; the default pack holds every default threshold."""
+
+from __future__ import annotations
+
+import pytest
+
+from analytics.alerts.model import Severity
+from analytics.alerts.rules import RulesError, load_rules
+
+GOOD = """
+rules:
+  - name: http_error_rate
+    metric: http_error_rate
+    comparator: ">"
+    window: 5m
+    thresholds:
+      warning: {value: 0.02, for: 10m}
+      critical: {value: 0.10}
+"""
+
+
+def write(tmp_path, text):
+    path = tmp_path / "rules.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_a_valid_rule_file_loads_with_its_durations_and_thresholds(tmp_path):
+    rule = load_rules(write(tmp_path, GOOD)).rules[0]
+    assert rule.severities == [Severity.WARNING, Severity.CRITICAL]
+    assert rule.for_duration(Severity.WARNING).total_seconds() == 600
+    assert rule.for_duration(Severity.CRITICAL).total_seconds() == 0
+    assert rule.window.total_seconds() == 300
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (("metric: http_error_rate", "metric: http_eror_rate"), "unknown metric 'http_eror_rate'"),
+        (('comparator: ">"', 'comparator: "=>"'), "comparator"),
+        (("window: 5m", "window: 0s"), "window: must be greater than 0"),
+        (("window: 5m", "window: soon"), "window"),
+        (("{value: 0.02, for: 10m}", "{value: 0.02, for: -1m}"), "thresholds.warning.for"),
+        (("{value: 0.10}", "{value: 0.01}"), "critical (0.01) must be above warning (0.02)"),
+        (("warning:", "severe:"), "thresholds.severe"),
+        (("window: 5m", "window: 5m\n    group_by: queue"), "cannot be grouped by 'queue'"),
+        (("window: 5m", "window: 5m\n    recovery: 0.05"), "recovery: 0.05 would itself breach"),
+        (("window: 5m", "window: 5m\n    treshold: 1"), "treshold: unknown key"),
+        (("window: 5m", "window: 5m\n    sql: SELECT 1"), "set exactly one of metric"),
+        (
+            ("window: 5m", "window: 5m\n    channels: {critical: 'bad channel!'}"),
+            "channels.critical",
+        ),
+        (("name: http_error_rate", "name: Http-Error"), "name"),
+    ],
+)
+def test_a_bad_rule_is_refused_with_a_message_naming_the_file_rule_and_key(
+    tmp_path, change, message
+):
+    path = write(tmp_path, GOOD.replace(*change))
+    with pytest.raises(RulesError) as error:
+        load_rules(path)
+    text = str(error.value)
+    assert str(path) in text and "rules[0]" in text
+    assert message in text
+
+
+def test_a_sql_rule_must_be_one_read_only_query(tmp_path):
+    text = GOOD.replace("metric: http_error_rate", "sql: DELETE FROM requests_minute")
+    with pytest.raises(RulesError, match="must be one SELECT"):
+        load_rules(write(tmp_path, text))
+    text = GOOD.replace("metric: http_error_rate", "sql: SELECT 1; SELECT 2")
+    with pytest.raises(RulesError, match="single statement"):
+        load_rules(write(tmp_path, text))
+
+
+def test_rule_names_are_unique(tmp_path):
+    body = GOOD.split("rules:\n", 1)[1]
+    with pytest.raises(RulesError, match="'http_error_rate' is used twice"):
+        load_rules(write(tmp_path, "rules:\n" + body + body))
+
+
+def test_a_missing_or_broken_file_is_named(tmp_path):
+    with pytest.raises(RulesError, match="not found"):
+        load_rules(tmp_path / "nope.yaml")
+    with pytest.raises(RulesError, match="not valid YAML"):
+        load_rules(write(tmp_path, "rules: [\n"))
+    with pytest.raises(RulesError, match="expected a mapping with a 'rules:' list"):
+        load_rules(write(tmp_path, "- just a list\n"))
+
+
+def _threshold(pack, name, severity):
+    rule = next(rule for rule in pack.rules if rule.name == name)
+    return rule.comparator.value, rule.threshold_value(severity), rule.for_duration(severity)
+
+
+def test_the_default_pack_holds_the_product_default_thresholds():
+    pack = load_rules()
+    minutes = lambda n: n * 60  # noqa: E731
+    checks = {
+        ("http_error_rate", Severity.WARNING): (">", 0.02, minutes(10)),
+        ("http_error_rate", Severity.HIGH): (">", 0.05, minutes(5)),
+        ("http_error_rate", Severity.CRITICAL): (">", 0.10, minutes(5)),
+        ("http_latency_p95", Severity.WARNING): (">", 500, minutes(10)),
+        ("http_latency_p95", Severity.HIGH): (">", 2000, minutes(5)),
+        ("http_traffic_high", Severity.WARNING): (">", 200, minutes(10)),
+        ("http_rate_limited", Severity.HIGH): (">", 0.20, minutes(10)),
+        ("http_no_requests", Severity.CRITICAL): ("<", 1, 0),
+        ("job_failure_rate", Severity.WARNING): (">", 0.05, 0),
+        ("job_failure_rate", Severity.CRITICAL): (">", 0.10, 0),
+        ("job_backlog", Severity.WARNING): (">", 10, 0),
+        ("job_backlog", Severity.CRITICAL): (">", 50, 0),
+        ("jobs_failed", Severity.WARNING): (">", 0, 0),
+        ("jobs_failed", Severity.CRITICAL): (">", 5, 0),
+        ("job_failing_repeatedly", Severity.HIGH): (">=", 3, 0),
+        ("job_errors_per_hour", Severity.HIGH): (">", 10, 0),
+        ("cleanup_failing", Severity.WARNING): (">=", 1, 0),
+        ("cleanup_failing", Severity.CRITICAL): (">=", 3, 0),
+        ("cleanup_failed_runs", Severity.HIGH): (">=", 2, 0),
+        ("cleanup_deletes_nothing", Severity.WARNING): (">=", 3, 0),
+        ("cleanup_slow", Severity.WARNING): (">", 1000, 0),
+        ("app_database_unreachable", Severity.CRITICAL): ("<", 1, minutes(1)),
+        ("api_budget", Severity.HIGH): (">", 0.80, 0),
+        ("api_budget", Severity.CRITICAL): (">", 1.00, 0),
+    }
+    for (name, severity), (comparator, value, duration) in checks.items():
+        assert _threshold(pack, name, severity) == (
+            comparator,
+            value,
+            __import__("datetime").timedelta(seconds=duration),
+        ), name
+    window = next(rule for rule in pack.rules if rule.name == "http_no_requests").window
+    assert window.total_seconds() == minutes(15)
