@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from analytics.alerts.cli import alerts, rules, status
 from analytics.cli import query
 from housekeeping.archive import ArchiveError
 from housekeeping.config import ConfigError, database_url, load_config
@@ -228,6 +229,9 @@ def _report_line(asset: str, metadata: dict) -> str:
 
 
 main.add_command(query)
+main.add_command(rules)
+main.add_command(alerts)
+main.add_command(status)
 
 
 if __name__ == "__main__":

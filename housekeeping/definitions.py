@@ -6,6 +6,7 @@ A config that does not validate fails the code location's load with the same mes
 
 import dagster as dg
 
+from analytics.alerts.definitions import build_alerts_definitions
 from analytics.definitions import build_analytics_definitions
 from housekeeping.assets import (
     DAGSTER_RUNS_ASSET,
@@ -133,7 +134,11 @@ def build_definitions(config: HousekeepingConfig, config_file: str = "") -> dg.D
         sensors=[failure_health_sensor],
         resources={"housekeeping": HousekeepingResource(config_file=config_file)},
     )
-    return dg.Definitions.merge(housekeeping_defs, build_analytics_definitions(config, config_file))
+    return dg.Definitions.merge(
+        housekeeping_defs,
+        build_analytics_definitions(config, config_file),
+        build_alerts_definitions(config, config_file),
+    )
 
 
 defs = build_definitions(load_config())

@@ -56,7 +56,11 @@ class FakeSlack:
 
     def posted(self) -> list[Call]:
         """Accepted chat.postMessage calls (and webhook posts), in order."""
-        return [call for call in self.calls if call.body.get("_accepted")]
+        return [
+            call
+            for call in self.calls
+            if call.body.get("_accepted") and call.method in ("chat.postMessage", "webhook")
+        ]
 
     def start(self) -> FakeSlack:
         fake = self
@@ -67,7 +71,17 @@ class FakeSlack:
 
             def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
                 length = int(self.headers.get("Content-Length") or 0)
-                raw = self.rfile.read(length).decode() if length else ""
+                data = self.rfile.read(length) if length else b""
+                if self.path.startswith("/upload/"):
+                    call = Call(
+                        "upload", {"bytes": len(data), "png": data[:8] == b"\x89PNG\r\n\x1a\n"}, {}
+                    )
+                    call.body["_accepted"] = True
+                    with fake._lock:
+                        fake.calls.append(call)
+                    self._answer(200, None, webhook=True)
+                    return
+                raw = data.decode()
                 content_type = self.headers.get("Content-Type", "")
                 if "json" in content_type:
                     body = json.loads(raw or "{}")
@@ -98,6 +112,20 @@ class FakeSlack:
                     self._answer(scripted.status, payload, headers, webhook=method == "webhook")
                     return
                 call.body["_accepted"] = True
+                if method == "files.getUploadURLExternal":
+                    port = fake._server.server_address[1]
+                    self._answer(
+                        200,
+                        {
+                            "ok": True,
+                            "upload_url": f"http://127.0.0.1:{port}/upload/F1",
+                            "file_id": "F1",
+                        },
+                    )
+                    return
+                if method == "files.completeUploadExternal":
+                    self._answer(200, {"ok": True, "files": [{"id": "F1"}]})
+                    return
                 if method == "webhook":
                     self._answer(200, None, webhook=True)
                     return
@@ -132,7 +160,11 @@ class FakeSlack:
                 self.end_headers()
                 self.wfile.write(data)
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        class Server(ThreadingHTTPServer):
+            def handle_error(self, request: Any, client_address: Any) -> None:
+                pass  # a client that gave up on a hanging answer: nothing to report
+
+        self._server = Server(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
         return self

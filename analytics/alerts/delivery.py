@@ -107,6 +107,23 @@ class SlackWebSender:
             raise TransientError(f"cannot reach Slack: {_describe_connection(exc)}") from None
         return str(response.get("channel", "")), str(response.get("ts", ""))
 
+    def upload(
+        self, channel: str, content: bytes, filename: str, title: str, thread_ts: str | None
+    ) -> None:
+        """Attach a file (the summary chart) to a channel, in a thread when given."""
+        try:
+            self.client.files_upload_v2(
+                channel=channel,
+                content=content,
+                filename=filename,
+                title=title,
+                thread_ts=thread_ts,
+            )
+        except SlackApiError as exc:
+            raise _classify(exc) from None
+        except (SlackRequestError, *CONNECTION_ERRORS) as exc:
+            raise TransientError(f"cannot upload to Slack: {_describe_connection(exc)}") from None
+
 
 class SlackWebhookSender:
     """An incoming webhook: one fixed channel, no threads."""

@@ -183,6 +183,11 @@ class MetricSource:
         self._cache.clear()
         self._probe_result = None
 
+    def clear_cache(self) -> None:
+        """Forget computed values (a replay moves on to the next step)."""
+        self._cache.clear()
+        self._probe_result = None
+
     def __enter__(self) -> MetricSource:
         return self
 

@@ -46,7 +46,7 @@ def _fields(notification: Notification) -> list[dict[str, Any]]:
     fields = []
     if notification.severity is not None:
         fields.append(f"*Severity*\n{notification.severity.value}")
-    if notification.value is not None or notification.kind is not NotificationKind.RUN_FAILURE:
+    if notification.value is not None:
         fields.append(f"*Value*\n{format_value(metric, notification.value)}")
     if notification.threshold is not None:
         fields.append(

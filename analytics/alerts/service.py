@@ -1,0 +1,167 @@
+"""What one alert tick does, for the sensors and the `hk alerts` commands alike (no Dagster here).
+
+- ``evaluate_and_deliver``: every rule once (evaluate.py), then drain the outbox (delivery.py);
+  rules that failed to evaluate become one SYSTEM notification each per day;
+- ``notify_run_failure``: one notification per failed Dagster run (not per retry);
+- ``watch_evaluation``: the evaluation's heartbeat, checked by another sensor, so an alert sensor
+  that keeps failing is itself an alert.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import sqlalchemy as sa
+
+from analytics.alerts.delivery import DeliveryReport, Sender, deliver
+from analytics.alerts.evaluate import EvaluationReport, evaluate_rules
+from analytics.alerts.metrics import MetricSource
+from analytics.alerts.model import AlertKey, Notification, NotificationKind, Severity
+from analytics.alerts.rules import RulePack
+from analytics.alerts.settings import AlertsSettings, alerts_settings
+from analytics.alerts.store import AlertStore
+from analytics.settings import AnalyticsSettings, analytics_settings
+from housekeeping.config import HousekeepingConfig, database_url, load_config
+from housekeeping.database import AppDatabase, DatabaseError
+from housekeeping.history import RunHistory
+
+EVALUATION_HEARTBEAT = "alert_evaluation"
+# The evaluation is late when its heartbeat is older than this many intervals.
+MISSED_EVALUATIONS = 3
+SYSTEM_RULE = "alerting"
+
+
+@dataclass
+class AlertRuntime:
+    """The loaded config, settings and rules, and the alert store they name."""
+
+    config: HousekeepingConfig
+    settings: AlertsSettings
+    analytics: AnalyticsSettings
+    rules: RulePack
+    store: AlertStore
+
+    @classmethod
+    def load(cls, config_file: str | None = None) -> AlertRuntime:
+        config = load_config(config_file)
+        source = config_file or "config"
+        settings = alerts_settings(config, source)
+        return cls(
+            config=config,
+            settings=settings,
+            analytics=analytics_settings(config, source),
+            rules=settings.load_rules(),
+            store=AlertStore(settings.database_url),
+        )
+
+    def close(self) -> None:
+        self.store.dispose()
+
+    def metric_source(self) -> MetricSource:
+        return MetricSource(
+            self.analytics.database_path,
+            RunHistory(self.config.state_database_url),
+            app_database_answers,
+        )
+
+    def system_notification(
+        self, group: str, title: str, text: str, now: datetime, run_id: str | None = None
+    ) -> Notification:
+        severity = Severity.HIGH
+        return Notification(
+            key=AlertKey(SYSTEM_RULE, group),
+            kind=NotificationKind.RUN_FAILURE if run_id else NotificationKind.SYSTEM,
+            severity=severity,
+            channel=self.settings.channel_for()[severity],
+            title=title,
+            text=text,
+            evaluated_at=now,
+            run_id=run_id,
+        )
+
+
+def app_database_answers() -> bool:
+    """Whether the application database ($DATABASE_URL) answers a trivial query."""
+    try:
+        database = AppDatabase(database_url())
+    except DatabaseError:
+        return False
+    try:
+        with database.connect() as conn:
+            conn.execute(sa.text("SELECT 1"))
+        return True
+    except (DatabaseError, sa.exc.SQLAlchemyError):
+        return False
+    finally:
+        database.dispose()
+
+
+def evaluate_and_deliver(
+    runtime: AlertRuntime, sender: Sender, now: datetime | None = None
+) -> tuple[EvaluationReport, DeliveryReport]:
+    now = now or datetime.now(UTC)
+    with runtime.metric_source() as metrics:
+        report = evaluate_rules(
+            runtime.rules, metrics, runtime.store, now, runtime.settings.channel_for()
+        )
+    for rule, error in sorted(report.errors.items()):
+        notification = runtime.system_notification(
+            f"rule:{rule}",
+            f"Alert rule {rule} cannot be evaluated",
+            f"Rule {rule} failed to evaluate and is not watching anything: {error}",
+            now,
+        )
+        with runtime.store.transaction() as conn:
+            runtime.store.enqueue(
+                conn, [notification], now=now, dedupe_key=f"rule_error:{rule}:{now.date()}"
+            )
+    runtime.store.beat(EVALUATION_HEARTBEAT, now, f"{report.rules} rules, {report.groups} groups")
+    return report, deliver(runtime.store, sender, runtime.settings)
+
+
+def notify_run_failure(
+    runtime: AlertRuntime,
+    *,
+    run_id: str,
+    root_run_id: str | None,
+    job_name: str,
+    error: str,
+    now: datetime | None = None,
+) -> bool:
+    """Store one notification for a failed run (retries of one run share it); True if new."""
+    now = now or datetime.now(UTC)
+    first_line = (error or "no error message").strip().splitlines()[0][:300]
+    notification = runtime.system_notification(
+        f"job:{job_name}",
+        f"Dagster run of {job_name} failed",
+        f"Run {run_id[:8]} of {job_name} failed: {first_line}",
+        now,
+        run_id=run_id,
+    )
+    with runtime.store.transaction() as conn:
+        added = runtime.store.enqueue(
+            conn, [notification], now=now, dedupe_key=f"run_failure:{root_run_id or run_id}"
+        )
+    return added > 0
+
+
+def watch_evaluation(runtime: AlertRuntime, now: datetime | None = None) -> bool:
+    """Alert once when the rule evaluation has not completed for several intervals."""
+    now = now or datetime.now(UTC)
+    last = runtime.store.last_beat(EVALUATION_HEARTBEAT)
+    allowed = runtime.settings.evaluation_interval * MISSED_EVALUATIONS + timedelta(minutes=1)
+    if last is None or now - last <= allowed:
+        return False
+    notification = runtime.system_notification(
+        "evaluation",
+        "Alert rules are not being evaluated",
+        f"The alert sensor has not completed an evaluation since {last:%Y-%m-%d %H:%M} UTC: "
+        "no rule is watching. Check the alert_rules_sensor ticks in Dagster.",
+        now,
+    )
+    with runtime.store.transaction() as conn:
+        added = runtime.store.enqueue(
+            conn, [notification], now=now, dedupe_key=f"evaluation_stale:{last.isoformat()}"
+        )
+    return added > 0
