@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 DEMO_HOME := $(CURDIR)/var/dagster_home
 DEMO_ENV := DAGSTER_HOME=$(DEMO_HOME) HK_CONFIG=$(CURDIR)/hk.yaml
 
-.PHONY: install demo dev test lint bench-cleanup bench-rollup clean
+.PHONY: install demo dev test lint bench-cleanup bench-rollup bench-rules clean
 
 install: $(VENV)/.installed
 
@@ -37,6 +37,9 @@ bench-cleanup: install
 
 bench-rollup: install
 	$(BIN)/python bench/bench_rollup.py
+
+bench-rules: install
+	$(BIN)/python bench/bench_rules.py
 
 clean:
 	rm -rf var .pytest_cache

@@ -118,20 +118,25 @@ def view_statements(store: RollupStore, datasets: Sequence[Dataset], timezone: s
         ),
         "CREATE VIEW requests_daily_overall AS "
         + _merged_requests([("day", local_day)], seconds=day_seconds),
-        "CREATE MACRO request_stats(from_ts, to_ts) AS TABLE "
-        + _merged_requests(
-            [("route", "route")],
-            where="WHERE minute >= from_ts AND minute < to_ts",
-            seconds="date_diff('second', CAST(from_ts AS TIMESTAMP), CAST(to_ts AS TIMESTAMP))",
-        ),
-        "CREATE MACRO request_stats_overall(from_ts, to_ts) AS TABLE "
-        + _merged_requests(
-            [("scope", "'all'")],
-            where="WHERE minute >= from_ts AND minute < to_ts",
-            seconds="date_diff('second', CAST(from_ts AS TIMESTAMP), CAST(to_ts AS TIMESTAMP))",
-        ),
+        *request_stat_macros(),
     ]
     return statements
+
+
+def request_stat_macros() -> list[str]:
+    """``request_stats(from, to)`` per route and ``request_stats_overall(from, to)``.
+
+    Defined over a relation named ``requests_minute``: the published view, or the alert
+    evaluation's in-memory copy of the minutes it needs.
+    """
+    window = "date_diff('second', CAST(from_ts AS TIMESTAMP), CAST(to_ts AS TIMESTAMP))"
+    where = "WHERE minute >= from_ts AND minute < to_ts"
+    return [
+        "CREATE MACRO request_stats(from_ts, to_ts) AS TABLE "
+        + _merged_requests([("route", "route")], where=where, seconds=window),
+        "CREATE MACRO request_stats_overall(from_ts, to_ts) AS TABLE "
+        + _merged_requests([("scope", "'all'")], where=where, seconds=window),
+    ]
 
 
 def publish_rollup_views(store: RollupStore, timezone: str) -> bool:

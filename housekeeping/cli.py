@@ -207,10 +207,32 @@ def demo(tokens, requests, days):
         warnings = "; ".join(failed_checks.get(name, [])) or "all checks passed"
         click.echo(f"  {name:<22} {health.status:<9} {warnings}")
     history.dispose()
+    _demo_alerts()
     click.echo("")
     click.echo("Open the Dagster UI on this demo with: make dev  (http://127.0.0.1:3000)")
     if not result.success:
         sys.exit(1)
+
+
+def _demo_alerts() -> None:
+    """One evaluation of the alert rules, as the sensor runs it (the console stands in for Slack)."""
+    from analytics.alerts.delivery import sender_from_environment
+    from analytics.alerts.service import AlertRuntime, evaluate_and_deliver
+
+    click.echo("")
+    click.echo("Alert rules (one evaluation, as alert_rules_sensor runs it every minute):")
+    runtime = AlertRuntime.load()
+    try:
+        sender = sender_from_environment(lambda line: click.echo(f"  {line}"))
+        click.echo(f"  sending through: {sender.description}")
+        report, delivery = evaluate_and_deliver(runtime, sender)
+    finally:
+        runtime.close()
+    click.echo(
+        f"  {report.rules} rules, {report.groups} groups: {len(report.active)} not ok, "
+        f"{len(report.notifications)} new notifications, {delivery.sent} sent "
+        "(hk alerts list / hk status show them)"
+    )
 
 
 def _report_line(asset: str, metadata: dict) -> str:

@@ -39,7 +39,7 @@ MINUTE = timedelta(minutes=1)
 
 
 def evaluate(settings, store, rules, now):
-    with MetricSource(settings.database_path) as metrics:
+    with MetricSource(settings.database_path, rollup_root=settings.root_path) as metrics:
         return evaluate_rules(
             rules, metrics, store, now, {severity: "#alerts" for severity in Severity}
         )

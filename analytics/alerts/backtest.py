@@ -79,6 +79,7 @@ def backtest(
     until: datetime,
     step: timedelta,
     channel_for: dict[Severity, str] | None = None,
+    rollup_root: Path | None = None,
 ) -> BacktestResult:
     if step <= timedelta(0):
         raise ValueError("the step must be positive")
@@ -89,7 +90,8 @@ def backtest(
     notifications: list[Notification] = []
     errors: dict[str, str] = {}
     evaluations = 0
-    with MetricSource(views_database, snapshot) as metrics:  # type: ignore[arg-type]
+    with MetricSource(views_database, snapshot, rollup_root=rollup_root) as metrics:  # type: ignore[arg-type]
+        metrics.prepare(pack.rules, since, until)
         for now in _steps(since, until, step):
             evaluations += 1
             for rule in pack.rules:

@@ -111,6 +111,7 @@ def rules_backtest(
         until,
         _duration(step, "--step"),
         runtime.settings.channel_for(),
+        rollup_root=runtime.analytics.root_path,
     )
     runtime.close()
     if as_json:

@@ -72,6 +72,10 @@ def evaluate_rules(
     channels = channel_for or {}
     # Metrics first, outside the transaction: the store's lock is held only for the writes.
     values: dict[str, dict[str, float] | None] = {}
+    try:
+        metrics.prepare(pack.rules, now, now)
+    except METRIC_ERRORS as exc:
+        report.errors["(request rollups)"] = f"{type(exc).__name__}: {str(exc).splitlines()[0]}"
     for rule in pack.rules:
         try:
             values[rule.name] = metrics.values(rule, now)

@@ -196,13 +196,29 @@ def send_daily_summary(context: dg.OpExecutionContext, alerts: AlertsResource) -
     )
 
 
+@dg.op(
+    description="Deletes sent notifications and expired silences older than "
+    "alerts.history_retention: the product's own tables have retention too.",
+)
+def purge_alert_history(context: dg.OpExecutionContext, alerts: AlertsResource) -> dg.Output[None]:
+    runtime = alerts.runtime()
+    try:
+        cutoff = datetime.now(UTC) - runtime.settings.history_retention
+        purged = runtime.store.purge(cutoff)
+    finally:
+        runtime.close()
+    context.log.info(f"purged alert history before {cutoff:%Y-%m-%d %H:%M} UTC: {purged}")
+    return dg.Output(None, metadata={**purged, "cutoff": cutoff.isoformat()})
+
+
 @dg.job(
     description="Sends the daily summary of the last 24 h (cleanup, requests, jobs, alerts) with "
-    "a chart of error rate and p95.",
+    "a chart of error rate and p95, then applies the alert history's retention.",
     tags={"kind": "slack"},
 )
 def daily_summary_job() -> None:
     send_daily_summary()
+    purge_alert_history()
 
 
 def build_summary_schedule(settings: AlertsSettings, timezone: str) -> dg.ScheduleDefinition:

@@ -63,6 +63,7 @@ class AlertRuntime:
             self.analytics.database_path,
             RunHistory(self.config.state_database_url),
             app_database_answers,
+            rollup_root=self.analytics.root_path,
         )
 
     def system_notification(
