@@ -10,6 +10,7 @@ from typing import Any
 
 import dagster as dg
 
+from analytics.jobs_rollup import JOBS_HOURLY, refresh_jobs
 from analytics.partitions import hourly_partitions
 from analytics.resources import AnalyticsResource
 from analytics.rollups import REQUESTS_MINUTE, Dataset, RollupResult, refresh_requests
@@ -95,3 +96,50 @@ def build_requests_minute_asset(settings: AnalyticsSettings) -> dg.AssetsDefinit
         return dg.MaterializeResult(metadata=result_metadata(result))
 
     return requests_minute
+
+
+JOBS_HOURLY_KEY = dg.AssetKey([GROUP, JOBS_HOURLY.name])
+
+
+def build_jobs_hourly_asset(settings: AnalyticsSettings) -> dg.AssetsDefinition:
+    @dg.asset(
+        key=JOBS_HOURLY_KEY,
+        group_name=GROUP,
+        description=(
+            "Background jobs per hour x queue x name from the application's jobs table: created, "
+            "completed, failed, retried, run time (mean, p95 and a mergeable sketch), and the "
+            "backlog (waiting) and stuck (active > stuck_after) snapshots at the end of the hour. "
+            "One Parquet file per UTC hour; the current and the previous hour are kept fresh by "
+            "analytics_freshness_sensor."
+        ),
+        partitions_def=hourly_partitions(settings),
+        backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=24),
+        pool="analytics_jobs_hourly",
+        kinds={"duckdb", "parquet"},
+        metadata={"dagster/column_schema": column_schema(JOBS_HOURLY)},
+    )
+    def jobs_hourly(
+        context: dg.AssetExecutionContext, analytics: AnalyticsResource
+    ) -> dg.MaterializeResult:
+        config, loaded = analytics.load()
+        store = analytics.store(config, loaded)
+        window = context.partition_time_window
+        db = analytics.app_database()
+        try:
+            result = refresh_jobs(
+                db,
+                store,
+                loaded,
+                window.start.astimezone(UTC),
+                window.end.astimezone(UTC),
+                now=db.clock(),
+            )
+        finally:
+            db.dispose()
+        context.log.info(
+            f"{result.rows_read:,} jobs -> {result.rows_written:,} hourly rows in "
+            f"{len(result.partitions)} hour file(s), {result.seconds:.2f} s"
+        )
+        return dg.MaterializeResult(metadata=result_metadata(result))
+
+    return jobs_hourly

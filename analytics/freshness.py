@@ -15,6 +15,8 @@ import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from analytics.extract import SourceError
+from analytics.jobs_rollup import refresh_jobs
 from analytics.publish import RollupStore
 from analytics.rollups import HOUR, RollupResult, floor_hour, floor_minute, refresh_requests
 from analytics.settings import AnalyticsSettings
@@ -71,6 +73,24 @@ class RefreshOutcome:
         if self.hours_to_finalise:
             text += f"; finalising {len(self.hours_to_finalise)} closed hour(s)"
         return text
+
+
+def refresh_recent_jobs(
+    db: AppDatabase, store: RollupStore, settings: AnalyticsSettings, now: datetime
+) -> str:
+    """Recompute the jobs of the current hour and of the hours still within the late-row grace.
+
+    Hours of jobs are cheap (one pass over the jobs table, which job retention keeps small), so
+    the sensor finalises them itself: backlog and stuck snapshots stay as fresh as the requests.
+    Without a jobs table (not every application has one) this says so and does nothing.
+    """
+    now = now.astimezone(UTC)
+    start = floor_hour(now - settings.late_row_grace)
+    try:
+        result = refresh_jobs(db, store, settings, start, floor_hour(now) + HOUR, now)
+    except SourceError as exc:
+        return f"jobs rollup skipped: {exc}"
+    return f"jobs from {result.start:%H:%M} UTC ({result.rows_read:,} jobs, {result.seconds:.2f} s)"
 
 
 def refresh_recent(

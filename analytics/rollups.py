@@ -349,4 +349,6 @@ def _preview(
 
 
 def all_datasets() -> Sequence[Dataset]:
-    return (REQUESTS_MINUTE,)
+    from analytics.jobs_rollup import JOBS_HOURLY  # defined on top of this module
+
+    return (REQUESTS_MINUTE, JOBS_HOURLY)

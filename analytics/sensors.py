@@ -10,7 +10,7 @@ from typing import Any
 
 import dagster as dg
 
-from analytics.freshness import FreshnessCursor, refresh_recent
+from analytics.freshness import FreshnessCursor, refresh_recent, refresh_recent_jobs
 from analytics.partitions import hour_partition_key
 from analytics.resources import AnalyticsResource
 from analytics.settings import AnalyticsSettings
@@ -40,12 +40,14 @@ def build_freshness_sensor(
         store = analytics.store(config, loaded)
         db = analytics.app_database()
         try:
+            now = db.clock()
             outcome = refresh_recent(
-                db, store, loaded, FreshnessCursor.from_json(context.cursor), db.clock()
+                db, store, loaded, FreshnessCursor.from_json(context.cursor), now
             )
+            jobs_note = refresh_recent_jobs(db, store, loaded, now)
         finally:
             db.dispose()
-        context.log.info(outcome.summary())
+        context.log.info(f"{outcome.summary()}; {jobs_note}")
         run_requests = [
             dg.RunRequest(
                 run_key=f"finalise-{hour_partition_key(hour)}",

@@ -119,6 +119,15 @@ def view_statements(store: RollupStore, datasets: Sequence[Dataset], timezone: s
         "CREATE VIEW requests_daily_overall AS "
         + _merged_requests([("day", local_day)], seconds=day_seconds),
         *request_stat_macros(),
+        "CREATE VIEW jobs_daily AS "
+        f"SELECT CAST(timezone({tz}, timezone('UTC', hour)) AS DATE) AS day, queue, "
+        "CAST(sum(created) AS BIGINT) AS created, CAST(sum(completed) AS BIGINT) AS completed, "
+        "CAST(sum(failed) AS BIGINT) AS failed, CAST(sum(retried) AS BIGINT) AS retried, "
+        "sum(failed) / nullif(sum(completed) + sum(failed), 0) AS failure_rate, "
+        "max(backlog) AS max_backlog, max(stuck) AS max_stuck "
+        "FROM (SELECT hour, queue, sum(created) AS created, sum(completed) AS completed, "
+        "sum(failed) AS failed, sum(retried) AS retried, sum(backlog) AS backlog, "
+        "sum(stuck) AS stuck FROM jobs_hourly GROUP BY hour, queue) GROUP BY ALL",
     ]
     return statements
 

@@ -1,0 +1,227 @@
+"""Jobs per hour x queue x name: outcomes, durations, and backlog/stuck snapshots.
+
+Per UTC hour ``[h, h + 1 h)``:
+
+- ``created``: jobs whose ``created_at`` falls in the hour;
+- ``completed`` / ``failed``: jobs that finished in the hour with that status; ``retried``: of
+  those, the ones that needed more than one attempt;
+- ``duration_avg_ms`` / ``duration_p95_ms`` (exact, lower-rank like the sketches) and a mergeable
+  ``duration_sketch`` of finish minus start, over the jobs finished in the hour;
+- ``backlog``: jobs waiting at the end of the hour (or now, for the current hour): created by
+  then and not yet started, or still in a waiting status;
+- ``stuck``: jobs active at that moment that started more than ``analytics.stuck_after`` before.
+
+Snapshots are reconstructed from the timestamps, so re-materialising a past hour gives the same
+numbers as long as the rows are still there (job retention deletes finished jobs after 24 h / 7 d).
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+
+import duckdb
+
+from analytics.extract import ColumnKind, Source, SourceColumn, TimeRange, check_source, stream_rows
+from analytics.publish import RollupStore, sql_string
+from analytics.rollups import (
+    HOUR,
+    SKETCH_TYPE,
+    Column,
+    Dataset,
+    RollupResult,
+    _check_range,
+    _preview,
+    _source_failure,
+    _timestamp_literal,
+    _write_minute_partitions,
+    duckdb_session,
+)
+from analytics.settings import AnalyticsSettings
+from analytics.sketch import bucket_sql
+from housekeeping.database import AppDatabase
+
+JOBS_HOURLY = Dataset(
+    "jobs_hourly",
+    "Background jobs per hour x queue x name: outcomes, durations, backlog and stuck snapshots.",
+    (
+        Column("hour", "TIMESTAMP", "start of the hour (UTC)"),
+        Column("queue", "VARCHAR", "queue name"),
+        Column("name", "VARCHAR", "job name"),
+        Column("created", "BIGINT", "jobs created in the hour"),
+        Column("completed", "BIGINT", "jobs that completed in the hour"),
+        Column("failed", "BIGINT", "jobs that failed (for good) in the hour"),
+        Column("retried", "BIGINT", "jobs finished in the hour that needed more than one attempt"),
+        Column("duration_avg_ms", "DOUBLE", "mean run time of the jobs finished in the hour (ms)"),
+        Column("duration_p95_ms", "DOUBLE", "p95 run time of the jobs finished in the hour (ms)"),
+        Column("duration_sketch", SKETCH_TYPE, "run time histogram; merge by summing counts"),
+        Column("backlog", "BIGINT", "jobs waiting at the end of the hour (now, for this hour)"),
+        Column("stuck", "BIGINT", "jobs active for longer than stuck_after at that moment"),
+    ),
+)
+
+
+def jobs_source(settings: AnalyticsSettings) -> Source:
+    config = settings.sources.jobs
+    key = "analytics.sources.jobs"
+    kinds = {
+        "queue": ColumnKind.TEXT,
+        "name": ColumnKind.TEXT,
+        "status": ColumnKind.TEXT,
+        "created_at": ColumnKind.TIMESTAMP,
+        "started_at": ColumnKind.TIMESTAMP,
+        "finished_at": ColumnKind.TIMESTAMP,
+        "attempts": ColumnKind.INTEGER,
+    }
+    return Source(
+        config.table,
+        key,
+        tuple(
+            SourceColumn(alias, getattr(config, alias), kind, f"{key}.{alias}")
+            for alias, kind in kinds.items()
+        ),
+    )
+
+
+def _in(values: list[str]) -> str:
+    return ", ".join(sql_string(value) for value in values) or "NULL"
+
+
+def refresh_jobs(
+    db: AppDatabase,
+    store: RollupStore,
+    settings: AnalyticsSettings,
+    start: datetime,
+    end: datetime,
+    now: datetime,
+    *,
+    check: bool = True,
+) -> RollupResult:
+    """Recompute the hours of ``[start, end)`` (whole hours) and replace their files."""
+    _check_range(start, end, HOUR)
+    started = time.perf_counter()
+    source = jobs_source(settings)
+    if check:
+        check_source(db, source)
+    jobs = settings.sources.jobs
+    # Every job that existed before the range ends: its events or its snapshot may fall inside.
+    stream = stream_rows(
+        db,
+        source,
+        ["queue", "name", "status", "created_at", "started_at", "finished_at", "attempts"],
+        [TimeRange("created_at", None, end)],
+    )
+    stuck_seconds = int(settings.stuck_after.total_seconds())
+    duration = "date_diff('millisecond', started_at, finished_at)"
+    snapshot_at = f"least(h.hour + INTERVAL 1 HOUR, {_timestamp_literal(now.astimezone(UTC))})"
+    with duckdb_session(store.root / ".tmp") as connection:
+        connection.register("source_rows", stream.reader)
+        try:
+            connection.execute(
+                """
+                CREATE TEMP TABLE src AS SELECT
+                    coalesce(CAST(queue AS VARCHAR), '(none)') AS queue,
+                    coalesce(CAST(name AS VARCHAR), '(none)') AS name,
+                    CAST(status AS VARCHAR) AS status,
+                    CAST(CAST(created_at AS TIMESTAMPTZ) AS TIMESTAMP) AS created_at,
+                    CAST(CAST(started_at AS TIMESTAMPTZ) AS TIMESTAMP) AS started_at,
+                    CAST(CAST(finished_at AS TIMESTAMPTZ) AS TIMESTAMP) AS finished_at,
+                    CAST(attempts AS BIGINT) AS attempts
+                FROM source_rows
+                """
+            )
+        except duckdb.Error as exc:
+            if stream.error is not None:
+                raise stream.error from None
+            if isinstance(exc, duckdb.ConversionException):
+                raise _source_failure(source, exc) from None
+            raise
+        finally:
+            connection.unregister("source_rows")
+            stream.reader.close()
+        low, high = _timestamp_literal(start), _timestamp_literal(end)
+        finished = f"status IN ({_in([jobs.completed_status, jobs.failed_status])})"
+        connection.execute(
+            f"""
+            CREATE TEMP TABLE rollup AS
+            WITH hours AS (
+                SELECT CAST(range AS TIMESTAMP) AS hour
+                FROM range({low}, {high}, INTERVAL 1 HOUR)
+            ),
+            created AS (
+                SELECT date_trunc('hour', created_at) AS hour, queue, name, count(*) AS created
+                FROM src WHERE created_at >= {low} AND created_at < {high} GROUP BY ALL
+            ),
+            done AS (
+                SELECT date_trunc('hour', finished_at) AS hour, queue, name,
+                    count_if(status = {sql_string(jobs.completed_status)}) AS completed,
+                    count_if(status = {sql_string(jobs.failed_status)}) AS failed,
+                    count_if(attempts > 1) AS retried,
+                    avg({duration}) FILTER (WHERE started_at IS NOT NULL) AS duration_avg_ms,
+                    quantile_disc({duration}, 0.95) FILTER (WHERE started_at IS NOT NULL)
+                        AS duration_p95_ms,
+                    list({bucket_sql(duration)}) FILTER (WHERE started_at IS NOT NULL)
+                        AS buckets
+                FROM src
+                WHERE finished_at >= {low} AND finished_at < {high} AND {finished}
+                GROUP BY ALL
+            ),
+            snapshots AS (
+                SELECT h.hour, s.queue, s.name,
+                    count_if(
+                        coalesce(s.started_at, s.finished_at) > {snapshot_at}
+                        OR (coalesce(s.started_at, s.finished_at) IS NULL
+                            AND s.status IN ({_in(jobs.waiting_statuses)}))
+                    ) AS backlog,
+                    count_if(
+                        s.started_at < {snapshot_at} - INTERVAL {stuck_seconds} SECOND
+                        AND (s.finished_at > {snapshot_at}
+                             OR (s.finished_at IS NULL
+                                 AND s.status = {sql_string(jobs.active_status)}))
+                    ) AS stuck
+                FROM hours h JOIN src s ON s.created_at <= {snapshot_at}
+                WHERE s.finished_at IS NULL OR s.finished_at > {snapshot_at}
+                GROUP BY ALL
+            ),
+            keys AS (
+                SELECT hour, queue, name FROM created
+                UNION SELECT hour, queue, name FROM done
+                UNION SELECT hour, queue, name FROM snapshots WHERE backlog > 0 OR stuck > 0
+            )
+            SELECT {JOBS_HOURLY.select_list()} FROM (
+                SELECT k.hour, k.queue, k.name,
+                    coalesce(c.created, 0) AS created,
+                    coalesce(d.completed, 0) AS completed,
+                    coalesce(d.failed, 0) AS failed,
+                    coalesce(d.retried, 0) AS retried,
+                    d.duration_avg_ms, CAST(d.duration_p95_ms AS DOUBLE) AS duration_p95_ms,
+                    CASE WHEN d.buckets IS NULL OR len(d.buckets) = 0
+                        THEN CAST([] AS {SKETCH_TYPE})
+                        ELSE list_sort(list_transform(
+                            map_entries(list_aggregate(d.buckets, 'histogram')),
+                            lambda e: {{'bucket': e.key, 'count': CAST(e.value AS INTEGER)}}))
+                    END AS duration_sketch,
+                    coalesce(s.backlog, 0) AS backlog,
+                    coalesce(s.stuck, 0) AS stuck
+                FROM keys k
+                LEFT JOIN created c USING (hour, queue, name)
+                LEFT JOIN done d USING (hour, queue, name)
+                LEFT JOIN snapshots s USING (hour, queue, name)
+            )
+            """
+        )
+        rows_read = connection.execute("SELECT count(*) FROM src").fetchone()[0]
+        partitions, rows_written = _write_minute_partitions(
+            connection, store, JOBS_HOURLY, "hour", start, end
+        )
+        preview = _preview(connection, "rollup", "created DESC, queue, name")
+    return RollupResult(
+        JOBS_HOURLY.name,
+        start,
+        end,
+        tuple(partitions),
+        int(rows_read),
+        rows_written,
+        time.perf_counter() - started,
+        preview,
+    )
