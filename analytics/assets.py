@@ -5,13 +5,14 @@ metadata the UI plots across runs, and declares its columns so the UI shows the 
 """
 
 from collections.abc import Sequence
-from datetime import UTC
+from datetime import UTC, date
 from typing import Any
 
 import dagster as dg
 
+from analytics.api_usage_rollup import API_USAGE_DAILY, refresh_api_usage
 from analytics.jobs_rollup import JOBS_HOURLY, refresh_jobs
-from analytics.partitions import hourly_partitions
+from analytics.partitions import daily_partitions, hourly_partitions
 from analytics.resources import AnalyticsResource
 from analytics.rollups import REQUESTS_MINUTE, Dataset, RollupResult, refresh_requests
 from analytics.settings import AnalyticsSettings
@@ -96,6 +97,45 @@ def build_requests_minute_asset(settings: AnalyticsSettings) -> dg.AssetsDefinit
         return dg.MaterializeResult(metadata=result_metadata(result))
 
     return requests_minute
+
+
+API_USAGE_DAILY_KEY = dg.AssetKey([GROUP, API_USAGE_DAILY.name])
+
+
+def build_api_usage_daily_asset(settings: AnalyticsSettings, timezone: str) -> dg.AssetsDefinition:
+    @dg.asset(
+        key=API_USAGE_DAILY_KEY,
+        group_name=GROUP,
+        description=(
+            "Calls to paid external APIs per day x service x endpoint: calls, errors, tokens, "
+            "cost, p95 response time and a mergeable sketch; the api_usage_month_to_date view "
+            "compares each service's month with its budget (analytics.budgets). One Parquet "
+            f"file per day ({timezone}); today's is refreshed every 15 minutes by "
+            "analytics_api_usage_schedule."
+        ),
+        partitions_def=daily_partitions(settings, timezone),
+        pool="analytics_api_usage_daily",
+        kinds={"duckdb", "parquet"},
+        metadata={"dagster/column_schema": column_schema(API_USAGE_DAILY)},
+    )
+    def api_usage_daily(
+        context: dg.AssetExecutionContext, analytics: AnalyticsResource
+    ) -> dg.MaterializeResult:
+        config, loaded = analytics.load()
+        store = analytics.store(config, loaded)
+        day = date.fromisoformat(context.partition_key)
+        db = analytics.app_database()
+        try:
+            result = refresh_api_usage(db, store, loaded, day, loaded.day_timezone(config))
+        finally:
+            db.dispose()
+        context.log.info(
+            f"{result.rows_read:,} API calls -> {result.rows_written:,} rows for {day}, "
+            f"{result.seconds:.2f} s"
+        )
+        return dg.MaterializeResult(metadata=result_metadata(result))
+
+    return api_usage_daily
 
 
 JOBS_HOURLY_KEY = dg.AssetKey([GROUP, JOBS_HOURLY.name])

@@ -27,5 +27,5 @@ class AnalyticsResource(dg.ConfigurableResource):
     def store(self, config: HousekeepingConfig, settings: AnalyticsSettings) -> RollupStore:
         """The store, with every dataset folder and the current views file in place."""
         store = RollupStore(settings.root_path, settings.database_path)
-        publish_rollup_views(store, settings.day_timezone(config))
+        publish_rollup_views(store, settings.day_timezone(config), settings.budgets)
         return store

@@ -349,6 +349,8 @@ def _preview(
 
 
 def all_datasets() -> Sequence[Dataset]:
-    from analytics.jobs_rollup import JOBS_HOURLY  # defined on top of this module
+    # defined on top of this module
+    from analytics.api_usage_rollup import API_USAGE_DAILY
+    from analytics.jobs_rollup import JOBS_HOURLY
 
-    return (REQUESTS_MINUTE, JOBS_HOURLY)
+    return (REQUESTS_MINUTE, JOBS_HOURLY, API_USAGE_DAILY)

@@ -8,10 +8,12 @@ that do the same for any window.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
+from analytics.api_usage_rollup import budget_statements
 from analytics.publish import RollupStore, sql_string
 from analytics.rollups import Dataset, all_datasets
+from analytics.settings import ServiceBudget
 from analytics.sketch import PERCENTILES, bucket_value_sql
 
 _REQUEST_SUMS = (
@@ -84,7 +86,12 @@ def _merged_requests(keys: Sequence[tuple[str, str]], where: str = "", seconds: 
     """
 
 
-def view_statements(store: RollupStore, datasets: Sequence[Dataset], timezone: str) -> list[str]:
+def view_statements(
+    store: RollupStore,
+    datasets: Sequence[Dataset],
+    timezone: str,
+    budgets: Mapping[str, ServiceBudget] | None = None,
+) -> list[str]:
     """Every statement of the views file, in order (its content hash is its version)."""
     tz = sql_string(timezone)
     statements = [
@@ -128,6 +135,7 @@ def view_statements(store: RollupStore, datasets: Sequence[Dataset], timezone: s
         "FROM (SELECT hour, queue, sum(created) AS created, sum(completed) AS completed, "
         "sum(failed) AS failed, sum(retried) AS retried, sum(backlog) AS backlog, "
         "sum(stuck) AS stuck FROM jobs_hourly GROUP BY hour, queue) GROUP BY ALL",
+        *budget_statements(dict(budgets or {})),
     ]
     return statements
 
@@ -148,8 +156,10 @@ def request_stat_macros() -> list[str]:
     ]
 
 
-def publish_rollup_views(store: RollupStore, timezone: str) -> bool:
+def publish_rollup_views(
+    store: RollupStore, timezone: str, budgets: Mapping[str, ServiceBudget] | None = None
+) -> bool:
     """Every dataset folder with its schema file, then the views file; False when unchanged."""
     datasets = all_datasets()
     store.prepare({dataset.name: dataset.typed_columns for dataset in datasets})
-    return store.publish_views(view_statements(store, datasets, timezone))
+    return store.publish_views(view_statements(store, datasets, timezone, budgets))
