@@ -90,7 +90,12 @@ def backtest(
     notifications: list[Notification] = []
     errors: dict[str, str] = {}
     evaluations = 0
-    with MetricSource(views_database, snapshot, rollup_root=rollup_root) as metrics:  # type: ignore[arg-type]
+    with MetricSource(
+        views_database,
+        snapshot,  # type: ignore[arg-type]
+        rollup_root=rollup_root,
+        replay=True,
+    ) as metrics:
         metrics.prepare(pack.rules, since, until)
         for now in _steps(since, until, step):
             evaluations += 1

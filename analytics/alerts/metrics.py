@@ -170,8 +170,12 @@ class MetricSource:
         history: RunHistory | None = None,
         database_probe: Callable[[], bool] | None = None,
         rollup_root: Path | None = None,
+        replay: bool = False,
     ) -> None:
         self.views_database = views_database
+        # A replay (the backtest) reads hourly rollups finished after the moment it evaluates:
+        # it uses whole hours that had ended by then only, never a later snapshot.
+        self.replay = replay
         self.history = history
         self.database_probe = database_probe
         self.rollup_root = rollup_root
@@ -180,6 +184,7 @@ class MetricSource:
         self._requests_memory: duckdb.DuckDBPyConnection | None = None
         self._requests_span: tuple[datetime, datetime] | None = None
         self._cache: dict[tuple[Any, ...], GroupValues | None] = {}
+        self._hour_cache: dict[tuple[Any, ...], GroupValues] = {}
         self._probe_result: bool | None = None
 
     def close(self) -> None:
@@ -356,16 +361,24 @@ class MetricSource:
             GroupBy.QUEUE: "queue",
             GroupBy.JOB: "queue || '/' || name",
         }[group_by]
-        start, end = window_bounds(now, window)
-        # Hourly rollups: a window touches every hour it overlaps.
-        hour_start = start.replace(minute=0)
+        _, end = window_bounds(now, window)
+        # Hourly rollups: the window is the current (partial) hour and the whole hours before it
+        # back to ``now - window``, so the value is stable within an hour instead of flapping
+        # as a minute-aligned window slides across hour boundaries.
+        last_hour = end.replace(minute=0)
+        if self.replay:
+            last_hour -= timedelta(hours=1)
+        first_hour = min((end - window).replace(minute=0), last_hour)
+        cache_key = (metric, group_by, first_hour, last_hour)
+        if cache_key in self._hour_cache:
+            return self._hour_cache[cache_key]
         if metric in ("job_backlog", "jobs_stuck"):
             column = "backlog" if metric == "job_backlog" else "stuck"
             sql = (
                 f"SELECT {group}, sum({column}) FROM jobs_hourly WHERE hour = "
-                "(SELECT max(hour) FROM jobs_hourly WHERE hour < $end) GROUP BY 1"
+                "(SELECT max(hour) FROM jobs_hourly WHERE hour <= $last) GROUP BY 1"
             )
-            rows = self._query(sql, {"end": end})
+            rows = self._query(sql, {"last": last_hour})
         else:
             value = {
                 "job_failure_rate": "sum(failed) / nullif(sum(completed) + sum(failed), 0)",
@@ -376,14 +389,16 @@ class MetricSource:
             }[metric]
             sql = (
                 f"SELECT {group}, {value} FROM jobs_hourly "
-                "WHERE hour >= $start AND hour < $end GROUP BY 1"
+                "WHERE hour >= $first AND hour <= $last GROUP BY 1"
             )
-            rows = self._query(sql, {"start": hour_start, "end": end})
+            rows = self._query(sql, {"first": first_hour, "last": last_hour})
         if rows is None:
             return None
         result = {str(key): float(value) for key, value in rows if value is not None}
         if not result and group_by is GroupBy.NONE and metric in _COUNT_METRICS:
             result[""] = 0.0
+        # Within one evaluation (or a replay over published files) an hour's rows do not change.
+        self._hour_cache[cache_key] = result
         return result
 
     def _api_budget(self, now: datetime) -> GroupValues | None:
