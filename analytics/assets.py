@@ -59,7 +59,7 @@ def result_metadata(result: RollupResult) -> dict[str, Any]:
     }
 
 
-def build_requests_minute_asset(settings: AnalyticsSettings) -> dg.AssetsDefinition:
+def build_requests_minute_asset(settings: AnalyticsSettings, owner: str) -> dg.AssetsDefinition:
     @dg.asset(
         key=REQUESTS_MINUTE_KEY,
         group_name=GROUP,
@@ -75,6 +75,7 @@ def build_requests_minute_asset(settings: AnalyticsSettings) -> dg.AssetsDefinit
         backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=24),
         pool=REQUESTS_POOL,
         kinds={"duckdb", "parquet"},
+        owners=[owner],
         metadata={"dagster/column_schema": column_schema(REQUESTS_MINUTE)},
     )
     def requests_minute(
@@ -102,7 +103,9 @@ def build_requests_minute_asset(settings: AnalyticsSettings) -> dg.AssetsDefinit
 API_USAGE_DAILY_KEY = dg.AssetKey([GROUP, API_USAGE_DAILY.name])
 
 
-def build_api_usage_daily_asset(settings: AnalyticsSettings, timezone: str) -> dg.AssetsDefinition:
+def build_api_usage_daily_asset(
+    settings: AnalyticsSettings, timezone: str, owner: str
+) -> dg.AssetsDefinition:
     @dg.asset(
         key=API_USAGE_DAILY_KEY,
         group_name=GROUP,
@@ -116,6 +119,7 @@ def build_api_usage_daily_asset(settings: AnalyticsSettings, timezone: str) -> d
         partitions_def=daily_partitions(settings, timezone),
         pool="analytics_api_usage_daily",
         kinds={"duckdb", "parquet"},
+        owners=[owner],
         metadata={"dagster/column_schema": column_schema(API_USAGE_DAILY)},
     )
     def api_usage_daily(
@@ -141,7 +145,7 @@ def build_api_usage_daily_asset(settings: AnalyticsSettings, timezone: str) -> d
 JOBS_HOURLY_KEY = dg.AssetKey([GROUP, JOBS_HOURLY.name])
 
 
-def build_jobs_hourly_asset(settings: AnalyticsSettings) -> dg.AssetsDefinition:
+def build_jobs_hourly_asset(settings: AnalyticsSettings, owner: str) -> dg.AssetsDefinition:
     @dg.asset(
         key=JOBS_HOURLY_KEY,
         group_name=GROUP,
@@ -156,6 +160,7 @@ def build_jobs_hourly_asset(settings: AnalyticsSettings) -> dg.AssetsDefinition:
         backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=24),
         pool="analytics_jobs_hourly",
         kinds={"duckdb", "parquet"},
+        owners=[owner],
         metadata={"dagster/column_schema": column_schema(JOBS_HOURLY)},
     )
     def jobs_hourly(

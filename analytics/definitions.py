@@ -28,14 +28,14 @@ def build_analytics_definitions(
     config: HousekeepingConfig, config_file: str = ""
 ) -> dg.Definitions:
     settings = analytics_settings(config, config_file or "config")
-    requests_minute = build_requests_minute_asset(settings)
+    requests_minute = build_requests_minute_asset(settings, config.owner)
     requests_job = dg.define_asset_job(
         "analytics_requests_job",
         selection=dg.AssetSelection.assets(REQUESTS_MINUTE_KEY),
         partitions_def=hourly_partitions(settings),
         description="Recomputes hours of the minute request rollups from the request logs.",
     )
-    jobs_hourly = build_jobs_hourly_asset(settings)
+    jobs_hourly = build_jobs_hourly_asset(settings, config.owner)
     jobs_job = dg.define_asset_job(
         "analytics_jobs_job",
         selection=dg.AssetSelection.assets(JOBS_HOURLY_KEY),
@@ -43,7 +43,7 @@ def build_analytics_definitions(
         description="Recomputes hours of the jobs rollup from the jobs table.",
     )
     day_timezone = settings.day_timezone(config)
-    api_usage_daily = build_api_usage_daily_asset(settings, day_timezone)
+    api_usage_daily = build_api_usage_daily_asset(settings, day_timezone, config.owner)
     api_usage_job = dg.define_asset_job(
         "analytics_api_usage_job",
         selection=dg.AssetSelection.assets(API_USAGE_DAILY_KEY),

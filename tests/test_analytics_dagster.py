@@ -56,9 +56,10 @@ def app(app_url, monkeypatch):
 
 
 def materialize(config_file, instance, **kwargs) -> dg.ExecuteInProcessResult:
-    settings = analytics_settings(load_config(config_file))
+    config = load_config(config_file)
+    settings = analytics_settings(config)
     return dg.materialize(
-        [build_requests_minute_asset(settings)],
+        [build_requests_minute_asset(settings, config.owner)],
         instance=instance,
         resources={RESOURCE_KEY: AnalyticsResource(config_file=config_file)},
         **kwargs,

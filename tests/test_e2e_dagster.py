@@ -1,0 +1,179 @@
+"""End to end: a live dagster-webserver and dagster-daemon on PostgreSQL storage.
+
+Launched through the GraphQL client as an operator's UI would: the housekeeping job and a rollup
+partition run through the daemon's run queue; their runs and materialisations land in the
+PostgreSQL storage and the data changes; the default-running alert sensor ticks; a headless
+Chromium renders the asset graph. Everything is shut down, whatever happens.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sqlite3
+import subprocess
+import time
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from dagster import DagsterRunStatus
+from dagster_graphql import DagsterGraphQLClient
+
+from analytics.partitions import hour_partition_key
+from housekeeping.assets import policy_asset_key
+from housekeeping.config import load_config
+from tests.e2e_support import ROOT, Deployment
+
+pytestmark = [pytest.mark.e2e, pytest.mark.postgres, pytest.mark.slow]
+LOCATION = "housekeeping"
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.fixture(scope="module")
+def deployment(postgres_server, tmp_path_factory):
+    live = Deployment(postgres_server, tmp_path_factory.mktemp("e2e"))
+    try:
+        live.prepare()
+        live.start_webserver()
+        live.start_daemon()
+        yield live
+    finally:
+        leftovers = live.stop()
+        assert leftovers == [], f"process groups still alive after shutdown: {leftovers}"
+
+
+@pytest.fixture(scope="module")
+def client(deployment):
+    return DagsterGraphQLClient("127.0.0.1", port_number=deployment.port, timeout=60)
+
+
+def wait_for_run(client, deployment, run_id, timeout=300):
+    deadline = time.monotonic() + timeout
+    status = None
+    while time.monotonic() < deadline:
+        status = client.get_run_status(run_id)
+        if status in (
+            DagsterRunStatus.SUCCESS,
+            DagsterRunStatus.FAILURE,
+            DagsterRunStatus.CANCELED,
+        ):
+            return status
+        time.sleep(2)
+    raise AssertionError(
+        f"run {run_id} still {status} after {timeout} s\n--- daemon ---\n{deployment.log('daemon')}"
+    )
+
+
+def app_count(deployment, table):
+    with sqlite3.connect(deployment.workdir / "var" / "app.db") as conn:
+        return conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+
+
+def test_the_housekeeping_job_runs_through_the_daemon_and_is_stored_in_postgres(deployment, client):
+    tokens_before = app_count(deployment, "revoked_tokens")
+    policies = load_config(ROOT / "hk.yaml").policies
+    run_config = {
+        "ops": {
+            policy_asset_key(name).to_python_identifier(): {"config": {"allow_large_delete": True}}
+            for name in policies
+        }
+    }
+
+    run_id = client.submit_job_execution(
+        "housekeeping_job", repository_location_name=LOCATION, run_config=run_config
+    )
+    status = wait_for_run(client, deployment, run_id)
+
+    assert status == DagsterRunStatus.SUCCESS, deployment.log("daemon")
+    assert deployment.storage("SELECT status FROM runs WHERE run_id = %s", run_id) == [("SUCCESS",)]
+    materialized = {
+        row[0]
+        for row in deployment.storage(
+            "SELECT asset_key FROM event_logs WHERE run_id = %s "
+            "AND dagster_event_type = 'ASSET_MATERIALIZATION'",
+            run_id,
+        )
+    }
+    assert '["housekeeping", "revoked_tokens"]' in materialized
+    assert '["housekeeping", "request_logs"]' in materialized
+    assert app_count(deployment, "revoked_tokens") < tokens_before
+    archive = deployment.workdir / "var" / "archive" / "revoked_tokens"
+    assert list(archive.rglob("*.parquet")), "the deleted tokens were archived"
+
+
+def test_a_rollup_partition_runs_and_publishes_its_hour(deployment, client):
+    hour = (datetime.now(UTC) - timedelta(hours=3)).replace(minute=0, second=0, microsecond=0)
+    key = hour_partition_key(hour)
+
+    run_id = client.submit_job_execution(
+        "analytics_requests_job",
+        repository_location_name=LOCATION,
+        tags={"dagster/partition": key},
+    )
+    status = wait_for_run(client, deployment, run_id)
+
+    assert status == DagsterRunStatus.SUCCESS, deployment.log("daemon")
+    stored = deployment.storage(
+        "SELECT partition FROM event_logs WHERE run_id = %s "
+        "AND dagster_event_type = 'ASSET_MATERIALIZATION'",
+        run_id,
+    )
+    assert stored == [(key,)]
+    published = deployment.workdir / "var" / "analytics" / "requests_minute"
+    assert (published / f"{hour:%Y-%m-%dT%H}.parquet").exists()
+
+
+def test_the_default_running_alert_sensor_ticks_and_evaluates(deployment):
+    alerts_db = deployment.workdir / "var" / "hk_alerts.db"
+    deadline = time.monotonic() + 240
+    beat = None
+    while time.monotonic() < deadline and beat is None:
+        if alerts_db.exists():
+            with sqlite3.connect(alerts_db) as conn:
+                try:
+                    beat = conn.execute(
+                        "SELECT at, detail FROM hk_alert_heartbeats WHERE name = 'alert_evaluation'"
+                    ).fetchone()
+                except sqlite3.OperationalError:
+                    beat = None
+        if beat is None:
+            time.sleep(3)
+    assert beat is not None, f"no alert evaluation\n--- daemon ---\n{deployment.log('daemon')}"
+    assert "rules" in beat[1]
+    ticks = deployment.storage(
+        "SELECT count(*) FROM job_ticks t JOIN jobs j ON j.job_origin_id = t.job_origin_id "
+        "WHERE j.job_body LIKE %s",
+        '%"alert_rules_sensor"%',
+    )
+    assert ticks[0][0] >= 1
+
+
+@pytest.mark.skipif(
+    CHROMIUM is None and not os.environ.get("CI"),
+    reason="needs Debian's chromium (apt-get install chromium); .ci/run installs it in CI",
+)
+def test_a_headless_browser_sees_the_projects_assets(deployment):
+    assert CHROMIUM is not None, "chromium is not installed (.ci/run installs it)"
+    artifacts = ROOT / "test-artifacts"
+    artifacts.mkdir(exist_ok=True)
+    screenshot = artifacts / "asset-graph.png"
+    url = f"{deployment.base_url}/asset-groups"
+    common = [
+        CHROMIUM,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--window-size=1600,1000",
+        "--virtual-time-budget=20000",
+    ]
+    dom = subprocess.run(
+        [*common, "--dump-dom", url], capture_output=True, text=True, timeout=120, check=True
+    ).stdout
+    subprocess.run(
+        [*common, f"--screenshot={screenshot}", url], capture_output=True, timeout=120, check=True
+    )
+
+    assert "housekeeping" in dom
+    assert "analytics" in dom
+    assert screenshot.exists() and screenshot.stat().st_size > 10_000
