@@ -207,11 +207,85 @@ def demo(tokens, requests, days):
         warnings = "; ".join(failed_checks.get(name, [])) or "all checks passed"
         click.echo(f"  {name:<22} {health.status:<9} {warnings}")
     history.dispose()
+    rolled_up = _demo_rollups(defs, instance)
     _demo_alerts()
     click.echo("")
     click.echo("Open the Dagster UI on this demo with: make dev  (http://127.0.0.1:3000)")
-    if not result.success:
+    if not (result.success and rolled_up):
         sys.exit(1)
+
+
+def _demo_rollups(defs, instance) -> bool:
+    """The last 24 h of request rollups through Dagster (one run over a partition range), then
+    what an analyst reads from the published DuckDB file."""
+    from datetime import UTC, datetime, timedelta
+
+    import duckdb
+
+    from analytics.partitions import hour_partition_key
+    from analytics.settings import analytics_settings
+
+    current_hour = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+    click.echo("")
+    click.echo(
+        "Rolling up the last 24 h of request logs through Dagster (analytics_requests_job)..."
+    )
+    result = defs.resolve_job_def("analytics_requests_job").execute_in_process(
+        instance=instance,
+        raise_on_error=False,
+        run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
+        tags={
+            "dagster/asset_partition_range_start": hour_partition_key(
+                current_hour - timedelta(hours=24)
+            ),
+            "dagster/asset_partition_range_end": hour_partition_key(current_hour),
+        },
+    )
+    if not result.success:
+        for event in result.all_events:
+            if event.is_step_failure:
+                click.echo(f"  FAILED: {event.event_specific_data.error.message.strip()}")
+        return False
+    metadata = next(
+        {
+            key: value.value
+            for key, value in event.event_specific_data.materialization.metadata.items()
+        }
+        for event in result.all_events
+        if event.is_step_materialization
+    )
+    settings = analytics_settings(load_config())
+    click.echo(
+        f"  Dagster run {result.run_id}: {metadata['rows_read']:,} request logs -> "
+        f"{metadata['rows_written']:,} minute rows in {metadata['partitions_written']} hour "
+        f"files, {metadata['duration_ms']:,.0f} ms"
+    )
+    since = (current_hour - timedelta(hours=24)).replace(tzinfo=None)
+    with duckdb.connect(str(settings.database_path), read_only=True) as connection:
+        overall = connection.execute(
+            "SELECT requests, error_rate, latency_p95_ms FROM request_stats_overall(?, ?)",
+            [since, datetime.now(UTC).replace(tzinfo=None)],
+        ).fetchone()
+        slowest = connection.execute(
+            "SELECT route, requests, latency_p95_ms FROM request_stats(?, ?) "
+            "ORDER BY latency_p95_ms DESC LIMIT 3",
+            [since, datetime.now(UTC).replace(tzinfo=None)],
+        ).fetchall()
+    if overall is None or not overall[0]:
+        click.echo("  no requests in the last 24 h")
+        return True
+    requests, error_rate, p95 = overall
+    click.echo(
+        f"  last 24 h: {requests:,} requests, error rate {error_rate:.2%}, p95 {p95:,.0f} ms "
+        "(merged minute sketches)"
+    )
+    for route, route_requests, route_p95 in slowest:
+        click.echo(f"    {route:<32} p95 {route_p95:>8,.0f} ms over {route_requests:,} requests")
+    click.echo(
+        '  analysts: hk query "SELECT * FROM requests_hourly_overall ORDER BY hour DESC LIMIT 24"'
+        f" (or open {settings.database_path} read-only with DuckDB)"
+    )
+    return True
 
 
 def _demo_alerts() -> None:
