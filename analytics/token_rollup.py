@@ -141,7 +141,7 @@ def revoked_tokens_source(settings: AnalyticsSettings, key_columns: tuple[str, .
     ]
     # Text: any type works, the key is only compared with the archive's copy of itself.
     columns += [
-        SourceColumn(f"key_{index}", name, ColumnKind.TEXT, f"{key}.table (primary key {name})")
+        SourceColumn(f"key_{index}", name, ColumnKind.TEXT, f"{key}.table (its key column)")
         for index, name in enumerate(key_columns)
     ]
     return Source(config.table, key, tuple(columns))
@@ -174,11 +174,12 @@ def refresh_token_revocations(
     started = time.perf_counter()
     start, end = day_bounds(day, timezone)
     table = settings.sources.revoked_tokens.table
-    base_source = revoked_tokens_source(settings, ())
     if check:
-        check_source(db, base_source)
+        check_source(db, revoked_tokens_source(settings, ()))
     key_columns = _key_columns(db, config, table)
     source = revoked_tokens_source(settings, key_columns)
+    if check:
+        check_source(db, source)  # a policy's configured primary_key must exist too
     keys = [f"key_{index}" for index in range(len(key_columns))]
     files = archive_files(config, table) if key_columns else []
     expired_until = min(end, now)

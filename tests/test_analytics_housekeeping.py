@@ -379,6 +379,21 @@ def test_a_missing_token_table_or_column_is_refused_naming_it(sqlite_url, tmp_pa
     history.dispose()
 
 
+def test_a_foreign_file_in_the_token_archive_is_refused_naming_the_archive(sqlite_url, tmp_path):
+    db = empty_reference_schema(sqlite_url)
+    config = token_config(tmp_path, archive=True)
+    history = RunHistory(config.state_database_url)
+    foreign = tmp_path / "archive" / "revoked_tokens" / "date=2026-11-20" / "x.parquet"
+    foreign.parent.mkdir(parents=True)
+    foreign.write_bytes(b"not parquet")
+    settings = make_settings(tmp_path)
+    with pytest.raises(SourceError, match=r"the archive of revoked_tokens .* cannot be read"):
+        refresh_token_revocations(
+            db, make_store(settings), settings, config, history, DAY, "UTC", db.clock()
+        )
+    history.dispose()
+
+
 # ------------------------------------------------------------------------------------------
 # Table stats
 
