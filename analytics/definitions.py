@@ -71,18 +71,7 @@ def build_analytics_definitions(
         "yesterday's final numbers), so month-to-date budgets are current.",
     )
     def analytics_api_usage_schedule(context: dg.ScheduleEvaluationContext):
-        moment = context.scheduled_execution_time.astimezone(ZoneInfo(day_timezone))
-        days = [moment.date()]
-        if moment.hour == 0:
-            days.insert(0, moment.date() - timedelta(days=1))
-        return [
-            dg.RunRequest(
-                run_key=f"api-usage-{day}-{moment:%H%M}",
-                partition_key=day.isoformat(),
-            )
-            for day in days
-            if day >= settings.partitions_start
-        ]
+        return _today_and_first_hour_yesterday(context, settings, day_timezone, "api-usage")
 
     housekeeping = _housekeeping_definitions(config, settings, day_timezone)
     return dg.Definitions.merge(

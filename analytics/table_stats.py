@@ -45,9 +45,11 @@ TABLE_STATS = Dataset(
 
 @dataclass(frozen=True)
 class TableSize:
-    total_bytes: int
-    table_bytes: int
-    index_bytes: int
+    """Bytes on disk; None on a SQLite built without the dbstat table (sizes unknown)."""
+
+    total_bytes: int | None
+    table_bytes: int | None
+    index_bytes: int | None
 
 
 def table_size(db: AppDatabase, table: str) -> TableSize:
@@ -66,14 +68,20 @@ def table_size(db: AppDatabase, table: str) -> TableSize:
                 {"name": quote_identifier(table)},
             ).one()
             return TableSize(int(row[0]), int(row[1]), int(row[2]))
-        rows = conn.execute(
-            sa.text(
-                "SELECT m.type, coalesce(sum(s.pgsize), 0) FROM sqlite_master m "
-                "JOIN dbstat s ON s.name = m.name "
-                "WHERE m.tbl_name = :name AND m.type IN ('table', 'index') GROUP BY m.type"
-            ),
-            {"name": table},
-        ).all()
+        try:
+            rows = conn.execute(
+                sa.text(
+                    "SELECT m.type, coalesce(sum(s.pgsize), 0) FROM sqlite_master m "
+                    "JOIN dbstat s ON s.name = m.name "
+                    "WHERE m.tbl_name = :name AND m.type IN ('table', 'index') GROUP BY m.type"
+                ),
+                {"name": table},
+            ).all()
+        except sa.exc.OperationalError as exc:
+            if "dbstat" not in str(exc):
+                raise
+            # SQLite compiled without SQLITE_ENABLE_DBSTAT_VTAB: rows still count, sizes do not.
+            return TableSize(None, None, None)
     by_type = {kind: int(size) for kind, size in rows}
     table_bytes, index_bytes = by_type.get("table", 0), by_type.get("index", 0)
     return TableSize(table_bytes + index_bytes, table_bytes, index_bytes)
