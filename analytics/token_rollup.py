@@ -28,7 +28,7 @@ import os
 import secrets
 import time
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from pathlib import Path
 
 import duckdb
@@ -147,11 +147,25 @@ def revoked_tokens_source(settings: AnalyticsSettings, key_columns: tuple[str, .
     return Source(config.table, key, tuple(columns))
 
 
-def archive_files(config: HousekeepingConfig, table: str) -> list[Path]:
-    """The published archive files of the token table (pending files are not read)."""
+# A token is archived after it expired, and it expired after it was revoked, so rows of a day
+# sit in archive folders dated that day or later; two days of margin cover the time zone and
+# clock differences (the folder date is the UTC day of archiving).
+ARCHIVE_DAY_MARGIN = timedelta(days=2)
+
+
+def archive_files(config: HousekeepingConfig, table: str, day: date) -> list[Path]:
+    """The published archive files of the token table that can hold rows of ``day``.
+
+    Pending files (a batch whose delete may not have committed) are never read.
+    """
     if not any(config.policies[name].archive for name in token_policies(config, table)):
         return []
-    return sorted(Path(config.archive.root).glob(f"{table}/date=*/*.parquet"))
+    earliest = (day - ARCHIVE_DAY_MARGIN).isoformat()
+    return sorted(
+        path
+        for path in Path(config.archive.root).glob(f"{table}/date=*/*.parquet")
+        if path.parent.name.removeprefix("date=") >= earliest
+    )
 
 
 def _ddb(name: str) -> str:
@@ -181,7 +195,7 @@ def refresh_token_revocations(
     if check:
         check_source(db, source)  # a policy's configured primary_key must exist too
     keys = [f"key_{index}" for index in range(len(key_columns))]
-    files = archive_files(config, table) if key_columns else []
+    files = archive_files(config, table, day) if key_columns else []
     expired_until = min(end, now)
     policies = token_policies(config, table)
     cleaned_up = sum(

@@ -383,7 +383,7 @@ def test_a_foreign_file_in_the_token_archive_is_refused_naming_the_archive(sqlit
     db = empty_reference_schema(sqlite_url)
     config = token_config(tmp_path, archive=True)
     history = RunHistory(config.state_database_url)
-    foreign = tmp_path / "archive" / "revoked_tokens" / "date=2026-11-20" / "x.parquet"
+    foreign = tmp_path / "archive" / "revoked_tokens" / "date=2026-11-21" / "x.parquet"
     foreign.parent.mkdir(parents=True)
     foreign.write_bytes(b"not parquet")
     settings = make_settings(tmp_path)
@@ -585,3 +585,30 @@ def test_the_assets_materialise_through_dagster_and_the_sensor_follows_the_histo
     summary = query(settings, "SELECT * FROM housekeeping_summary")
     assert list(summary.status) == ["healthy"] and list(summary.total_deleted) == [5]
     history.dispose()
+
+
+def test_the_schedules_refresh_today_hourly_and_take_table_snapshots(tmp_path):
+    config = parse_config(
+        {
+            "timezone": "Europe/Berlin",
+            "analytics": {
+                "root": str(tmp_path / "a"),
+                "database": str(tmp_path / "a" / "v.duckdb"),
+            },
+        }
+    )
+    defs = build_analytics_definitions(config)
+
+    def requests(name, moment):
+        context = dg.build_schedule_context(
+            scheduled_execution_time=moment, repository_def=defs.get_repository_def()
+        )
+        return list(defs.get_schedule_def(name).evaluate_tick(context).run_requests)
+
+    tokens = "analytics_token_revocations_schedule"
+    noon = datetime(2026, 11, 20, 11, 5, tzinfo=UTC)
+    assert [r.partition_key for r in requests(tokens, noon)] == ["2026-11-20"]
+    first_hour = datetime(2026, 11, 20, 23, 5, tzinfo=UTC)  # 00:05 in Berlin
+    assert [r.partition_key for r in requests(tokens, first_hour)] == ["2026-11-20", "2026-11-21"]
+    [snapshot] = requests("analytics_table_stats_schedule", noon)
+    assert snapshot.partition_key is None
