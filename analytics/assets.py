@@ -5,17 +5,30 @@ metadata the UI plots across runs, and declares its columns so the UI shows the 
 """
 
 from collections.abc import Sequence
-from datetime import UTC, date
+from datetime import UTC, date, datetime
 from typing import Any
 
 import dagster as dg
 
 from analytics.api_usage_rollup import API_USAGE_DAILY, refresh_api_usage
+from analytics.housekeeping_rollup import (
+    HOUSEKEEPING_RUNS,
+    HOUSEKEEPING_SUMMARY,
+    refresh_housekeeping_runs,
+    refresh_housekeeping_summary,
+)
 from analytics.jobs_rollup import JOBS_HOURLY, refresh_jobs
 from analytics.partitions import daily_partitions, hourly_partitions
 from analytics.resources import AnalyticsResource
 from analytics.rollups import REQUESTS_MINUTE, Dataset, RollupResult, refresh_requests
 from analytics.settings import AnalyticsSettings
+from analytics.table_stats import TABLE_STATS, snapshot_table_stats
+from analytics.token_rollup import (
+    TOKEN_REVOCATIONS_BY_USER,
+    TOKEN_REVOCATIONS_DAILY,
+    refresh_token_revocations,
+)
+from housekeeping.history import RunHistory
 
 GROUP = "analytics"
 REQUESTS_MINUTE_KEY = dg.AssetKey([GROUP, REQUESTS_MINUTE.name])
@@ -188,3 +201,200 @@ def build_jobs_hourly_asset(settings: AnalyticsSettings, owner: str) -> dg.Asset
         return dg.MaterializeResult(metadata=result_metadata(result))
 
     return jobs_hourly
+
+
+HOUSEKEEPING_RUNS_KEY = dg.AssetKey([GROUP, HOUSEKEEPING_RUNS.name])
+HOUSEKEEPING_SUMMARY_KEY = dg.AssetKey([GROUP, HOUSEKEEPING_SUMMARY.name])
+TOKEN_REVOCATIONS_DAILY_KEY = dg.AssetKey([GROUP, TOKEN_REVOCATIONS_DAILY.name])
+TOKEN_REVOCATIONS_BY_USER_KEY = dg.AssetKey([GROUP, TOKEN_REVOCATIONS_BY_USER.name])
+TABLE_STATS_KEY = dg.AssetKey([GROUP, TABLE_STATS.name])
+
+
+def build_housekeeping_runs_asset(
+    settings: AnalyticsSettings, timezone: str, owner: str
+) -> dg.AssetsDefinition:
+    @dg.asset(
+        key=HOUSEKEEPING_RUNS_KEY,
+        group_name=GROUP,
+        description=(
+            "One row per housekeeping run (token cleanup, log and job retention) from the run "
+            "history in the state database: status, rows deleted and archived, expected and "
+            "remaining expired rows, batches, duration, error. One Parquet file per day "
+            f"({timezone}) the runs finished; analytics_housekeeping_history_sensor refreshes a "
+            "day when a run is recorded."
+        ),
+        partitions_def=daily_partitions(settings, timezone),
+        pool="analytics_housekeeping_runs",
+        kinds={"duckdb", "parquet"},
+        owners=[owner],
+        metadata={"dagster/column_schema": column_schema(HOUSEKEEPING_RUNS)},
+    )
+    def housekeeping_runs(
+        context: dg.AssetExecutionContext, analytics: AnalyticsResource
+    ) -> dg.MaterializeResult:
+        config, loaded = analytics.load()
+        store = analytics.store(config, loaded)
+        history = RunHistory(config.state_database_url)
+        try:
+            result = refresh_housekeeping_runs(
+                history,
+                store,
+                date.fromisoformat(context.partition_key),
+                loaded.day_timezone(config),
+            )
+        finally:
+            history.dispose()
+        context.log.info(f"{result.rows_written:,} housekeeping runs on {context.partition_key}")
+        return dg.MaterializeResult(metadata=result_metadata(result))
+
+    return housekeeping_runs
+
+
+def build_housekeeping_summary_asset(owner: str) -> dg.AssetsDefinition:
+    @dg.asset(
+        key=HOUSEKEEPING_SUMMARY_KEY,
+        group_name=GROUP,
+        description=(
+            "Per housekeeping policy, the reference cleanup metrics: total, successful and "
+            "failed runs, rows deleted, average cleanup ms, last success, last failure, last "
+            "error, and the status healthy/degraded/critical — computed by the same code as "
+            "hk status and the health checks. Rewritten whenever a run is recorded."
+        ),
+        pool="analytics_housekeeping_summary",
+        kinds={"duckdb", "parquet"},
+        owners=[owner],
+        metadata={"dagster/column_schema": column_schema(HOUSEKEEPING_SUMMARY)},
+    )
+    def housekeeping_summary(
+        context: dg.AssetExecutionContext, analytics: AnalyticsResource
+    ) -> dg.MaterializeResult:
+        config, loaded = analytics.load()
+        store = analytics.store(config, loaded)
+        history = RunHistory(config.state_database_url)
+        try:
+            result = refresh_housekeeping_summary(
+                history,
+                store,
+                {name: policy.table for name, policy in config.policies.items()},
+                datetime.now(UTC),
+            )
+        finally:
+            history.dispose()
+        context.log.info(f"summary of {result.rows_written} policies")
+        metadata = result_metadata(result)
+        metadata.pop("range")
+        return dg.MaterializeResult(metadata=metadata)
+
+    return housekeeping_summary
+
+
+def build_token_revocations_assets(
+    settings: AnalyticsSettings, timezone: str, owner: str
+) -> dg.AssetsDefinition:
+    partitions = daily_partitions(settings, timezone)
+    common = dict(group_name=GROUP, kinds={"duckdb", "parquet"}, owners=[owner])
+
+    @dg.multi_asset(
+        name="token_revocations",
+        specs=[
+            dg.AssetSpec(
+                TOKEN_REVOCATIONS_DAILY_KEY,
+                description=(
+                    "Revoked tokens per day: revoked, expired, cleaned up (rows the token cleanup "
+                    "deleted, from the housekeeping history), users with revocations and the "
+                    f"most revocations of one user. One Parquet file per day ({timezone}); "
+                    "archived tokens are counted too, and a recount never lowers a published "
+                    "count (cleanup deletes rows). Refreshed hourly by "
+                    "analytics_token_revocations_schedule."
+                ),
+                metadata={"dagster/column_schema": column_schema(TOKEN_REVOCATIONS_DAILY)},
+                **common,
+            ),
+            dg.AssetSpec(
+                TOKEN_REVOCATIONS_BY_USER_KEY,
+                description=(
+                    "Token revocations per day x user with the user id replaced by a keyed "
+                    "SHA-256 (analytics.user_hash_key_env): the per-user revocation analytics, "
+                    "without raw user ids. The view token_revocations_user_distribution counts "
+                    "users per number of revocations."
+                ),
+                metadata={"dagster/column_schema": column_schema(TOKEN_REVOCATIONS_BY_USER)},
+                **common,
+            ),
+        ],
+        partitions_def=partitions,
+        pool="analytics_token_revocations",
+    )
+    def token_revocations(context: dg.AssetExecutionContext, analytics: AnalyticsResource):
+        config, loaded = analytics.load()
+        store = analytics.store(config, loaded)
+        db = analytics.app_database()
+        history = RunHistory(config.state_database_url)
+        try:
+            result = refresh_token_revocations(
+                db,
+                store,
+                loaded,
+                config,
+                history,
+                date.fromisoformat(context.partition_key),
+                loaded.day_timezone(config),
+                now=db.clock(),
+            )
+        finally:
+            history.dispose()
+            db.dispose()
+        if result.kept_from_published:
+            context.log.warning(
+                f"{result.kept_from_published} count(s) of {context.partition_key} were higher "
+                "in the published files than in the recount (tokens cleaned up without archive); "
+                "kept the published values"
+            )
+        context.log.info(
+            f"{result.daily.rows_read:,} revocations on {context.partition_key}, "
+            f"{result.by_user.rows_written:,} users"
+        )
+        for key, part in (
+            (TOKEN_REVOCATIONS_DAILY_KEY, result.daily),
+            (TOKEN_REVOCATIONS_BY_USER_KEY, result.by_user),
+        ):
+            metadata = result_metadata(part)
+            metadata["kept_from_published"] = result.kept_from_published
+            yield dg.MaterializeResult(asset_key=key, metadata=metadata)
+
+    return token_revocations
+
+
+def build_table_stats_asset(owner: str) -> dg.AssetsDefinition:
+    @dg.asset(
+        key=TABLE_STATS_KEY,
+        group_name=GROUP,
+        description=(
+            "Snapshots of every housekept table (one row per policy per snapshot): rows, rows "
+            "past the policy's cutoff (what the next cleanup deletes), and size on disk (table, "
+            "indexes). Each materialization appends one snapshot to the day's Parquet file; "
+            "analytics_table_stats_schedule takes one every hour."
+        ),
+        pool="analytics_table_stats",
+        kinds={"duckdb", "parquet"},
+        owners=[owner],
+        metadata={"dagster/column_schema": column_schema(TABLE_STATS)},
+    )
+    def table_stats(
+        context: dg.AssetExecutionContext, analytics: AnalyticsResource
+    ) -> dg.MaterializeResult:
+        config, loaded = analytics.load()
+        store = analytics.store(config, loaded)
+        db = analytics.app_database()
+        try:
+            result = snapshot_table_stats(db, store, config)
+        finally:
+            db.dispose()
+        context.log.info(f"snapshot of {result.rows_read} tables taken at {result.start:%H:%M:%S}")
+        metadata = result_metadata(result)
+        metadata["dagster/row_count"] = result.rows_read
+        metadata["rows_in_day_file"] = metadata.pop("rows_written")
+        metadata["range"] = f"{result.start:%Y-%m-%d %H:%M:%S} UTC"
+        return dg.MaterializeResult(metadata=metadata)
+
+    return table_stats

@@ -351,6 +351,18 @@ def _preview(
 def all_datasets() -> Sequence[Dataset]:
     # defined on top of this module
     from analytics.api_usage_rollup import API_USAGE_DAILY
+    from analytics.housekeeping_rollup import HOUSEKEEPING_RUNS, HOUSEKEEPING_SUMMARY
     from analytics.jobs_rollup import JOBS_HOURLY
+    from analytics.table_stats import TABLE_STATS
+    from analytics.token_rollup import TOKEN_REVOCATIONS_BY_USER, TOKEN_REVOCATIONS_DAILY
 
-    return (REQUESTS_MINUTE, JOBS_HOURLY, API_USAGE_DAILY)
+    return (
+        REQUESTS_MINUTE,
+        JOBS_HOURLY,
+        API_USAGE_DAILY,
+        HOUSEKEEPING_RUNS,
+        HOUSEKEEPING_SUMMARY,
+        TOKEN_REVOCATIONS_DAILY,
+        TOKEN_REVOCATIONS_BY_USER,
+        TABLE_STATS,
+    )

@@ -7,6 +7,7 @@ one partition run per closed hour. The watermark is the sensor's cursor.
 """
 
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import dagster as dg
 
@@ -14,6 +15,7 @@ from analytics.freshness import FreshnessCursor, refresh_recent, refresh_recent_
 from analytics.partitions import hour_partition_key
 from analytics.resources import AnalyticsResource
 from analytics.settings import AnalyticsSettings
+from housekeeping.history import RunHistory
 
 FRESHNESS_SENSOR = "analytics_freshness_sensor"
 
@@ -63,3 +65,76 @@ def build_freshness_sensor(
         )
 
     return analytics_freshness_sensor
+
+
+HOUSEKEEPING_HISTORY_SENSOR = "analytics_housekeeping_history_sensor"
+# On its first tick the sensor refreshes the days of at most this many recent days' runs; older
+# days are a backfill from the UI.
+FIRST_TICK_DAYS = 7
+
+
+def build_housekeeping_history_sensor(
+    settings: AnalyticsSettings,
+    timezone: str,
+    runs_job: dg.JobDefinition | Any,
+    summary_job: dg.JobDefinition | Any,
+    tokens_job: dg.JobDefinition | Any,
+    token_table_policies: frozenset[str],
+) -> dg.SensorDefinition:
+    @dg.sensor(
+        name=HOUSEKEEPING_HISTORY_SENSOR,
+        jobs=[runs_job, summary_job, tokens_job],
+        minimum_interval_seconds=60,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description=(
+            "Watches the housekeeping run history: when cleanup or retention runs are recorded, "
+            "requests the housekeeping_runs partition of their days, the housekeeping_summary, "
+            "and (for token cleanups) the token_revocations day whose cleaned-up count changed. "
+            "The cursor is the last history id seen; no new runs, no Dagster runs."
+        ),
+    )
+    def analytics_housekeeping_history_sensor(
+        context: dg.SensorEvaluationContext, analytics: AnalyticsResource
+    ) -> dg.SensorResult:
+        config, _ = analytics.load()
+        history = RunHistory(config.state_database_url)
+        try:
+            recorded = history.recorded_after(int(context.cursor or 0))
+        finally:
+            history.dispose()
+        if not recorded:
+            return dg.SensorResult(skip_reason="no housekeeping runs recorded since last tick")
+        last_id = recorded[-1].id
+        zone = ZoneInfo(timezone)
+        days = {run.run.finished_at.astimezone(zone).date() for run in recorded}
+        token_days = {
+            run.run.finished_at.astimezone(zone).date()
+            for run in recorded
+            if run.run.policy in token_table_policies
+        }
+        if context.cursor is None:
+            newest = max(days)
+            days = {day for day in days if (newest - day).days < FIRST_TICK_DAYS}
+            token_days &= days
+        valid = {day for day in days if day >= settings.partitions_start}
+        requests = [
+            dg.RunRequest(
+                run_key=f"hk-runs-{day}-{last_id}",
+                job_name=runs_job.name,
+                partition_key=day.isoformat(),
+            )
+            for day in sorted(valid)
+        ]
+        requests += [
+            dg.RunRequest(
+                run_key=f"tokens-{day}-{last_id}",
+                job_name=tokens_job.name,
+                partition_key=day.isoformat(),
+            )
+            for day in sorted(token_days & valid)
+        ]
+        requests.append(dg.RunRequest(run_key=f"hk-summary-{last_id}", job_name=summary_job.name))
+        context.log.info(f"{len(recorded)} new housekeeping run(s) up to id {last_id}")
+        return dg.SensorResult(run_requests=requests, cursor=str(last_id))
+
+    return analytics_housekeeping_history_sensor

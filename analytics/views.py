@@ -136,8 +136,29 @@ def view_statements(
         "sum(failed) AS failed, sum(retried) AS retried, sum(backlog) AS backlog, "
         "sum(stuck) AS stuck FROM jobs_hourly GROUP BY hour, queue) GROUP BY ALL",
         *budget_statements(dict(budgets or {})),
+        *housekeeping_statements(),
     ]
     return statements
+
+
+def housekeeping_statements() -> list[str]:
+    """Views over the housekeeping history, token revocation and table-stats datasets."""
+    return [
+        "CREATE VIEW housekeeping_daily AS "
+        "SELECT day, policy, count(*) AS runs, count_if(status = 'success') AS successful_runs, "
+        "count_if(status = 'failed') AS failed_runs, CAST(sum(deleted) AS BIGINT) AS deleted, "
+        "CAST(sum(archived_rows) AS BIGINT) AS archived_rows, "
+        "avg(duration_ms) FILTER (WHERE status <> 'failed') AS average_cleanup_ms, "
+        "max(duration_ms) AS max_duration_ms "
+        "FROM housekeeping_runs GROUP BY ALL",
+        "CREATE VIEW token_revocations_user_distribution AS "
+        "SELECT day, revoked AS revocations_per_user, count(*) AS users, "
+        "CAST(sum(revoked) AS BIGINT) AS revocations "
+        "FROM token_revocations_by_user WHERE user_hash IS NOT NULL GROUP BY ALL",
+        "CREATE VIEW table_stats_latest AS "
+        "SELECT * FROM table_stats QUALIFY row_number() OVER "
+        "(PARTITION BY policy ORDER BY taken_at DESC) = 1",
+    ]
 
 
 def request_stat_macros() -> list[str]:

@@ -179,24 +179,25 @@ class RunHistory:
         )
         with self.engine.connect() as conn:
             rows = conn.execute(query).mappings().all()
-        return [
-            PolicyRun(
-                policy=row["policy"],
-                table_name=row["table_name"],
-                status=RunStatus(row["status"]),
-                started_at=_utc(row["started_at"]),
-                finished_at=_utc(row["finished_at"]),
-                deleted=row["deleted"],
-                expected_deleted=row["expected_deleted"],
-                remaining_expired=row["remaining_expired"],
-                archived_rows=row["archived_rows"],
-                batches=row["batches"],
-                duration_ms=row["duration_ms"],
-                error=row["error"],
-                dagster_run_id=row["dagster_run_id"],
-            )
-            for row in rows
-        ]
+        return [_run_from_row(row) for row in rows]
+
+    def finished_between(self, start: datetime, end: datetime) -> list[RecordedRun]:
+        """Every run that finished in ``[start, end)``, oldest first, with its history id."""
+        query = (
+            sa.select(policy_runs)
+            .where(policy_runs.c.finished_at >= start, policy_runs.c.finished_at < end)
+            .order_by(policy_runs.c.finished_at, policy_runs.c.id)
+        )
+        with self.engine.connect() as conn:
+            rows = conn.execute(query).mappings().all()
+        return [RecordedRun(row["id"], _run_from_row(row)) for row in rows]
+
+    def recorded_after(self, last_id: int) -> list[RecordedRun]:
+        """Runs recorded after the one with id ``last_id`` (ids only grow), oldest first."""
+        query = sa.select(policy_runs).where(policy_runs.c.id > last_id).order_by(policy_runs.c.id)
+        with self.engine.connect() as conn:
+            rows = conn.execute(query).mappings().all()
+        return [RecordedRun(row["id"], _run_from_row(row)) for row in rows]
 
     def policies(self) -> list[str]:
         """Every policy with at least one recorded run."""
@@ -209,6 +210,32 @@ class RunHistory:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+@dataclass(frozen=True)
+class RecordedRun:
+    """A run as stored: its id in ``hk_policy_runs`` and its fields."""
+
+    id: int
+    run: PolicyRun
+
+
+def _run_from_row(row: sa.RowMapping) -> PolicyRun:
+    return PolicyRun(
+        policy=row["policy"],
+        table_name=row["table_name"],
+        status=RunStatus(row["status"]),
+        started_at=_utc(row["started_at"]),
+        finished_at=_utc(row["finished_at"]),
+        deleted=row["deleted"],
+        expected_deleted=row["expected_deleted"],
+        remaining_expired=row["remaining_expired"],
+        archived_rows=row["archived_rows"],
+        batches=row["batches"],
+        duration_ms=row["duration_ms"],
+        error=row["error"],
+        dagster_run_id=row["dagster_run_id"],
+    )
 
 
 def _utc(value: datetime) -> datetime:
