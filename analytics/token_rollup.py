@@ -8,7 +8,7 @@ Per day in the analytics time zone:
   housekeeping run history (every policy whose table is the token table);
 - per user: revocations of the day, with the user id replaced by a keyed SHA-256
   (``sha256(key || user_id)``; the key comes from ``analytics.user_hash_key_env`` or a key file
-  under ``analytics.root``). Raw user ids are never written.
+  in ``archive.root``, never beside the published rollups). Raw user ids are never written.
 
 Cleanup deletes expired rows from the token table, so a day recomputed later would see fewer rows.
 Two things keep an old day's counts whole:
@@ -92,29 +92,37 @@ class TokenRollupResult:
     kept_from_published: int
 
 
-def user_hash_key(settings: AnalyticsSettings) -> str:
-    """The hashing key: the environment variable, else a random key kept in a file under root.
+def user_hash_key(settings: AnalyticsSettings, config: HousekeepingConfig) -> str:
+    """The hashing key: the environment variable, else a random key kept in a file.
 
-    The file is created once (mode 0600) so hashes stay stable across runs; keep it with the
-    rollups, or set the variable. Never logged or put in metadata.
+    The file lives in ``archive.root``, beside the raw rows the cleanup archives, and never
+    under ``analytics.root``: whoever can read the published rollups must not be able to read the
+    key, or hashed user ids (often small integers) could be recomputed. It is created once (mode
+    0600, written in full before it appears) so hashes stay stable across runs. Never logged or
+    put in metadata.
     """
     from_env = os.environ.get(settings.user_hash_key_env)
     if from_env:
         return from_env
-    path = settings.root_path / KEY_FILE
+    path = Path(config.archive.root) / KEY_FILE
+    if path.exists():
+        return path.read_text().strip()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        return path.read_text().strip()
+        draft = path.with_name(f"{KEY_FILE}.{os.getpid()}.tmp")
+        descriptor = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(descriptor, "w") as handle:
+            handle.write(secrets.token_hex(32))
+            handle.flush()
+            os.fsync(handle.fileno())
+        try:
+            os.link(draft, path)  # atomic, and fails if another run created the key first
+        except FileExistsError:
+            pass
+        finally:
+            draft.unlink()
     except OSError as exc:
-        raise PublishError(
-            f"analytics.root: cannot create the user hash key {path}: {exc}"
-        ) from None
-    with os.fdopen(descriptor, "w") as handle:
-        handle.write(secrets.token_hex(32))
-        handle.flush()
-        os.fsync(handle.fileno())
+        raise PublishError(f"archive.root: cannot create the user hash key {path}: {exc}") from None
     return path.read_text().strip()
 
 
@@ -203,7 +211,7 @@ def refresh_token_revocations(
         for recorded in history.finished_between(start, end)
         if recorded.run.policy in policies
     )
-    hash_key = user_hash_key(settings)
+    hash_key = user_hash_key(settings, config)
     low, high = _timestamp_literal(start), _timestamp_literal(end)
     expired_high = _timestamp_literal(expired_until)
     key_expression = (

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import random
 from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
 
 import dagster as dg
 import pyarrow.parquet as pq
@@ -349,8 +350,10 @@ def test_published_token_files_never_hold_a_raw_user_id(sqlite_url, tmp_path, mo
 
     refresh_token_revocations(db, store, settings, config, history, day, "UTC", now)
 
-    key = user_hash_key(settings)  # a key file under root, created once
-    assert key and user_hash_key(settings) == key
+    key = user_hash_key(settings, config)  # a key file in the archive root, created once
+    assert key and user_hash_key(settings, config) == key
+    assert (Path(config.archive.root) / ".user_hash_key").stat().st_mode & 0o077 == 0
+    assert not list(settings.root_path.rglob(".user_hash_key")), "analysts must not read the key"
     files = list((settings.root_path / "token_revocations_by_user").glob("2*.parquet"))
     [table] = [pq.read_table(path) for path in files]
     assert table.column("user_hash").to_pylist() == [
