@@ -4,6 +4,7 @@ Each materialization replaces exactly its partitions, reports row counts, timing
 metadata the UI plots across runs, and declares its columns so the UI shows the schema.
 """
 
+import warnings
 from collections.abc import Sequence
 from datetime import UTC, date, datetime
 from typing import Any
@@ -31,6 +32,9 @@ from analytics.token_rollup import (
 from housekeeping.history import RunHistory
 
 GROUP = "analytics"
+# Hourly rollups backfill 24 partitions per run; Dagster marks backfill_policy beta and warns on
+# every definitions load (the demo, the CLI, each code-server start). Known and accepted.
+warnings.filterwarnings("ignore", message=".*backfill_policy.*", category=dg.BetaWarning)
 REQUESTS_MINUTE_KEY = dg.AssetKey([GROUP, REQUESTS_MINUTE.name])
 # One writer per dataset at a time; the instance's pool limit (1 by default) enforces it, and
 # the dataset lock file covers the freshness sensor and anything outside Dagster.
