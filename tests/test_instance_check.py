@@ -130,19 +130,17 @@ def test_a_bare_postgresql_scheme_is_refused_with_the_reason(home, storage_env):
 
 
 @pytest.mark.postgres
-def test_a_postgres_url_needs_the_psycopg2_scheme(home, storage_env, postgres_server):
+def test_a_postgres_url_needs_the_psycopg2_scheme(home, storage_env, postgres_server, monkeypatch):
     config = yaml.safe_load((home / "dagster.yaml").read_text())
     config["storage"]["postgres"] = {"postgres_url": {"env": "DAGSTER_PG_URL"}}
     (home / "dagster.yaml").write_text(yaml.safe_dump(config))
-    os.environ["DAGSTER_PG_URL"] = postgres_server  # a bare postgresql:// URL
-    try:
-        refused = check(home)
-        os.environ["DAGSTER_PG_URL"] = postgres_server.replace(
-            "postgresql://", "postgresql+psycopg2://"
-        )
-        accepted = check(home)
-    finally:
-        del os.environ["DAGSTER_PG_URL"]
+
+    monkeypatch.setenv("DAGSTER_PG_URL", postgres_server)  # a bare postgresql:// URL
+    refused = check(home)
+    monkeypatch.setenv(
+        "DAGSTER_PG_URL", postgres_server.replace("postgresql://", "postgresql+psycopg2://")
+    )
+    accepted = check(home)
 
     assert refused.exit_code == 1
     assert "storage.postgres.postgres_url (from DAGSTER_PG_URL)" in refused.output
