@@ -7,6 +7,8 @@ minute, and batches of 10 rows so a request_logs cleanup lasts long enough to be
 - The daemon's whole process group (daemon, code server, run worker) is killed in the middle of a
   housekeeping run: the run is marked failed by run monitoring, its table's pool slot is freed,
   the next run finishes the work and archive plus table still hold every row exactly once.
+- The daemon is stopped with SIGTERM (a graceful restart) in the middle of a cleanup: the run
+  finishes once, in the code server the old daemon started, and is recorded as a success.
 - The daemon is killed in the middle of a schedule tick (held while writing its run): after the
   restart the tick is resumed with exactly one run, and the next tick happens.
 - Dagster's storage is unreachable for 30 s: the daemon keeps running and its sensors, schedules
@@ -79,7 +81,7 @@ def deployment(postgres_server, proxy, tmp_path_factory):
         workdir,
         storage_port=proxy.port,
         hk_config=reliability_config(workdir / "hk.yaml"),
-        seed_args=("--tokens", "1000", "--requests", "20000", "--days", "40"),
+        seed_args=("--tokens", "6000", "--requests", "20000", "--days", "40"),
     )
     try:
         live.prepare()
@@ -227,6 +229,42 @@ def test_a_run_whose_worker_died_with_the_daemon_is_failed_and_the_next_run_fini
     assert set(archived) | remaining == original, "a row was lost"
     assert not set(archived) & remaining, "an archived row is still in the table"
     assert not list(archive.rglob("*.pending")), "a crashed batch was left unresolved"
+
+
+def test_a_daemon_stopped_with_sigterm_mid_run_lets_the_run_finish_once(deployment, client):
+    original = table_ids(deployment, "revoked_tokens")
+    run_config = {
+        "ops": {
+            policy_asset_key("revoked_tokens").to_python_identifier(): {
+                "config": {"allow_large_delete": True}
+            }
+        }
+    }
+    run_id = client.submit_job_execution(
+        "revoked_tokens_job", repository_location_name=LOCATION, run_config=run_config
+    )
+    archive = deployment.workdir / "var" / "archive" / "revoked_tokens"
+    wait_until(
+        "the cleanup to commit a few batches",
+        lambda: len(list(archive.rglob("*.parquet"))) >= 3,
+        deployment,
+    )
+
+    # A graceful restart (systemctl restart, a rolling update): SIGTERM to the daemon alone. Its
+    # code server finishes the runs it started before it exits.
+    deployment.kill("daemon", signal.SIGTERM, group=False)
+    assert run_status(deployment, run_id) == "STARTED", "the run ended before the restart"
+    restart_daemon(deployment)
+    wait_until("the run to finish", lambda: run_status(deployment, run_id) in FINISHED, deployment)
+
+    assert run_status(deployment, run_id) == "SUCCESS", deployment.log("daemon")
+    runs = deployment.storage("SELECT run_id FROM runs WHERE pipeline_name = 'revoked_tokens_job'")
+    assert runs == [(run_id,)], "the run was launched again"
+    remaining = table_ids(deployment, "revoked_tokens")
+    archived = archived_ids(deployment, "revoked_tokens")
+    assert len(archived) == len(set(archived)), "a row was archived twice"
+    assert set(archived) | remaining == original, "a row was lost"
+    assert not set(archived) & remaining
 
 
 def test_a_daemon_killed_mid_tick_resumes_the_tick_with_one_run_and_ticks_again(deployment):
