@@ -49,6 +49,41 @@ def main() -> None:
     """Housekeeping and metrics for applications on PostgreSQL (Dagster runs the schedules)."""
 
 
+@main.group()
+def instance() -> None:
+    """Check the Dagster instance ($DAGSTER_HOME/dagster.yaml) before starting Dagster."""
+
+
+@instance.command("check")
+@click.option(
+    "--home",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="The Dagster instance directory (default: $DAGSTER_HOME).",
+)
+@click.option(
+    "--connect-timeout",
+    default=5,
+    show_default=True,
+    type=click.IntRange(1, 120),
+    help="Seconds to wait for the storage database.",
+)
+def instance_check(home, connect_timeout):
+    """Check dagster.yaml: every variable it reads is set, the storage database answers."""
+    from housekeeping.instance_preflight import InstanceConfigError, check_instance
+
+    try:
+        report = check_instance(home, connect_timeout=connect_timeout)
+    except InstanceConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"ok    {report.config_file}")
+    click.echo(f"ok    storage: {report.storage}")
+    if report.variables:
+        click.echo(f"ok    environment: {', '.join(report.variables)} set")
+    monitoring = "on" if report.run_monitoring else "off"
+    click.echo(f"instance OK (run monitoring {monitoring})")
+
+
 @main.command()
 @database_option
 @click.option("--tokens", default=20_000, show_default=True, help="Revoked tokens to generate.")

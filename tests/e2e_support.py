@@ -39,7 +39,13 @@ class Deployment:
     workdir: Path
     port: int = field(default_factory=free_port)
     database: str = field(default_factory=lambda: f"hk_e2e_{uuid.uuid4().hex[:10]}")
+    # Where Dagster reaches its storage: PostgreSQL itself, or a proxy in front of it.
+    storage_port: int = 5432
+    hk_config: Path = ROOT / "hk.yaml"
+    seed_args: tuple[str, ...] = ("--tokens", "3000", "--requests", "20000", "--days", "40")
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
+    # Every process group ever started (also those killed on purpose): none may outlive stop().
+    groups: list[int] = field(default_factory=list)
 
     @property
     def admin_url(self) -> str:
@@ -63,12 +69,12 @@ class Deployment:
             **os.environ,
             "DAGSTER_HOME": str(self.home),
             "DAGSTER_PG_HOST": "127.0.0.1",
-            "DAGSTER_PG_PORT": "5432",
+            "DAGSTER_PG_PORT": str(self.storage_port),
             "DAGSTER_PG_DB": self.database,
             "DAGSTER_PG_USER": "postgres",
             "DAGSTER_PG_PASSWORD": "",
             "DATABASE_URL": f"sqlite:///{var / 'app.db'}",
-            "HK_CONFIG": str(ROOT / "hk.yaml"),
+            "HK_CONFIG": str(self.hk_config),
             "HK_STATE_DATABASE_URL": f"sqlite:///{var / 'hk_state.db'}",
             "HK_ARCHIVE_ROOT": str(var / "archive"),
             "HK_ANALYTICS_ROOT": str(var / "analytics"),
@@ -87,17 +93,7 @@ class Deployment:
         with psycopg.connect(self.admin_url, autocommit=True) as conn:
             conn.execute(f'CREATE DATABASE "{self.database}"')
         subprocess.run(
-            [
-                str(BIN / "hk"),
-                "seed",
-                "--tokens",
-                "3000",
-                "--requests",
-                "20000",
-                "--days",
-                "40",
-                "--quiet",
-            ],
+            [str(BIN / "hk"), "seed", *self.seed_args, "--quiet"],
             env=self.env(),
             cwd=ROOT,
             check=True,
@@ -116,6 +112,7 @@ class Deployment:
             start_new_session=True,
         )
         self.processes[name] = process
+        self.groups.append(process.pid)
         return process
 
     def start_webserver(self) -> None:
@@ -163,6 +160,19 @@ class Deployment:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(group, signal.SIGKILL)
 
+    def kill(self, name: str, sig: signal.Signals = signal.SIGKILL, group: bool = True) -> None:
+        """Kill a process (``group``: with its code server and run workers) and wait for it."""
+        process = self.processes.pop(name)
+        if group:
+            os.killpg(process.pid, sig)
+        else:
+            process.send_signal(sig)
+        process.wait(timeout=60)
+        if group:
+            deadline = time.monotonic() + 30
+            while self.leftovers([process.pid]) and time.monotonic() < deadline:
+                time.sleep(0.2)
+
     def leftovers(self, groups: list[int]) -> list[int]:
         """Live (not zombie) processes whose process group is one of ``groups``."""
         alive = []
@@ -182,7 +192,7 @@ class Deployment:
 
     def stop(self) -> list[int]:
         """Stop everything; return the process groups still alive (should be none)."""
-        groups = [process.pid for process in self.processes.values()]
+        groups = list(self.groups)
         for name in list(self.processes):
             self.stop_process(name)
         deadline = time.monotonic() + 15
@@ -190,6 +200,10 @@ class Deployment:
         while alive and time.monotonic() < deadline:
             time.sleep(0.5)
             alive = self.leftovers(groups)
+        for group in groups:
+            # Groups killed on purpose earlier may have left processes behind: end them too.
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(group, signal.SIGKILL)
         with psycopg.connect(self.admin_url, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{self.database}" WITH (FORCE)')
         return alive

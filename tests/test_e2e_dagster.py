@@ -8,14 +8,17 @@ Chromium renders the asset graph. Everything is shut down, whatever happens.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sqlite3
 import subprocess
 import time
+import urllib.request
 from datetime import UTC, datetime, timedelta
 
 import pytest
+import yaml
 from dagster import DagsterRunStatus
 from dagster_graphql import DagsterGraphQLClient
 
@@ -123,6 +126,52 @@ def test_a_rollup_partition_runs_and_publishes_its_hour(deployment, client):
     assert (published / f"{hour:%Y-%m-%dT%H}.parquet").exists()
 
 
+LAUNCHPAD_DEFAULTS = """
+query Defaults($selector: PipelineSelector!) {
+  runConfigSchemaOrError(selector: $selector) {
+    __typename
+    ... on RunConfigSchema { rootDefaultYaml }
+  }
+}
+"""
+
+
+def launchpad_defaults(deployment, job_name: str) -> dict:
+    """The run config the UI's Launchpad pre-fills for a job, as the UI asks for it."""
+    body = json.dumps(
+        {
+            "query": LAUNCHPAD_DEFAULTS,
+            "variables": {
+                "selector": {
+                    "repositoryLocationName": LOCATION,
+                    "repositoryName": "__repository__",
+                    "pipelineName": job_name,
+                }
+            },
+        }
+    ).encode()
+    request = urllib.request.Request(
+        f"{deployment.base_url}/graphql", data=body, headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=60) as answer:
+        result = json.load(answer)["data"]["runConfigSchemaOrError"]
+    assert result["__typename"] == "RunConfigSchema", result
+    return yaml.safe_load(result["rootDefaultYaml"])
+
+
+def test_a_manual_launch_offers_dry_run_and_allow_large_delete_defaulting_to_off(deployment):
+    tokens = policy_asset_key("revoked_tokens").to_python_identifier()
+
+    everything = launchpad_defaults(deployment, "housekeeping_job")
+    one_policy = launchpad_defaults(deployment, "revoked_tokens_job")
+    dry_run = launchpad_defaults(deployment, "housekeeping_dry_run_job")
+
+    expected = {"dry_run": False, "allow_large_delete": False}
+    assert everything["ops"][tokens]["config"] == expected
+    assert one_policy["ops"] == {tokens: {"config": expected}}
+    assert dry_run["ops"][tokens]["config"]["dry_run"] is True
+
+
 def test_the_default_running_alert_sensor_ticks_and_evaluates(deployment):
     alerts_db = deployment.workdir / "var" / "hk_alerts.db"
     deadline = time.monotonic() + 240
@@ -157,23 +206,36 @@ def test_a_headless_browser_sees_the_projects_assets(deployment):
     artifacts = ROOT / "test-artifacts"
     artifacts.mkdir(exist_ok=True)
     screenshot = artifacts / "asset-graph.png"
-    url = f"{deployment.base_url}/asset-groups"
+    # The housekeeping group's lineage: its asset nodes are drawn expanded (the global lineage
+    # page collapses every group into one box).
+    group_url = f"{deployment.base_url}/locations/{LOCATION}/asset-groups/housekeeping/lineage"
     common = [
         CHROMIUM,
         "--headless",
         "--no-sandbox",
         "--disable-gpu",
         "--disable-dev-shm-usage",
-        "--window-size=1600,1000",
+        "--window-size=1600,1800",
         "--virtual-time-budget=20000",
     ]
-    dom = subprocess.run(
-        [*common, "--dump-dom", url], capture_output=True, text=True, timeout=120, check=True
-    ).stdout
+
+    def dump_dom(url: str) -> str:
+        return subprocess.run(
+            [*common, "--dump-dom", url], capture_output=True, text=True, timeout=120, check=True
+        ).stdout
+
+    group_page = dump_dom(group_url)
+    global_page = dump_dom(f"{deployment.base_url}/asset-groups")
     subprocess.run(
-        [*common, f"--screenshot={screenshot}", url], capture_output=True, timeout=120, check=True
+        [*common, f"--screenshot={screenshot}", group_url],
+        capture_output=True,
+        timeout=120,
+        check=True,
     )
 
-    assert "housekeeping" in dom
-    assert "analytics" in dom
+    for asset in ("request_logs", "error_logs", "dagster_run_history"):
+        assert asset in group_page, f"{asset} not on the housekeeping lineage page"
+    assert "housekeeping" in global_page and "analytics" in global_page
+    # dagster.yaml sets nux.enabled: false, so no sign-up dialog covers the graph.
+    assert "Join the Dagster community" not in group_page + global_page
     assert screenshot.exists() and screenshot.stat().st_size > 10_000
