@@ -57,3 +57,13 @@ def test_every_asset_job_schedule_and_sensor_explains_itself():
     for sensor in repository.sensor_defs:
         assert sensor.description, f"sensor {sensor.name} has no description"
         assert sensor.default_status == dg.DefaultSensorStatus.RUNNING
+
+
+def test_the_readme_lists_every_schedule_and_sensor_with_its_default_status():
+    readme = (ROOT / "README.md").read_text()
+    table = readme[readme.index("Every schedule and sensor, and its default status") :]
+    defs = build_definitions(load_config(ROOT / "hk.yaml"), str(ROOT / "hk.yaml"))
+    repository = defs.get_repository_def()
+    names = [item.name for item in (*repository.schedule_defs, *repository.sensor_defs)]
+    missing = [name for name in names if f"`{name}`" not in table]
+    assert missing == [], f"README's schedule and sensor table misses {missing}"
