@@ -13,8 +13,6 @@ import time
 from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
-import duckdb
-
 from analytics.extract import ColumnKind, Source, SourceColumn, TimeRange, check_source, stream_rows
 from analytics.publish import RollupStore, sql_string
 from analytics.rollups import (
@@ -23,8 +21,9 @@ from analytics.rollups import (
     Dataset,
     RollupResult,
     _preview,
-    _source_failure,
     duckdb_session,
+    load_stream,
+    replace_dataset_partition,
 )
 from analytics.settings import AnalyticsSettings, ServiceBudget
 from analytics.sketch import bucket_sql
@@ -101,10 +100,11 @@ def refresh_api_usage(
     )
     response = "CAST(response_time_ms AS DOUBLE)"
     with duckdb_session(store.root / ".tmp") as connection:
-        connection.register("source_rows", stream.reader)
-        try:
-            connection.execute(
-                f"""
+        load_stream(
+            connection,
+            stream,
+            source,
+            f"""
                 CREATE TEMP TABLE rollup AS
                 SELECT {API_USAGE_DAILY.select_list()} FROM (
                     SELECT
@@ -125,26 +125,12 @@ def refresh_api_usage(
                     FROM source_rows
                     GROUP BY ALL
                 )
-                """
-            )
-        except duckdb.Error as exc:
-            if stream.error is not None:
-                raise stream.error from None
-            if isinstance(exc, duckdb.ConversionException):
-                raise _source_failure(source, exc) from None
-            raise
-        finally:
-            connection.unregister("source_rows")
-            stream.reader.close()
+                """,
+        )
         rows_read = connection.execute("SELECT coalesce(sum(calls), 0) FROM rollup").fetchone()[0]
-        store.prepare({API_USAGE_DAILY.name: API_USAGE_DAILY.typed_columns})
-        with store.writing(API_USAGE_DAILY.name):
-            written = store.replace_partition(
-                connection,
-                API_USAGE_DAILY.name,
-                day.isoformat(),
-                "SELECT * FROM rollup ORDER BY service, endpoint",
-            )
+        written = replace_dataset_partition(
+            connection, store, API_USAGE_DAILY, day.isoformat(), "rollup", "service, endpoint"
+        )
         preview = _preview(connection, "rollup", "cost_usd DESC")
     return RollupResult(
         API_USAGE_DAILY.name,

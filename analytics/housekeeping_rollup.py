@@ -21,7 +21,14 @@ import pyarrow as pa
 
 from analytics.api_usage_rollup import day_bounds
 from analytics.publish import RollupStore
-from analytics.rollups import Column, Dataset, RollupResult, _preview, duckdb_session
+from analytics.rollups import (
+    Column,
+    Dataset,
+    RollupResult,
+    _preview,
+    duckdb_session,
+    replace_dataset_partition,
+)
 from housekeeping.history import PolicyRun, RecordedRun, RunHistory
 
 HOUSEKEEPING_RUNS = Dataset(
@@ -117,14 +124,9 @@ def refresh_housekeeping_runs(
             f"CREATE TEMP TABLE rollup AS SELECT {HOUSEKEEPING_RUNS.select_list()} FROM runs"
         )
         connection.unregister("runs")
-        store.prepare({HOUSEKEEPING_RUNS.name: HOUSEKEEPING_RUNS.typed_columns})
-        with store.writing(HOUSEKEEPING_RUNS.name):
-            written = store.replace_partition(
-                connection,
-                HOUSEKEEPING_RUNS.name,
-                day.isoformat(),
-                "SELECT * FROM rollup ORDER BY finished_at, run_id",
-            )
+        written = replace_dataset_partition(
+            connection, store, HOUSEKEEPING_RUNS, day.isoformat(), "rollup", "finished_at, run_id"
+        )
         preview = _preview(connection, "rollup", "finished_at DESC, run_id DESC")
     return RollupResult(
         HOUSEKEEPING_RUNS.name,
@@ -192,14 +194,9 @@ def refresh_housekeeping_summary(
             f"CREATE TEMP TABLE rollup AS SELECT {HOUSEKEEPING_SUMMARY.select_list()} FROM summary"
         )
         connection.unregister("summary")
-        store.prepare({HOUSEKEEPING_SUMMARY.name: HOUSEKEEPING_SUMMARY.typed_columns})
-        with store.writing(HOUSEKEEPING_SUMMARY.name):
-            written = store.replace_partition(
-                connection,
-                HOUSEKEEPING_SUMMARY.name,
-                SUMMARY_PARTITION,
-                "SELECT * FROM rollup ORDER BY policy",
-            )
+        written = replace_dataset_partition(
+            connection, store, HOUSEKEEPING_SUMMARY, SUMMARY_PARTITION, "rollup", "policy"
+        )
         preview = _preview(connection, "rollup", "policy")
     return RollupResult(
         HOUSEKEEPING_SUMMARY.name,

@@ -20,8 +20,6 @@ from __future__ import annotations
 import time
 from datetime import UTC, datetime
 
-import duckdb
-
 from analytics.extract import ColumnKind, Source, SourceColumn, TimeRange, check_source, stream_rows
 from analytics.publish import RollupStore, sql_string
 from analytics.rollups import (
@@ -32,10 +30,10 @@ from analytics.rollups import (
     RollupResult,
     _check_range,
     _preview,
-    _source_failure,
     _timestamp_literal,
     _write_minute_partitions,
     duckdb_session,
+    load_stream,
 )
 from analytics.settings import AnalyticsSettings
 from analytics.sketch import bucket_sql
@@ -115,10 +113,11 @@ def refresh_jobs(
     duration = "date_diff('millisecond', started_at, finished_at)"
     snapshot_at = f"least(h.hour + INTERVAL 1 HOUR, {_timestamp_literal(now.astimezone(UTC))})"
     with duckdb_session(store.root / ".tmp") as connection:
-        connection.register("source_rows", stream.reader)
-        try:
-            connection.execute(
-                """
+        load_stream(
+            connection,
+            stream,
+            source,
+            """
                 CREATE TEMP TABLE src AS SELECT
                     coalesce(CAST(queue AS VARCHAR), '(none)') AS queue,
                     coalesce(CAST(name AS VARCHAR), '(none)') AS name,
@@ -128,17 +127,8 @@ def refresh_jobs(
                     CAST(CAST(finished_at AS TIMESTAMPTZ) AS TIMESTAMP) AS finished_at,
                     CAST(attempts AS BIGINT) AS attempts
                 FROM source_rows
-                """
-            )
-        except duckdb.Error as exc:
-            if stream.error is not None:
-                raise stream.error from None
-            if isinstance(exc, duckdb.ConversionException):
-                raise _source_failure(source, exc) from None
-            raise
-        finally:
-            connection.unregister("source_rows")
-            stream.reader.close()
+                """,
+        )
         low, high = _timestamp_literal(start), _timestamp_literal(end)
         finished = f"status IN ({_in([jobs.completed_status, jobs.failed_status])})"
         connection.execute(

@@ -23,6 +23,7 @@ import duckdb
 
 from analytics.extract import (
     ColumnKind,
+    RowStream,
     Source,
     SourceColumn,
     SourceError,
@@ -217,17 +218,18 @@ def refresh_requests(
         [TimeRange("ts", start, end)],
     )
     with duckdb_session(store.root / ".tmp") as connection:
-        connection.register("source_rows", stream.reader)
         duration = "CAST(duration_ms AS DOUBLE)"
         # While the stream is read, one DuckDB thread aggregates and the prefetch thread decodes
         # (and the database server produces the rows): more threads only contend on two cores.
         connection.execute("SET threads = 1")
-        try:
-            # One pass over the stream grouped by minute x route x method; each group keeps its
-            # latency buckets as a plain list (2 bytes a row), counted per bucket afterwards.
-            # Much cheaper than grouping by bucket too (millions of small hash groups).
-            connection.execute(
-                f"""
+        # One pass over the stream grouped by minute x route x method; each group keeps its
+        # latency buckets as a plain list (2 bytes a row), counted per bucket afterwards.
+        # Much cheaper than grouping by bucket too (millions of small hash groups).
+        load_stream(
+            connection,
+            stream,
+            source,
+            f"""
                 CREATE TEMP TABLE fine AS
                 SELECT
                     make_timestamp(epoch_us(CAST(ts AS TIMESTAMPTZ)) // 60000000 * 60000000)
@@ -248,17 +250,8 @@ def refresh_requests(
                     list({bucket_sql(duration)}) AS buckets
                 FROM source_rows
                 GROUP BY ALL
-                """
-            )
-        except duckdb.Error as exc:
-            if stream.error is not None:
-                raise stream.error from None
-            if isinstance(exc, duckdb.ConversionException):
-                raise _source_failure(source, exc) from None
-            raise
-        finally:
-            connection.unregister("source_rows")
-            stream.reader.close()
+                """,
+        )
         connection.execute("RESET threads")
         connection.execute(
             f"""
@@ -294,6 +287,44 @@ def refresh_requests(
         time.perf_counter() - started,
         preview,
     )
+
+
+def load_stream(
+    connection: duckdb.DuckDBPyConnection, stream: RowStream, source: Source, sql: str
+) -> None:
+    """Run ``sql`` over ``stream`` registered as ``source_rows``, then close the stream.
+
+    A failure while extracting is the stream's own error (it names the database); a value DuckDB
+    cannot convert names the source column.
+    """
+    connection.register("source_rows", stream.reader)
+    try:
+        connection.execute(sql)
+    except duckdb.Error as exc:
+        if stream.error is not None:
+            raise stream.error from None
+        if isinstance(exc, duckdb.ConversionException):
+            raise _source_failure(source, exc) from None
+        raise
+    finally:
+        connection.unregister("source_rows")
+        stream.reader.close()
+
+
+def replace_dataset_partition(
+    connection: duckdb.DuckDBPyConnection,
+    store: RollupStore,
+    dataset: Dataset,
+    partition: str,
+    relation: str,
+    order_by: str,
+) -> int:
+    """Publish ``relation`` (ordered) as ``partition`` of ``dataset``, replacing it; rows written."""
+    store.prepare({dataset.name: dataset.typed_columns})
+    with store.writing(dataset.name):
+        return store.replace_partition(
+            connection, dataset.name, partition, f"SELECT * FROM {relation} ORDER BY {order_by}"
+        )
 
 
 def _write_minute_partitions(

@@ -49,13 +49,14 @@ from analytics.rollups import (
     Dataset,
     RollupResult,
     _preview,
-    _source_failure,
     _timestamp_literal,
     duckdb_session,
+    load_stream,
+    replace_dataset_partition,
 )
 from analytics.settings import AnalyticsSettings
 from housekeeping.config import HousekeepingConfig
-from housekeeping.database import AppDatabase
+from housekeeping.database import AppDatabase, quote_identifier
 from housekeeping.history import RunHistory
 
 TOKEN_REVOCATIONS_DAILY = Dataset(
@@ -176,10 +177,6 @@ def archive_files(config: HousekeepingConfig, table: str, day: date) -> list[Pat
     )
 
 
-def _ddb(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
 def refresh_token_revocations(
     db: AppDatabase,
     store: RollupStore,
@@ -196,8 +193,6 @@ def refresh_token_revocations(
     started = time.perf_counter()
     start, end = day_bounds(day, timezone)
     table = settings.sources.revoked_tokens.table
-    if check:
-        check_source(db, revoked_tokens_source(settings, ()))
     key_columns = _key_columns(db, config, table)
     source = revoked_tokens_source(settings, key_columns)
     if check:
@@ -236,27 +231,19 @@ def refresh_token_revocations(
                 ["user_id", "revoked_at", "expires_at", *keys],
                 [TimeRange(column, start, upper)],
             )
-            connection.register("source_rows", stream.reader)
-            try:
-                connection.execute(
-                    f"""
+            load_stream(
+                connection,
+                stream,
+                source,
+                f"""
                     CREATE TEMP TABLE {name} AS SELECT
                         {key_expression} AS token_key,
                         CAST(user_id AS VARCHAR) AS user_id,
                         CAST(CAST(revoked_at AS TIMESTAMPTZ) AS TIMESTAMP) AS revoked_at,
                         CAST(CAST(expires_at AS TIMESTAMPTZ) AS TIMESTAMP) AS expires_at
                     FROM source_rows
-                    """
-                )
-            except duckdb.Error as exc:
-                if stream.error is not None:
-                    raise stream.error from None
-                if isinstance(exc, duckdb.ConversionException):
-                    raise _source_failure(source, exc) from None
-                raise
-            finally:
-                connection.unregister("source_rows")
-                stream.reader.close()
+                    """,
+            )
         _load_archive(connection, files, source, key_columns)
         connection.execute(
             f"""
@@ -321,24 +308,14 @@ def refresh_token_revocations(
         if published is not None:
             recount = (recount_revoked, expired, cleaned_up)
             kept += sum(old > new for old, new in zip(published, recount, strict=True))
-        store.prepare(
-            {
-                TOKEN_REVOCATIONS_DAILY.name: TOKEN_REVOCATIONS_DAILY.typed_columns,
-                TOKEN_REVOCATIONS_BY_USER.name: TOKEN_REVOCATIONS_BY_USER.typed_columns,
-            }
-        )
         results = []
         for dataset, relation, order, preview_order in (
             (TOKEN_REVOCATIONS_DAILY, "rollup_daily", "day", "day"),
             (TOKEN_REVOCATIONS_BY_USER, "rollup_by_user", "user_hash", "revoked DESC, user_hash"),
         ):
-            with store.writing(dataset.name):
-                written = store.replace_partition(
-                    connection,
-                    dataset.name,
-                    day.isoformat(),
-                    f"SELECT * FROM {relation} ORDER BY {order}",
-                )
+            written = replace_dataset_partition(
+                connection, store, dataset, day.isoformat(), relation, order
+            )
             results.append(
                 RollupResult(
                     dataset.name,
@@ -368,7 +345,11 @@ def _load_archive(
         )
         return
     paths = "[" + ", ".join(sql_string(str(path)) for path in files) + "]"
-    key = "concat_ws('|', " + ", ".join(f"CAST({_ddb(n)} AS VARCHAR)" for n in key_columns) + ")"
+    key = (
+        "concat_ws('|', "
+        + ", ".join(f"CAST({quote_identifier(n)} AS VARCHAR)" for n in key_columns)
+        + ")"
+    )
     columns = {
         alias: source.column(alias).name for alias in ("user_id", "revoked_at", "expires_at")
     }
@@ -377,9 +358,9 @@ def _load_archive(
             f"""
             CREATE TEMP TABLE archived AS SELECT
                 {key} AS token_key,
-                CAST({_ddb(columns["user_id"])} AS VARCHAR) AS user_id,
-                CAST(CAST({_ddb(columns["revoked_at"])} AS TIMESTAMPTZ) AS TIMESTAMP) AS revoked_at,
-                CAST(CAST({_ddb(columns["expires_at"])} AS TIMESTAMPTZ) AS TIMESTAMP) AS expires_at
+                CAST({quote_identifier(columns["user_id"])} AS VARCHAR) AS user_id,
+                CAST(CAST({quote_identifier(columns["revoked_at"])} AS TIMESTAMPTZ) AS TIMESTAMP) AS revoked_at,
+                CAST(CAST({quote_identifier(columns["expires_at"])} AS TIMESTAMPTZ) AS TIMESTAMP) AS expires_at
             FROM read_parquet({paths}, union_by_name = true)
             """
         )
