@@ -25,11 +25,12 @@ import pyarrow as pa
 from psycopg import sql
 
 from housekeeping.database import AppDatabase, DatabaseError, libpq_url, quote_identifier
+from housekeeping.errors import HkError, first_line
 
 SQLITE_BATCH_ROWS = 50_000
 
 
-class SourceError(Exception):
+class SourceError(HkError):
     """A source table or column is missing or has the wrong type."""
 
 
@@ -146,7 +147,7 @@ def _stream_postgres(
         connection = adbc.connect(libpq_url(db.url))
     except adbc.Error as exc:
         raise DatabaseError(
-            f"cannot connect to the application database {db.describe()}: {_first_line(exc)}"
+            f"cannot connect to the application database {db.describe()}: {first_line(exc)}"
         ) from None
     cursor = connection.cursor()
     try:
@@ -157,7 +158,7 @@ def _stream_postgres(
     except adbc.Error as exc:
         cursor.close()
         connection.close()
-        raise DatabaseError(f"reading {source.table}: {_first_line(exc)}") from None
+        raise DatabaseError(f"reading {source.table}: {first_line(exc)}") from None
 
     def batches() -> Iterator[pa.RecordBatch]:
         try:
@@ -249,7 +250,7 @@ def _stream_sqlite(
         )
         cursor = connection.execute(query, parameters)
     except sqlite3.Error as exc:
-        raise DatabaseError(f"reading {source.table}: {_first_line(exc)}") from None
+        raise DatabaseError(f"reading {source.table}: {first_line(exc)}") from None
 
     def batches() -> Iterator[pa.RecordBatch]:
         try:
@@ -266,7 +267,7 @@ def _stream_sqlite(
                         column = columns[index]
                         raise SourceError(
                             f"{column.config_key}: column {source.table}.{column.name} holds a "
-                            f"value that is not {column.kind} ({_first_line(exc)})"
+                            f"value that is not {column.kind} ({first_line(exc)})"
                         ) from None
                 yield pa.RecordBatch.from_arrays(arrays, schema=schema)
         finally:
@@ -306,8 +307,3 @@ def _utc(moment: datetime) -> datetime:
     if moment.tzinfo is None:
         raise ValueError(f"time bounds must be timezone-aware, got {moment.isoformat()}")
     return moment.astimezone(UTC)
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__

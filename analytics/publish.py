@@ -30,12 +30,14 @@ from pathlib import Path
 import duckdb
 import pyarrow.parquet as pq
 
+from housekeeping.errors import HkError, first_line
+
 META_TABLE = "_analytics_meta"
 SCHEMA_FILE = "_schema.parquet"
 LOCK_WAIT_SECONDS = 120.0
 
 
-class PublishError(Exception):
+class PublishError(HkError):
     """The published location cannot be written, or holds something we did not publish."""
 
 
@@ -165,7 +167,7 @@ class RollupStore:
         except duckdb.Error as exc:
             raise PublishError(
                 f"analytics.database: {self.database} is not a readable DuckDB database "
-                f"({_first_line(exc)}); move it away or point analytics.database elsewhere"
+                f"({first_line(exc)}); move it away or point analytics.database elsewhere"
             ) from None
         try:
             found = connection.execute(
@@ -205,13 +207,8 @@ class RollupStore:
             os.replace(temporary, self.database)
             _fsync_directory(self.database.parent)
         except duckdb.Error as exc:
-            raise PublishError(f"building the views file: {_first_line(exc)}") from None
+            raise PublishError(f"building the views file: {first_line(exc)}") from None
         finally:
             temporary.unlink(missing_ok=True)
             Path(f"{temporary}.wal").unlink(missing_ok=True)
         return True
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__

@@ -9,28 +9,22 @@ from __future__ import annotations
 
 from datetime import date, timedelta
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, model_validator
 
 from housekeeping.config import (
-    ConfigError,
     HousekeepingConfig,
+    Identifier,
     NonNegativeDuration,
     PositiveDuration,
-    _describe_validation_error,
-    _valid_timezone,
+    StrictModel,
+    TimeZone,
+    parse_section,
 )
 
-Identifier = Annotated[str, Field(min_length=1, max_length=63)]
-TimeZone = Annotated[str, AfterValidator(_valid_timezone)]
 
-
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class RequestLogsSource(_Model):
+class RequestLogsSource(StrictModel):
     """One HTTP request per row."""
 
     table: Identifier = "request_logs"
@@ -41,7 +35,7 @@ class RequestLogsSource(_Model):
     duration_ms: Identifier = "duration_ms"
 
 
-class JobsSource(_Model):
+class JobsSource(StrictModel):
     """One background job per row (BullMQ/Sidekiq-style statuses)."""
 
     table: Identifier = "jobs"
@@ -58,7 +52,7 @@ class JobsSource(_Model):
     active_status: str = "active"
 
 
-class ApiUsageSource(_Model):
+class ApiUsageSource(StrictModel):
     """One call to a paid external API per row."""
 
     table: Identifier = "api_usage"
@@ -71,21 +65,21 @@ class ApiUsageSource(_Model):
     success: Identifier = "success"
 
 
-class RevokedTokensSource(_Model):
+class RevokedTokensSource(StrictModel):
     table: Identifier = "revoked_tokens"
     user_id: Identifier = "user_id"
     revoked_at: Identifier = "revoked_at"
     expires_at: Identifier = "expires_at"
 
 
-class SourcesSettings(_Model):
+class SourcesSettings(StrictModel):
     request_logs: RequestLogsSource = RequestLogsSource()
     jobs: JobsSource = JobsSource()
     api_usage: ApiUsageSource = ApiUsageSource()
     revoked_tokens: RevokedTokensSource = RevokedTokensSource()
 
 
-class ServiceBudget(_Model):
+class ServiceBudget(StrictModel):
     """Monthly limits of one external service; month-to-date totals are compared against them."""
 
     monthly_calls: int | None = Field(default=None, gt=0)
@@ -103,7 +97,7 @@ class ServiceBudget(_Model):
         return self
 
 
-class AnalyticsSettings(_Model):
+class AnalyticsSettings(StrictModel):
     # Parquet datasets, one file per partition: replaced atomically, never written in place.
     root: str = "var/analytics"
     # The small DuckDB file of views analysts open (read-only); rewritten only by rename.
@@ -140,21 +134,7 @@ class AnalyticsSettings(_Model):
 
 
 def parse_analytics_settings(data: Any, source: str = "config") -> AnalyticsSettings:
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{source}: analytics: expected a mapping of keys")
-    try:
-        return AnalyticsSettings.model_validate(data)
-    except ValidationError as exc:
-        message = _describe_validation_error(source, exc)
-        prefixed = [
-            line.replace(f"{source}: ", f"{source}: analytics.", 1).replace(
-                "analytics.(top level)", "analytics"
-            )
-            for line in message.splitlines()
-        ]
-        raise ConfigError("\n".join(prefixed)) from None
+    return parse_section(AnalyticsSettings, data, "analytics", source)
 
 
 def analytics_settings(config: HousekeepingConfig, source: str = "config") -> AnalyticsSettings:

@@ -25,11 +25,13 @@ from typing import BinaryIO, Protocol
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from housekeeping.errors import HkError
+
 PENDING_SUFFIX = ".parquet.pending"
 MANIFEST_NAME = "_manifest.json"
 
 
-class ArchiveError(Exception):
+class ArchiveError(HkError):
     """The archive root cannot be written or holds something unexpected."""
 
 

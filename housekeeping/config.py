@@ -11,7 +11,7 @@ import re
 from datetime import timedelta
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
@@ -26,11 +26,13 @@ from pydantic import (
     model_validator,
 )
 
+from housekeeping.errors import HkError
+
 DEFAULT_CONFIG_PATH = "hk.yaml"
 DEMO_DATABASE_URL = "sqlite:///var/demo.db"
 
 
-class ConfigError(Exception):
+class ConfigError(HkError):
     """The config file is missing, malformed or names something that does not exist."""
 
 
@@ -101,7 +103,13 @@ PolicyName = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,62}$")]
 Identifier = Annotated[str, Field(min_length=1, max_length=63)]
 
 
-class _Model(BaseModel):
+TimeZone = Annotated[str, AfterValidator(_valid_timezone)]
+
+
+class StrictModel(BaseModel):
+    """Base of every config model: unknown keys are errors (a typo never passes silently), and a
+    loaded config is immutable."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
@@ -118,12 +126,12 @@ class DeleteStrategy(StrEnum):
     CUTOFF_INDEX = "cutoff_index"
 
 
-class JobStatusRetention(_Model):
+class JobStatusRetention(StrictModel):
     retention: PositiveDuration
     keep_last: int | None = Field(default=None, ge=1)
 
 
-class PolicyConfig(_Model):
+class PolicyConfig(StrictModel):
     kind: PolicyKind
     table: Identifier
     cutoff_column: Identifier
@@ -160,14 +168,14 @@ class PolicyConfig(_Model):
         return self
 
 
-class SafetyConfig(_Model):
+class SafetyConfig(StrictModel):
     max_clock_skew: PositiveDuration = timedelta(seconds=30)
     max_delete_fraction: float = Field(default=0.5, gt=0, le=1)
     lock_timeout: PositiveDuration = timedelta(seconds=2)
     statement_timeout: PositiveDuration = timedelta(seconds=30)
 
 
-class BatchConfig(_Model):
+class BatchConfig(StrictModel):
     target_duration: PositiveDuration = timedelta(milliseconds=120)
     initial_size: int = Field(default=5000, ge=1)
     min_size: int = Field(default=100, ge=1)
@@ -180,11 +188,11 @@ class BatchConfig(_Model):
         return self
 
 
-class ArchiveConfig(_Model):
+class ArchiveConfig(StrictModel):
     root: str = "var/archive"
 
 
-class DagsterRunRetentionConfig(_Model):
+class DagsterRunRetentionConfig(StrictModel):
     enabled: bool = True
     retention: PositiveDuration = timedelta(days=30)
     failed_retention: PositiveDuration = timedelta(days=90)
@@ -197,8 +205,8 @@ class DagsterRunRetentionConfig(_Model):
         return self
 
 
-class HousekeepingConfig(_Model):
-    timezone: Annotated[str, AfterValidator(_valid_timezone)] = "UTC"
+class HousekeepingConfig(StrictModel):
+    timezone: TimeZone = "UTC"
     owner: Annotated[str, Field(pattern=r"^(team:[A-Za-z0-9_-]+|[^@\s]+@[^@\s]+)$")] = (
         "team:operations"
     )
@@ -226,6 +234,8 @@ class HousekeepingConfig(_Model):
         return self.safety.max_delete_fraction
 
 
+M = TypeVar("M", bound=StrictModel)
+
 _ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
@@ -252,15 +262,33 @@ def _expand_env(value: Any, path: str) -> Any:
     return _ENV_REFERENCE.sub(substitute, value)
 
 
-def _describe_validation_error(source: str, error: ValidationError) -> str:
+def describe_validation_error(source: str, error: ValidationError, prefix: str = "") -> str:
+    """One line per problem: ``<source>: <prefix><key.path>: <message>``."""
     lines = []
     for item in error.errors():
         location = ".".join(str(part) for part in item["loc"])
         message = item["msg"].removeprefix("Value error, ")
         if item["type"] == "extra_forbidden":
             message = "unknown key (check the spelling against the README's config reference)"
-        lines.append(f"{source}: {location or '(top level)'}: {message}")
+        where = f"{prefix}{location}" if location else (prefix.rstrip(".") or "(top level)")
+        lines.append(f"{source}: {where}: {message}")
     return "\n".join(lines)
+
+
+def parse_section(model: type[M], data: Any, section: str, source: str) -> M:
+    """Validate one section of the config file (``analytics:``, ``alerts:``, ...) as `model`.
+
+    A missing section takes the model's defaults. Raises ConfigError whose lines read
+    ``<source>: <section>.<key>: <message>``.
+    """
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: {section}: expected a mapping of keys")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(describe_validation_error(source, exc, f"{section}.")) from None
 
 
 def parse_config(data: Any, source: str = "config") -> HousekeepingConfig:
@@ -271,7 +299,7 @@ def parse_config(data: Any, source: str = "config") -> HousekeepingConfig:
     try:
         return HousekeepingConfig.model_validate(_expand_env(data, ""))
     except ValidationError as exc:
-        raise ConfigError(_describe_validation_error(source, exc)) from None
+        raise ConfigError(describe_validation_error(source, exc)) from None
 
 
 def config_path() -> Path:

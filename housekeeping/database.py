@@ -14,10 +14,12 @@ import sqlalchemy as sa
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError
 
+from housekeeping.errors import HkError, first_line
+
 SQLITE_TIMESTAMP_FORMAT = "%Y-%m-%d %H:%M:%S.%f"
 
 
-class DatabaseError(Exception):
+class DatabaseError(HkError):
     """The application database is unreachable or refused an operation."""
 
 
@@ -101,7 +103,7 @@ class AppDatabase:
         except DBAPIError as exc:
             raise DatabaseError(
                 f"cannot connect to the application database {self.describe()}: "
-                f"{_first_line(exc.orig)}"
+                f"{first_line(exc.orig)}"
             ) from None
 
     def clock(self) -> datetime:
@@ -172,8 +174,3 @@ class AppDatabase:
                     {"name": quote_identifier(table)},
                 ).scalar()
             )
-
-
-def _first_line(error: BaseException | None) -> str:
-    text = str(error or "").strip()
-    return text.splitlines()[0] if text else type(error).__name__

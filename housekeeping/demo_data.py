@@ -32,6 +32,7 @@ from sqlalchemy.exc import ArgumentError
 from tqdm import tqdm
 
 from housekeeping.database import libpq_url, quote_identifier, redact_url
+from housekeeping.errors import HkError, first_line
 
 CHUNK_ROWS = 200_000
 # Partitions are created this many days past ``now``, so a demo keeps logging for a while.
@@ -43,7 +44,7 @@ DAY_US = 24 * HOUR_US
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
-class SeedError(Exception):
+class SeedError(HkError):
     """The database is not in a state the generator may write to (e.g. the tables hold rows)."""
 
 
@@ -281,7 +282,7 @@ def _connect_postgres(target: _Target) -> psycopg.Connection:
     try:
         return psycopg.connect(target.address, connect_timeout=10)
     except psycopg.OperationalError as exc:
-        raise SeedError(f"cannot connect to {target.description}: {_first_line(exc)}") from None
+        raise SeedError(f"cannot connect to {target.description}: {first_line(exc)}") from None
 
 
 def _connect_sqlite(target: _Target):
@@ -291,12 +292,7 @@ def _connect_sqlite(target: _Target):
         # isolation_level=None: transactions are opened explicitly, DDL included.
         return sqlite3.connect(target.address, isolation_level=None, timeout=30)
     except sqlite3.Error as exc:
-        raise SeedError(f"cannot open {target.description}: {_first_line(exc)}") from None
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
+        raise SeedError(f"cannot open {target.description}: {first_line(exc)}") from None
 
 
 def _existing_tables_postgres(cursor: psycopg.Cursor) -> list[str]:

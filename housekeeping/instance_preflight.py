@@ -19,12 +19,14 @@ import yaml
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
+from housekeeping.errors import HkError
+
 # dagster-postgres must be given psycopg2: SQLAlchemy 2.1 maps a bare postgresql:// to psycopg 3,
 # and dagster-postgres then fails on its NOTIFY run_events (dagster issue #33958).
 REQUIRED_SCHEME = "postgresql+psycopg2"
 
 
-class InstanceConfigError(Exception):
+class InstanceConfigError(HkError):
     """dagster.yaml or the environment it reads is missing, malformed or points nowhere."""
 
 

@@ -15,13 +15,14 @@ from pathlib import Path
 import psycopg
 
 from housekeeping.database import AppDatabase, DatabaseError, libpq_url, quote_identifier
+from housekeeping.errors import HkError
 
 # The advisory lock key: our namespace in the high 32 bits, the table's OID in the low 32 bits.
 # The OID (not the name) so that tables of the same name in other schemas do not collide.
 LOCK_NAMESPACE = 0x686B  # "hk"
 
 
-class AlreadyRunning(Exception):
+class AlreadyRunning(HkError):
     """Another cleanup of the same table holds its lock."""
 
 

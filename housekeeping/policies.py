@@ -33,6 +33,7 @@ from housekeeping.deletion import (
     delete_in_batches,
     target_conditions,
 )
+from housekeeping.errors import HkError
 from housekeeping.locking import table_lock
 from housekeeping.partition_retention import (
     PartitionOutcome,
@@ -47,7 +48,7 @@ from housekeeping.schema_check import CheckedPolicy, check_policy
 PRIMARY_KEY_WALK_FRACTION = 0.10
 
 
-class SafetyRefusal(Exception):
+class SafetyRefusal(HkError):
     """The run refused to delete anything: clocks disagree or the delete looks too large."""
 
 

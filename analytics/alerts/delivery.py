@@ -33,6 +33,7 @@ from analytics.alerts.model import NotificationKind
 from analytics.alerts.settings import AlertsSettings
 from analytics.alerts.slack import SlackMessage, render
 from analytics.alerts.store import AlertStore, OutboxRow
+from housekeeping.errors import HkError
 
 DEFAULT_SLACK_API_BASE_URL = "https://slack.com/api/"
 # Token-level errors: every message would fail the same way.
@@ -51,11 +52,11 @@ CONNECTION_ERRORS = (urllib.error.URLError, socket.timeout, TimeoutError, Connec
 BASE_RETRY = timedelta(seconds=10)
 
 
-class DeliveryError(Exception):
+class DeliveryError(HkError):
     """Slack refused the messages for a reason an operator must fix (the token, a channel)."""
 
 
-class TransientError(Exception):
+class TransientError(HkError):
     def __init__(self, message: str, retry_after: timedelta | None = None) -> None:
         super().__init__(message)
         self.retry_after = retry_after
@@ -153,11 +154,11 @@ class SlackWebhookSender:
         return "", ""
 
 
-class ChannelError(Exception):
+class ChannelError(HkError):
     """This channel cannot take messages (not found, archived, the app not invited)."""
 
 
-class MessageRejected(Exception):
+class MessageRejected(HkError):
     """Slack refused this one message (e.g. invalid blocks): retrying would not help."""
 
 

@@ -22,7 +22,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from analytics.alerts.metrics import BUILTIN_METRICS, GroupBy
 from analytics.alerts.model import Severity
-from housekeeping.config import NonNegativeDuration, PositiveDuration, format_duration
+from housekeeping.config import (
+    NonNegativeDuration,
+    PositiveDuration,
+    StrictModel,
+    format_duration,
+)
+from housekeeping.errors import HkError
 
 DEFAULT_RULES_FILE = "default_rules.yaml"
 RuleName = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,62}$")]
@@ -31,7 +37,7 @@ Channel = Annotated[str, Field(pattern=r"^[#@]?[A-Za-z0-9._-]{1,80}$")]
 _READ_ONLY_SQL = re.compile(r"^\s*(select|with)\b", re.IGNORECASE)
 
 
-class RulesError(Exception):
+class RulesError(HkError):
     """The rule file is missing, not YAML, or a rule in it is invalid; the message names which."""
 
 
@@ -66,13 +72,13 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
 
-class Threshold(_Model):
+class Threshold(StrictModel):
     value: float
     # How long the condition must hold before this severity fires; default: the rule's ``for``.
     for_: NonNegativeDuration | None = Field(default=None, alias="for")
 
 
-class Rule(_Model):
+class Rule(StrictModel):
     name: RuleName
     description: str = ""
     metric: str | None = None
@@ -160,7 +166,7 @@ class Rule(_Model):
         return f"{text} for {format_duration(duration)}" if duration else text
 
 
-class RulePack(_Model):
+class RulePack(StrictModel):
     rules: list[Rule]
 
     @model_validator(mode="after")

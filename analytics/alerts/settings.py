@@ -9,36 +9,30 @@ from __future__ import annotations
 
 import os
 from datetime import timedelta
-from typing import Annotated, Any
+from typing import Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field
 
 from analytics.alerts.model import Severity
 from analytics.alerts.rules import Channel, RulePack, load_rules
 from housekeeping.config import (
-    ConfigError,
     Cron,
     HousekeepingConfig,
     PositiveDuration,
-    _describe_validation_error,
-    _valid_timezone,
+    StrictModel,
+    TimeZone,
+    parse_section,
 )
 
-TimeZone = Annotated[str, AfterValidator(_valid_timezone)]
 
-
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class SummarySettings(_Model):
+class SummarySettings(StrictModel):
     # 13:00 every day in `timezone` (default: the config's top-level timezone).
     cron: Cron = "0 13 * * *"
     timezone: TimeZone | None = None
     channel: Channel | None = None  # default: alerts.default_channel
 
 
-class AlertsSettings(_Model):
+class AlertsSettings(StrictModel):
     # Alert states, the notification outbox and silences (SQLAlchemy URL; PostgreSQL in production).
     database_url: str = "sqlite:///var/hk_alerts.db"
     # The rule file; default: the shipped default rule pack (analytics/alerts/default_rules.yaml).
@@ -72,22 +66,7 @@ class AlertsSettings(_Model):
 
 
 def parse_alerts_settings(data: Any, source: str = "config") -> AlertsSettings:
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{source}: alerts: expected a mapping of keys")
-    try:
-        return AlertsSettings.model_validate(data)
-    except ValidationError as exc:
-        message = _describe_validation_error(source, exc)
-        raise ConfigError(
-            "\n".join(
-                line.replace(f"{source}: ", f"{source}: alerts.", 1).replace(
-                    "alerts.(top level)", "alerts"
-                )
-                for line in message.splitlines()
-            )
-        ) from None
+    return parse_section(AlertsSettings, data, "alerts", source)
 
 
 def alerts_settings(config: HousekeepingConfig, source: str = "config") -> AlertsSettings:

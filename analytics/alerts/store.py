@@ -27,6 +27,7 @@ from analytics.alerts.model import (
     Severity,
 )
 from housekeeping.database import redact_url
+from housekeeping.errors import HkError
 
 metadata = sa.MetaData()
 TS = sa.DateTime(timezone=True)
@@ -92,7 +93,7 @@ heartbeats = sa.Table(
 )
 
 
-class AlertStoreError(Exception):
+class AlertStoreError(HkError):
     """The alert database cannot be opened or written; the message names it (password hidden)."""
 
 

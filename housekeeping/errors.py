@@ -1,0 +1,21 @@
+"""The one base of every error the product raises on purpose, and how errors read in one line.
+
+Each error names what is wrong and what to do; the `hk` command turns any `HkError` into that
+message and exit status 1 (`housekeeping/cli.py`), and Dagster shows the same text in the run's
+failure. Anything that is not an `HkError` is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+
+class HkError(Exception):
+    """An error the product explains: bad config or rules, a refusal, an unreachable database."""
+
+
+def first_line(error: BaseException | None) -> str:
+    """The first line of an error's message (a driver's error is often many lines), else its
+    class name; '' for None."""
+    if error is None:
+        return ""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
