@@ -238,7 +238,7 @@ def build_housekeeping_runs_asset(
     ) -> dg.MaterializeResult:
         config, loaded = analytics.load()
         store = analytics.store(config, loaded)
-        history = RunHistory(config.state_database_url)
+        history = RunHistory.from_config(config)
         try:
             result = refresh_housekeeping_runs(
                 history,
@@ -274,7 +274,7 @@ def build_housekeeping_summary_asset(owner: str) -> dg.AssetsDefinition:
     ) -> dg.MaterializeResult:
         config, loaded = analytics.load()
         store = analytics.store(config, loaded)
-        history = RunHistory(config.state_database_url)
+        history = RunHistory.from_config(config)
         try:
             result = refresh_housekeeping_summary(
                 history,
@@ -333,7 +333,7 @@ def build_token_revocations_assets(
         config, loaded = analytics.load()
         store = analytics.store(config, loaded)
         db = analytics.app_database()
-        history = RunHistory(config.state_database_url)
+        history = RunHistory.from_config(config)
         try:
             result = refresh_token_revocations(
                 db,

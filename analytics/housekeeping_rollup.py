@@ -70,8 +70,16 @@ HOUSEKEEPING_SUMMARY = Dataset(
         Column("last_success", "TIMESTAMP", "when the newest successful run finished (UTC)"),
         Column("last_failure", "TIMESTAMP", "when the newest failed run finished (UTC)"),
         Column("last_error", "VARCHAR", "the newest failed run's error"),
-        Column("zero_deletes_warning", "BOOLEAN", "0 rows deleted 3+ completed runs in a row"),
-        Column("slow_warning", "BOOLEAN", "the last 10 completed runs averaged over 1000 ms"),
+        Column(
+            "zero_deletes_warning",
+            "BOOLEAN",
+            "0 rows deleted in health.zero_deleted_runs_warning (default 3) successful runs in a row",
+        ),
+        Column(
+            "slow_warning",
+            "BOOLEAN",
+            "the last health.average_over_runs (10) completed runs averaged over health.slow_average (1s)",
+        ),
         Column("computed_at", "TIMESTAMP", "when this summary was computed (UTC)"),
     ),
 )

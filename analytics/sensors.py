@@ -97,7 +97,7 @@ def build_housekeeping_history_sensor(
         context: dg.SensorEvaluationContext, analytics: AnalyticsResource
     ) -> dg.SensorResult:
         config, _ = analytics.load()
-        history = RunHistory(config.state_database_url)
+        history = RunHistory.from_config(config)
         try:
             recorded = history.recorded_after(int(context.cursor or 0))
         finally:

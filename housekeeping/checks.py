@@ -2,14 +2,8 @@
 
 import dagster as dg
 
-from housekeeping.history import (
-    AVERAGE_DURATION_WARNING_MS,
-    AVERAGE_OVER_RUNS,
-    CONSECUTIVE_FAILURES_CRITICAL,
-    ZERO_DELETE_RUNS_WARNING,
-    HealthStatus,
-    PolicyHealth,
-)
+from housekeeping.config import HealthConfig, format_duration
+from housekeeping.history import HealthStatus, PolicyHealth
 from housekeeping.resources import HousekeepingResource
 
 
@@ -38,13 +32,19 @@ def _load_health(housekeeping: HousekeepingResource, policy: str) -> PolicyHealt
         history.dispose()
 
 
-def build_health_checks(policy: str, asset_key: dg.AssetKey) -> list[dg.AssetChecksDefinition]:
+def build_health_checks(
+    policy: str, asset_key: dg.AssetKey, thresholds: HealthConfig
+) -> list[dg.AssetChecksDefinition]:
+    """The health, deletes_progress and duration checks of one policy's asset; `thresholds` (the
+    config's ``health:`` section) only words the descriptions: the verdicts come from the run
+    history, which judges by the same section."""
+
     @dg.asset_check(
         asset=asset_key,
         name="health",
         description=(
-            "healthy; degraded after 1-2 consecutive failed runs; critical after "
-            f"{CONSECUTIVE_FAILURES_CRITICAL}+ (page the on-call)."
+            "healthy; degraded after a failed run; critical after "
+            f"{thresholds.critical_after_failures}+ consecutive failed runs (page the on-call)."
         ),
     )
     def health(housekeeping: HousekeepingResource) -> dg.AssetCheckResult:
@@ -64,7 +64,7 @@ def build_health_checks(policy: str, asset_key: dg.AssetKey) -> list[dg.AssetChe
         asset=asset_key,
         name="deletes_progress",
         description=(
-            f"Warns when {ZERO_DELETE_RUNS_WARNING}+ runs in a row deleted nothing: are rows still "
+            f"Warns when {thresholds.zero_deleted_runs_warning}+ runs in a row deleted nothing: are rows still "
             "being written, or is a clock wrong?"
         ),
     )
@@ -80,8 +80,8 @@ def build_health_checks(policy: str, asset_key: dg.AssetKey) -> list[dg.AssetChe
         asset=asset_key,
         name="duration",
         description=(
-            f"Warns when the last {AVERAGE_OVER_RUNS} runs averaged over "
-            f"{AVERAGE_DURATION_WARNING_MS:.0f} ms (a missing index, or a table outgrowing its "
+            f"Warns when the last {thresholds.average_over_runs} runs averaged over "
+            f"{format_duration(thresholds.slow_average)} (a missing index, or a table outgrowing its "
             "schedule)."
         ),
     )

@@ -234,7 +234,7 @@ def demo(tokens, requests, days):
             failed_checks.setdefault(evaluation.asset_key.path[-1], []).append(
                 f"{evaluation.check_name} ({detail})"
             )
-    history = RunHistory(load_config().state_database_url)
+    history = RunHistory.from_config(load_config())
     click.echo("")
     click.echo("Health (asset checks):")
     for name in [*load_config().policies, "dagster_run_history"]:

@@ -205,6 +205,36 @@ class DagsterRunRetentionConfig(StrictModel):
         return self
 
 
+class HealthConfig(StrictModel):
+    """When a policy's run history counts as unhealthy: the one place these numbers live.
+
+    Read by the asset checks, `hk status`, the daily summary, the housekeeping summary rollup and
+    the default alert rules (which name them as ``health.<key>``). Defaults are the reference
+    teams' (token-cleanup-monitoring.md): degraded after 1-2 consecutive failed runs, critical
+    after 3+; a warning after 3+ runs in a row deleted nothing; a warning when the cleanups
+    average over one second.
+    """
+
+    # Consecutive failed runs that make a policy critical (1 failed run already degrades it).
+    critical_after_failures: int = Field(default=3, ge=1)
+    # Successful runs in a row that deleted nothing before the deletes_progress check warns.
+    zero_deleted_runs_warning: int = Field(default=3, ge=1)
+    # The duration check warns when the recent runs average longer than this.
+    slow_average: PositiveDuration = timedelta(seconds=1)
+    # How many recent completed runs that average covers.
+    average_over_runs: int = Field(default=10, ge=1)
+
+    def rule_values(self) -> dict[str, float]:
+        """The values rule files may name as ``health.<key>``; durations in milliseconds (the
+        unit of the cleanup duration metric)."""
+        return {
+            "critical_after_failures": float(self.critical_after_failures),
+            "zero_deleted_runs_warning": float(self.zero_deleted_runs_warning),
+            "slow_average": self.slow_average.total_seconds() * 1000,
+            "average_over_runs": float(self.average_over_runs),
+        }
+
+
 class HousekeepingConfig(StrictModel):
     timezone: TimeZone = "UTC"
     owner: Annotated[str, Field(pattern=r"^(team:[A-Za-z0-9_-]+|[^@\s]+@[^@\s]+)$")] = (
@@ -216,6 +246,7 @@ class HousekeepingConfig(StrictModel):
     batch: BatchConfig = BatchConfig()
     policies: dict[PolicyName, PolicyConfig] = Field(default_factory=dict)
     dagster_runs: DagsterRunRetentionConfig = DagsterRunRetentionConfig()
+    health: HealthConfig = HealthConfig()
     # The analytics package validates its own section (analytics/settings.py).
     analytics: dict[str, Any] = Field(default_factory=dict)
     # The alerting package validates its own section (analytics/alerts/settings.py).

@@ -33,7 +33,9 @@ def build_definitions(config: HousekeepingConfig, config_file: str = "") -> dg.D
         assets.append(build_dagster_run_history_asset(config))
         checked_keys["dagster_run_history"] = DAGSTER_RUNS_ASSET
     checks = [
-        check for name, key in checked_keys.items() for check in build_health_checks(name, key)
+        check
+        for name, key in checked_keys.items()
+        for check in build_health_checks(name, key, config.health)
     ]
 
     all_housekeeping = dg.AssetSelection.groups(GROUP)

@@ -2,9 +2,10 @@
 
 Kept in the product's own state database (``state_database_url``: a SQLite file by default,
 PostgreSQL in production), not in the application database, so a run that failed because the
-application database was unreachable is recorded all the same. The health rules are the ones the
-teams in ``reference/`` use: healthy; degraded after 1-2 consecutive failures; critical after 3+;
-a warning after 0 deleted for 3+ runs in a row; a warning when cleanups average over 1000 ms.
+application database was unreachable is recorded all the same. The health thresholds are the
+config's ``health:`` section (`HealthConfig`, defaults from the teams in ``reference/``): healthy;
+degraded after 1-2 consecutive failures; critical after 3+; a warning after 0 deleted for 3+ runs
+in a row; a warning when cleanups average over 1000 ms.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from housekeeping.config import HousekeepingConfig
+from housekeeping.config import HealthConfig, HousekeepingConfig
 from housekeeping.database import AppDatabase, redact_url
 from housekeeping.locking import AlreadyRunning
 from housekeeping.policies import PolicyResult, run_policy
@@ -43,11 +44,6 @@ policy_runs = sa.Table(
     sa.Column("error", sa.Text, nullable=True),
     sa.Column("dagster_run_id", sa.String(64), nullable=True),
 )
-
-CONSECUTIVE_FAILURES_CRITICAL = 3
-ZERO_DELETE_RUNS_WARNING = 3
-AVERAGE_DURATION_WARNING_MS = 1000.0
-AVERAGE_OVER_RUNS = 10
 
 
 class RunStatus(StrEnum):
@@ -94,18 +90,21 @@ class PolicyHealth:
     last_success: datetime | None
     last_failure: datetime | None
     last_error: str | None
-
-    @property
-    def zero_deletes_warning(self) -> bool:
-        return self.consecutive_zero_deletes >= ZERO_DELETE_RUNS_WARNING
-
-    @property
-    def slow_warning(self) -> bool:
-        return (self.average_duration_ms or 0.0) > AVERAGE_DURATION_WARNING_MS
+    # True when `consecutive_zero_deletes` reached health.zero_deleted_runs_warning.
+    zero_deletes_warning: bool = False
+    # True when `average_duration_ms` is above health.slow_average.
+    slow_warning: bool = False
 
 
-def evaluate_health(policy: str, runs: Sequence[PolicyRun]) -> PolicyHealth:
-    """Health from a policy's runs, newest first."""
+def evaluate_health(
+    policy: str, runs: Sequence[PolicyRun], thresholds: HealthConfig
+) -> PolicyHealth:
+    """Health from a policy's runs (newest first), judged by the config's ``health:`` section.
+
+    Critical after ``thresholds.critical_after_failures`` consecutive failed runs, degraded after
+    fewer (at least one), else healthy; the average covers the newest
+    ``thresholds.average_over_runs`` completed (not failed) runs, in milliseconds.
+    """
     failures = 0
     for run in runs:
         if run.status is not RunStatus.FAILED:
@@ -118,9 +117,11 @@ def evaluate_health(policy: str, runs: Sequence[PolicyRun]) -> PolicyHealth:
         if run.deleted:
             break
         zero_deletes += 1
-    completed = [run for run in runs if run.status is not RunStatus.FAILED][:AVERAGE_OVER_RUNS]
+    completed = [run for run in runs if run.status is not RunStatus.FAILED][
+        : thresholds.average_over_runs
+    ]
     average = sum(run.duration_ms for run in completed) / len(completed) if completed else None
-    if failures >= CONSECUTIVE_FAILURES_CRITICAL:
+    if failures >= thresholds.critical_after_failures:
         status = HealthStatus.CRITICAL
     elif failures:
         status = HealthStatus.DEGRADED
@@ -142,13 +143,18 @@ def evaluate_health(policy: str, runs: Sequence[PolicyRun]) -> PolicyHealth:
         last_success=succeeded[0].finished_at if succeeded else None,
         last_failure=failed[0].finished_at if failed else None,
         last_error=failed[0].error if failed else None,
+        zero_deletes_warning=zero_deletes >= thresholds.zero_deleted_runs_warning,
+        slow_warning=average is not None
+        and average > thresholds.slow_average.total_seconds() * 1000,
     )
 
 
 class RunHistory:
-    """Reads and writes ``hk_policy_runs`` in the state database."""
+    """Reads and writes ``hk_policy_runs`` in the state database, and judges health by
+    `thresholds` (the config's ``health:`` section; `from_config` passes it)."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, thresholds: HealthConfig | None = None) -> None:
+        self.thresholds = thresholds or HealthConfig()
         parsed = sa.engine.make_url(url)
         if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
@@ -157,6 +163,11 @@ class RunHistory:
         self.engine = sa.create_engine(parsed)
         self.description = redact_url(parsed)
         metadata.create_all(self.engine)
+
+    @classmethod
+    def from_config(cls, config: HousekeepingConfig) -> RunHistory:
+        """The run history of `config`: its ``state_database_url`` and ``health:`` thresholds."""
+        return cls(config.state_database_url, config.health)
 
     def record(self, run: PolicyRun) -> None:
         values = {
@@ -205,8 +216,11 @@ class RunHistory:
         with self.engine.connect() as conn:
             return [row[0] for row in conn.execute(query)]
 
-    def health(self, policy: str) -> PolicyHealth:
-        return evaluate_health(policy, self.recent(policy, limit=500))
+    def health(self, policy: str, runs: Sequence[PolicyRun] | None = None) -> PolicyHealth:
+        """A policy's health from its newest 500 runs, or from `runs` (newest first) if given."""
+        if runs is None:
+            runs = self.recent(policy, limit=500)
+        return evaluate_health(policy, runs, self.thresholds)
 
     def dispose(self) -> None:
         self.engine.dispose()

@@ -24,4 +24,4 @@ class HousekeepingResource(dg.ConfigurableResource):
         return AppDatabase(database_url())
 
     def run_history(self, config: HousekeepingConfig) -> RunHistory:
-        return RunHistory(config.state_database_url)
+        return RunHistory.from_config(config)

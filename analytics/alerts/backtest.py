@@ -16,7 +16,7 @@ from analytics.alerts.evaluate import METRIC_ERRORS, advance_rule
 from analytics.alerts.metrics import MetricSource
 from analytics.alerts.model import AlertKey, AlertRecord, Notification, Severity
 from analytics.alerts.rules import RulePack
-from housekeeping.history import PolicyRun, RunHistory
+from housekeeping.history import PolicyHealth, PolicyRun, RunHistory
 
 
 class _HistorySnapshot:
@@ -24,12 +24,16 @@ class _HistorySnapshot:
 
     def __init__(self, history: RunHistory) -> None:
         self._runs = {policy: history.recent(policy, limit=500) for policy in history.policies()}
+        self._history = history
 
     def policies(self) -> list[str]:
         return sorted(self._runs)
 
     def recent(self, policy: str, limit: int = 100) -> list[PolicyRun]:
         return self._runs.get(policy, [])[:limit]
+
+    def health(self, policy: str, runs: list[PolicyRun]) -> PolicyHealth:
+        return self._history.health(policy, runs)
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,13 @@ from analytics.alerts.rules import RulesError, load_rules
 from analytics.alerts.service import AlertRuntime, evaluate_and_deliver
 from analytics.alerts.settings import alerts_settings
 from analytics.alerts.store import AlertStoreError
-from housekeeping.config import ConfigError, format_duration, load_config, parse_duration
+from housekeeping.config import (
+    ConfigError,
+    config_path,
+    format_duration,
+    load_config,
+    parse_duration,
+)
 from housekeeping.history import RunHistory
 
 ALERT_ERRORS = (ConfigError, RulesError, AlertStoreError)
@@ -69,10 +75,14 @@ def rules() -> None:
 def rules_check(rule_file: str | None, config_file: str | None) -> None:
     """Validate a rule file (default: alerts.rules_file, else the shipped default pack)."""
     try:
-        if rule_file is None:
+        # The config's health: section fills health.<key> thresholds; a rule file checked on
+        # its own, with no config file around, gets that section's defaults.
+        config = None
+        if rule_file is None or config_file or config_path().exists():
             config = load_config(config_file)
+        if rule_file is None:
             rule_file = alerts_settings(config, config_file or "config").rules_file
-        pack = load_rules(rule_file)
+        pack = load_rules(rule_file, config.health if config else None)
     except ALERT_ERRORS as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"OK: {len(pack.rules)} rules in {rule_file or 'the default rule pack'}")
@@ -106,7 +116,7 @@ def rules_backtest(
     result = backtest(
         pack,
         runtime.analytics.database_path,
-        RunHistory(runtime.config.state_database_url),
+        RunHistory.from_config(runtime.config),
         until - _duration(since, "--since"),
         until,
         _duration(step, "--step"),
@@ -265,7 +275,7 @@ def status(as_json: bool, config_file: str | None) -> None:
     """Health of every housekeeping policy and every alert that is not ok."""
     runtime = _runtime(config_file)
     config = runtime.config
-    history = RunHistory(config.state_database_url)
+    history = RunHistory.from_config(config)
     now = datetime.now(UTC)
     policies = {}
     for name, policy in config.policies.items():

@@ -24,7 +24,7 @@ RESOURCE_KEY = "alerts"
 
 def build_alerts_definitions(config: HousekeepingConfig, config_file: str = "") -> dg.Definitions:
     settings = alerts_settings(config, config_file or "config")
-    settings.load_rules()  # fail the load on a bad rule file, with the same message
+    settings.load_rules(config.health)  # fail the load on a bad rule file, with the same message
     return dg.Definitions(
         jobs=[daily_summary_job],
         schedules=[build_summary_schedule(settings, config.timezone)],

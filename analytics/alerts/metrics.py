@@ -22,7 +22,7 @@ import duckdb
 
 from analytics.rollups import REQUESTS_MINUTE, hour_key
 from analytics.views import request_stat_macros
-from housekeeping.history import RunHistory, RunStatus, evaluate_health
+from housekeeping.history import RunHistory, RunStatus
 
 if TYPE_CHECKING:
     from analytics.alerts.rules import Rule
@@ -430,7 +430,7 @@ class MetricSource:
                     )
                 )
                 continue
-            health = evaluate_health(policy, runs)
+            health = self.history.health(policy, runs)
             if metric == "cleanup_consecutive_failures":
                 result[policy] = float(health.consecutive_failures)
             elif metric == "cleanup_zero_deleted_runs":

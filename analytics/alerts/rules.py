@@ -18,11 +18,12 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, model_validator
 
 from analytics.alerts.metrics import BUILTIN_METRICS, GroupBy
 from analytics.alerts.model import Severity
 from housekeeping.config import (
+    HealthConfig,
     NonNegativeDuration,
     PositiveDuration,
     StrictModel,
@@ -33,6 +34,8 @@ from housekeeping.errors import HkError
 DEFAULT_RULES_FILE = "default_rules.yaml"
 RuleName = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,62}$")]
 Channel = Annotated[str, Field(pattern=r"^[#@]?[A-Za-z0-9._-]{1,80}$")]
+# A threshold may name a value of the config's health: section instead of repeating it.
+_HEALTH_REFERENCE = re.compile(r"^\s*health\.([a-z_]+)\s*$")
 # A SQL rule may only read: one statement, starting with SELECT or WITH.
 _READ_ONLY_SQL = re.compile(r"^\s*(select|with)\b", re.IGNORECASE)
 
@@ -66,10 +69,6 @@ class NoData(StrEnum):
     OK = "ok"  # no data counts as healthy: a firing alert resolves
     KEEP = "keep"  # no data changes nothing: the alert keeps its state
     ALERT = "alert"  # no data is itself a problem, at ``no_data_severity``
-
-
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
 
 class Threshold(StrictModel):
@@ -215,17 +214,55 @@ def _describe(source: str, data: Any, error: ValidationError) -> str:
     return "\n".join(lines)
 
 
-def parse_rules(data: Any, source: str = "rules") -> RulePack:
+def parse_rules(data: Any, source: str = "rules", health: HealthConfig | None = None) -> RulePack:
+    """Validate a rule file's parsed YAML into a RulePack.
+
+    A threshold ``value`` may be ``health.<key>``: the value of that key in the config's
+    ``health:`` section (`health`, default: that section's defaults; durations in milliseconds),
+    so the cleanup rules and the asset checks read one number. Raises RulesError naming the rule
+    and key of every problem.
+    """
     if not isinstance(data, dict) or "rules" not in data:
         raise RulesError(f"{source}: expected a mapping with a 'rules:' list")
+    resolved = _resolve_health_references(data, source, (health or HealthConfig()).rule_values())
     try:
-        return RulePack.model_validate(data)
+        return RulePack.model_validate(resolved)
     except ValidationError as exc:
         raise RulesError(_describe(source, data, exc)) from None
 
 
-def load_rules(path: str | Path | None = None) -> RulePack:
-    """Load and validate a rule file (default: the shipped default rule pack)."""
+def _resolve_health_references(data: dict, source: str, values: dict[str, float]) -> dict:
+    """A copy of `data` with every threshold value ``health.<key>`` replaced by its number."""
+    rules = data.get("rules")
+    if not isinstance(rules, list):
+        return data
+    resolved_rules = []
+    for index, rule in enumerate(rules):
+        thresholds = rule.get("thresholds") if isinstance(rule, dict) else None
+        if not isinstance(thresholds, dict):
+            resolved_rules.append(rule)
+            continue
+        resolved_thresholds = {}
+        for severity, threshold in thresholds.items():
+            value = threshold.get("value") if isinstance(threshold, dict) else None
+            match = _HEALTH_REFERENCE.match(value) if isinstance(value, str) else None
+            if match:
+                key = match.group(1)
+                if key not in values:
+                    known = ", ".join(f"health.{name}" for name in values)
+                    raise RulesError(
+                        f"{source}: rules[{index}] ({rule.get('name', '?')}): thresholds."
+                        f"{severity}.value: unknown health key {value.strip()!r} (known: {known})"
+                    )
+                threshold = {**threshold, "value": values[key]}
+            resolved_thresholds[severity] = threshold
+        resolved_rules.append({**rule, "thresholds": resolved_thresholds})
+    return {**data, "rules": resolved_rules}
+
+
+def load_rules(path: str | Path | None = None, health: HealthConfig | None = None) -> RulePack:
+    """Load and validate a rule file (default: the shipped default rule pack); `health` resolves
+    ``health.<key>`` threshold values (see `parse_rules`). Raises RulesError."""
     file = Path(path) if path is not None else default_rules_path()
     try:
         text = file.read_text()
@@ -237,4 +274,4 @@ def load_rules(path: str | Path | None = None) -> RulePack:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise RulesError(f"{file}: not valid YAML: {exc}") from None
-    return parse_rules(data, str(file))
+    return parse_rules(data, str(file), health)

@@ -140,7 +140,7 @@ def send_daily_summary(context: dg.OpExecutionContext, alerts: AlertsResource) -
     try:
         summary = build_summary(
             runtime.analytics.database_path,
-            RunHistory(runtime.config.state_database_url),
+            RunHistory.from_config(runtime.config),
             runtime.store.engine,
             now,
         )

@@ -51,7 +51,7 @@ class AlertRuntime:
             config=config,
             settings=settings,
             analytics=analytics_settings(config, source),
-            rules=settings.load_rules(),
+            rules=settings.load_rules(config.health),
             store=AlertStore(settings.database_url),
         )
 
@@ -61,7 +61,7 @@ class AlertRuntime:
     def metric_source(self) -> MetricSource:
         return MetricSource(
             self.analytics.database_path,
-            RunHistory(self.config.state_database_url),
+            RunHistory.from_config(self.config),
             app_database_answers,
             rollup_root=self.analytics.root_path,
         )

@@ -17,6 +17,7 @@ from analytics.alerts.model import Severity
 from analytics.alerts.rules import Channel, RulePack, load_rules
 from housekeeping.config import (
     Cron,
+    HealthConfig,
     HousekeepingConfig,
     PositiveDuration,
     StrictModel,
@@ -61,8 +62,10 @@ class AlertsSettings(StrictModel):
         url = self.dagster_webserver_url or os.environ.get("DAGSTER_WEBSERVER_URL") or None
         return url.rstrip("/") if url else None
 
-    def load_rules(self) -> RulePack:
-        return load_rules(self.rules_file)
+    def load_rules(self, health: HealthConfig) -> RulePack:
+        """The rule pack (alerts.rules_file, else the shipped one), its ``health.<key>``
+        thresholds taken from `health` (the config's health: section)."""
+        return load_rules(self.rules_file, health)
 
 
 def parse_alerts_settings(data: Any, source: str = "config") -> AlertsSettings:

@@ -19,7 +19,7 @@ import sqlalchemy as sa
 from analytics.alerts.metrics import window_bounds
 from analytics.alerts.model import AlertKey, Notification, NotificationKind
 from analytics.alerts.store import outbox
-from housekeeping.history import RunHistory, RunStatus, evaluate_health
+from housekeeping.history import RunHistory, RunStatus
 
 SUMMARY_RULE = "daily_summary"
 TOP_ROUTES = 5
@@ -114,7 +114,7 @@ def build_summary(
                     runs=len(today),
                     failed=sum(1 for run in today if run.status is RunStatus.FAILED),
                     deleted=sum(run.deleted for run in today),
-                    status=evaluate_health(policy, runs).status.value,
+                    status=history.health(policy, runs).status.value,
                 )
             )
     if Path(views_database).exists():

@@ -1,0 +1,170 @@
+"""One source per fact: the config's health: section is the only place the cleanup health
+thresholds live. Changing one there moves the asset checks, `hk status`, the daily summary and
+the alert rules together (issue: one layout, one source per fact)."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+
+import dagster as dg
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from analytics.alerts.backtest import backtest
+from analytics.alerts.rules import RulesError, load_rules, parse_rules
+from analytics.alerts.summary import build_summary
+from housekeeping.cli import main
+from housekeeping.config import HealthConfig, load_config
+from housekeeping.definitions import build_definitions
+from housekeeping.history import PolicyRun, RunHistory, RunStatus
+
+START = datetime(2026, 11, 20, 3, 0, tzinfo=UTC)
+
+
+def write_config(tmp_path, health: dict) -> str:
+    config = {
+        "state_database_url": f"sqlite:///{tmp_path / 'state.db'}",
+        "archive": {"root": str(tmp_path / "archive")},
+        "analytics": {
+            "root": str(tmp_path / "analytics"),
+            "database": str(tmp_path / "analytics" / "rollups.duckdb"),
+        },
+        "alerts": {"database_url": f"sqlite:///{tmp_path / 'alerts.db'}"},
+        "policies": {
+            "revoked_tokens": {
+                "kind": "expired",
+                "table": "revoked_tokens",
+                "cutoff_column": "expires_at",
+            }
+        },
+        "dagster_runs": {"enabled": False},
+        "health": health,
+    }
+    path = tmp_path / "hk.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return str(path)
+
+
+def record_runs(config_file: str, statuses: list[RunStatus], duration_ms: float = 200.0) -> None:
+    history = RunHistory.from_config(load_config(config_file))
+    for index, status in enumerate(statuses):
+        history.record(
+            PolicyRun(
+                policy="revoked_tokens",
+                table_name="revoked_tokens",
+                status=status,
+                started_at=START + timedelta(hours=index),
+                finished_at=START + timedelta(hours=index, seconds=1),
+                deleted=0,
+                duration_ms=duration_ms,
+                error="boom" if status is RunStatus.FAILED else None,
+            )
+        )
+    history.dispose()
+
+
+def asset_check_results(config_file: str) -> dict[str, bool]:
+    defs = build_definitions(load_config(config_file), config_file)
+    with dg.instance_for_test() as instance:
+        result = defs.resolve_job_def("housekeeping_health_job").execute_in_process(
+            instance=instance
+        )
+    return {item.check_name: item.passed for item in result.get_asset_check_evaluations()}
+
+
+def hk_status(config_file: str) -> str:
+    result = CliRunner().invoke(
+        main, ["status", "--json", "--config", config_file], catch_exceptions=False
+    )
+    assert result.exit_code == 0, result.output
+    return json.loads(result.output)["policies"]["revoked_tokens"]["status"]
+
+
+def summary_status(config_file: str, tmp_path) -> str:
+    history = RunHistory.from_config(load_config(config_file))
+    summary = build_summary(tmp_path / "none.duckdb", history, None, START + timedelta(hours=6))
+    history.dispose()
+    return summary.policies[0].status
+
+
+def alert_severities(config_file: str, tmp_path) -> dict[str, str]:
+    config = load_config(config_file)
+    history = RunHistory.from_config(config)
+    result = backtest(
+        load_rules(None, config.health).select(
+            ["cleanup_failing", "cleanup_deletes_nothing", "cleanup_slow"]
+        ),
+        tmp_path / "none.duckdb",  # the cleanup rules read the run history only
+        history,
+        START + timedelta(hours=2, minutes=1),
+        START + timedelta(hours=2, minutes=3),
+        timedelta(minutes=1),
+    )
+    history.dispose()
+    return {item.key.rule: item.severity.value for item in result.notifications}
+
+
+@pytest.mark.parametrize(
+    ("health", "critical"),
+    [({}, False), ({"critical_after_failures": 2}, True)],
+    ids=["default-3", "changed-to-2"],
+)
+def test_critical_after_failures_moves_checks_status_summary_and_rules_together(
+    tmp_path, monkeypatch, sqlite_url, health, critical
+):
+    monkeypatch.setenv("DATABASE_URL", sqlite_url)
+    config_file = write_config(tmp_path, health)
+    record_runs(config_file, [RunStatus.SUCCESS, RunStatus.FAILED, RunStatus.FAILED])
+    expected = "critical" if critical else "degraded"
+
+    assert asset_check_results(config_file)["health"] is False
+    assert hk_status(config_file) == expected
+    assert summary_status(config_file, tmp_path) == expected
+    assert alert_severities(config_file, tmp_path)["cleanup_failing"] == (
+        "critical" if critical else "warning"
+    )
+
+
+def test_zero_delete_and_slow_thresholds_move_checks_and_rules_together(
+    tmp_path, monkeypatch, sqlite_url
+):
+    monkeypatch.setenv("DATABASE_URL", sqlite_url)
+    relaxed = write_config(tmp_path, {"zero_deleted_runs_warning": 4, "slow_average": "300ms"})
+    record_runs(relaxed, [RunStatus.SUCCESS] * 3, duration_ms=250.0)
+
+    checks = asset_check_results(relaxed)
+    assert checks["deletes_progress"] is True and checks["duration"] is True
+    assert alert_severities(relaxed, tmp_path) == {}
+
+    strict = write_config(tmp_path, {"zero_deleted_runs_warning": 3, "slow_average": "200ms"})
+    checks = asset_check_results(strict)
+    assert checks["deletes_progress"] is False and checks["duration"] is False
+    assert alert_severities(strict, tmp_path) == {
+        "cleanup_deletes_nothing": "warning",
+        "cleanup_slow": "warning",
+    }
+
+
+def test_a_rule_naming_an_unknown_health_key_is_refused_with_its_name():
+    text = """
+rules:
+  - name: cleanup_failing
+    metric: cleanup_consecutive_failures
+    group_by: policy
+    comparator: ">="
+    thresholds:
+      critical: {value: health.critical_after_failure}
+"""
+    with pytest.raises(RulesError, match=r"rules\[0\] \(cleanup_failing\).*health.critical_after"):
+        parse_rules(yaml.safe_load(text), "my_rules.yaml", HealthConfig())
+
+
+def test_health_section_rejects_bad_values(tmp_path):
+    from housekeeping.config import ConfigError
+
+    with pytest.raises(ConfigError, match="health.critical_after_failures"):
+        load_config(write_config(tmp_path, {"critical_after_failures": 0}))
+    with pytest.raises(ConfigError, match="health.slow_averag"):
+        load_config(write_config(tmp_path, {"slow_averag": "1s"}))
