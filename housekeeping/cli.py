@@ -10,37 +10,21 @@ import click
 
 from analytics.alerts.cli import alerts, rules, status
 from analytics.cli import query
-from housekeeping.archive import ArchiveError
+from housekeeping.cli_options import config_option, database_option
 from housekeeping.config import ConfigError, database_url, load_config
-from housekeeping.database import AppDatabase, DatabaseError
-from housekeeping.locking import AlreadyRunning
-from housekeeping.policies import SafetyRefusal
-
-EXPECTED_ERRORS = (ConfigError, DatabaseError, ArchiveError, SafetyRefusal, AlreadyRunning)
+from housekeeping.database import AppDatabase
+from housekeeping.errors import HkError
 
 
 class HkGroup(click.Group):
-    """Turns the product's own errors into one-line messages (exit 1) instead of tracebacks."""
+    """The one error handler of `hk`: every product error (`HkError`) becomes its message and
+    exit status 1, never a traceback; anything else is a bug and keeps its traceback."""
 
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
-        except EXPECTED_ERRORS as exc:
+        except HkError as exc:
             raise click.ClickException(str(exc)) from None
-
-
-config_option = click.option(
-    "--config",
-    "config_file",
-    type=click.Path(dir_okay=False),
-    default=None,
-    help="Config file (default: $HK_CONFIG, else ./hk.yaml).",
-)
-database_option = click.option(
-    "--database-url",
-    default=None,
-    help="Application database URL (default: $DATABASE_URL, else the demo's SQLite file).",
-)
 
 
 @click.group(cls=HkGroup)
@@ -70,12 +54,9 @@ def instance() -> None:
 )
 def instance_check(home, connect_timeout):
     """Check dagster.yaml: every variable it reads is set, the storage database answers."""
-    from housekeeping.instance_preflight import InstanceConfigError, check_instance
+    from housekeeping.instance_preflight import check_instance
 
-    try:
-        report = check_instance(home, connect_timeout=connect_timeout)
-    except InstanceConfigError as exc:
-        raise click.ClickException(str(exc)) from None
+    report = check_instance(home, connect_timeout=connect_timeout)
     click.echo(f"ok    {report.config_file}")
     click.echo(f"ok    storage: {report.storage}")
     if report.variables:
