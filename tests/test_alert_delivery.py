@@ -6,6 +6,7 @@ from datetime import timedelta
 
 import pytest
 
+from analytics.alerts.catalog import Unit
 from analytics.alerts.delivery import (
     ConsoleSender,
     SlackWebhookSender,
@@ -66,6 +67,7 @@ def note(
         comparator=">",
         window=timedelta(minutes=5),
         labels={"metric": "http_error_rate"},
+        unit=Unit.RATIO,  # state.py takes it from the catalog
     )
 
 

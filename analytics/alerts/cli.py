@@ -15,8 +15,9 @@ import click
 from croniter import croniter
 
 from analytics.alerts.backtest import backtest
+from analytics.alerts.catalog import unit_of
 from analytics.alerts.delivery import deliver, sender_from_environment
-from analytics.alerts.metrics import format_value
+from analytics.alerts.messages import format_value
 from analytics.alerts.model import AlertState
 from analytics.alerts.rules import RulesError, load_rules
 from analytics.alerts.service import AlertRuntime, evaluate_and_deliver
@@ -154,7 +155,7 @@ def alerts_list(outbox: bool, config_file: str | None) -> None:
         click.echo(
             f"  {record.state.value:<8} {severity:<8} {record.key.rule}"
             f"{' [' + record.key.group + ']' if record.key.group else ''}  "
-            f"value {format_value(metric, record.last_value)}  since {_when(since)}"
+            f"value {format_value(unit_of(metric), record.last_value)}  since {_when(since)}"
         )
     silences = runtime.store.list_silences(now)
     click.echo(f"Silences: {len(silences)}")

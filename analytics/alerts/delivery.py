@@ -29,9 +29,9 @@ from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError, SlackRequestError
 from slack_sdk.webhook import WebhookClient
 
+from analytics.alerts.messages import SlackMessage, render
 from analytics.alerts.model import NotificationKind
 from analytics.alerts.settings import AlertsSettings
-from analytics.alerts.slack import SlackMessage, render
 from analytics.alerts.store import AlertStore, OutboxRow
 from housekeeping.errors import HkError
 

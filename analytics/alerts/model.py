@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
 
+from analytics.alerts.catalog import Unit
+
 
 class AlertState(StrEnum):
     OK = "ok"
@@ -89,3 +91,4 @@ class Notification:
     window: timedelta | None = None
     labels: dict[str, str] = field(default_factory=dict)
     run_id: str | None = None  # RUN_FAILURE: the failed Dagster run
+    unit: Unit | None = None  # the metric's unit (catalog.py); None: a SQL rule, or no value

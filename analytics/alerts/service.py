@@ -16,6 +16,11 @@ import sqlalchemy as sa
 
 from analytics.alerts.delivery import DeliveryReport, Sender, deliver
 from analytics.alerts.evaluate import EvaluationReport, evaluate_rules
+from analytics.alerts.messages import (
+    evaluation_late_message,
+    rule_error_message,
+    run_failure_message,
+)
 from analytics.alerts.metrics import MetricSource
 from analytics.alerts.model import AlertKey, Notification, NotificationKind, Severity
 from analytics.alerts.rules import RulePack
@@ -108,10 +113,7 @@ def evaluate_and_deliver(
         )
     for rule, error in sorted(report.errors.items()):
         notification = runtime.system_notification(
-            f"rule:{rule}",
-            f"Alert rule {rule} cannot be evaluated",
-            f"Rule {rule} failed to evaluate and is not watching anything: {error}",
-            now,
+            f"rule:{rule}", *rule_error_message(rule, error), now
         )
         with runtime.store.transaction() as conn:
             runtime.store.enqueue(
@@ -132,13 +134,8 @@ def notify_run_failure(
 ) -> bool:
     """Store one notification for a failed run (retries of one run share it); True if new."""
     now = now or datetime.now(UTC)
-    first_line = (error or "no error message").strip().splitlines()[0][:300]
     notification = runtime.system_notification(
-        f"job:{job_name}",
-        f"Dagster run of {job_name} failed",
-        f"Run {run_id[:8]} of {job_name} failed: {first_line}",
-        now,
-        run_id=run_id,
+        f"job:{job_name}", *run_failure_message(job_name, run_id, error), now, run_id=run_id
     )
     with runtime.store.transaction() as conn:
         added = runtime.store.enqueue(
@@ -154,13 +151,7 @@ def watch_evaluation(runtime: AlertRuntime, now: datetime | None = None) -> bool
     allowed = runtime.settings.evaluation_interval * MISSED_EVALUATIONS + timedelta(minutes=1)
     if last is None or now - last <= allowed:
         return False
-    notification = runtime.system_notification(
-        "evaluation",
-        "Alert rules are not being evaluated",
-        f"The alert sensor has not completed an evaluation since {last:%Y-%m-%d %H:%M} UTC: "
-        "no rule is watching. Check the alert_rules_sensor ticks in Dagster.",
-        now,
-    )
+    notification = runtime.system_notification("evaluation", *evaluation_late_message(last), now)
     with runtime.store.transaction() as conn:
         added = runtime.store.enqueue(
             conn, [notification], now=now, dedupe_key=f"evaluation_stale:{last.isoformat()}"

@@ -18,6 +18,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from analytics.alerts.catalog import Unit
 from analytics.alerts.model import (
     AlertKey,
     AlertRecord,
@@ -154,6 +155,7 @@ def notification_to_json(notification: Notification) -> str:
             ),
             "labels": notification.labels,
             "run_id": notification.run_id,
+            "unit": notification.unit.value if notification.unit is not None else None,
         },
         sort_keys=True,
     )
@@ -179,6 +181,8 @@ def notification_from_json(text: str) -> Notification:
         ),
         labels=data["labels"],
         run_id=data["run_id"],
+        # Rows stored before notifications carried their unit show plain numbers.
+        unit=Unit(data["unit"]) if data.get("unit") else None,
     )
 
 
