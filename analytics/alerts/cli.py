@@ -15,7 +15,7 @@ import click
 from croniter import croniter
 
 from analytics.alerts.backtest import backtest
-from analytics.alerts.catalog import unit_of
+from analytics.alerts.catalog import GroupBy, unit_of
 from analytics.alerts.delivery import deliver, sender_from_environment
 from analytics.alerts.messages import format_value
 from analytics.alerts.model import AlertState
@@ -24,7 +24,7 @@ from analytics.alerts.service import AlertRuntime, evaluate_and_deliver
 from analytics.alerts.settings import alerts_settings
 from analytics.alerts.store import AlertStoreError
 from housekeeping.config import ConfigError, format_duration, load_config, parse_duration
-from housekeeping.history import RunHistory
+from housekeeping.history import HealthStatus, RunHistory
 
 ALERT_ERRORS = (ConfigError, RulesError, AlertStoreError)
 
@@ -82,7 +82,7 @@ def rules_check(rule_file: str | None, config_file: str | None) -> None:
             f"{severity.value} {rule.describe_condition(severity)}" for severity in rule.severities
         )
         metric = rule.metric or "sql"
-        grouping = f" by {rule.group_by.value}" if rule.group_by.value != "none" else ""
+        grouping = f" by {rule.group_by.value}" if rule.group_by is not GroupBy.NONE else ""
         click.echo(
             f"  {rule.name}: {metric}{grouping} over {format_duration(rule.window)}: {conditions}"
         )
@@ -171,7 +171,7 @@ def alerts_list(outbox: bool, config_file: str | None) -> None:
             item = row.notification
             error = f" ({row.last_error})" if row.last_error else ""
             click.echo(
-                f"  #{row.id} {_when(item.evaluated_at)} {row.status:<7} {item.channel} "
+                f"  #{row.id} {_when(item.evaluated_at)} {row.status.value:<7} {item.channel} "
                 f"{item.title}{error}"
             )
     runtime.close()
@@ -269,8 +269,10 @@ def status(as_json: bool, config_file: str | None) -> None:
     history = RunHistory(config.state_database_url)
     now = datetime.now(UTC)
     policies = {}
+    statuses: dict[str, HealthStatus] = {}
     for name, policy in config.policies.items():
         health = history.health(name)
+        statuses[name] = health.status
         next_run = None
         if policy.schedule:
             local = now.astimezone(ZoneInfo(config.timezone))
@@ -323,7 +325,7 @@ def status(as_json: bool, config_file: str | None) -> None:
             f"avg {average if average is not None else '-'} ms, "
             f"last success {metrics['lastSuccess'] or '-'}, next {item['nextScheduledRun'] or '-'}"
         )
-        if metrics["lastErrorMessage"] and item["status"] != "healthy":
+        if metrics["lastErrorMessage"] and statuses[name] is not HealthStatus.HEALTHY:
             click.echo(f"  {'':<22} last error: {metrics['lastErrorMessage']}")
     click.echo(f"Alerts not ok: {len(active)}")
     for alert in active:

@@ -52,6 +52,7 @@ def format_value(unit: Unit | None, value: float | None) -> str:
     return unit.format(value)
 
 
+SUMMARY_CHART_TITLE = "Error rate and p95, last 24 h"
 _VERB = {
     NotificationKind.FIRING: "FIRING",
     NotificationKind.ESCALATED: "ESCALATED",

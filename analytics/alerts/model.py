@@ -44,6 +44,14 @@ class NotificationKind(StrEnum):
     SUMMARY = "summary"  # the scheduled daily summary
 
 
+class OutboxStatus(StrEnum):
+    """Where a stored notification is in its delivery (store.py, delivery.py)."""
+
+    PENDING = "pending"  # not sent yet (including while it waits to be retried)
+    SENT = "sent"  # Slack (or the console) accepted it
+    FAILED = "failed"  # refused for good (a channel error, an invalid message): not retried
+
+
 @dataclass(frozen=True, order=True)
 class AlertKey:
     """One alert instance: a rule and one value of its grouping ("" when the rule is ungrouped)."""

@@ -31,7 +31,7 @@ from analytics.alerts.rules import NoData, Rule
 
 def _breaching(rule: Rule, value: float | None) -> list[Severity]:
     if value is None:
-        return [rule.no_data_severity] if rule.no_data == NoData.ALERT else []
+        return [rule.no_data_severity] if rule.no_data is NoData.ALERT else []
     return [
         severity
         for severity in rule.severities
@@ -58,7 +58,7 @@ def advance(
 ) -> tuple[AlertRecord, list[Notification]]:
     """The next state of ``key`` after observing ``value`` at ``now``."""
     previous = record or AlertRecord(key=key)
-    if value is None and rule.no_data == NoData.KEEP:
+    if value is None and rule.no_data is NoData.KEEP:
         return replace(previous, updated_at=now), []
 
     breaching = _breaching(rule, value)
@@ -70,7 +70,7 @@ def advance(
     if previous.state is AlertState.FIRING:
         assert previous.severity is not None
         recovered = value is None or rule.recovered(value)
-        if value is None and rule.no_data == NoData.ALERT:
+        if value is None and rule.no_data is NoData.ALERT:
             recovered = False
         if active is None and recovered:
             new.state, new.pending_since = AlertState.RESOLVED, None
