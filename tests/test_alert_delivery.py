@@ -7,14 +7,14 @@ from datetime import timedelta
 import pytest
 
 from analytics.alerts.catalog import Unit
-from analytics.alerts.delivery import (
+from analytics.alerts.delivery import deliver
+from analytics.alerts.model import AlertKey, Notification, NotificationKind, Severity
+from analytics.alerts.slack import (
     ConsoleSender,
     SlackWebhookSender,
     SlackWebSender,
-    deliver,
     sender_from_environment,
 )
-from analytics.alerts.model import AlertKey, Notification, NotificationKind, Severity
 from tests.alert_support import T0, alert_settings_at, store_at
 from tests.fake_slack import FakeSlack, Scripted
 

@@ -16,12 +16,13 @@ from croniter import croniter
 
 from analytics.alerts.backtest import backtest
 from analytics.alerts.catalog import GroupBy, unit_of
-from analytics.alerts.delivery import deliver, sender_from_environment
+from analytics.alerts.delivery import deliver
 from analytics.alerts.messages import format_value
 from analytics.alerts.model import AlertState
 from analytics.alerts.rules import RulesError, load_rules
 from analytics.alerts.service import AlertRuntime, evaluate_and_deliver
 from analytics.alerts.settings import alerts_settings
+from analytics.alerts.slack import sender_from_environment
 from analytics.alerts.store import AlertStoreError
 from housekeeping.config import ConfigError, format_duration, load_config, parse_duration
 from housekeeping.history import HealthStatus, RunHistory

@@ -17,13 +17,7 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from analytics.alerts.delivery import (
-    DeliveryReport,
-    Sender,
-    SlackWebSender,
-    TransientError,
-    deliver,
-)
+from analytics.alerts.delivery import DeliveryReport, deliver
 from analytics.alerts.evaluate import EvaluationReport, evaluate_rules
 from analytics.alerts.messages import (
     SUMMARY_CHART_TITLE,
@@ -41,6 +35,7 @@ from analytics.alerts.model import (
 )
 from analytics.alerts.rules import RulePack
 from analytics.alerts.settings import AlertsSettings, alerts_settings
+from analytics.alerts.slack import Sender, SlackWebSender, TransientError
 from analytics.alerts.store import AlertStore
 from analytics.alerts.summary import SUMMARY_RULE, DailySummary, build_summary, render_chart
 from analytics.settings import AnalyticsSettings, analytics_settings

@@ -7,8 +7,8 @@ what it did as metadata and log lines.
 import dagster as dg
 
 from analytics.alerts.defs.resources import AlertsResource
-from analytics.alerts.delivery import sender_from_environment
 from analytics.alerts.service import apply_history_retention, deliver_daily_summary
+from analytics.alerts.slack import sender_from_environment
 
 
 @dg.op(

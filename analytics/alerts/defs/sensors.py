@@ -13,13 +13,14 @@ import json
 import dagster as dg
 
 from analytics.alerts.defs.resources import AlertsResource
-from analytics.alerts.delivery import deliver, sender_from_environment
+from analytics.alerts.delivery import deliver
 from analytics.alerts.service import (
     evaluate_and_deliver,
     notify_run_failure,
     watch_evaluation,
 )
 from analytics.alerts.settings import AlertsSettings
+from analytics.alerts.slack import sender_from_environment
 
 WILL_RETRY_TAG = "dagster/will_retry"
 
