@@ -19,7 +19,8 @@ from analytics.alerts.catalog import GroupBy, unit_of
 from analytics.alerts.delivery import deliver
 from analytics.alerts.messages import format_value
 from analytics.alerts.model import AlertState
-from analytics.alerts.rules import RulesError, load_rules
+from analytics.alerts.rule_tests import RuleTestError, load_rule_test, run_rule_test
+from analytics.alerts.rules import RulePack, RulesError, load_rules
 from analytics.alerts.service import AlertRuntime, evaluate_and_deliver
 from analytics.alerts.settings import alerts_settings
 from analytics.alerts.slack import sender_from_environment
@@ -62,7 +63,18 @@ def _when(value: datetime | None) -> str:
 # --- hk rules -----------------------------------------------------------------------------
 @click.group()
 def rules() -> None:
-    """Check and backtest the alert rules."""
+    """Check, test and backtest the alert rules."""
+
+
+def _load_rule_file(rule_file: str | None, config_file: str | None) -> tuple[str | None, RulePack]:
+    """The rule file given, else alerts.rules_file of the config (None: the shipped pack)."""
+    try:
+        if rule_file is None:
+            config = load_config(config_file)
+            rule_file = alerts_settings(config, config_file or "config").rules_file
+        return rule_file, load_rules(rule_file)
+    except ALERT_ERRORS as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 @rules.command("check")
@@ -70,13 +82,7 @@ def rules() -> None:
 @config_option
 def rules_check(rule_file: str | None, config_file: str | None) -> None:
     """Validate a rule file (default: alerts.rules_file, else the shipped default pack)."""
-    try:
-        if rule_file is None:
-            config = load_config(config_file)
-            rule_file = alerts_settings(config, config_file or "config").rules_file
-        pack = load_rules(rule_file)
-    except ALERT_ERRORS as exc:
-        raise click.ClickException(str(exc)) from None
+    rule_file, pack = _load_rule_file(rule_file, config_file)
     click.echo(f"OK: {len(pack.rules)} rules in {rule_file or 'the default rule pack'}")
     for rule in pack.rules:
         conditions = "; ".join(
@@ -128,6 +134,44 @@ def rules_backtest(
     for item in result.notifications:
         severity = item.severity.value if item.severity else ""
         click.echo(f"  {_when(item.evaluated_at)}  {item.kind.value:<9} {severity:<8} {item.text}")
+
+
+@rules.command("test")
+@click.argument("test_files", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option(
+    "--rules",
+    "rule_file",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="The rule file to test (default: alerts.rules_file, else the shipped pack).",
+)
+@config_option
+def rules_test(test_files: tuple[str, ...], rule_file: str | None, config_file: str | None) -> None:
+    """Replay the rules over each test file's series and compare the alerts with those expected.
+
+    Exits 1 when a case fails, with a diff of the expected (-) and sent (+) notifications.
+    """
+    _, pack = _load_rule_file(rule_file, config_file)
+    try:
+        cases = [(path, load_rule_test(path)) for path in test_files]
+    except RuleTestError as exc:
+        raise click.ClickException(str(exc)) from None
+    failed = 0
+    for path, case in cases:
+        result = run_rule_test(pack, case, source=path)
+        title = f"{path}: {case.description}" if case.description else path
+        if result.passed:
+            click.echo(f"ok    {title}")
+            continue
+        failed += 1
+        click.echo(f"FAIL  {title}")
+        for rule, error in sorted(result.errors.items()):
+            click.echo(f"      rule {rule} could not be evaluated: {error}")
+        for line in result.diff():
+            click.echo(f"      {line}")
+    click.echo(f"{len(cases)} test files: {len(cases) - failed} passed, {failed} failed")
+    if failed:
+        raise SystemExit(1)
 
 
 # --- hk alerts ----------------------------------------------------------------------------
