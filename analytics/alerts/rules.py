@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, model_validator
 
 from analytics.alerts.catalog import BUILTIN_METRICS, GroupBy
 from analytics.alerts.model import Severity
@@ -66,10 +66,6 @@ class NoData(StrEnum):
     OK = "ok"  # no data counts as healthy: a firing alert resolves
     KEEP = "keep"  # no data changes nothing: the alert keeps its state
     ALERT = "alert"  # no data is itself a problem, at ``no_data_severity``
-
-
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
 
 class Threshold(StrictModel):
