@@ -33,7 +33,7 @@ GroupValues = dict[str, float]
 _PARAMETER = re.compile(r"\$([a-z_]+)")
 
 
-def bind(sql: str, parameters: dict[str, Any]) -> dict[str, Any]:
+def _bound(sql: str, parameters: dict[str, Any]) -> dict[str, Any]:
     """The ``parameters`` that ``sql`` references ($name): DuckDB refuses unused named ones."""
     return {name: parameters[name] for name in set(_PARAMETER.findall(sql)) if name in parameters}
 
@@ -223,7 +223,7 @@ class MetricSource:
     ) -> GroupValues | None:
         start, end = window_bounds(now, window)
         sql = spec.sql[group_by]
-        parameters = bind(
+        parameters = _bound(
             sql,
             {"start": start, "end": end, "window_seconds": max(window.total_seconds(), 60.0)},
         )
@@ -249,7 +249,7 @@ class MetricSource:
         if cache_key in self._hour_cache:
             return self._hour_cache[cache_key]
         sql = spec.sql[group_by]
-        rows = self._query(sql, bind(sql, {"first": first_hour, "last": last_hour}))
+        rows = self._query(sql, _bound(sql, {"first": first_hour, "last": last_hour}))
         result = self._grouped(spec, rows, group_by)
         if result is None:
             return None
