@@ -212,3 +212,17 @@ class RollupStore:
             temporary.unlink(missing_ok=True)
             Path(f"{temporary}.wal").unlink(missing_ok=True)
         return True
+
+
+def existing_partition_files(
+    store: RollupStore, dataset: str, keys: Sequence[str]
+) -> list[Path] | None:
+    """The published files among ``dataset``'s partitions ``keys``, in the order of ``keys``.
+
+    For readers that need a few partitions only (the alert metrics read the hours of one window)
+    without knowing how the files are laid out. None when ``dataset`` was never published (it has
+    no folder); an empty list when none of ``keys`` is published.
+    """
+    if not store.dataset_path(dataset).is_dir():
+        return None
+    return [path for key in keys if (path := store.existing_partition(dataset, key)) is not None]

@@ -306,8 +306,8 @@ def _demo_rollups(defs, instance) -> bool:
 
 def _demo_alerts() -> None:
     """One evaluation of the alert rules, as the sensor runs it (the console stands in for Slack)."""
-    from analytics.alerts.delivery import sender_from_environment
     from analytics.alerts.service import AlertRuntime, evaluate_and_deliver
+    from analytics.alerts.slack import sender_from_environment
 
     click.echo("")
     click.echo("Alert rules (one evaluation, as alert_rules_sensor runs it every minute):")

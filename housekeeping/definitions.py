@@ -6,7 +6,7 @@ A config that does not validate fails the code location's load with the same mes
 
 import dagster as dg
 
-from analytics.alerts.definitions import build_alerts_definitions
+from analytics.alerts.defs.definitions import build_alerts_defs
 from analytics.definitions import build_analytics_definitions
 from housekeeping.assets import (
     DAGSTER_RUNS_ASSET,
@@ -139,7 +139,7 @@ def build_definitions(config: HousekeepingConfig, config_file: str = "") -> dg.D
     return dg.Definitions.merge(
         housekeeping_defs,
         build_analytics_definitions(config, config_file),
-        build_alerts_definitions(config, config_file),
+        build_alerts_defs(config, config_file),
     )
 
 

@@ -3,37 +3,20 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import duckdb
-import numpy as np
-import pyarrow as pa
 import yaml
 
+from analytics.alerts.rule_tests import RequestMinute as Minute
+from analytics.alerts.rule_tests import publish_request_minutes
 from analytics.alerts.rules import RulePack, parse_rules
 from analytics.alerts.settings import AlertsSettings, parse_alerts_settings
 from analytics.alerts.store import AlertStore
 from analytics.publish import RollupStore
-from analytics.rollups import REQUESTS_MINUTE, hour_key
 from analytics.settings import AnalyticsSettings, parse_analytics_settings
-from analytics.sketch import buckets_of
-from analytics.views import publish_rollup_views
 
 T0 = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
-
-
-@dataclass(frozen=True)
-class Minute:
-    """One published minute of one route: counts and a latency all requests share."""
-
-    minute: datetime
-    route: str = "/api/orders"
-    requests: int = 100
-    errors: int = 0  # 5xx
-    rate_limited: int = 0  # 429
-    latency_ms: float = 50.0
 
 
 def analytics_settings_at(tmp_path: Path) -> AnalyticsSettings:
@@ -47,51 +30,7 @@ def analytics_settings_at(tmp_path: Path) -> AnalyticsSettings:
 
 def publish_minutes(settings: AnalyticsSettings, minutes: Iterable[Minute]) -> None:
     """Publish ``minutes`` as the requests_minute dataset, one Parquet file per hour."""
-    store = RollupStore(settings.root_path, settings.database_path)
-    publish_rollup_views(store, "UTC")
-    rows = list(minutes)
-    by_hour: dict[datetime, list[Minute]] = {}
-    for row in rows:
-        hour = row.minute.replace(minute=0, second=0, microsecond=0)
-        by_hour.setdefault(hour, []).append(row)
-    with duckdb.connect() as connection:
-        for hour, items in by_hour.items():
-            table = pa.table(
-                {
-                    "minute": [item.minute.astimezone(UTC).replace(tzinfo=None) for item in items],
-                    "route": [item.route for item in items],
-                    "method": ["GET"] * len(items),
-                    "requests": [item.requests for item in items],
-                    "status_2xx": [
-                        item.requests - item.errors - item.rate_limited for item in items
-                    ],
-                    "status_3xx": [0] * len(items),
-                    "status_4xx": [item.rate_limited for item in items],
-                    "status_5xx": [item.errors for item in items],
-                    "status_429": [item.rate_limited for item in items],
-                    "status_other": [0] * len(items),
-                    "latency_min_ms": [item.latency_ms for item in items],
-                    "latency_max_ms": [item.latency_ms for item in items],
-                    "latency_sum_ms": [item.latency_ms * item.requests for item in items],
-                    "latency_sketch": [
-                        [
-                            {
-                                "bucket": int(buckets_of(np.array([item.latency_ms]))[0]),
-                                "count": item.requests,
-                            }
-                        ]
-                        for item in items
-                    ],
-                }
-            )
-            connection.register("minutes", table)
-            store.replace_partition(
-                connection,
-                REQUESTS_MINUTE.name,
-                hour_key(hour),
-                f"SELECT {REQUESTS_MINUTE.select_list()} FROM minutes",
-            )
-            connection.unregister("minutes")
+    publish_request_minutes(RollupStore(settings.root_path, settings.database_path), minutes)
 
 
 def steady_traffic(

@@ -6,14 +6,15 @@ from datetime import timedelta
 
 import pytest
 
-from analytics.alerts.delivery import (
+from analytics.alerts.catalog import Unit
+from analytics.alerts.delivery import deliver
+from analytics.alerts.model import AlertKey, Notification, NotificationKind, Severity
+from analytics.alerts.slack import (
     ConsoleSender,
     SlackWebhookSender,
     SlackWebSender,
-    deliver,
     sender_from_environment,
 )
-from analytics.alerts.model import AlertKey, Notification, NotificationKind, Severity
 from tests.alert_support import T0, alert_settings_at, store_at
 from tests.fake_slack import FakeSlack, Scripted
 
@@ -66,6 +67,7 @@ def note(
         comparator=">",
         window=timedelta(minutes=5),
         labels={"metric": "http_error_rate"},
+        unit=Unit.RATIO,  # state.py takes it from the catalog
     )
 
 

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from analytics.alerts.delivery import ConsoleSender, deliver
+from analytics.alerts.delivery import deliver
 from analytics.alerts.evaluate import evaluate_rules
 from analytics.alerts.metrics import MetricSource
 from analytics.alerts.model import Severity
 from analytics.alerts.rules import load_rules
+from analytics.alerts.slack import ConsoleSender
 from tests.alert_support import (
     T0,
     Minute,

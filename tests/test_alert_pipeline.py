@@ -18,8 +18,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 import yaml
 
-from analytics.alerts.delivery import sender_from_environment
 from analytics.alerts.service import AlertRuntime, evaluate_and_deliver
+from analytics.alerts.slack import sender_from_environment
 from analytics.alerts.summary import build_summary
 from analytics.publish import RollupStore
 from analytics.rollups import floor_hour, refresh_requests

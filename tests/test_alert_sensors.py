@@ -8,15 +8,15 @@ import dagster as dg
 import pytest
 import yaml
 
-from analytics.alerts.definitions import build_alerts_definitions
-from analytics.alerts.rules import RulesError
-from analytics.alerts.sensors import (
-    AlertsResource,
+from analytics.alerts.defs.definitions import build_alerts_defs
+from analytics.alerts.defs.jobs import daily_summary_job
+from analytics.alerts.defs.resources import AlertsResource
+from analytics.alerts.defs.sensors import (
     alert_run_failure_sensor,
     alert_watchdog_sensor,
     build_alert_sensor,
-    daily_summary_job,
 )
+from analytics.alerts.rules import RulesError
 from analytics.alerts.service import EVALUATION_HEARTBEAT
 from analytics.alerts.settings import alerts_settings
 from analytics.alerts.store import AlertStore
@@ -161,4 +161,4 @@ def test_a_bad_rule_file_fails_the_definitions_with_the_rules_message(tmp_path):
     )
     path = write_config(tmp_path, rules_file=str(rules))
     with pytest.raises(RulesError, match="unknown metric 'nope'"):
-        build_alerts_definitions(load_config(path), str(path))
+        build_alerts_defs(load_config(path), str(path))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from datetime import timedelta
 
 from analytics.alerts.model import AlertKey, AlertState, NotificationKind, Severity
@@ -115,3 +117,13 @@ def test_notifications_carry_value_threshold_window_and_labels():
     assert note.window == timedelta(minutes=5)
     assert note.evaluated_at == T0 + 5 * MINUTE
     assert "20.0%" in note.text and "10.0%" in note.text
+
+
+def test_the_state_machine_loads_no_database_driver_no_dagster_and_no_deleter():
+    code = "import sys, analytics.alerts.state; print(*sorted(sys.modules))"
+    loaded = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.split()
+    heavy = ("sqlalchemy", "duckdb", "adbc", "dagster")
+    housekeeping = {"housekeeping.deletion", "housekeeping.policies", "housekeeping.history"}
+    assert [name for name in loaded if name.startswith(heavy) or name in housekeeping] == []

@@ -15,21 +15,25 @@ import click
 from croniter import croniter
 
 from analytics.alerts.backtest import backtest
-from analytics.alerts.delivery import deliver, sender_from_environment
-from analytics.alerts.metrics import format_value
+from analytics.alerts.catalog import GroupBy, unit_of
+from analytics.alerts.delivery import deliver
+from analytics.alerts.messages import format_value
 from analytics.alerts.model import AlertState
-from analytics.alerts.rules import RulesError, load_rules
+from analytics.alerts.rule_tests import RuleTestError, load_rule_test, run_rule_test
+from analytics.alerts.rules import RulePack, RulesError, load_rules
 from analytics.alerts.service import AlertRuntime, evaluate_and_deliver
 from analytics.alerts.settings import alerts_settings
+from analytics.alerts.slack import sender_from_environment
 from analytics.alerts.store import AlertStoreError
 from housekeeping.config import (
     ConfigError,
+    HealthConfig,
     config_path,
     format_duration,
     load_config,
     parse_duration,
 )
-from housekeeping.history import RunHistory
+from housekeeping.history import HealthStatus, RunHistory
 
 ALERT_ERRORS = (ConfigError, RulesError, AlertStoreError)
 
@@ -66,14 +70,14 @@ def _when(value: datetime | None) -> str:
 # --- hk rules -----------------------------------------------------------------------------
 @click.group()
 def rules() -> None:
-    """Check and backtest the alert rules."""
+    """Check, test and backtest the alert rules."""
 
 
-@rules.command("check")
-@click.argument("rule_file", required=False, type=click.Path(dir_okay=False))
-@config_option
-def rules_check(rule_file: str | None, config_file: str | None) -> None:
-    """Validate a rule file (default: alerts.rules_file, else the shipped default pack)."""
+def _load_rule_file(
+    rule_file: str | None, config_file: str | None
+) -> tuple[str | None, RulePack, HealthConfig]:
+    """The rule file given, else alerts.rules_file of the config (None: the shipped pack), and
+    the config's health: section its health.<key> thresholds were read from."""
     try:
         # The config's health: section fills health.<key> thresholds; a rule file checked on
         # its own, with no config file around, gets that section's defaults.
@@ -82,16 +86,25 @@ def rules_check(rule_file: str | None, config_file: str | None) -> None:
             config = load_config(config_file)
         if rule_file is None:
             rule_file = alerts_settings(config, config_file or "config").rules_file
-        pack = load_rules(rule_file, config.health if config else None)
+        health = config.health if config else HealthConfig()
+        return rule_file, load_rules(rule_file, health), health
     except ALERT_ERRORS as exc:
         raise click.ClickException(str(exc)) from None
+
+
+@rules.command("check")
+@click.argument("rule_file", required=False, type=click.Path(dir_okay=False))
+@config_option
+def rules_check(rule_file: str | None, config_file: str | None) -> None:
+    """Validate a rule file (default: alerts.rules_file, else the shipped default pack)."""
+    rule_file, pack, _ = _load_rule_file(rule_file, config_file)
     click.echo(f"OK: {len(pack.rules)} rules in {rule_file or 'the default rule pack'}")
     for rule in pack.rules:
         conditions = "; ".join(
             f"{severity.value} {rule.describe_condition(severity)}" for severity in rule.severities
         )
         metric = rule.metric or "sql"
-        grouping = f" by {rule.group_by.value}" if rule.group_by.value != "none" else ""
+        grouping = f" by {rule.group_by.value}" if rule.group_by is not GroupBy.NONE else ""
         click.echo(
             f"  {rule.name}: {metric}{grouping} over {format_duration(rule.window)}: {conditions}"
         )
@@ -138,6 +151,44 @@ def rules_backtest(
         click.echo(f"  {_when(item.evaluated_at)}  {item.kind.value:<9} {severity:<8} {item.text}")
 
 
+@rules.command("test")
+@click.argument("test_files", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option(
+    "--rules",
+    "rule_file",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="The rule file to test (default: alerts.rules_file, else the shipped pack).",
+)
+@config_option
+def rules_test(test_files: tuple[str, ...], rule_file: str | None, config_file: str | None) -> None:
+    """Replay the rules over each test file's series and compare the alerts with those expected.
+
+    Exits 1 when a case fails, with a diff of the expected (-) and sent (+) notifications.
+    """
+    _, pack, health = _load_rule_file(rule_file, config_file)
+    try:
+        cases = [(path, load_rule_test(path)) for path in test_files]
+    except RuleTestError as exc:
+        raise click.ClickException(str(exc)) from None
+    failed = 0
+    for path, case in cases:
+        result = run_rule_test(pack, case, source=path, health=health)
+        title = f"{path}: {case.description}" if case.description else path
+        if result.passed:
+            click.echo(f"ok    {title}")
+            continue
+        failed += 1
+        click.echo(f"FAIL  {title}")
+        for rule, error in sorted(result.errors.items()):
+            click.echo(f"      rule {rule} could not be evaluated: {error}")
+        for line in result.diff():
+            click.echo(f"      {line}")
+    click.echo(f"{len(cases)} test files: {len(cases) - failed} passed, {failed} failed")
+    if failed:
+        raise SystemExit(1)
+
+
 # --- hk alerts ----------------------------------------------------------------------------
 @click.group()
 def alerts() -> None:
@@ -164,7 +215,7 @@ def alerts_list(outbox: bool, config_file: str | None) -> None:
         click.echo(
             f"  {record.state.value:<8} {severity:<8} {record.key.rule}"
             f"{' [' + record.key.group + ']' if record.key.group else ''}  "
-            f"value {format_value(metric, record.last_value)}  since {_when(since)}"
+            f"value {format_value(unit_of(metric), record.last_value)}  since {_when(since)}"
         )
     silences = runtime.store.list_silences(now)
     click.echo(f"Silences: {len(silences)}")
@@ -180,7 +231,7 @@ def alerts_list(outbox: bool, config_file: str | None) -> None:
             item = row.notification
             error = f" ({row.last_error})" if row.last_error else ""
             click.echo(
-                f"  #{row.id} {_when(item.evaluated_at)} {row.status:<7} {item.channel} "
+                f"  #{row.id} {_when(item.evaluated_at)} {row.status.value:<7} {item.channel} "
                 f"{item.title}{error}"
             )
     runtime.close()
@@ -278,8 +329,10 @@ def status(as_json: bool, config_file: str | None) -> None:
     history = RunHistory.from_config(config)
     now = datetime.now(UTC)
     policies = {}
+    statuses: dict[str, HealthStatus] = {}
     for name, policy in config.policies.items():
         health = history.health(name)
+        statuses[name] = health.status
         next_run = None
         if policy.schedule:
             local = now.astimezone(ZoneInfo(config.timezone))
@@ -332,7 +385,7 @@ def status(as_json: bool, config_file: str | None) -> None:
             f"avg {average if average is not None else '-'} ms, "
             f"last success {metrics['lastSuccess'] or '-'}, next {item['nextScheduledRun'] or '-'}"
         )
-        if metrics["lastErrorMessage"] and item["status"] != "healthy":
+        if metrics["lastErrorMessage"] and statuses[name] is not HealthStatus.HEALTHY:
             click.echo(f"  {'':<22} last error: {metrics['lastErrorMessage']}")
     click.echo(f"Alerts not ok: {len(active)}")
     for alert in active:

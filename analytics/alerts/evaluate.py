@@ -50,7 +50,7 @@ def advance_rule(
     keys = {key for key in previous if key.rule == rule.name}
     if values is not None:
         keys.update(AlertKey(rule.name, group) for group in values)
-    elif rule.no_data == NoData.ALERT:
+    elif rule.no_data is NoData.ALERT:
         keys.add(AlertKey(rule.name, ""))
     records, notifications = [], []
     for key in sorted(keys):

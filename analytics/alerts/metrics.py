@@ -1,8 +1,9 @@
-"""The values rules compare against thresholds: built-in metrics and SQL over the published rollups.
+"""The values rules compare against thresholds: the catalog's metrics and SQL rules, evaluated.
 
 Every metric is computed for all groups at once (one query per metric, grouping and window), read
 only from the published DuckDB views file (never the file the rollups write), from the
-housekeeping run history, or, for ``app_database_up``, from a short connection attempt.
+housekeeping run history, or, for ``app_database_up``, from a short connection attempt. What each
+metric computes is data in catalog.py; this module runs it, by the metric's source.
 
 Windows cover whole minutes: a window of 5 minutes evaluated at 12:07:30 covers 12:02 to 12:07
 (the minute in progress is not complete yet). A metric returns ``None`` when it has no data at all
@@ -11,15 +12,16 @@ Windows cover whole minutes: a window of 5 minutes evaluated at 12:07:30 covers 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import duckdb
 
+from analytics.alerts.catalog import BUILTIN_METRICS, GroupBy, MetricSpec, Source
+from analytics.publish import RollupStore, existing_partition_files
 from analytics.rollups import REQUESTS_MINUTE, hour_key
 from analytics.views import request_stat_macros
 from housekeeping.history import RunHistory, RunStatus
@@ -28,126 +30,12 @@ if TYPE_CHECKING:
     from analytics.alerts.rules import Rule
 
 GroupValues = dict[str, float]
+_PARAMETER = re.compile(r"\$([a-z_]+)")
 
 
-class GroupBy(StrEnum):
-    NONE = "none"
-    ROUTE = "route"
-    QUEUE = "queue"
-    JOB = "job"  # queue/name
-    SERVICE = "service"
-    POLICY = "policy"
-
-
-class Unit(StrEnum):
-    RATIO = "ratio"  # shown as a percentage
-    MILLISECONDS = "ms"
-    PER_SECOND = "per_s"
-    COUNT = "count"
-    MINUTES = "minutes"
-    BOOLEAN = "boolean"  # 1 = yes, 0 = no
-
-
-@dataclass(frozen=True)
-class MetricSpec:
-    name: str
-    description: str
-    unit: Unit
-    groupings: tuple[GroupBy, ...]
-
-
-def _spec(name: str, description: str, unit: Unit, *groupings: GroupBy) -> MetricSpec:
-    return MetricSpec(name, description, unit, groupings or (GroupBy.NONE,))
-
-
-_REQ = (GroupBy.NONE, GroupBy.ROUTE)
-_JOB = (GroupBy.NONE, GroupBy.QUEUE, GroupBy.JOB)
-_POLICY = (GroupBy.POLICY,)
-BUILTIN_METRICS: dict[str, MetricSpec] = {
-    spec.name: spec
-    for spec in (
-        _spec("http_requests", "requests in the window", Unit.COUNT, *_REQ),
-        _spec("http_request_rate", "requests per second over the window", Unit.PER_SECOND, *_REQ),
-        _spec("http_error_rate", "share of 5xx responses", Unit.RATIO, *_REQ),
-        _spec("http_rate_limited_rate", "share of 429 responses", Unit.RATIO, *_REQ),
-        _spec(
-            "http_latency_p95_ms",
-            "p95 latency from the merged minute sketches",
-            Unit.MILLISECONDS,
-            *_REQ,
-        ),
-        _spec("job_failure_rate", "failed / (completed + failed) jobs", Unit.RATIO, *_JOB),
-        _spec("jobs_failed", "failed jobs in the window", Unit.COUNT, *_JOB),
-        _spec(
-            "job_failures_without_success",
-            "failures of a job that did not complete once in the window",
-            Unit.COUNT,
-            GroupBy.JOB,
-        ),
-        _spec("job_backlog", "waiting jobs at the latest snapshot", Unit.COUNT, *_JOB),
-        _spec("jobs_stuck", "jobs active longer than stuck_after", Unit.COUNT, *_JOB),
-        _spec(
-            "api_budget_used",
-            "month-to-date share of the service's quota or budget",
-            Unit.RATIO,
-            GroupBy.SERVICE,
-        ),
-        _spec(
-            "cleanup_consecutive_failures",
-            "failed housekeeping runs in a row",
-            Unit.COUNT,
-            *_POLICY,
-        ),
-        _spec(
-            "cleanup_failed_runs", "failed housekeeping runs in the window", Unit.COUNT, *_POLICY
-        ),
-        _spec(
-            "cleanup_zero_deleted_runs",
-            "successful runs in a row that deleted nothing",
-            Unit.COUNT,
-            *_POLICY,
-        ),
-        _spec(
-            "cleanup_average_duration_ms",
-            "average duration of the last 10 completed runs",
-            Unit.MILLISECONDS,
-            *_POLICY,
-        ),
-        _spec("app_database_up", "1 when the application database answers", Unit.BOOLEAN),
-        _spec(
-            "rollup_lag_minutes",
-            "minutes since the newest published request minute",
-            Unit.MINUTES,
-        ),
-    )
-}
-_REQUEST_METRICS = {
-    "http_requests",
-    "http_request_rate",
-    "http_error_rate",
-    "http_rate_limited_rate",
-    "http_latency_p95_ms",
-}
-_COUNT_METRICS = {"http_requests", "jobs_failed", "job_failures_without_success"}
-
-
-def format_value(metric: str | None, value: float | None) -> str:
-    if value is None:
-        return "no data"
-    unit = BUILTIN_METRICS[metric].unit if metric in BUILTIN_METRICS else None
-    if unit is Unit.RATIO:
-        return f"{value:.1%}"
-    if unit is Unit.MILLISECONDS:
-        return f"{value:,.0f} ms"
-    if unit is Unit.PER_SECOND:
-        return f"{value:,.1f}/s"
-    if unit is Unit.MINUTES:
-        return f"{value:,.0f} min"
-    if unit is Unit.BOOLEAN:
-        return "yes" if value >= 1 else "no"
-    if unit is Unit.COUNT:
-        return f"{value:,.0f}"
-    return f"{value:,.4g}"
+def _bound(sql: str, parameters: dict[str, Any]) -> dict[str, Any]:
+    """The ``parameters`` that ``sql`` references ($name): DuckDB refuses unused named ones."""
+    return {name: parameters[name] for name in set(_PARAMETER.findall(sql)) if name in parameters}
 
 
 def window_bounds(now: datetime, window: timedelta) -> tuple[datetime, datetime]:
@@ -204,22 +92,39 @@ class MetricSource:
         Every request rule then aggregates a small in-memory table instead of scanning the
         published files again: one evaluation of 50 rules reads the files once, not 50 times.
         """
-        windows = [rule.window for rule in rules if rule.metric in _REQUEST_METRICS]
+        windows = [
+            rule.window
+            for rule in rules
+            if rule.metric is not None
+            and BUILTIN_METRICS[rule.metric].source is Source.REQUEST_MINUTES
+        ]
         if not windows or self._duck() is None:
             return
         low, _ = window_bounds(first, max(windows))
         _, high = window_bounds(last, timedelta(0))
-        source = self._request_files(low, high)
-        if source is None:
+        hours = []
+        hour = low.replace(minute=0, second=0, microsecond=0, tzinfo=UTC)
+        while hour < high.replace(tzinfo=UTC):
+            hours.append(hour_key(hour))
+            hour += timedelta(hours=1)
+        assert self.views_database is not None  # _duck() answered
+        files = (
+            existing_partition_files(
+                RollupStore(self.rollup_root, self.views_database), REQUESTS_MINUTE.name, hours
+            )
+            if self.rollup_root is not None
+            else None
+        )
+        if files is None:
             return  # not published: the view answers "no data"
         memory = duckdb.connect()
         memory.execute("SET TimeZone = 'UTC'")
         columns = ", ".join(name for name, _ in REQUESTS_MINUTE.typed_columns)
-        if source:
+        if files:
             memory.execute(
                 f"CREATE TABLE requests_minute AS SELECT {columns} FROM read_parquet($files) "
                 "WHERE minute >= $low AND minute < $high ORDER BY minute",
-                {"files": source, "low": low, "high": high},
+                {"files": [str(path) for path in files], "low": low, "high": high},
             )
         else:
             definition = ", ".join(f"{name} {kind}" for name, kind in REQUESTS_MINUTE.typed_columns)
@@ -229,22 +134,6 @@ class MetricSource:
         if self._requests_memory is not None:
             self._requests_memory.close()
         self._requests_memory, self._requests_span = memory, (low, high)
-
-    def _request_files(self, low: datetime, high: datetime) -> list[str] | None:
-        """The published hour files covering [low, high); None when the dataset is not there."""
-        if self.rollup_root is None:
-            return None
-        folder = Path(self.rollup_root) / REQUESTS_MINUTE.name
-        if not folder.is_dir():
-            return None
-        files = []
-        hour = low.replace(minute=0, second=0, microsecond=0)
-        while hour < high:
-            path = folder / f"{hour_key(hour.replace(tzinfo=UTC))}.parquet"
-            if path.exists():
-                files.append(str(path))
-            hour += timedelta(hours=1)
-        return files
 
     def clear_cache(self) -> None:
         """Forget computed values (a replay moves on to the next step)."""
@@ -284,25 +173,24 @@ class MetricSource:
     def _compute(self, rule: Rule, now: datetime) -> GroupValues | None:
         if rule.sql is not None:
             return self._sql(rule.sql, rule.window, now)
-        metric = rule.metric
-        assert metric is not None
-        if metric in _REQUEST_METRICS:
-            return self._requests(metric, rule.group_by, rule.window, now)
-        if metric.startswith("job"):
-            return self._jobs(metric, rule.group_by, rule.window, now)
-        if metric == "api_budget_used":
-            return self._api_budget(now)
-        if metric.startswith("cleanup_"):
-            return self._housekeeping(metric, rule.window, now)
-        if metric == "app_database_up":
+        assert rule.metric is not None
+        spec = BUILTIN_METRICS[rule.metric]
+        if spec.source is Source.REQUEST_MINUTES:
+            return self._requests(spec, rule.group_by, rule.window, now)
+        if spec.source is Source.JOB_HOURS:
+            return self._jobs(spec, rule.group_by, rule.window, now)
+        if spec.source is Source.API_USAGE_MONTH:
+            month = now.astimezone(UTC).date().replace(day=1)
+            return self._grouped(spec, self._query(spec.sql[rule.group_by], {"month": month}))
+        if spec.source in (Source.POLICY_HEALTH, Source.POLICY_FAILURES):
+            return self._housekeeping(spec, rule.window, now)
+        if spec.source is Source.APP_DATABASE:
             if self.database_probe is None:
                 return None
             if self._probe_result is None:
                 self._probe_result = bool(self.database_probe())
             return {"": 1.0 if self._probe_result else 0.0}
-        if metric == "rollup_lag_minutes":
-            return self._rollup_lag(now)
-        raise AssertionError(f"unhandled metric {metric}")
+        return self._rollup_lag(spec, now)
 
     def _sql(self, sql: str, window: timedelta, now: datetime) -> GroupValues | None:
         start, end = window_bounds(now, window)
@@ -319,48 +207,36 @@ class MetricSource:
                 result["" if group is None else str(group)] = float(value)
         return result
 
-    def _requests(
-        self, metric: str, group_by: GroupBy, window: timedelta, now: datetime
+    def _grouped(
+        self, spec: MetricSpec, rows: list[tuple[Any, ...]] | None, group_by: GroupBy | None = None
     ) -> GroupValues | None:
-        start, end = window_bounds(now, window)
-        group = "route" if group_by is GroupBy.ROUTE else "''"
-        if metric == "http_latency_p95_ms":
-            # Percentiles merge the minute sketches (request_stats); never averaged.
-            macro = "request_stats" if group_by is GroupBy.ROUTE else "request_stats_overall"
-            sql = f"SELECT {group}, latency_p95_ms FROM {macro}($start, $end)"
-        else:
-            # Counts and rates need no sketch: plain sums, much cheaper.
-            seconds = max(window.total_seconds(), 60.0)
-            value = {
-                "http_requests": "CAST(sum(requests) AS DOUBLE)",
-                "http_request_rate": f"sum(requests) / {seconds!r}",
-                "http_error_rate": "sum(status_5xx) / nullif(sum(requests), 0)",
-                "http_rate_limited_rate": "sum(status_429) / nullif(sum(requests), 0)",
-            }[metric]
-            sql = (
-                f"SELECT {group}, {value} FROM requests_minute "
-                "WHERE minute >= $start AND minute < $end GROUP BY 1"
-            )
-        span = self._requests_span
-        if self._requests_memory is not None and span and span[0] <= start and end <= span[1]:
-            rows = self._requests_memory.execute(sql, {"start": start, "end": end}).fetchall()
-        else:
-            rows = self._query(sql, {"start": start, "end": end})
+        """``(group, value)`` rows as values per group (rows without a value are left out)."""
         if rows is None:
             return None
         result = {str(group): float(value) for group, value in rows if value is not None}
-        if not result and group_by is GroupBy.NONE and metric in _COUNT_METRICS:
-            result[""] = 0.0  # published, but no requests at all in the window
+        if not result and group_by is GroupBy.NONE and spec.zero_when_empty:
+            result[""] = 0.0  # published, but nothing at all in the window
         return result
 
-    def _jobs(
-        self, metric: str, group_by: GroupBy, window: timedelta, now: datetime
+    def _requests(
+        self, spec: MetricSpec, group_by: GroupBy, window: timedelta, now: datetime
     ) -> GroupValues | None:
-        group = {
-            GroupBy.NONE: "''",
-            GroupBy.QUEUE: "queue",
-            GroupBy.JOB: "queue || '/' || name",
-        }[group_by]
+        start, end = window_bounds(now, window)
+        sql = spec.sql[group_by]
+        parameters = _bound(
+            sql,
+            {"start": start, "end": end, "window_seconds": max(window.total_seconds(), 60.0)},
+        )
+        span = self._requests_span
+        if self._requests_memory is not None and span and span[0] <= start and end <= span[1]:
+            rows = self._requests_memory.execute(sql, parameters).fetchall()
+        else:
+            rows = self._query(sql, parameters)
+        return self._grouped(spec, rows, group_by)
+
+    def _jobs(
+        self, spec: MetricSpec, group_by: GroupBy, window: timedelta, now: datetime
+    ) -> GroupValues | None:
         _, end = window_bounds(now, window)
         # Hourly rollups: the window is the current (partial) hour and the whole hours before it
         # back to ``now - window``, so the value is stable within an hour instead of flapping
@@ -369,50 +245,21 @@ class MetricSource:
         if self.replay:
             last_hour -= timedelta(hours=1)
         first_hour = min((end - window).replace(minute=0), last_hour)
-        cache_key = (metric, group_by, first_hour, last_hour)
+        cache_key = (spec.name, group_by, first_hour, last_hour)
         if cache_key in self._hour_cache:
             return self._hour_cache[cache_key]
-        if metric in ("job_backlog", "jobs_stuck"):
-            column = "backlog" if metric == "job_backlog" else "stuck"
-            sql = (
-                f"SELECT {group}, sum({column}) FROM jobs_hourly WHERE hour = "
-                "(SELECT max(hour) FROM jobs_hourly WHERE hour <= $last) GROUP BY 1"
-            )
-            rows = self._query(sql, {"last": last_hour})
-        else:
-            value = {
-                "job_failure_rate": "sum(failed) / nullif(sum(completed) + sum(failed), 0)",
-                "jobs_failed": "sum(failed)",
-                "job_failures_without_success": (
-                    "CASE WHEN sum(completed) = 0 THEN sum(failed) ELSE 0 END"
-                ),
-            }[metric]
-            sql = (
-                f"SELECT {group}, {value} FROM jobs_hourly "
-                "WHERE hour >= $first AND hour <= $last GROUP BY 1"
-            )
-            rows = self._query(sql, {"first": first_hour, "last": last_hour})
-        if rows is None:
+        sql = spec.sql[group_by]
+        rows = self._query(sql, _bound(sql, {"first": first_hour, "last": last_hour}))
+        result = self._grouped(spec, rows, group_by)
+        if result is None:
             return None
-        result = {str(key): float(value) for key, value in rows if value is not None}
-        if not result and group_by is GroupBy.NONE and metric in _COUNT_METRICS:
-            result[""] = 0.0
         # Within one evaluation (or a replay over published files) an hour's rows do not change.
         self._hour_cache[cache_key] = result
         return result
 
-    def _api_budget(self, now: datetime) -> GroupValues | None:
-        month = now.astimezone(UTC).date().replace(day=1)
-        rows = self._query(
-            "SELECT service, max(budget_used_fraction) FROM api_usage_month_to_date "
-            "WHERE CAST(month AS DATE) = $month AND budget_used_fraction IS NOT NULL GROUP BY 1",
-            {"month": month},
-        )
-        if rows is None:
-            return None
-        return {str(service): float(value) for service, value in rows if value is not None}
-
-    def _housekeeping(self, metric: str, window: timedelta, now: datetime) -> GroupValues | None:
+    def _housekeeping(
+        self, spec: MetricSpec, window: timedelta, now: datetime
+    ) -> GroupValues | None:
         if self.history is None:
             return None
         result: GroupValues = {}
@@ -420,7 +267,7 @@ class MetricSource:
             runs = [run for run in self.history.recent(policy, limit=500) if run.finished_at <= now]
             if not runs:
                 continue
-            if metric == "cleanup_failed_runs":
+            if spec.source is Source.POLICY_FAILURES:
                 since = now - window
                 result[policy] = float(
                     sum(
@@ -430,17 +277,14 @@ class MetricSource:
                     )
                 )
                 continue
-            health = self.history.health(policy, runs)
-            if metric == "cleanup_consecutive_failures":
-                result[policy] = float(health.consecutive_failures)
-            elif metric == "cleanup_zero_deleted_runs":
-                result[policy] = float(health.consecutive_zero_deletes)
-            elif health.average_duration_ms is not None:
-                result[policy] = health.average_duration_ms
+            assert spec.health_value is not None
+            value = spec.health_value(self.history.health(policy, runs))
+            if value is not None:
+                result[policy] = value
         return result
 
-    def _rollup_lag(self, now: datetime) -> GroupValues | None:
-        rows = self._query("SELECT max(minute) FROM requests_minute", {})
+    def _rollup_lag(self, spec: MetricSpec, now: datetime) -> GroupValues | None:
+        rows = self._query(spec.sql[GroupBy.NONE], {})
         if rows is None or rows[0][0] is None:
             return None
         newest: datetime = rows[0][0]

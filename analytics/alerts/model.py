@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
 
+from analytics.alerts.catalog import Unit
+
 
 class AlertState(StrEnum):
     OK = "ok"
@@ -40,6 +42,14 @@ class NotificationKind(StrEnum):
     RUN_FAILURE = "run_failure"  # one of the pipeline's own Dagster runs failed
     SYSTEM = "system"  # the alerting itself is unhealthy (sensor failing, rollups stale)
     SUMMARY = "summary"  # the scheduled daily summary
+
+
+class OutboxStatus(StrEnum):
+    """Where a stored notification is in its delivery (store.py, delivery.py)."""
+
+    PENDING = "pending"  # not sent yet (including while it waits to be retried)
+    SENT = "sent"  # Slack (or the console) accepted it
+    FAILED = "failed"  # refused for good (a channel error, an invalid message): not retried
 
 
 @dataclass(frozen=True, order=True)
@@ -89,3 +99,4 @@ class Notification:
     window: timedelta | None = None
     labels: dict[str, str] = field(default_factory=dict)
     run_id: str | None = None  # RUN_FAILURE: the failed Dagster run
+    unit: Unit | None = None  # the metric's unit (catalog.py); None: a SQL rule, or no value

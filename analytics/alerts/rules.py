@@ -1,6 +1,6 @@
 """Alert rules are data: a YAML file loaded into pydantic models and validated at load time.
 
-A rule names a metric (built-in, see metrics.py, or a SQL query over the published rollups), a
+A rule names a metric (built-in, see catalog.py, or a SQL query over the published rollups), a
 grouping, thresholds per severity with a comparator and a ``for`` duration, a recovery threshold
 (hysteresis), an evaluation window, a no-data policy, a renotify interval, Slack channels per
 severity and labels. ``load_rules`` is the single entry point: ``hk rules check``, the Dagster
@@ -20,7 +20,7 @@ from typing import Annotated, Any
 import yaml
 from pydantic import Field, ValidationError, model_validator
 
-from analytics.alerts.metrics import BUILTIN_METRICS, GroupBy
+from analytics.alerts.catalog import BUILTIN_METRICS, GroupBy
 from analytics.alerts.model import Severity
 from housekeeping.config import (
     HealthConfig,

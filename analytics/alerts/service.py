@@ -4,23 +4,40 @@
   rules that failed to evaluate become one SYSTEM notification each per day;
 - ``notify_run_failure``: one notification per failed Dagster run (not per retry);
 - ``watch_evaluation``: the evaluation's heartbeat, checked by another sensor, so an alert sensor
-  that keeps failing is itself an alert.
+  that keeps failing is itself an alert;
+- ``deliver_daily_summary``: the last 24 h summary through the outbox, with its chart;
+- ``apply_history_retention``: the retention of the product's own alert tables.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import sqlalchemy as sa
 
-from analytics.alerts.delivery import DeliveryReport, Sender, deliver
+from analytics.alerts.delivery import DeliveryReport, deliver
 from analytics.alerts.evaluate import EvaluationReport, evaluate_rules
+from analytics.alerts.messages import (
+    SUMMARY_CHART_TITLE,
+    evaluation_late_message,
+    rule_error_message,
+    run_failure_message,
+)
 from analytics.alerts.metrics import MetricSource
-from analytics.alerts.model import AlertKey, Notification, NotificationKind, Severity
+from analytics.alerts.model import (
+    AlertKey,
+    Notification,
+    NotificationKind,
+    OutboxStatus,
+    Severity,
+)
 from analytics.alerts.rules import RulePack
 from analytics.alerts.settings import AlertsSettings, alerts_settings
+from analytics.alerts.slack import Sender, SlackWebSender, TransientError
 from analytics.alerts.store import AlertStore
+from analytics.alerts.summary import SUMMARY_RULE, DailySummary, build_summary, render_chart
 from analytics.settings import AnalyticsSettings, analytics_settings
 from housekeeping.config import HousekeepingConfig, database_url, load_config
 from housekeeping.database import AppDatabase, DatabaseError
@@ -108,10 +125,7 @@ def evaluate_and_deliver(
         )
     for rule, error in sorted(report.errors.items()):
         notification = runtime.system_notification(
-            f"rule:{rule}",
-            f"Alert rule {rule} cannot be evaluated",
-            f"Rule {rule} failed to evaluate and is not watching anything: {error}",
-            now,
+            f"rule:{rule}", *rule_error_message(rule, error), now
         )
         with runtime.store.transaction() as conn:
             runtime.store.enqueue(
@@ -132,13 +146,8 @@ def notify_run_failure(
 ) -> bool:
     """Store one notification for a failed run (retries of one run share it); True if new."""
     now = now or datetime.now(UTC)
-    first_line = (error or "no error message").strip().splitlines()[0][:300]
     notification = runtime.system_notification(
-        f"job:{job_name}",
-        f"Dagster run of {job_name} failed",
-        f"Run {run_id[:8]} of {job_name} failed: {first_line}",
-        now,
-        run_id=run_id,
+        f"job:{job_name}", *run_failure_message(job_name, run_id, error), now, run_id=run_id
     )
     with runtime.store.transaction() as conn:
         added = runtime.store.enqueue(
@@ -154,15 +163,83 @@ def watch_evaluation(runtime: AlertRuntime, now: datetime | None = None) -> bool
     allowed = runtime.settings.evaluation_interval * MISSED_EVALUATIONS + timedelta(minutes=1)
     if last is None or now - last <= allowed:
         return False
-    notification = runtime.system_notification(
-        "evaluation",
-        "Alert rules are not being evaluated",
-        f"The alert sensor has not completed an evaluation since {last:%Y-%m-%d %H:%M} UTC: "
-        "no rule is watching. Check the alert_rules_sensor ticks in Dagster.",
-        now,
-    )
+    notification = runtime.system_notification("evaluation", *evaluation_late_message(last), now)
     with runtime.store.transaction() as conn:
         added = runtime.store.enqueue(
             conn, [notification], now=now, dedupe_key=f"evaluation_stale:{last.isoformat()}"
         )
     return added > 0
+
+
+@dataclass(frozen=True)
+class SummaryReport:
+    """What ``deliver_daily_summary`` did: for the job's metadata and log."""
+
+    summary: DailySummary
+    stored: bool  # False: today's summary was already in the outbox
+    delivery: DeliveryReport
+    chart_path: Path
+    chart_uploaded: bool
+    upload_error: str | None = None  # why the chart did not reach Slack (the message did)
+
+
+def deliver_daily_summary(
+    runtime: AlertRuntime, sender: Sender, now: datetime | None = None
+) -> SummaryReport:
+    """Build the last 24 h summary, store it in the outbox (once per day), and send the outbox.
+
+    The chart (PNG) is saved as ``<analytics.root>/summaries/<day>.png`` and, when the sender is
+    the Slack Web API and the summary was sent, uploaded in the summary message's thread; an
+    upload Slack refuses for a while is reported in ``upload_error``, not raised.
+    """
+    now = now or datetime.now(UTC)
+    summary = build_summary(
+        runtime.analytics.database_path,
+        RunHistory.from_config(runtime.config),
+        runtime.store.engine,
+        now,
+    )
+    channel = runtime.settings.summary.channel or runtime.settings.default_channel
+    with runtime.store.transaction() as conn:
+        added = runtime.store.enqueue(
+            conn,
+            [summary.notification(channel)],
+            now=now,
+            dedupe_key=f"summary:{summary.end.date()}",
+        )
+    delivery = deliver(runtime.store, sender, runtime.settings)
+    chart_path = runtime.analytics.root_path / "summaries" / f"{summary.end:%Y-%m-%d}.png"
+    chart_path.parent.mkdir(parents=True, exist_ok=True)
+    chart = render_chart(summary)
+    chart_path.write_bytes(chart)
+    uploaded, upload_error = False, None
+    sent = [
+        row
+        for row in runtime.store.rows(status=OutboxStatus.SENT)
+        if row.notification.key.rule == SUMMARY_RULE
+        and row.notification.evaluated_at == summary.end
+    ]
+    if isinstance(sender, SlackWebSender) and sent and sent[-1].slack_channel:
+        try:
+            sender.upload(
+                sent[-1].slack_channel,
+                chart,
+                chart_path.name,
+                SUMMARY_CHART_TITLE,
+                sent[-1].slack_ts,
+            )
+            uploaded = True
+        except TransientError as exc:
+            upload_error = str(exc)
+    return SummaryReport(summary, added > 0, delivery, chart_path, uploaded, upload_error)
+
+
+def apply_history_retention(
+    runtime: AlertRuntime, now: datetime | None = None
+) -> tuple[datetime, dict[str, int]]:
+    """Delete sent notifications and expired silences older than ``alerts.history_retention``.
+
+    Returns the cutoff and the rows deleted per table (``outbox_rows``, ``silences``).
+    """
+    cutoff = (now or datetime.now(UTC)) - runtime.settings.history_retention
+    return cutoff, runtime.store.purge(cutoff)

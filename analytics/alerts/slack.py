@@ -1,142 +1,202 @@
-"""Slack messages: Block Kit with a plain-text fallback, one message per alert or per burst.
+"""The transports to Slack: the Web API (bot token), an incoming webhook, or the console.
 
-Messages carry what the notification carries (rule, route/queue/service/policy names, aggregate
-values and thresholds); nothing here reads raw rows, so tokens, user ids, IPs or emails cannot
-reach a message.
+``sender_from_environment`` picks one from SLACK_BOT_TOKEN / SLACK_WEBHOOK_URL. A sender sends one
+rendered message (messages.py) and turns Slack's answers into the errors delivery.py acts on:
+``TransientError`` (retry later: 429, 5xx, timeouts), ``DeliveryError`` (the token: an operator
+must fix it), ``ChannelError`` (this channel cannot take messages), ``MessageRejected`` (this one
+message is refused). The bot token never appears in an error.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
+import json
+import os
+import socket
+import urllib.error
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Protocol
 
-from analytics.alerts.metrics import BUILTIN_METRICS, format_value
-from analytics.alerts.model import Notification, NotificationKind, Severity
-from housekeeping.config import format_duration
+from slack_sdk import WebClient
+from slack_sdk.errors import SlackApiError, SlackRequestError
+from slack_sdk.webhook import WebhookClient
 
-MAX_GROUPS_LISTED = 15
-_ICON = {
-    Severity.WARNING: ":large_yellow_circle:",
-    Severity.HIGH: ":large_orange_circle:",
-    Severity.CRITICAL: ":red_circle:",
+from analytics.alerts.messages import SlackMessage
+from housekeeping.errors import HkError
+
+DEFAULT_SLACK_API_BASE_URL = "https://slack.com/api/"
+# Token-level errors: every message would fail the same way.
+AUTH_ERRORS = {
+    "invalid_auth",
+    "not_authed",
+    "account_inactive",
+    "token_revoked",
+    "token_expired",
+    "no_permission",
+    "missing_scope",
 }
+# Channel-level errors: this channel's messages can never be delivered as configured.
+CHANNEL_ERRORS = {"channel_not_found", "not_in_channel", "is_archived", "restricted_action"}
+CONNECTION_ERRORS = (urllib.error.URLError, socket.timeout, TimeoutError, ConnectionError, OSError)
 
 
-@dataclass(frozen=True)
-class SlackMessage:
-    channel: str
-    text: str  # the plain-text fallback (notifications, screen readers, webhooks without blocks)
-    blocks: list[dict[str, Any]]
-    # a reply in the thread of the alert's firing message (resolved messages)
-    thread_of: Notification | None = None
+class DeliveryError(HkError):
+    """Slack refused the messages for a reason an operator must fix (the token, a channel)."""
 
 
-def _metric_of(notification: Notification) -> str | None:
-    metric = notification.labels.get("metric")
-    return metric if metric in BUILTIN_METRICS else None
+class TransientError(HkError):
+    """Slack cannot take the message now (429, 5xx, a timeout); ``retry_after`` when it said."""
+
+    def __init__(self, message: str, retry_after: timedelta | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
-def _plain(text: str, limit: int = 150) -> dict[str, Any]:
-    return {"type": "plain_text", "text": text[:limit], "emoji": True}
+class Sender(Protocol):
+    description: str
+
+    def send(self, message: SlackMessage, thread: tuple[str, str] | None) -> tuple[str, str]:
+        """Send; return (channel id, ts) or ("", "") where the transport has none."""
 
 
-def _fields(notification: Notification) -> list[dict[str, Any]]:
-    metric = _metric_of(notification)
-    fields = []
-    if notification.severity is not None:
-        fields.append(f"*Severity*\n{notification.severity.value}")
-    if notification.value is not None:
-        fields.append(f"*Value*\n{format_value(metric, notification.value)}")
-    if notification.threshold is not None:
-        fields.append(
-            f"*Threshold*\n{notification.comparator or ''} "
-            f"{format_value(metric, notification.threshold)}"
+class ConsoleSender:
+    description = "console (Slack is not configured: set SLACK_BOT_TOKEN or SLACK_WEBHOOK_URL)"
+
+    def __init__(self, write: Callable[[str], None] = print) -> None:
+        self.write = write
+
+    def send(self, message: SlackMessage, thread: tuple[str, str] | None) -> tuple[str, str]:
+        self.write(f"[alert -> {message.channel}] {message.text}")
+        return "", ""
+
+
+class SlackWebSender:
+    """chat.postMessage through slack-sdk's WebClient; resolved messages reply in the thread."""
+
+    def __init__(self, token: str, base_url: str | None = None, timeout: int = 10) -> None:
+        base = (base_url or DEFAULT_SLACK_API_BASE_URL).rstrip("/") + "/"
+        # Retries are ours (they must survive restarts): the client itself does not retry.
+        self.client = WebClient(token=token, base_url=base, timeout=timeout, retry_handlers=[])
+        self.description = f"Slack Web API at {base}"
+
+    def send(self, message: SlackMessage, thread: tuple[str, str] | None) -> tuple[str, str]:
+        channel = thread[0] if thread else message.channel
+        try:
+            response = self.client.chat_postMessage(
+                channel=channel,
+                text=message.text,
+                blocks=message.blocks,
+                thread_ts=thread[1] if thread else None,
+                reply_broadcast=bool(thread),
+                unfurl_links=False,
+            )
+        except SlackApiError as exc:
+            raise _classify(exc) from None
+        except SlackRequestError as exc:
+            raise TransientError(f"Slack request failed: {exc}") from None
+        except CONNECTION_ERRORS as exc:
+            raise TransientError(f"cannot reach Slack: {_describe_connection(exc)}") from None
+        return str(response.get("channel", "")), str(response.get("ts", ""))
+
+    def upload(
+        self, channel: str, content: bytes, filename: str, title: str, thread_ts: str | None
+    ) -> None:
+        """Attach a file (the summary chart) to a channel, in a thread when given."""
+        try:
+            self.client.files_upload_v2(
+                channel=channel,
+                content=content,
+                filename=filename,
+                title=title,
+                thread_ts=thread_ts,
+            )
+        except SlackApiError as exc:
+            raise _classify(exc) from None
+        except (SlackRequestError, *CONNECTION_ERRORS) as exc:
+            raise TransientError(f"cannot upload to Slack: {_describe_connection(exc)}") from None
+
+
+class SlackWebhookSender:
+    """An incoming webhook: one fixed channel, no threads."""
+
+    description = "Slack incoming webhook"
+
+    def __init__(self, url: str, timeout: int = 10) -> None:
+        self.client = WebhookClient(url, timeout=timeout, retry_handlers=[])
+
+    def send(self, message: SlackMessage, thread: tuple[str, str] | None) -> tuple[str, str]:
+        try:
+            response = self.client.send(text=message.text, blocks=message.blocks)
+        except CONNECTION_ERRORS as exc:
+            raise TransientError(f"cannot reach Slack: {_describe_connection(exc)}") from None
+        if response.status_code == 429:
+            raise TransientError("Slack rate limit (429)", _retry_after(response.headers))
+        if response.status_code >= 500:
+            raise TransientError(f"Slack answered HTTP {response.status_code}")
+        if response.status_code != 200:
+            body = (response.body or "").strip()[:200]
+            if body in CHANNEL_ERRORS:
+                raise ChannelError(body)
+            raise DeliveryError(
+                f"Slack rejected the webhook (HTTP {response.status_code}: {body}); "
+                "check SLACK_WEBHOOK_URL"
+            )
+        return "", ""
+
+
+class ChannelError(HkError):
+    """This channel cannot take messages (not found, archived, the app not invited)."""
+
+
+class MessageRejected(HkError):
+    """Slack refused this one message (e.g. invalid blocks): retrying would not help."""
+
+
+def _describe_connection(exc: BaseException) -> str:
+    reason = getattr(exc, "reason", None)
+    return str(reason or exc) or type(exc).__name__
+
+
+def _retry_after(headers: dict | None) -> timedelta | None:
+    for name, value in (headers or {}).items():
+        if name.lower() == "retry-after":
+            try:
+                return timedelta(
+                    seconds=max(1, int(float(value if isinstance(value, str) else value[0])))
+                )
+            except (TypeError, ValueError, IndexError):
+                return None
+    return None
+
+
+def _classify(exc: SlackApiError) -> Exception:
+    response = exc.response
+    status = getattr(response, "status_code", 0)
+    error = ""
+    try:
+        error = str(response.get("error", ""))
+    except (AttributeError, TypeError, json.JSONDecodeError):
+        error = ""
+    if status == 429 or error == "ratelimited":
+        return TransientError("Slack rate limit (429)", _retry_after(response.headers))
+    if status >= 500:
+        return TransientError(f"Slack answered HTTP {status}")
+    if error in AUTH_ERRORS:
+        return DeliveryError(
+            f"Slack rejected the bot token ({error}): check SLACK_BOT_TOKEN and the app's scopes "
+            "(chat:write, files:write)"
         )
-    if notification.window is not None:
-        fields.append(f"*Window*\n{format_duration(notification.window)}")
-    if notification.key.group:
-        fields.append(f"*Group*\n{notification.key.group}")
-    return [{"type": "mrkdwn", "text": text} for text in fields[:10]]
+    if error in CHANNEL_ERRORS:
+        return ChannelError(error)
+    return MessageRejected(f"Slack refused the message ({error or f'HTTP {status}'})")
 
 
-def _link(webserver_url: str | None, notification: Notification) -> list[dict[str, Any]]:
-    if not webserver_url:
-        return []
-    if notification.run_id:
-        url, label = f"{webserver_url}/runs/{notification.run_id}", "Open the run in Dagster"
-    else:
-        url, label = f"{webserver_url}/overview/activity/timeline", "Open Dagster"
-    return [
-        {
-            "type": "actions",
-            "elements": [{"type": "button", "text": _plain(label), "url": url}],
-        }
-    ]
-
-
-def _context(notification: Notification) -> dict[str, Any]:
-    labels = ", ".join(f"{name}={value}" for name, value in sorted(notification.labels.items()))
-    at = notification.evaluated_at.strftime("%Y-%m-%d %H:%M UTC")
-    text = f"{at} · rule `{notification.key.rule}`" + (f" · {labels}" if labels else "")
-    return {"type": "context", "elements": [{"type": "mrkdwn", "text": text}]}
-
-
-def render(notifications: Sequence[Notification], webserver_url: str | None = None) -> SlackMessage:
-    """One message for one notification, or for a burst of one rule's firings in one tick."""
-    first = notifications[0]
-    icon = ":white_check_mark:" if first.kind is NotificationKind.RESOLVED else ""
-    if first.severity is not None and not icon:
-        icon = _ICON[first.severity]
-    if len(notifications) == 1:
-        title = first.title
-        blocks: list[dict[str, Any]] = [
-            {"type": "header", "text": _plain(f"{icon} {title}".strip())},
-            {"type": "section", "text": {"type": "mrkdwn", "text": first.text[:2900]}},
-        ]
-        fields = _fields(first)
-        if fields:
-            blocks.append({"type": "section", "fields": fields})
-        text = first.text
-    else:
-        metric = _metric_of(first)
-        worst = max(
-            (item.severity for item in notifications if item.severity is not None),
-            key=lambda severity: severity.rank,
-            default=first.severity,
-        )
-        title = (
-            f"FIRING [{worst.value if worst else ''}]: {first.key.rule} "
-            f"({len(notifications)} groups)"
-        )
-        lines = [
-            f"• `{item.key.group or 'all'}`: {format_value(metric, item.value)}"
-            + (f" ({item.severity.value})" if item.severity else "")
-            for item in notifications[:MAX_GROUPS_LISTED]
-        ]
-        if len(notifications) > MAX_GROUPS_LISTED:
-            lines.append(f"… and {len(notifications) - MAX_GROUPS_LISTED} more")
-        threshold = (
-            f"{first.comparator} {format_value(metric, first.threshold)}"
-            if first.threshold is not None
-            else ""
-        )
-        summary = f"{threshold}, window {format_duration(first.window)}" if first.window else ""
-        blocks = [
-            {"type": "header", "text": _plain(f"{icon} {title}".strip())},
-            {"type": "section", "text": {"type": "mrkdwn", "text": "\n".join(lines)[:2900]}},
-        ]
-        if summary:
-            blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": summary}})
-        text = f"{title}: " + "; ".join(
-            f"{item.key.group or 'all'} {format_value(metric, item.value)}"
-            for item in notifications[:MAX_GROUPS_LISTED]
-        )
-    blocks.append(_context(first))
-    blocks.extend(_link(webserver_url, first))
-    return SlackMessage(
-        channel=first.channel,
-        text=text[:3000],
-        blocks=blocks,
-        thread_of=first if first.kind is NotificationKind.RESOLVED else None,
-    )
+def sender_from_environment(write: Callable[[str], None] = print) -> Sender:
+    """The Web API with $SLACK_BOT_TOKEN, else the webhook $SLACK_WEBHOOK_URL, else ``write``."""
+    token = os.environ.get("SLACK_BOT_TOKEN")
+    if token:
+        return SlackWebSender(token, os.environ.get("SLACK_API_BASE_URL"))
+    webhook = os.environ.get("SLACK_WEBHOOK_URL")
+    if webhook:
+        return SlackWebhookSender(webhook)
+    return ConsoleSender(write)

@@ -16,7 +16,8 @@ from __future__ import annotations
 from dataclasses import replace
 from datetime import datetime
 
-from analytics.alerts.metrics import format_value
+from analytics.alerts.catalog import unit_of
+from analytics.alerts.messages import rule_message
 from analytics.alerts.model import (
     AlertKey,
     AlertRecord,
@@ -26,12 +27,11 @@ from analytics.alerts.model import (
     Severity,
 )
 from analytics.alerts.rules import NoData, Rule
-from housekeeping.config import format_duration
 
 
 def _breaching(rule: Rule, value: float | None) -> list[Severity]:
     if value is None:
-        return [rule.no_data_severity] if rule.no_data == NoData.ALERT else []
+        return [rule.no_data_severity] if rule.no_data is NoData.ALERT else []
     return [
         severity
         for severity in rule.severities
@@ -58,7 +58,7 @@ def advance(
 ) -> tuple[AlertRecord, list[Notification]]:
     """The next state of ``key`` after observing ``value`` at ``now``."""
     previous = record or AlertRecord(key=key)
-    if value is None and rule.no_data == NoData.KEEP:
+    if value is None and rule.no_data is NoData.KEEP:
         return replace(previous, updated_at=now), []
 
     breaching = _breaching(rule, value)
@@ -70,7 +70,7 @@ def advance(
     if previous.state is AlertState.FIRING:
         assert previous.severity is not None
         recovered = value is None or rule.recovered(value)
-        if value is None and rule.no_data == NoData.ALERT:
+        if value is None and rule.no_data is NoData.ALERT:
             recovered = False
         if active is None and recovered:
             new.state, new.pending_since = AlertState.RESOLVED, None
@@ -118,30 +118,7 @@ def _notification(
     now: datetime,
     channel_for: dict[Severity, str],
 ) -> Notification:
-    threshold = rule.threshold_value(severity)
-    metric_label = rule.metric or "sql"
-    where = f" on {rule.group_by.value} {key.group}" if key.group else ""
-    shown = format_value(rule.metric, value)
-    if kind is NotificationKind.RESOLVED:
-        title = f"RESOLVED: {rule.name}{where}"
-        text = f"{rule.name}{where} resolved: {metric_label} is {shown}"
-    else:
-        verb = {
-            NotificationKind.FIRING: "FIRING",
-            NotificationKind.ESCALATED: "ESCALATED",
-            NotificationKind.RENOTIFY: "STILL FIRING",
-        }[kind]
-        title = f"{verb} [{severity.value}]: {rule.name}{where}"
-        if value is None:
-            text = f"{rule.name}{where}: no data for {format_duration(rule.window)}"
-        else:
-            limit = format_value(rule.metric, threshold)
-            text = (
-                f"{rule.name}{where}: {metric_label} is {shown} "
-                f"({rule.comparator.value} {limit}, window {format_duration(rule.window)})"
-            )
-    if rule.summary:
-        text = f"{text}. {rule.summary}"
+    title, text = rule_message(rule, key, kind, severity, value)
     labels = dict(rule.labels)
     if rule.metric:
         labels.setdefault("metric", rule.metric)
@@ -156,8 +133,9 @@ def _notification(
         text=text,
         evaluated_at=now,
         value=value,
-        threshold=threshold,
+        threshold=rule.threshold_value(severity),
         comparator=rule.comparator.value,
         window=rule.window,
         labels=labels,
+        unit=unit_of(rule.metric),
     )

@@ -18,12 +18,14 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from analytics.alerts.catalog import Unit
 from analytics.alerts.model import (
     AlertKey,
     AlertRecord,
     AlertState,
     Notification,
     NotificationKind,
+    OutboxStatus,
     Severity,
 )
 from housekeeping.database import redact_url
@@ -60,7 +62,7 @@ outbox = sa.Table(
     sa.Column("evaluated_at", TS, nullable=False),
     sa.Column("created_at", TS, nullable=False),
     # pending -> sent, or failed (a permanent error such as invalid_auth; see delivery.py)
-    sa.Column("status", sa.String(20), nullable=False, default="pending"),
+    sa.Column("status", sa.String(20), nullable=False, default=OutboxStatus.PENDING.value),
     sa.Column("attempts", sa.Integer, nullable=False, default=0),
     sa.Column("next_attempt_at", TS, nullable=False),
     sa.Column("last_error", sa.Text),
@@ -126,7 +128,7 @@ class Silence:
 class OutboxRow:
     id: int
     notification: Notification
-    status: str
+    status: OutboxStatus
     attempts: int
     next_attempt_at: datetime
     last_error: str | None
@@ -154,6 +156,7 @@ def notification_to_json(notification: Notification) -> str:
             ),
             "labels": notification.labels,
             "run_id": notification.run_id,
+            "unit": notification.unit.value if notification.unit is not None else None,
         },
         sort_keys=True,
     )
@@ -179,6 +182,8 @@ def notification_from_json(text: str) -> Notification:
         ),
         labels=data["labels"],
         run_id=data["run_id"],
+        # Rows stored before notifications carried their unit show plain numbers.
+        unit=Unit(data["unit"]) if data.get("unit") else None,
     )
 
 
@@ -293,7 +298,7 @@ class AlertStore:
                 "payload": notification_to_json(item),
                 "evaluated_at": item.evaluated_at,
                 "created_at": now,
-                "status": "pending",
+                "status": OutboxStatus.PENDING.value,
                 "attempts": 0,
                 "next_attempt_at": now,
                 "dedupe_key": dedupe_key,
@@ -315,7 +320,7 @@ class AlertStore:
         return OutboxRow(
             id=row["id"],
             notification=notification_from_json(row["payload"]),
-            status=row["status"],
+            status=OutboxStatus(row["status"]),
             attempts=row["attempts"],
             next_attempt_at=utc(row["next_attempt_at"]),
             last_error=row["last_error"],
@@ -327,15 +332,19 @@ class AlertStore:
     def pending(self, limit: int = 500) -> list[OutboxRow]:
         """Unsent rows in the order they were stored (due or not: delivery keeps the order)."""
         query = (
-            sa.select(outbox).where(outbox.c.status == "pending").order_by(outbox.c.id).limit(limit)
+            sa.select(outbox)
+            .where(outbox.c.status == OutboxStatus.PENDING.value)
+            .order_by(outbox.c.id)
+            .limit(limit)
         )
         with self.engine.connect() as conn:
             return [self._row(row) for row in conn.execute(query).mappings()]
 
-    def rows(self, status: str | None = None, limit: int = 1000) -> list[OutboxRow]:
+    def rows(self, status: OutboxStatus | None = None, limit: int = 1000) -> list[OutboxRow]:
+        """The first ``limit`` outbox rows in id order, only those in ``status`` when given."""
         query = sa.select(outbox).order_by(outbox.c.id).limit(limit)
         if status is not None:
-            query = query.where(outbox.c.status == status)
+            query = query.where(outbox.c.status == status.value)
         with self.engine.connect() as conn:
             return [self._row(row) for row in conn.execute(query).mappings()]
 
@@ -347,7 +356,7 @@ class AlertStore:
                 outbox.update()
                 .where(outbox.c.id.in_(list(ids)))
                 .values(
-                    status="sent",
+                    status=OutboxStatus.SENT.value,
                     sent_at=now,
                     attempts=outbox.c.attempts + 1,
                     slack_channel=slack_channel,
@@ -373,7 +382,11 @@ class AlertStore:
             conn.execute(
                 outbox.update()
                 .where(outbox.c.id.in_(list(ids)))
-                .values(status="failed", attempts=outbox.c.attempts + 1, last_error=error[:2000])
+                .values(
+                    status=OutboxStatus.FAILED.value,
+                    attempts=outbox.c.attempts + 1,
+                    last_error=error[:2000],
+                )
             )
 
     def thread_of(self, key: AlertKey, before_id: int) -> tuple[str, str] | None:
@@ -384,7 +397,7 @@ class AlertStore:
                 outbox.c.rule == key.rule,
                 outbox.c.group_key == key.group,
                 outbox.c.kind == NotificationKind.FIRING.value,
-                outbox.c.status == "sent",
+                outbox.c.status == OutboxStatus.SENT.value,
                 outbox.c.slack_ts.is_not(None),
                 outbox.c.id < before_id,
             )
@@ -449,7 +462,8 @@ class AlertStore:
         with self.transaction() as conn:
             sent = conn.execute(
                 outbox.delete().where(
-                    outbox.c.status.in_(["sent", "failed"]), outbox.c.created_at < before
+                    outbox.c.status.in_([OutboxStatus.SENT.value, OutboxStatus.FAILED.value]),
+                    outbox.c.created_at < before,
                 )
             ).rowcount
             expired = conn.execute(silences.delete().where(silences.c.ends_at < before)).rowcount

@@ -128,14 +128,14 @@ def build_summary(
             .where(
                 outbox.c.evaluated_at >= summary.start,
                 outbox.c.evaluated_at < summary.end,
-                outbox.c.kind.in_(["firing", "resolved"]),
+                outbox.c.kind.in_([NotificationKind.FIRING.value, NotificationKind.RESOLVED.value]),
             )
             .group_by(outbox.c.kind)
         )
         with alert_engine.connect() as conn:
-            counts = dict(conn.execute(query).all())
-        summary.alerts_fired = int(counts.get("firing", 0))
-        summary.alerts_resolved = int(counts.get("resolved", 0))
+            counts = {NotificationKind(kind): count for kind, count in conn.execute(query).all()}
+        summary.alerts_fired = int(counts.get(NotificationKind.FIRING, 0))
+        summary.alerts_resolved = int(counts.get(NotificationKind.RESOLVED, 0))
     return summary
 
 

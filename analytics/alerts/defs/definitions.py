@@ -1,4 +1,4 @@
-"""The alerting part of the code location, merged into housekeeping/definitions.py.
+"""The alerting part of the code location, merged by the root, housekeeping/definitions.py.
 
 The rule file is loaded here, so a bad rule fails the code location's load with the message
 `hk rules check` prints.
@@ -8,21 +8,24 @@ from __future__ import annotations
 
 import dagster as dg
 
-from analytics.alerts.sensors import (
-    AlertsResource,
+from analytics.alerts.defs.jobs import daily_summary_job
+from analytics.alerts.defs.resources import RESOURCE_KEY, AlertsResource
+from analytics.alerts.defs.schedules import build_summary_schedule
+from analytics.alerts.defs.sensors import (
     alert_run_failure_sensor,
     alert_watchdog_sensor,
     build_alert_sensor,
-    build_summary_schedule,
-    daily_summary_job,
 )
 from analytics.alerts.settings import alerts_settings
 from housekeeping.config import HousekeepingConfig
 
-RESOURCE_KEY = "alerts"
 
+def build_alerts_defs(config: HousekeepingConfig, config_file: str = "") -> dg.Definitions:
+    """The alerting jobs, schedule, sensors and resource for ``config`` (read from ``config_file``).
 
-def build_alerts_definitions(config: HousekeepingConfig, config_file: str = "") -> dg.Definitions:
+    Raises RulesError when the rule file does not load, and ConfigError for a bad ``alerts:``
+    section: the code location fails to load with the message ``hk rules check`` prints.
+    """
     settings = alerts_settings(config, config_file or "config")
     settings.load_rules(config.health)  # fail the load on a bad rule file, with the same message
     return dg.Definitions(
