@@ -13,7 +13,8 @@ import click
 import duckdb
 
 from analytics.settings import analytics_settings
-from housekeeping.config import ConfigError, load_config
+from housekeeping.cli_options import config_option
+from housekeeping.config import load_config
 
 MAX_CELL = 60
 
@@ -75,13 +76,7 @@ def run_query(database: str, sql: str) -> tuple[list[str], list[tuple]]:
 @click.command()
 @click.argument("sql")
 @click.option("--csv", "as_csv", is_flag=True, help="Print CSV (with a header) instead of a table.")
-@click.option(
-    "--config",
-    "config_file",
-    type=click.Path(dir_okay=False),
-    default=None,
-    help="Config file (default: $HK_CONFIG, else ./hk.yaml); names the published file.",
-)
+@config_option
 @click.option(
     "--database",
     type=click.Path(dir_okay=False),
@@ -94,11 +89,8 @@ def query(sql: str, as_csv: bool, config_file: str | None, database: str | None)
     Example: hk query "SELECT * FROM requests_daily_overall ORDER BY day DESC LIMIT 7"
     """
     if database is None:
-        try:
-            config = load_config(config_file)
-            database = str(analytics_settings(config, config_file or "config").database_path)
-        except ConfigError as exc:
-            raise click.ClickException(str(exc)) from None
+        config = load_config(config_file)
+        database = str(analytics_settings(config, config_file or "config").database_path)
     names, rows = run_query(database, sql)
     if as_csv:
         writer = csv.writer(sys.stdout, lineterminator="\n")

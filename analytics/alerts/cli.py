@@ -19,14 +19,13 @@ from analytics.alerts.catalog import GroupBy, unit_of
 from analytics.alerts.delivery import deliver
 from analytics.alerts.messages import format_value
 from analytics.alerts.model import AlertState
-from analytics.alerts.rule_tests import RuleTestError, load_rule_test, run_rule_test
-from analytics.alerts.rules import RulePack, RulesError, load_rules
+from analytics.alerts.rule_tests import load_rule_test, run_rule_test
+from analytics.alerts.rules import RulePack, load_rules
 from analytics.alerts.service import AlertRuntime, evaluate_and_deliver
 from analytics.alerts.settings import alerts_settings
 from analytics.alerts.slack import sender_from_environment
-from analytics.alerts.store import AlertStoreError
+from housekeeping.cli_options import config_option
 from housekeeping.config import (
-    ConfigError,
     HealthConfig,
     config_path,
     format_duration,
@@ -34,23 +33,6 @@ from housekeeping.config import (
     parse_duration,
 )
 from housekeeping.history import HealthStatus, RunHistory
-
-ALERT_ERRORS = (ConfigError, RulesError, AlertStoreError)
-
-config_option = click.option(
-    "--config",
-    "config_file",
-    type=click.Path(dir_okay=False),
-    default=None,
-    help="Config file (default: $HK_CONFIG, else ./hk.yaml).",
-)
-
-
-def _runtime(config_file: str | None) -> AlertRuntime:
-    try:
-        return AlertRuntime.load(config_file)
-    except ALERT_ERRORS as exc:
-        raise click.ClickException(str(exc)) from None
 
 
 def _duration(value: str, option: str) -> timedelta:
@@ -78,18 +60,15 @@ def _load_rule_file(
 ) -> tuple[str | None, RulePack, HealthConfig]:
     """The rule file given, else alerts.rules_file of the config (None: the shipped pack), and
     the config's health: section its health.<key> thresholds were read from."""
-    try:
-        # The config's health: section fills health.<key> thresholds; a rule file checked on
-        # its own, with no config file around, gets that section's defaults.
-        config = None
-        if rule_file is None or config_file or config_path().exists():
-            config = load_config(config_file)
-        if rule_file is None:
-            rule_file = alerts_settings(config, config_file or "config").rules_file
-        health = config.health if config else HealthConfig()
-        return rule_file, load_rules(rule_file, health), health
-    except ALERT_ERRORS as exc:
-        raise click.ClickException(str(exc)) from None
+    # The config's health: section fills health.<key> thresholds; a rule file checked on
+    # its own, with no config file around, gets that section's defaults.
+    config = None
+    if rule_file is None or config_file or config_path().exists():
+        config = load_config(config_file)
+    if rule_file is None:
+        rule_file = alerts_settings(config, config_file or "config").rules_file
+    health = config.health if config else HealthConfig()
+    return rule_file, load_rules(rule_file, health), health
 
 
 @rules.command("check")
@@ -120,11 +99,8 @@ def rules_backtest(
     since: str, rule_names: tuple[str, ...], step: str, as_json: bool, config_file: str | None
 ) -> None:
     """Replay the rules over the rollup history and list the notifications they would send."""
-    runtime = _runtime(config_file)
-    try:
-        pack = runtime.rules.select(list(rule_names))
-    except RulesError as exc:
-        raise click.ClickException(str(exc)) from None
+    runtime = AlertRuntime.load(config_file)
+    pack = runtime.rules.select(list(rule_names))
     until = datetime.now(UTC).replace(second=0, microsecond=0)
     result = backtest(
         pack,
@@ -167,10 +143,7 @@ def rules_test(test_files: tuple[str, ...], rule_file: str | None, config_file: 
     Exits 1 when a case fails, with a diff of the expected (-) and sent (+) notifications.
     """
     _, pack, health = _load_rule_file(rule_file, config_file)
-    try:
-        cases = [(path, load_rule_test(path)) for path in test_files]
-    except RuleTestError as exc:
-        raise click.ClickException(str(exc)) from None
+    cases = [(path, load_rule_test(path)) for path in test_files]
     failed = 0
     for path, case in cases:
         result = run_rule_test(pack, case, source=path, health=health)
@@ -200,7 +173,7 @@ def alerts() -> None:
 @config_option
 def alerts_list(outbox: bool, config_file: str | None) -> None:
     """Every alert not ok, active silences, and (with --outbox) recent notifications."""
-    runtime = _runtime(config_file)
+    runtime = AlertRuntime.load(config_file)
     now = datetime.now(UTC)
     with runtime.store.transaction() as conn:
         states = runtime.store.load_states(conn)
@@ -248,7 +221,7 @@ def alerts_silence(
 ) -> None:
     """Stop notifications of RULE (states still change) for a while."""
     length = _duration(duration, "--for")
-    runtime = _runtime(config_file)
+    runtime = AlertRuntime.load(config_file)
     if rule not in {item.name for item in runtime.rules.rules}:
         known = ", ".join(sorted(item.name for item in runtime.rules.rules))
         runtime.close()
@@ -271,7 +244,7 @@ def alerts_silence(
 @config_option
 def alerts_unsilence(silence_id: int, config_file: str | None) -> None:
     """End silence SILENCE_ID now."""
-    runtime = _runtime(config_file)
+    runtime = AlertRuntime.load(config_file)
     removed = runtime.store.remove_silence(silence_id)
     runtime.close()
     if not removed:
@@ -283,7 +256,7 @@ def alerts_unsilence(silence_id: int, config_file: str | None) -> None:
 @config_option
 def alerts_evaluate(config_file: str | None) -> None:
     """Evaluate every rule now, as the sensor does, and send what it produces."""
-    runtime = _runtime(config_file)
+    runtime = AlertRuntime.load(config_file)
     sender = sender_from_environment(click.echo)
     click.echo(f"sending through: {sender.description}")
     report, delivery = evaluate_and_deliver(runtime, sender)
@@ -303,7 +276,7 @@ def alerts_evaluate(config_file: str | None) -> None:
 @config_option
 def alerts_deliver(config_file: str | None) -> None:
     """Send the notifications waiting in the outbox now."""
-    runtime = _runtime(config_file)
+    runtime = AlertRuntime.load(config_file)
     sender = sender_from_environment(click.echo)
     report = deliver(runtime.store, sender, runtime.settings)
     runtime.close()
@@ -324,7 +297,7 @@ def _iso(value: datetime | None) -> str | None:
 @config_option
 def status(as_json: bool, config_file: str | None) -> None:
     """Health of every housekeeping policy and every alert that is not ok."""
-    runtime = _runtime(config_file)
+    runtime = AlertRuntime.load(config_file)
     config = runtime.config
     history = RunHistory.from_config(config)
     now = datetime.now(UTC)
