@@ -11,24 +11,30 @@ from typing import Any
 
 import dagster as dg
 
-from analytics.api_usage_rollup import API_USAGE_DAILY, refresh_api_usage
-from analytics.housekeeping_rollup import (
+from analytics.datasets import (
+    API_USAGE_DAILY,
     HOUSEKEEPING_RUNS,
     HOUSEKEEPING_SUMMARY,
+    JOBS_HOURLY,
+    REQUESTS_MINUTE,
+    TABLE_STATS,
+    TOKEN_REVOCATIONS_BY_USER,
+    TOKEN_REVOCATIONS_DAILY,
+    Dataset,
+)
+from analytics.partitions import daily_partitions, hourly_partitions
+from analytics.resources import AnalyticsResource
+from analytics.rollups.api_usage import refresh_api_usage
+from analytics.rollups.engine import RollupResult
+from analytics.rollups.housekeeping_runs import (
     refresh_housekeeping_runs,
     refresh_housekeeping_summary,
 )
-from analytics.jobs_rollup import JOBS_HOURLY, refresh_jobs
-from analytics.partitions import daily_partitions, hourly_partitions
-from analytics.resources import AnalyticsResource
-from analytics.rollups import REQUESTS_MINUTE, Dataset, RollupResult, refresh_requests
+from analytics.rollups.jobs import refresh_jobs
+from analytics.rollups.requests import refresh_requests
+from analytics.rollups.table_stats import snapshot_table_stats
+from analytics.rollups.token_revocations import refresh_token_revocations
 from analytics.settings import AnalyticsSettings
-from analytics.table_stats import TABLE_STATS, snapshot_table_stats
-from analytics.token_rollup import (
-    TOKEN_REVOCATIONS_BY_USER,
-    TOKEN_REVOCATIONS_DAILY,
-    refresh_token_revocations,
-)
 from housekeeping.history import RunHistory
 
 GROUP = "analytics"

@@ -26,9 +26,9 @@ from analytics.assets import (
 )
 from analytics.partitions import daily_partitions, hourly_partitions
 from analytics.resources import AnalyticsResource
+from analytics.rollups.token_revocations import token_policies
 from analytics.sensors import build_freshness_sensor, build_housekeeping_history_sensor
 from analytics.settings import AnalyticsSettings, analytics_settings
-from analytics.token_rollup import token_policies
 from housekeeping.config import HousekeepingConfig
 
 RESOURCE_KEY = "analytics"

@@ -45,6 +45,15 @@ def bucket_value_sql(bucket: str) -> str:
     )
 
 
+def sketch_sql(buckets: str) -> str:
+    """DuckDB expression: a list of bucket numbers as a sketch, sorted (bucket, count) pairs."""
+    return (
+        "list_sort(list_transform("
+        f"map_entries(list_aggregate({buckets}, 'histogram')), "
+        "lambda e: {'bucket': e.key, 'count': CAST(e.value AS INTEGER)}))"
+    )
+
+
 def buckets_of(values: np.ndarray) -> np.ndarray:
     """The bucket of each latency, as ``bucket_sql`` computes it."""
     values = np.asarray(values, dtype=np.float64)

@@ -11,7 +11,8 @@ import sqlalchemy as sa
 
 from analytics.alerts.metrics import MetricSource
 from analytics.alerts.rules import parse_rules
-from analytics.api_usage_rollup import day_bounds, refresh_api_usage
+from analytics.rollups.api_usage import refresh_api_usage
+from analytics.rollups.engine import day_bounds
 from analytics.settings import parse_analytics_settings
 from housekeeping.config import ConfigError
 from tests.test_analytics_helpers import (

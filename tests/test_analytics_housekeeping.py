@@ -13,7 +13,6 @@ import pytest
 import sqlalchemy as sa
 import yaml
 
-from analytics.api_usage_rollup import day_bounds
 from analytics.assets import (
     HOUSEKEEPING_RUNS_KEY,
     TABLE_STATS_KEY,
@@ -22,10 +21,14 @@ from analytics.assets import (
 )
 from analytics.definitions import RESOURCE_KEY, build_analytics_definitions
 from analytics.extract import SourceError
-from analytics.housekeeping_rollup import refresh_housekeeping_runs, refresh_housekeeping_summary
 from analytics.resources import AnalyticsResource
-from analytics.table_stats import snapshot_table_stats
-from analytics.token_rollup import refresh_token_revocations, user_hash_key
+from analytics.rollups.engine import day_bounds
+from analytics.rollups.housekeeping_runs import (
+    refresh_housekeeping_runs,
+    refresh_housekeeping_summary,
+)
+from analytics.rollups.table_stats import snapshot_table_stats
+from analytics.rollups.token_revocations import refresh_token_revocations, user_hash_key
 from housekeeping.config import ConfigError, load_config, parse_config
 from housekeeping.history import PolicyRun, RunHistory, RunStatus
 from housekeeping.policies import RunOptions

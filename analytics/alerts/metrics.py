@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING, Any
 
 import duckdb
 
-from analytics.rollups import REQUESTS_MINUTE, hour_key
+from analytics.datasets import REQUESTS_MINUTE
+from analytics.rollups.engine import hour_key
 from analytics.views import request_stat_macros
 from housekeeping.history import RunHistory, RunStatus, evaluate_health
 
