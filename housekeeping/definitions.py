@@ -7,7 +7,7 @@ A config that does not validate fails the code location's load with the same mes
 import dagster as dg
 
 from analytics.alerts.definitions import build_alerts_definitions
-from analytics.definitions import build_analytics_definitions
+from analytics.defs.definitions import build_analytics_definitions
 from housekeeping.assets import (
     DAGSTER_RUNS_ASSET,
     GROUP,

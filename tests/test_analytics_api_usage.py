@@ -141,7 +141,7 @@ def test_a_bad_budget_is_refused_naming_the_key():
 
 
 def test_the_schedule_refreshes_today_and_in_the_first_hour_yesterday_too(tmp_path):
-    from analytics.definitions import build_analytics_definitions
+    from analytics.defs.definitions import build_analytics_definitions
     from housekeeping.config import parse_config
 
     config = parse_config(

@@ -8,11 +8,11 @@ import dagster as dg
 import pytest
 import yaml
 
-from analytics.assets import REQUESTS_MINUTE_KEY, build_requests_minute_asset
-from analytics.definitions import RESOURCE_KEY, build_analytics_definitions
+from analytics.defs.assets import REQUESTS_MINUTE_KEY, build_requests_minute_asset
+from analytics.defs.definitions import RESOURCE_KEY, build_analytics_definitions
+from analytics.defs.partitions import hour_partition_key
+from analytics.defs.resources import AnalyticsResource
 from analytics.freshness import FreshnessCursor
-from analytics.partitions import hour_partition_key
-from analytics.resources import AnalyticsResource
 from analytics.settings import analytics_settings
 from housekeeping.config import load_config
 from housekeeping.database import AppDatabase

@@ -13,15 +13,15 @@ import pytest
 import sqlalchemy as sa
 import yaml
 
-from analytics.assets import (
+from analytics.defs.assets import (
     HOUSEKEEPING_RUNS_KEY,
     TABLE_STATS_KEY,
     TOKEN_REVOCATIONS_BY_USER_KEY,
     TOKEN_REVOCATIONS_DAILY_KEY,
 )
-from analytics.definitions import RESOURCE_KEY, build_analytics_definitions
+from analytics.defs.definitions import RESOURCE_KEY, build_analytics_definitions
+from analytics.defs.resources import AnalyticsResource
 from analytics.extract import SourceError
-from analytics.resources import AnalyticsResource
 from analytics.rollups.engine import day_bounds
 from analytics.rollups.housekeeping_runs import (
     refresh_housekeeping_runs,

@@ -7,7 +7,7 @@ from zoneinfo import ZoneInfo
 
 import dagster as dg
 
-from analytics.assets import (
+from analytics.defs.assets import (
     API_USAGE_DAILY_KEY,
     HOUSEKEEPING_RUNS_KEY,
     HOUSEKEEPING_SUMMARY_KEY,
@@ -24,10 +24,10 @@ from analytics.assets import (
     build_table_stats_asset,
     build_token_revocations_assets,
 )
-from analytics.partitions import daily_partitions, hourly_partitions
-from analytics.resources import AnalyticsResource
+from analytics.defs.partitions import daily_partitions, hourly_partitions
+from analytics.defs.resources import AnalyticsResource
+from analytics.defs.sensors import build_freshness_sensor, build_housekeeping_history_sensor
 from analytics.rollups.token_revocations import token_policies
-from analytics.sensors import build_freshness_sensor, build_housekeeping_history_sensor
 from analytics.settings import AnalyticsSettings, analytics_settings
 from housekeeping.config import HousekeepingConfig
 

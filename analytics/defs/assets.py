@@ -22,8 +22,8 @@ from analytics.datasets import (
     TOKEN_REVOCATIONS_DAILY,
     Dataset,
 )
-from analytics.partitions import daily_partitions, hourly_partitions
-from analytics.resources import AnalyticsResource
+from analytics.defs.partitions import daily_partitions, hourly_partitions
+from analytics.defs.resources import AnalyticsResource
 from analytics.rollups.api_usage import refresh_api_usage
 from analytics.rollups.engine import RollupResult
 from analytics.rollups.housekeeping_runs import (

@@ -11,9 +11,9 @@ from zoneinfo import ZoneInfo
 
 import dagster as dg
 
+from analytics.defs.partitions import hour_partition_key
+from analytics.defs.resources import AnalyticsResource
 from analytics.freshness import FreshnessCursor, refresh_recent, refresh_recent_jobs
-from analytics.partitions import hour_partition_key
-from analytics.resources import AnalyticsResource
 from analytics.settings import AnalyticsSettings
 from housekeeping.history import RunHistory
 
