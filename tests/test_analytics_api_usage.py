@@ -141,7 +141,7 @@ def test_a_bad_budget_is_refused_naming_the_key():
 
 
 def test_the_schedule_refreshes_today_and_in_the_first_hour_yesterday_too(tmp_path):
-    from analytics.defs.definitions import build_analytics_definitions
+    from analytics.defs.definitions import build_analytics_defs
     from housekeeping.config import parse_config
 
     config = parse_config(
@@ -153,7 +153,7 @@ def test_the_schedule_refreshes_today_and_in_the_first_hour_yesterday_too(tmp_pa
             },
         }
     )
-    defs = build_analytics_definitions(config)
+    defs = build_analytics_defs(config)
     schedule = defs.get_schedule_def("analytics_api_usage_schedule")
 
     def partitions(moment):

@@ -8,10 +8,11 @@ import dagster as dg
 import pytest
 import yaml
 
-from analytics.defs.assets import REQUESTS_MINUTE_KEY, build_requests_minute_asset
-from analytics.defs.definitions import RESOURCE_KEY, build_analytics_definitions
+from analytics.datasets import REQUESTS_MINUTE
+from analytics.defs.assets import REQUESTS_MINUTE_ASSET, asset_key, build_rollup_asset
+from analytics.defs.definitions import build_analytics_defs
 from analytics.defs.partitions import hour_partition_key
-from analytics.defs.resources import AnalyticsResource
+from analytics.defs.resources import RESOURCE_KEY, AnalyticsResource
 from analytics.freshness import FreshnessCursor
 from analytics.settings import analytics_settings
 from housekeeping.config import load_config
@@ -19,6 +20,8 @@ from housekeeping.database import AppDatabase
 from housekeeping.definitions import build_definitions
 from housekeeping.demo_data import seed_database
 from tests.test_analytics_helpers import raw_requests
+
+REQUESTS_MINUTE_KEY = asset_key(REQUESTS_MINUTE)
 
 
 @pytest.fixture
@@ -59,7 +62,11 @@ def materialize(config_file, instance, **kwargs) -> dg.ExecuteInProcessResult:
     config = load_config(config_file)
     settings = analytics_settings(config)
     return dg.materialize(
-        [build_requests_minute_asset(settings, config.owner)],
+        [
+            build_rollup_asset(
+                REQUESTS_MINUTE_ASSET, settings, settings.day_timezone(config), config.owner
+            )
+        ],
         instance=instance,
         resources={RESOURCE_KEY: AnalyticsResource(config_file=config_file)},
         **kwargs,
@@ -121,7 +128,7 @@ def test_the_freshness_sensor_refreshes_the_current_hour_and_keeps_its_watermark
     app, config_file, instance
 ):
     db, now = app
-    defs = build_analytics_definitions(load_config(config_file), config_file)
+    defs = build_analytics_defs(load_config(config_file), config_file)
     sensor = defs.get_sensor_def("analytics_freshness_sensor")
     context = dg.build_sensor_context(
         instance=instance,

@@ -6,22 +6,30 @@ per minute (ticks without runs are purged after 7 days by the instance's sensor 
 one partition run per closed hour. The watermark is the sensor's cursor.
 """
 
-from typing import Any
 from zoneinfo import ZoneInfo
 
 import dagster as dg
 
+from analytics.defs.assets import (
+    HOUSEKEEPING_RUNS_ASSET,
+    HOUSEKEEPING_SUMMARY_ASSET,
+    REQUESTS_MINUTE_ASSET,
+    TOKEN_REVOCATIONS_ASSET,
+)
+from analytics.defs.jobs import AssetJob
 from analytics.defs.partitions import hour_partition_key
 from analytics.defs.resources import AnalyticsResource
 from analytics.freshness import FreshnessCursor, refresh_recent, refresh_recent_jobs
+from analytics.rollups.token_revocations import token_policies
 from analytics.settings import AnalyticsSettings
+from housekeeping.config import HousekeepingConfig
 from housekeeping.history import RunHistory
 
 FRESHNESS_SENSOR = "analytics_freshness_sensor"
 
 
 def build_freshness_sensor(
-    settings: AnalyticsSettings, finalise_job: dg.JobDefinition | Any
+    settings: AnalyticsSettings, finalise_job: AssetJob
 ) -> dg.SensorDefinition:
     @dg.sensor(
         name=FRESHNESS_SENSOR,
@@ -76,9 +84,9 @@ FIRST_TICK_DAYS = 7
 def build_housekeeping_history_sensor(
     settings: AnalyticsSettings,
     timezone: str,
-    runs_job: dg.JobDefinition | Any,
-    summary_job: dg.JobDefinition | Any,
-    tokens_job: dg.JobDefinition | Any,
+    runs_job: AssetJob,
+    summary_job: AssetJob,
+    tokens_job: AssetJob,
     token_table_policies: frozenset[str],
 ) -> dg.SensorDefinition:
     @dg.sensor(
@@ -138,3 +146,24 @@ def build_housekeeping_history_sensor(
         return dg.SensorResult(run_requests=requests, cursor=str(last_id))
 
     return analytics_housekeeping_history_sensor
+
+
+def build_sensors(
+    config: HousekeepingConfig,
+    settings: AnalyticsSettings,
+    timezone: str,
+    jobs: dict[str, AssetJob],
+) -> list[dg.SensorDefinition]:
+    """The freshness and housekeeping-history sensors; ``jobs`` by job name."""
+    token_table = settings.sources.revoked_tokens.table
+    return [
+        build_freshness_sensor(settings, jobs[REQUESTS_MINUTE_ASSET.job]),
+        build_housekeeping_history_sensor(
+            settings,
+            timezone,
+            jobs[HOUSEKEEPING_RUNS_ASSET.job],
+            jobs[HOUSEKEEPING_SUMMARY_ASSET.job],
+            jobs[TOKEN_REVOCATIONS_ASSET.job],
+            frozenset(token_policies(config, token_table)),
+        ),
+    ]
