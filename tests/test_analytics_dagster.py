@@ -14,6 +14,7 @@ from analytics.defs.definitions import build_analytics_defs
 from analytics.defs.partitions import hour_partition_key
 from analytics.defs.resources import RESOURCE_KEY, AnalyticsResource
 from analytics.freshness import FreshnessCursor
+from analytics.rollups.engine import hour_key
 from analytics.settings import analytics_settings
 from housekeeping.config import load_config
 from housekeeping.database import AppDatabase
@@ -158,3 +159,14 @@ def test_the_analytics_definitions_merge_into_the_code_location(config_file, mon
     assert repository.has_job("analytics_requests_job")
     assert repository.has_sensor_def("analytics_freshness_sensor")
     assert REQUESTS_MINUTE_KEY in {key for key in merged.resolve_all_asset_keys()}
+
+
+def test_an_hour_is_named_by_its_file_key_on_disk_and_by_dagsters_key_in_the_ui(config_file):
+    hour = datetime(2026, 11, 5, 13, tzinfo=UTC)
+    assert hour_key(hour) == "2026-11-05T13"
+    assert hour_partition_key(hour) == "2026-11-05-13:00"
+    defs = build_analytics_defs(load_config(config_file), config_file)
+    partitions = defs.resolve_job_def("analytics_requests_job").partitions_def
+    assert hour_partition_key(hour) in partitions.get_partition_keys(
+        current_time=hour + timedelta(hours=2)
+    )
