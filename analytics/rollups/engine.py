@@ -19,6 +19,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import duckdb
+import pyarrow as pa
 
 from analytics.datasets import Dataset
 from analytics.extract import ColumnKind, RowStream, Source, SourceError
@@ -160,6 +161,19 @@ def load_stream(
     finally:
         connection.unregister("source_rows")
         stream.reader.close()
+
+
+def create_rollup_table(
+    connection: duckdb.DuckDBPyConnection, dataset: Dataset, rows: pa.Table
+) -> None:
+    """The temp table ``rollup``: ``rows`` (Arrow, same column names) in ``dataset``'s types."""
+    connection.register("arrow_rows", rows)
+    try:
+        connection.execute(
+            f"CREATE TEMP TABLE rollup AS SELECT {dataset.select_list()} FROM arrow_rows"
+        )
+    finally:
+        connection.unregister("arrow_rows")
 
 
 def replace_dataset_partition(

@@ -23,6 +23,7 @@ from analytics.datasets import HOUSEKEEPING_RUNS, HOUSEKEEPING_SUMMARY
 from analytics.publish import RollupStore
 from analytics.rollups.engine import (
     RollupResult,
+    create_rollup_table,
     day_bounds,
     duckdb_session,
     preview_rows,
@@ -73,11 +74,7 @@ def refresh_housekeeping_runs(
     start, end = day_bounds(day, timezone)
     runs = history.finished_between(start, end)
     with duckdb_session(store.root / ".tmp") as connection:
-        connection.register("runs", _runs_table(day, runs))
-        connection.execute(
-            f"CREATE TEMP TABLE rollup AS SELECT {HOUSEKEEPING_RUNS.select_list()} FROM runs"
-        )
-        connection.unregister("runs")
+        create_rollup_table(connection, HOUSEKEEPING_RUNS, _runs_table(day, runs))
         written = replace_dataset_partition(
             connection, store, HOUSEKEEPING_RUNS, day.isoformat(), "rollup", "finished_at, run_id"
         )
@@ -143,11 +140,7 @@ def refresh_housekeeping_summary(
     )
     table = pa.Table.from_pylist(records, schema=schema)
     with duckdb_session(store.root / ".tmp") as connection:
-        connection.register("summary", table)
-        connection.execute(
-            f"CREATE TEMP TABLE rollup AS SELECT {HOUSEKEEPING_SUMMARY.select_list()} FROM summary"
-        )
-        connection.unregister("summary")
+        create_rollup_table(connection, HOUSEKEEPING_SUMMARY, table)
         written = replace_dataset_partition(
             connection, store, HOUSEKEEPING_SUMMARY, SUMMARY_PARTITION, "rollup", "policy"
         )

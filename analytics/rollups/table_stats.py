@@ -21,7 +21,12 @@ import sqlalchemy as sa
 
 from analytics.datasets import TABLE_STATS
 from analytics.publish import RollupStore, sql_string
-from analytics.rollups.engine import RollupResult, duckdb_session, preview_rows
+from analytics.rollups.engine import (
+    RollupResult,
+    create_rollup_table,
+    duckdb_session,
+    preview_rows,
+)
 from housekeeping.config import HousekeepingConfig
 from housekeeping.database import AppDatabase, quote_identifier
 from housekeeping.policies import build_targets, count_rows
@@ -126,11 +131,7 @@ def snapshot_table_stats(
     records = _stats_rows(db, config, taken_at)
     key = taken_at.astimezone(UTC).date().isoformat()
     with duckdb_session(store.root / ".tmp") as connection:
-        connection.register("snapshot", pa.Table.from_pylist(records, schema=_SCHEMA))
-        connection.execute(
-            f"CREATE TEMP TABLE rollup AS SELECT {TABLE_STATS.select_list()} FROM snapshot"
-        )
-        connection.unregister("snapshot")
+        create_rollup_table(connection, TABLE_STATS, pa.Table.from_pylist(records, schema=_SCHEMA))
         store.prepare({TABLE_STATS.name: TABLE_STATS.typed_columns})
         with store.writing(TABLE_STATS.name):
             select = "SELECT * FROM rollup"
