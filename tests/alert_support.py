@@ -16,8 +16,7 @@ from analytics.alerts.rules import RulePack, parse_rules
 from analytics.alerts.settings import AlertsSettings, parse_alerts_settings
 from analytics.alerts.store import AlertStore
 from analytics.datasets import REQUESTS_MINUTE
-from analytics.publish import RollupStore
-from analytics.rollups.engine import hour_key
+from analytics.publish import RollupStore, hour_key
 from analytics.settings import AnalyticsSettings, parse_analytics_settings
 from analytics.sketch import buckets_of
 from analytics.views import publish_rollup_views

@@ -14,7 +14,7 @@ from analytics.defs.definitions import build_analytics_defs
 from analytics.defs.partitions import hour_partition_key
 from analytics.defs.resources import RESOURCE_KEY, AnalyticsResource
 from analytics.freshness import FreshnessCursor
-from analytics.rollups.engine import hour_key
+from analytics.publish import hour_key
 from analytics.settings import analytics_settings
 from housekeeping.config import load_config
 from housekeeping.database import AppDatabase

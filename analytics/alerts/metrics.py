@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import duckdb
 
 from analytics.datasets import REQUESTS_MINUTE
-from analytics.rollups.engine import hour_key
+from analytics.publish import hour_key
 from analytics.views import request_stat_macros
 from housekeeping.history import RunHistory, RunStatus, evaluate_health
 

@@ -7,8 +7,11 @@ from enum import Enum
 
 import dagster as dg
 
-from analytics.rollups.engine import HOUR_PARTITION_FORMAT, hour_key
+from analytics.publish import hour_key
 from analytics.settings import AnalyticsSettings
+
+# Dagster's own hourly key format, which the UI, run keys and backfill ranges show.
+HOUR_PARTITION_FORMAT = "%Y-%m-%d-%H:%M"
 
 
 class Partitioning(Enum):

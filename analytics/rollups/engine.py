@@ -23,16 +23,11 @@ import pyarrow as pa
 
 from analytics.datasets import Dataset
 from analytics.extract import ColumnKind, RowStream, Source, SourceError
-from analytics.publish import RollupStore, sql_string
+from analytics.publish import RollupStore, hour_key, sql_string
 
 HOUR = timedelta(hours=1)
 MINUTE = timedelta(minutes=1)
 DUCKDB_MEMORY_LIMIT = "1GB"
-# An hour has two names users see, both kept as they are: the key of its Parquet file in an hourly
-# dataset (``2026-05-01T13.parquet``) and its Dagster partition key (``2026-05-01-13:00``, Dagster's
-# own hourly format, whose colon a file name should not carry).
-HOUR_FILE_FORMAT = "%Y-%m-%dT%H"
-HOUR_PARTITION_FORMAT = "%Y-%m-%d-%H:%M"
 
 
 @dataclass(frozen=True)
@@ -75,14 +70,6 @@ def floor_hour(moment: datetime) -> datetime:
 def floor_minute(moment: datetime) -> datetime:
     """The start of the minute holding ``moment`` (an aware datetime), in UTC."""
     return moment.astimezone(UTC).replace(second=0, microsecond=0)
-
-
-def hour_key(hour: datetime, key_format: str = HOUR_FILE_FORMAT) -> str:
-    """The name of ``hour`` (an aware datetime) in UTC: its file key, e.g. ``2026-05-01T13``.
-
-    With ``HOUR_PARTITION_FORMAT``, its Dagster partition key, e.g. ``2026-05-01-13:00``.
-    """
-    return hour.astimezone(UTC).strftime(key_format)
 
 
 def day_bounds(day: date, timezone: str) -> tuple[datetime, datetime]:
