@@ -163,6 +163,7 @@ class RollupAsset:
 
     @property
     def keys(self) -> list[dg.AssetKey]:
+        """The asset keys of the row's datasets."""
         return [asset_key(dataset) for dataset, _ in self.datasets]
 
 

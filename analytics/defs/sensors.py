@@ -1,6 +1,7 @@
-"""The freshness sensor: refreshes the current hour every minute, hands closed hours over.
+"""The analytics sensors: freshness, and the housekeeping run history.
 
-The refresh runs inside the sensor's evaluation (about a second for a busy hour), not as a
+The freshness sensor refreshes the current hour every minute and hands closed hours over. The
+refresh runs inside the sensor's evaluation (about a second for a busy hour), not as a
 Dagster run: a run a minute would be 1,440 runs a day in the run history. The UI shows one tick
 per minute (ticks without runs are purged after 7 days by the instance's sensor retention) and
 one partition run per closed hour. The watermark is the sensor's cursor.
@@ -31,6 +32,8 @@ FRESHNESS_SENSOR = "analytics_freshness_sensor"
 def build_freshness_sensor(
     settings: AnalyticsSettings, finalise_job: AssetJob
 ) -> dg.SensorDefinition:
+    """The freshness sensor; ``finalise_job`` is the requests job it hands closed hours to."""
+
     @dg.sensor(
         name=FRESHNESS_SENSOR,
         job=finalise_job,
@@ -89,6 +92,12 @@ def build_housekeeping_history_sensor(
     tokens_job: AssetJob,
     token_table_policies: frozenset[str],
 ) -> dg.SensorDefinition:
+    """The sensor that refreshes the housekeeping rollups of the days new runs finished on.
+
+    ``token_table_policies`` are the policies that clean the token table: their runs change a
+    day's ``cleaned_up`` count, so that day's token revocations are refreshed too.
+    """
+
     @dg.sensor(
         name=HOUSEKEEPING_HISTORY_SENSOR,
         jobs=[runs_job, summary_job, tokens_job],

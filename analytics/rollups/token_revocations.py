@@ -117,6 +117,7 @@ def _key_columns(db: AppDatabase, config: HousekeepingConfig, table: str) -> tup
 
 
 def revoked_tokens_source(settings: AnalyticsSettings, key_columns: tuple[str, ...]) -> Source:
+    """The token table ``analytics.sources.revoked_tokens`` maps, with its key columns."""
     config = settings.sources.revoked_tokens
     key = "analytics.sources.revoked_tokens"
     columns = [
