@@ -15,10 +15,11 @@ from __future__ import annotations
 import queue
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
+from typing import Any
 
 import adbc_driver_postgresql.dbapi as adbc
 import pyarrow as pa
@@ -78,6 +79,22 @@ class Source:
 
     def column(self, alias: str) -> SourceColumn:
         return next(column for column in self.columns if column.alias == alias)
+
+    @classmethod
+    def from_config(cls, config: Any, config_key: str, kinds: Mapping[str, ColumnKind]) -> Source:
+        """The table a source section maps, and per alias of ``kinds`` the column it names.
+
+        ``config`` is the section (``config.table``, and ``config.<alias>`` for each column);
+        errors about a column name the key ``<config_key>.<alias>``.
+        """
+        return cls(
+            config.table,
+            config_key,
+            tuple(
+                SourceColumn(alias, getattr(config, alias), kind, f"{config_key}.{alias}")
+                for alias, kind in kinds.items()
+            ),
+        )
 
 
 def check_source(db: AppDatabase, source: Source) -> None:

@@ -16,9 +16,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from analytics.extract import SourceError
-from analytics.jobs_rollup import refresh_jobs
 from analytics.publish import RollupStore
-from analytics.rollups import HOUR, RollupResult, floor_hour, floor_minute, refresh_requests
+from analytics.rollups.engine import HOUR, RollupResult, floor_hour, floor_minute
+from analytics.rollups.jobs import refresh_jobs
+from analytics.rollups.requests import refresh_requests
 from analytics.settings import AnalyticsSettings
 from housekeeping.database import AppDatabase
 

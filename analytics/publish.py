@@ -25,6 +25,7 @@ import time
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 
 import duckdb
@@ -35,6 +36,8 @@ from housekeeping.errors import HkError, first_line
 META_TABLE = "_analytics_meta"
 SCHEMA_FILE = "_schema.parquet"
 LOCK_WAIT_SECONDS = 120.0
+# The partition key of an hourly dataset's file: ``requests_minute/2026-05-01T13.parquet``.
+HOUR_FILE_FORMAT = "%Y-%m-%dT%H"
 
 
 class PublishError(HkError):
@@ -44,6 +47,15 @@ class PublishError(HkError):
 def sql_string(value: str) -> str:
     """A SQL string literal (for file paths in DuckDB statements)."""
     return "'" + value.replace("'", "''") + "'"
+
+
+def hour_key(hour: datetime, key_format: str = HOUR_FILE_FORMAT) -> str:
+    """The name of the UTC hour of ``hour`` (an aware datetime): its file key, ``2026-05-01T13``.
+
+    Another ``key_format`` names it otherwise: the Dagster partition key uses Dagster's own
+    hourly format (analytics/defs/partitions.py), whose colon a file name should not carry.
+    """
+    return hour.astimezone(UTC).strftime(key_format)
 
 
 def _fsync_directory(path: Path) -> None:

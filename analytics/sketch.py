@@ -7,8 +7,9 @@ merge by adding counts per bucket, so a percentile over any window (an hour, a d
 all) is exact up to ``a``: sum the minute sketches' counts per bucket, walk the cumulative counts
 to the value's rank. Averaging per-minute percentiles is never done.
 
-The same definitions exist twice, here in numpy (tests, the CLI) and as DuckDB SQL (the rollups
-and the published views); ``tests/test_analytics_sketch.py`` checks that they agree.
+The rollups and the published views use the DuckDB SQL below; ``buckets_of`` and
+``exact_quantile`` are their numpy references for the tests (tests/test_analytics_requests.py
+checks the sketch percentiles against the exact ones).
 """
 
 from __future__ import annotations
@@ -45,48 +46,21 @@ def bucket_value_sql(bucket: str) -> str:
     )
 
 
+def sketch_sql(buckets: str) -> str:
+    """DuckDB expression: a list of bucket numbers as a sketch, sorted (bucket, count) pairs."""
+    return (
+        "list_sort(list_transform("
+        f"map_entries(list_aggregate({buckets}, 'histogram')), "
+        "lambda e: {'bucket': e.key, 'count': CAST(e.value AS INTEGER)}))"
+    )
+
+
 def buckets_of(values: np.ndarray) -> np.ndarray:
     """The bucket of each latency, as ``bucket_sql`` computes it."""
     values = np.asarray(values, dtype=np.float64)
     safe = np.maximum(values, MIN_TRACKED_MS)
     buckets = np.ceil(np.log(safe) / LN_GAMMA).astype(np.int64)
     return np.where(values <= 0, ZERO_BUCKET, buckets)
-
-
-def bucket_values(buckets: np.ndarray) -> np.ndarray:
-    buckets = np.asarray(buckets, dtype=np.float64)
-    values = 2.0 * np.power(GAMMA, buckets) / (GAMMA + 1.0)
-    return np.where(buckets == ZERO_BUCKET, 0.0, values)
-
-
-def sketch_of(values: np.ndarray) -> dict[int, int]:
-    """A sketch as {bucket: count}."""
-    buckets, counts = np.unique(buckets_of(values), return_counts=True)
-    return dict(zip(buckets.tolist(), counts.tolist(), strict=True))
-
-
-def merge(*sketches: dict[int, int]) -> dict[int, int]:
-    merged: dict[int, int] = {}
-    for sketch in sketches:
-        for bucket, count in sketch.items():
-            merged[bucket] = merged.get(bucket, 0) + count
-    return merged
-
-
-def quantile(sketch: dict[int, int], q: float) -> float | None:
-    """The value of rank floor(q * (n - 1)), within RELATIVE_ACCURACY; None for an empty sketch."""
-    if not 0 <= q <= 1:
-        raise ValueError(f"quantile must be between 0 and 1, got {q}")
-    total = sum(sketch.values())
-    if total == 0:
-        return None
-    rank = math.floor(q * (total - 1))
-    cumulative = 0
-    for bucket in sorted(sketch):
-        cumulative += sketch[bucket]
-        if cumulative > rank:
-            return float(bucket_values(np.array([bucket]))[0])
-    raise AssertionError("unreachable: the cumulative count reaches the total")
 
 
 def exact_quantile(values: np.ndarray, q: float) -> float:

@@ -10,9 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from analytics.api_usage_rollup import budget_statements
+from analytics.datasets import Dataset, all_datasets
 from analytics.publish import RollupStore, sql_string
-from analytics.rollups import Dataset, all_datasets
 from analytics.settings import ServiceBudget
 from analytics.sketch import PERCENTILES, bucket_value_sql
 
@@ -135,9 +134,45 @@ def view_statements(
         "FROM (SELECT hour, queue, sum(created) AS created, sum(completed) AS completed, "
         "sum(failed) AS failed, sum(retried) AS retried, sum(backlog) AS backlog, "
         "sum(stuck) AS stuck FROM jobs_hourly GROUP BY hour, queue) GROUP BY ALL",
-        *budget_statements(dict(budgets or {})),
+        *budget_statements(budgets or {}),
         *housekeeping_statements(),
     ]
+    return statements
+
+
+def budget_statements(budgets: Mapping[str, ServiceBudget]) -> list[str]:
+    """The budget table (``analytics.budgets``) and the API-usage month-to-date view."""
+    rows = [
+        "("
+        + ", ".join(
+            [
+                sql_string(service),
+                str(budget.monthly_calls) if budget.monthly_calls is not None else "NULL",
+                str(budget.monthly_tokens) if budget.monthly_tokens is not None else "NULL",
+                repr(budget.monthly_cost_usd) if budget.monthly_cost_usd is not None else "NULL",
+            ]
+        )
+        + ")"
+        for service, budget in sorted(budgets.items())
+    ]
+    table = (
+        "CREATE TABLE api_budgets (service VARCHAR, monthly_calls BIGINT, "
+        "monthly_tokens BIGINT, monthly_cost_usd DOUBLE)"
+    )
+    statements = [table]
+    if rows:
+        statements.append(f"INSERT INTO api_budgets VALUES {', '.join(rows)}")
+    statements.append(
+        "CREATE VIEW api_usage_month_to_date AS "
+        "SELECT u.month, u.service, u.calls, u.errors, u.tokens, u.cost_usd, "
+        "b.monthly_calls, b.monthly_tokens, b.monthly_cost_usd, "
+        "list_max([u.calls / b.monthly_calls, u.tokens / b.monthly_tokens, "
+        "u.cost_usd / b.monthly_cost_usd]) AS budget_used_fraction "
+        "FROM (SELECT CAST(date_trunc('month', day) AS DATE) AS month, service, "
+        "CAST(sum(calls) AS BIGINT) AS calls, CAST(sum(errors) AS BIGINT) AS errors, "
+        "CAST(sum(tokens) AS BIGINT) AS tokens, sum(cost_usd) AS cost_usd "
+        "FROM api_usage_daily GROUP BY ALL) u LEFT JOIN api_budgets b USING (service)"
+    )
     return statements
 
 

@@ -33,7 +33,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from analytics.freshness import FreshnessCursor, refresh_recent  # noqa: E402
 from analytics.publish import RollupStore  # noqa: E402
-from analytics.rollups import HOUR, floor_hour, refresh_requests  # noqa: E402
+from analytics.rollups.engine import HOUR, floor_hour  # noqa: E402
+from analytics.rollups.requests import refresh_requests  # noqa: E402
 from analytics.settings import parse_analytics_settings  # noqa: E402
 from housekeeping.database import AppDatabase  # noqa: E402
 from housekeeping.demo_data import seed_database  # noqa: E402

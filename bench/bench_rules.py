@@ -27,8 +27,8 @@ from analytics.alerts.metrics import MetricSource  # noqa: E402
 from analytics.alerts.model import Severity  # noqa: E402
 from analytics.alerts.rules import RulePack, parse_rules  # noqa: E402
 from analytics.alerts.store import AlertStore  # noqa: E402
-from analytics.publish import RollupStore  # noqa: E402
-from analytics.rollups import REQUESTS_MINUTE, hour_key  # noqa: E402
+from analytics.datasets import REQUESTS_MINUTE  # noqa: E402
+from analytics.publish import RollupStore, hour_key  # noqa: E402
 from analytics.sketch import bucket_sql  # noqa: E402
 from analytics.views import publish_rollup_views  # noqa: E402
 

@@ -238,7 +238,7 @@ def _demo_rollups(defs, instance) -> bool:
 
     import duckdb
 
-    from analytics.partitions import hour_partition_key
+    from analytics.defs.partitions import hour_partition_key
     from analytics.settings import analytics_settings
 
     current_hour = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)

@@ -7,7 +7,7 @@ A config that does not validate fails the code location's load with the same mes
 import dagster as dg
 
 from analytics.alerts.defs.definitions import build_alerts_defs
-from analytics.definitions import build_analytics_definitions
+from analytics.defs.definitions import build_analytics_defs
 from housekeeping.assets import (
     DAGSTER_RUNS_ASSET,
     GROUP,
@@ -138,7 +138,7 @@ def build_definitions(config: HousekeepingConfig, config_file: str = "") -> dg.D
     )
     return dg.Definitions.merge(
         housekeeping_defs,
-        build_analytics_definitions(config, config_file),
+        build_analytics_defs(config, config_file),
         build_alerts_defs(config, config_file),
     )
 

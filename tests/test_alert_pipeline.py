@@ -22,7 +22,8 @@ from analytics.alerts.service import AlertRuntime, evaluate_and_deliver
 from analytics.alerts.slack import sender_from_environment
 from analytics.alerts.summary import build_summary
 from analytics.publish import RollupStore
-from analytics.rollups import floor_hour, refresh_requests
+from analytics.rollups.engine import floor_hour
+from analytics.rollups.requests import refresh_requests
 from analytics.settings import analytics_settings
 from analytics.views import publish_rollup_views
 from housekeeping.config import load_config

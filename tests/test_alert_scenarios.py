@@ -13,9 +13,10 @@ import pytest
 
 from analytics.alerts.backtest import backtest
 from analytics.alerts.rules import load_rules
-from analytics.jobs_rollup import refresh_jobs
 from analytics.publish import RollupStore
-from analytics.rollups import floor_hour, refresh_requests
+from analytics.rollups.engine import floor_hour
+from analytics.rollups.jobs import refresh_jobs
+from analytics.rollups.requests import refresh_requests
 from analytics.settings import parse_analytics_settings
 from analytics.views import publish_rollup_views
 from housekeeping.database import AppDatabase

@@ -11,7 +11,8 @@ import sqlalchemy as sa
 
 from analytics.alerts.metrics import MetricSource
 from analytics.alerts.rules import parse_rules
-from analytics.api_usage_rollup import day_bounds, refresh_api_usage
+from analytics.rollups.api_usage import refresh_api_usage
+from analytics.rollups.engine import day_bounds
 from analytics.settings import parse_analytics_settings
 from housekeeping.config import ConfigError
 from tests.test_analytics_helpers import (
@@ -140,7 +141,7 @@ def test_a_bad_budget_is_refused_naming_the_key():
 
 
 def test_the_schedule_refreshes_today_and_in_the_first_hour_yesterday_too(tmp_path):
-    from analytics.definitions import build_analytics_definitions
+    from analytics.defs.definitions import build_analytics_defs
     from housekeeping.config import parse_config
 
     config = parse_config(
@@ -152,7 +153,7 @@ def test_the_schedule_refreshes_today_and_in_the_first_hour_yesterday_too(tmp_pa
             },
         }
     )
-    defs = build_analytics_definitions(config)
+    defs = build_analytics_defs(config)
     schedule = defs.get_schedule_def("analytics_api_usage_schedule")
 
     def partitions(moment):

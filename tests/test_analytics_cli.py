@@ -10,7 +10,7 @@ import yaml
 from click.testing import CliRunner
 
 from analytics.cli import query
-from analytics.rollups import refresh_requests
+from analytics.rollups.requests import refresh_requests
 from housekeeping.database import AppDatabase
 from tests.test_analytics_helpers import (
     empty_reference_schema,

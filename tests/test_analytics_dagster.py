@@ -8,17 +8,21 @@ import dagster as dg
 import pytest
 import yaml
 
-from analytics.assets import REQUESTS_MINUTE_KEY, build_requests_minute_asset
-from analytics.definitions import RESOURCE_KEY, build_analytics_definitions
+from analytics.datasets import REQUESTS_MINUTE
+from analytics.defs.assets import REQUESTS_MINUTE_ASSET, asset_key, build_rollup_asset
+from analytics.defs.definitions import build_analytics_defs
+from analytics.defs.partitions import hour_partition_key
+from analytics.defs.resources import RESOURCE_KEY, AnalyticsResource
 from analytics.freshness import FreshnessCursor
-from analytics.partitions import hour_partition_key
-from analytics.resources import AnalyticsResource
+from analytics.publish import hour_key
 from analytics.settings import analytics_settings
 from housekeeping.config import load_config
 from housekeeping.database import AppDatabase
 from housekeeping.definitions import build_definitions
 from housekeeping.demo_data import seed_database
 from tests.test_analytics_helpers import raw_requests
+
+REQUESTS_MINUTE_KEY = asset_key(REQUESTS_MINUTE)
 
 
 @pytest.fixture
@@ -59,7 +63,11 @@ def materialize(config_file, instance, **kwargs) -> dg.ExecuteInProcessResult:
     config = load_config(config_file)
     settings = analytics_settings(config)
     return dg.materialize(
-        [build_requests_minute_asset(settings, config.owner)],
+        [
+            build_rollup_asset(
+                REQUESTS_MINUTE_ASSET, settings, settings.day_timezone(config), config.owner
+            )
+        ],
         instance=instance,
         resources={RESOURCE_KEY: AnalyticsResource(config_file=config_file)},
         **kwargs,
@@ -121,7 +129,7 @@ def test_the_freshness_sensor_refreshes_the_current_hour_and_keeps_its_watermark
     app, config_file, instance
 ):
     db, now = app
-    defs = build_analytics_definitions(load_config(config_file), config_file)
+    defs = build_analytics_defs(load_config(config_file), config_file)
     sensor = defs.get_sensor_def("analytics_freshness_sensor")
     context = dg.build_sensor_context(
         instance=instance,
@@ -151,3 +159,14 @@ def test_the_analytics_definitions_merge_into_the_code_location(config_file, mon
     assert repository.has_job("analytics_requests_job")
     assert repository.has_sensor_def("analytics_freshness_sensor")
     assert REQUESTS_MINUTE_KEY in {key for key in merged.resolve_all_asset_keys()}
+
+
+def test_an_hour_is_named_by_its_file_key_on_disk_and_by_dagsters_key_in_the_ui(config_file):
+    hour = datetime(2026, 11, 5, 13, tzinfo=UTC)
+    assert hour_key(hour) == "2026-11-05T13"
+    assert hour_partition_key(hour) == "2026-11-05-13:00"
+    defs = build_analytics_defs(load_config(config_file), config_file)
+    partitions = defs.resolve_job_def("analytics_requests_job").partitions_def
+    assert hour_partition_key(hour) in partitions.get_partition_keys(
+        current_time=hour + timedelta(hours=2)
+    )

@@ -13,19 +13,23 @@ import pytest
 import sqlalchemy as sa
 import yaml
 
-from analytics.api_usage_rollup import day_bounds
-from analytics.assets import (
-    HOUSEKEEPING_RUNS_KEY,
-    TABLE_STATS_KEY,
-    TOKEN_REVOCATIONS_BY_USER_KEY,
-    TOKEN_REVOCATIONS_DAILY_KEY,
+from analytics.datasets import (
+    HOUSEKEEPING_RUNS,
+    TABLE_STATS,
+    TOKEN_REVOCATIONS_BY_USER,
+    TOKEN_REVOCATIONS_DAILY,
 )
-from analytics.definitions import RESOURCE_KEY, build_analytics_definitions
+from analytics.defs.assets import asset_key
+from analytics.defs.definitions import build_analytics_defs
+from analytics.defs.resources import RESOURCE_KEY, AnalyticsResource
 from analytics.extract import SourceError
-from analytics.housekeeping_rollup import refresh_housekeeping_runs, refresh_housekeeping_summary
-from analytics.resources import AnalyticsResource
-from analytics.table_stats import snapshot_table_stats
-from analytics.token_rollup import refresh_token_revocations, user_hash_key
+from analytics.rollups.engine import day_bounds
+from analytics.rollups.housekeeping_runs import (
+    refresh_housekeeping_runs,
+    refresh_housekeeping_summary,
+)
+from analytics.rollups.table_stats import snapshot_table_stats
+from analytics.rollups.token_revocations import refresh_token_revocations, user_hash_key
 from housekeeping.config import ConfigError, load_config, parse_config
 from housekeeping.history import PolicyRun, RunHistory, RunStatus
 from housekeeping.policies import RunOptions
@@ -39,6 +43,10 @@ from tests.test_analytics_helpers import (
 )
 
 DAY = date(2026, 11, 20)
+HOUSEKEEPING_RUNS_KEY = asset_key(HOUSEKEEPING_RUNS)
+TABLE_STATS_KEY = asset_key(TABLE_STATS)
+TOKEN_REVOCATIONS_DAILY_KEY = asset_key(TOKEN_REVOCATIONS_DAILY)
+TOKEN_REVOCATIONS_BY_USER_KEY = asset_key(TOKEN_REVOCATIONS_BY_USER)
 
 
 # ------------------------------------------------------------------------------------------
@@ -538,7 +546,7 @@ def test_the_assets_materialise_through_dagster_and_the_sensor_follows_the_histo
         datetime.combine(day, datetime.min.time(), UTC) + timedelta(hours=3),
         deleted=5,
     )
-    defs = build_analytics_definitions(config, str(config_file))
+    defs = build_analytics_defs(config, str(config_file))
     resources = {RESOURCE_KEY: AnalyticsResource(config_file=str(config_file))}
 
     sensor = defs.get_sensor_def("analytics_housekeeping_history_sensor")
@@ -600,7 +608,7 @@ def test_the_schedules_refresh_today_hourly_and_take_table_snapshots(tmp_path):
             },
         }
     )
-    defs = build_analytics_definitions(config)
+    defs = build_analytics_defs(config)
 
     def requests(name, moment):
         context = dg.build_schedule_context(

@@ -10,8 +10,9 @@ import sqlalchemy as sa
 
 from analytics.alerts.metrics import MetricSource
 from analytics.alerts.rules import parse_rules
+from analytics.datasets import JOBS_HOURLY
 from analytics.extract import SourceError
-from analytics.jobs_rollup import JOBS_HOURLY, refresh_jobs
+from analytics.rollups.jobs import refresh_jobs
 from tests.test_analytics_helpers import (
     NOW,
     empty_reference_schema,

@@ -13,9 +13,10 @@ import duckdb
 import pytest
 import sqlalchemy as sa
 
+from analytics.datasets import all_datasets
 from analytics.extract import SourceError
 from analytics.publish import PublishError
-from analytics.rollups import all_datasets, refresh_requests
+from analytics.rollups.requests import refresh_requests
 from analytics.settings import parse_analytics_settings
 from analytics.views import view_statements
 from housekeeping.config import ConfigError

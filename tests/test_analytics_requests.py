@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from analytics.publish import RollupStore
-from analytics.rollups import refresh_requests
+from analytics.rollups.requests import refresh_requests
 from analytics.sketch import RELATIVE_ACCURACY, exact_quantile
 from housekeeping.database import AppDatabase
 from housekeeping.demo_data import seed_database

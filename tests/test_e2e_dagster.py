@@ -22,7 +22,7 @@ import yaml
 from dagster import DagsterRunStatus
 from dagster_graphql import DagsterGraphQLClient
 
-from analytics.partitions import hour_partition_key
+from analytics.defs.partitions import hour_partition_key
 from housekeeping.assets import policy_asset_key
 from housekeeping.config import load_config
 from tests.e2e_support import ROOT, Deployment

@@ -21,8 +21,8 @@ from typing import TYPE_CHECKING, Any
 import duckdb
 
 from analytics.alerts.catalog import BUILTIN_METRICS, GroupBy, MetricSpec, Source
-from analytics.publish import RollupStore, existing_partition_files
-from analytics.rollups import REQUESTS_MINUTE, hour_key
+from analytics.datasets import REQUESTS_MINUTE
+from analytics.publish import RollupStore, existing_partition_files, hour_key
 from analytics.views import request_stat_macros
 from housekeeping.history import RunHistory, RunStatus
 

@@ -31,8 +31,8 @@ from pydantic import AwareDatetime, Field, ValidationError, field_validator, mod
 from analytics.alerts.backtest import backtest
 from analytics.alerts.model import NotificationKind, Severity
 from analytics.alerts.rules import RulePack
-from analytics.publish import RollupStore
-from analytics.rollups import REQUESTS_MINUTE, hour_key
+from analytics.datasets import REQUESTS_MINUTE
+from analytics.publish import RollupStore, hour_key
 from analytics.sketch import buckets_of
 from analytics.views import publish_rollup_views
 from housekeeping.config import (

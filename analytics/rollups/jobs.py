@@ -20,64 +20,38 @@ from __future__ import annotations
 import time
 from datetime import UTC, datetime
 
-from analytics.extract import ColumnKind, Source, SourceColumn, TimeRange, check_source, stream_rows
+from analytics.datasets import JOBS_HOURLY, SKETCH_TYPE
+from analytics.extract import ColumnKind, Source, TimeRange, check_source, stream_rows
 from analytics.publish import RollupStore, sql_string
-from analytics.rollups import (
+from analytics.rollups.engine import (
     HOUR,
-    SKETCH_TYPE,
-    Column,
-    Dataset,
     RollupResult,
-    _check_range,
-    _preview,
-    _timestamp_literal,
-    _write_minute_partitions,
+    check_range,
     duckdb_session,
     load_stream,
+    preview_rows,
+    replace_hour_partitions,
+    timestamp_literal,
 )
 from analytics.settings import AnalyticsSettings
-from analytics.sketch import bucket_sql
+from analytics.sketch import bucket_sql, sketch_sql
 from housekeeping.database import AppDatabase
-
-JOBS_HOURLY = Dataset(
-    "jobs_hourly",
-    "Background jobs per hour x queue x name: outcomes, durations, backlog and stuck snapshots.",
-    (
-        Column("hour", "TIMESTAMP", "start of the hour (UTC)"),
-        Column("queue", "VARCHAR", "queue name"),
-        Column("name", "VARCHAR", "job name"),
-        Column("created", "BIGINT", "jobs created in the hour"),
-        Column("completed", "BIGINT", "jobs that completed in the hour"),
-        Column("failed", "BIGINT", "jobs that failed (for good) in the hour"),
-        Column("retried", "BIGINT", "jobs finished in the hour that needed more than one attempt"),
-        Column("duration_avg_ms", "DOUBLE", "mean run time of the jobs finished in the hour (ms)"),
-        Column("duration_p95_ms", "DOUBLE", "p95 run time of the jobs finished in the hour (ms)"),
-        Column("duration_sketch", SKETCH_TYPE, "run time histogram; merge by summing counts"),
-        Column("backlog", "BIGINT", "jobs waiting at the end of the hour (now, for this hour)"),
-        Column("stuck", "BIGINT", "jobs active for longer than stuck_after at that moment"),
-    ),
-)
 
 
 def jobs_source(settings: AnalyticsSettings) -> Source:
-    config = settings.sources.jobs
-    key = "analytics.sources.jobs"
-    kinds = {
-        "queue": ColumnKind.TEXT,
-        "name": ColumnKind.TEXT,
-        "status": ColumnKind.TEXT,
-        "created_at": ColumnKind.TIMESTAMP,
-        "started_at": ColumnKind.TIMESTAMP,
-        "finished_at": ColumnKind.TIMESTAMP,
-        "attempts": ColumnKind.INTEGER,
-    }
-    return Source(
-        config.table,
-        key,
-        tuple(
-            SourceColumn(alias, getattr(config, alias), kind, f"{key}.{alias}")
-            for alias, kind in kinds.items()
-        ),
+    """The jobs table and columns ``analytics.sources.jobs`` maps."""
+    return Source.from_config(
+        settings.sources.jobs,
+        "analytics.sources.jobs",
+        {
+            "queue": ColumnKind.TEXT,
+            "name": ColumnKind.TEXT,
+            "status": ColumnKind.TEXT,
+            "created_at": ColumnKind.TIMESTAMP,
+            "started_at": ColumnKind.TIMESTAMP,
+            "finished_at": ColumnKind.TIMESTAMP,
+            "attempts": ColumnKind.INTEGER,
+        },
     )
 
 
@@ -96,7 +70,7 @@ def refresh_jobs(
     check: bool = True,
 ) -> RollupResult:
     """Recompute the hours of ``[start, end)`` (whole hours) and replace their files."""
-    _check_range(start, end, HOUR)
+    check_range(start, end, HOUR)
     started = time.perf_counter()
     source = jobs_source(settings)
     if check:
@@ -111,7 +85,7 @@ def refresh_jobs(
     )
     stuck_seconds = int(settings.stuck_after.total_seconds())
     duration = "date_diff('millisecond', started_at, finished_at)"
-    snapshot_at = f"least(h.hour + INTERVAL 1 HOUR, {_timestamp_literal(now.astimezone(UTC))})"
+    snapshot_at = f"least(h.hour + INTERVAL 1 HOUR, {timestamp_literal(now.astimezone(UTC))})"
     with duckdb_session(store.root / ".tmp") as connection:
         load_stream(
             connection,
@@ -129,7 +103,7 @@ def refresh_jobs(
                 FROM source_rows
                 """,
         )
-        low, high = _timestamp_literal(start), _timestamp_literal(end)
+        low, high = timestamp_literal(start), timestamp_literal(end)
         finished = f"status IN ({_in([jobs.completed_status, jobs.failed_status])})"
         connection.execute(
             f"""
@@ -187,9 +161,7 @@ def refresh_jobs(
                     d.duration_avg_ms, CAST(d.duration_p95_ms AS DOUBLE) AS duration_p95_ms,
                     CASE WHEN d.buckets IS NULL OR len(d.buckets) = 0
                         THEN CAST([] AS {SKETCH_TYPE})
-                        ELSE list_sort(list_transform(
-                            map_entries(list_aggregate(d.buckets, 'histogram')),
-                            lambda e: {{'bucket': e.key, 'count': CAST(e.value AS INTEGER)}}))
+                        ELSE {sketch_sql("d.buckets")}
                     END AS duration_sketch,
                     coalesce(s.backlog, 0) AS backlog,
                     coalesce(s.stuck, 0) AS stuck
@@ -201,10 +173,10 @@ def refresh_jobs(
             """
         )
         rows_read = connection.execute("SELECT count(*) FROM src").fetchone()[0]
-        partitions, rows_written = _write_minute_partitions(
+        partitions, rows_written = replace_hour_partitions(
             connection, store, JOBS_HOURLY, "hour", start, end
         )
-        preview = _preview(connection, "rollup", "created DESC, queue, name")
+        preview = preview_rows(connection, "rollup", "created DESC, queue, name")
     return RollupResult(
         JOBS_HOURLY.name,
         start,

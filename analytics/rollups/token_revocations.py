@@ -33,7 +33,7 @@ from pathlib import Path
 
 import duckdb
 
-from analytics.api_usage_rollup import day_bounds
+from analytics.datasets import TOKEN_REVOCATIONS_BY_USER, TOKEN_REVOCATIONS_DAILY
 from analytics.extract import (
     ColumnKind,
     Source,
@@ -44,43 +44,19 @@ from analytics.extract import (
     stream_rows,
 )
 from analytics.publish import PublishError, RollupStore, sql_string
-from analytics.rollups import (
-    Column,
-    Dataset,
+from analytics.rollups.engine import (
     RollupResult,
-    _preview,
-    _timestamp_literal,
+    day_bounds,
     duckdb_session,
     load_stream,
+    preview_rows,
     replace_dataset_partition,
+    timestamp_literal,
 )
 from analytics.settings import AnalyticsSettings
 from housekeeping.config import HousekeepingConfig
 from housekeeping.database import AppDatabase, quote_identifier
 from housekeeping.history import RunHistory
-
-TOKEN_REVOCATIONS_DAILY = Dataset(
-    "token_revocations_daily",
-    "Revoked tokens per day: revoked, expired, cleaned up, and how revocations spread over users.",
-    (
-        Column("day", "DATE", "the day in the analytics time zone"),
-        Column("revoked", "BIGINT", "tokens revoked that day"),
-        Column("expired", "BIGINT", "revoked tokens whose expiry fell that day (today: until now)"),
-        Column("cleaned_up", "BIGINT", "rows the token cleanup deleted in runs finished that day"),
-        Column("revoking_users", "BIGINT", "distinct users with a revocation that day"),
-        Column("max_revocations_per_user", "BIGINT", "the most revocations of a single user"),
-    ),
-)
-
-TOKEN_REVOCATIONS_BY_USER = Dataset(
-    "token_revocations_by_user",
-    "Token revocations per day x user, the user id replaced by a keyed hash.",
-    (
-        Column("day", "DATE", "the day in the analytics time zone"),
-        Column("user_hash", "VARCHAR", "sha256(key || user id), hex; NULL for tokens without user"),
-        Column("revoked", "BIGINT", "tokens of this user revoked that day"),
-    ),
-)
 
 KEY_FILE = ".user_hash_key"
 
@@ -141,6 +117,7 @@ def _key_columns(db: AppDatabase, config: HousekeepingConfig, table: str) -> tup
 
 
 def revoked_tokens_source(settings: AnalyticsSettings, key_columns: tuple[str, ...]) -> Source:
+    """The token table ``analytics.sources.revoked_tokens`` maps, with its key columns."""
     config = settings.sources.revoked_tokens
     key = "analytics.sources.revoked_tokens"
     columns = [
@@ -207,8 +184,8 @@ def refresh_token_revocations(
         if recorded.run.policy in policies
     )
     hash_key = user_hash_key(settings, config)
-    low, high = _timestamp_literal(start), _timestamp_literal(end)
-    expired_high = _timestamp_literal(expired_until)
+    low, high = timestamp_literal(start), timestamp_literal(end)
+    expired_high = timestamp_literal(expired_until)
     key_expression = (
         "concat_ws('|', " + ", ".join(f"CAST({name} AS VARCHAR)" for name in keys) + ")"
         if keys
@@ -325,7 +302,7 @@ def refresh_token_revocations(
                     int(recount_revoked),
                     written,
                     time.perf_counter() - started,
-                    _preview(connection, relation, preview_order),
+                    preview_rows(connection, relation, preview_order),
                 )
             )
     return TokenRollupResult(results[0], results[1], int(kept))

@@ -19,70 +19,17 @@ from datetime import UTC, date, datetime
 
 import pyarrow as pa
 
-from analytics.api_usage_rollup import day_bounds
+from analytics.datasets import HOUSEKEEPING_RUNS, HOUSEKEEPING_SUMMARY
 from analytics.publish import RollupStore
-from analytics.rollups import (
-    Column,
-    Dataset,
+from analytics.rollups.engine import (
     RollupResult,
-    _preview,
+    create_rollup_table,
+    day_bounds,
     duckdb_session,
+    preview_rows,
     replace_dataset_partition,
 )
 from housekeeping.history import PolicyRun, RecordedRun, RunHistory
-
-HOUSEKEEPING_RUNS = Dataset(
-    "housekeeping_runs",
-    "One row per housekeeping run (cleanup or retention of one policy) with its recorded metrics.",
-    (
-        Column("day", "DATE", "the day the run finished, in the analytics time zone"),
-        Column("run_id", "BIGINT", "the run's id in the housekeeping run history"),
-        Column("policy", "VARCHAR", "the policy (e.g. revoked_tokens)"),
-        Column("table_name", "VARCHAR", "the table the policy cleans"),
-        Column("status", "VARCHAR", "success, failed, or stopped (terminated on request)"),
-        Column("started_at", "TIMESTAMP", "when the run started (UTC)"),
-        Column("finished_at", "TIMESTAMP", "when the run finished (UTC)"),
-        Column("deleted", "BIGINT", "rows deleted"),
-        Column("expected_deleted", "BIGINT", "expired rows counted before deleting"),
-        Column("remaining_expired", "BIGINT", "expired rows left after the run (should be 0)"),
-        Column("archived_rows", "BIGINT", "rows written to the archive"),
-        Column("batches", "INTEGER", "delete transactions"),
-        Column("duration_ms", "DOUBLE", "run time (ms)"),
-        Column("error", "VARCHAR", "the error of a failed run"),
-        Column("dagster_run_id", "VARCHAR", "the Dagster run that did it"),
-    ),
-)
-
-HOUSEKEEPING_SUMMARY = Dataset(
-    "housekeeping_summary",
-    "Per housekeeping policy: the cleanup metrics and health status hk status shows.",
-    (
-        Column("policy", "VARCHAR", "the policy"),
-        Column("table_name", "VARCHAR", "the table it cleans"),
-        Column("status", "VARCHAR", "healthy; degraded after 1-2 failures in a row; critical 3+"),
-        Column("consecutive_failures", "INTEGER", "failed runs in a row, newest first"),
-        Column("total_runs", "BIGINT", "runs counted (the newest 500, as hk status)"),
-        Column("successful_runs", "BIGINT", "of those, runs that succeeded"),
-        Column("failed_runs", "BIGINT", "of those, runs that failed"),
-        Column("total_deleted", "BIGINT", "rows (tokens) deleted by those runs"),
-        Column("average_cleanup_ms", "DOUBLE", "mean run time of the last 10 completed runs"),
-        Column("last_run", "TIMESTAMP", "when the newest run finished (UTC)"),
-        Column("last_success", "TIMESTAMP", "when the newest successful run finished (UTC)"),
-        Column("last_failure", "TIMESTAMP", "when the newest failed run finished (UTC)"),
-        Column("last_error", "VARCHAR", "the newest failed run's error"),
-        Column(
-            "zero_deletes_warning",
-            "BOOLEAN",
-            "0 rows deleted in health.zero_deleted_runs_warning (default 3) successful runs in a row",
-        ),
-        Column(
-            "slow_warning",
-            "BOOLEAN",
-            "the last health.average_over_runs (10) completed runs averaged over health.slow_average (1s)",
-        ),
-        Column("computed_at", "TIMESTAMP", "when this summary was computed (UTC)"),
-    ),
-)
 
 SUMMARY_PARTITION = "current"
 _TIMESTAMP = pa.timestamp("us", tz="UTC")
@@ -127,15 +74,11 @@ def refresh_housekeeping_runs(
     start, end = day_bounds(day, timezone)
     runs = history.finished_between(start, end)
     with duckdb_session(store.root / ".tmp") as connection:
-        connection.register("runs", _runs_table(day, runs))
-        connection.execute(
-            f"CREATE TEMP TABLE rollup AS SELECT {HOUSEKEEPING_RUNS.select_list()} FROM runs"
-        )
-        connection.unregister("runs")
+        create_rollup_table(connection, HOUSEKEEPING_RUNS, _runs_table(day, runs))
         written = replace_dataset_partition(
             connection, store, HOUSEKEEPING_RUNS, day.isoformat(), "rollup", "finished_at, run_id"
         )
-        preview = _preview(connection, "rollup", "finished_at DESC, run_id DESC")
+        preview = preview_rows(connection, "rollup", "finished_at DESC, run_id DESC")
     return RollupResult(
         HOUSEKEEPING_RUNS.name,
         start,
@@ -197,15 +140,11 @@ def refresh_housekeeping_summary(
     )
     table = pa.Table.from_pylist(records, schema=schema)
     with duckdb_session(store.root / ".tmp") as connection:
-        connection.register("summary", table)
-        connection.execute(
-            f"CREATE TEMP TABLE rollup AS SELECT {HOUSEKEEPING_SUMMARY.select_list()} FROM summary"
-        )
-        connection.unregister("summary")
+        create_rollup_table(connection, HOUSEKEEPING_SUMMARY, table)
         written = replace_dataset_partition(
             connection, store, HOUSEKEEPING_SUMMARY, SUMMARY_PARTITION, "rollup", "policy"
         )
-        preview = _preview(connection, "rollup", "policy")
+        preview = preview_rows(connection, "rollup", "policy")
     return RollupResult(
         HOUSEKEEPING_SUMMARY.name,
         now,

@@ -10,6 +10,9 @@ from analytics.views import publish_rollup_views
 from housekeeping.config import HousekeepingConfig, config_path, database_url, load_config
 from housekeeping.database import AppDatabase
 
+# The key the assets, sensors and jobs name the resource by (their ``analytics`` parameter).
+RESOURCE_KEY = "analytics"
+
 
 class AnalyticsResource(dg.ConfigurableResource):
     """``DATABASE_URL`` is read when a run or tick starts (never stored in config or metadata)."""

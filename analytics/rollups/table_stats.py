@@ -19,28 +19,18 @@ from datetime import UTC, datetime
 import pyarrow as pa
 import sqlalchemy as sa
 
+from analytics.datasets import TABLE_STATS
 from analytics.publish import RollupStore, sql_string
-from analytics.rollups import Column, Dataset, RollupResult, _preview, duckdb_session
+from analytics.rollups.engine import (
+    RollupResult,
+    create_rollup_table,
+    duckdb_session,
+    preview_rows,
+)
 from housekeeping.config import HousekeepingConfig
 from housekeeping.database import AppDatabase, quote_identifier
 from housekeeping.policies import build_targets, count_rows
 from housekeeping.schema_check import check_policy
-
-TABLE_STATS = Dataset(
-    "table_stats",
-    "Snapshots of every housekept table: rows, rows past the policy's cutoff, size on disk.",
-    (
-        Column("taken_at", "TIMESTAMP", "when the snapshot was taken (database clock, UTC)"),
-        Column("policy", "VARCHAR", "the housekeeping policy"),
-        Column("table_name", "VARCHAR", "its table"),
-        Column("rows", "BIGINT", "rows in the table"),
-        Column("expired_rows", "BIGINT", "rows past the policy's cutoff (the next run deletes)"),
-        Column("cutoffs", "VARCHAR", "the cutoff(s) applied (UTC, ISO 8601)"),
-        Column("total_bytes", "BIGINT", "size on disk: table, indexes and TOAST"),
-        Column("table_bytes", "BIGINT", "the table alone (with TOAST on PostgreSQL)"),
-        Column("index_bytes", "BIGINT", "its indexes"),
-    ),
-)
 
 
 @dataclass(frozen=True)
@@ -141,11 +131,7 @@ def snapshot_table_stats(
     records = _stats_rows(db, config, taken_at)
     key = taken_at.astimezone(UTC).date().isoformat()
     with duckdb_session(store.root / ".tmp") as connection:
-        connection.register("snapshot", pa.Table.from_pylist(records, schema=_SCHEMA))
-        connection.execute(
-            f"CREATE TEMP TABLE rollup AS SELECT {TABLE_STATS.select_list()} FROM snapshot"
-        )
-        connection.unregister("snapshot")
+        create_rollup_table(connection, TABLE_STATS, pa.Table.from_pylist(records, schema=_SCHEMA))
         store.prepare({TABLE_STATS.name: TABLE_STATS.typed_columns})
         with store.writing(TABLE_STATS.name):
             select = "SELECT * FROM rollup"
@@ -161,7 +147,7 @@ def snapshot_table_stats(
                 key,
                 f"SELECT * FROM ({select}) ORDER BY taken_at, policy",
             )
-        preview = _preview(connection, "rollup", "policy")
+        preview = preview_rows(connection, "rollup", "policy")
     return RollupResult(
         TABLE_STATS.name,
         taken_at,

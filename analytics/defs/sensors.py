@@ -1,28 +1,39 @@
-"""The freshness sensor: refreshes the current hour every minute, hands closed hours over.
+"""The analytics sensors: freshness, and the housekeeping run history.
 
-The refresh runs inside the sensor's evaluation (about a second for a busy hour), not as a
+The freshness sensor refreshes the current hour every minute and hands closed hours over. The
+refresh runs inside the sensor's evaluation (about a second for a busy hour), not as a
 Dagster run: a run a minute would be 1,440 runs a day in the run history. The UI shows one tick
 per minute (ticks without runs are purged after 7 days by the instance's sensor retention) and
 one partition run per closed hour. The watermark is the sensor's cursor.
 """
 
-from typing import Any
 from zoneinfo import ZoneInfo
 
 import dagster as dg
 
+from analytics.defs.assets import (
+    HOUSEKEEPING_RUNS_ASSET,
+    HOUSEKEEPING_SUMMARY_ASSET,
+    REQUESTS_MINUTE_ASSET,
+    TOKEN_REVOCATIONS_ASSET,
+)
+from analytics.defs.jobs import AssetJob
+from analytics.defs.partitions import hour_partition_key
+from analytics.defs.resources import AnalyticsResource
 from analytics.freshness import FreshnessCursor, refresh_recent, refresh_recent_jobs
-from analytics.partitions import hour_partition_key
-from analytics.resources import AnalyticsResource
+from analytics.rollups.token_revocations import token_policies
 from analytics.settings import AnalyticsSettings
+from housekeeping.config import HousekeepingConfig
 from housekeeping.history import RunHistory
 
 FRESHNESS_SENSOR = "analytics_freshness_sensor"
 
 
 def build_freshness_sensor(
-    settings: AnalyticsSettings, finalise_job: dg.JobDefinition | Any
+    settings: AnalyticsSettings, finalise_job: AssetJob
 ) -> dg.SensorDefinition:
+    """The freshness sensor; ``finalise_job`` is the requests job it hands closed hours to."""
+
     @dg.sensor(
         name=FRESHNESS_SENSOR,
         job=finalise_job,
@@ -76,11 +87,17 @@ FIRST_TICK_DAYS = 7
 def build_housekeeping_history_sensor(
     settings: AnalyticsSettings,
     timezone: str,
-    runs_job: dg.JobDefinition | Any,
-    summary_job: dg.JobDefinition | Any,
-    tokens_job: dg.JobDefinition | Any,
+    runs_job: AssetJob,
+    summary_job: AssetJob,
+    tokens_job: AssetJob,
     token_table_policies: frozenset[str],
 ) -> dg.SensorDefinition:
+    """The sensor that refreshes the housekeeping rollups of the days new runs finished on.
+
+    ``token_table_policies`` are the policies that clean the token table: their runs change a
+    day's ``cleaned_up`` count, so that day's token revocations are refreshed too.
+    """
+
     @dg.sensor(
         name=HOUSEKEEPING_HISTORY_SENSOR,
         jobs=[runs_job, summary_job, tokens_job],
@@ -138,3 +155,24 @@ def build_housekeeping_history_sensor(
         return dg.SensorResult(run_requests=requests, cursor=str(last_id))
 
     return analytics_housekeeping_history_sensor
+
+
+def build_sensors(
+    config: HousekeepingConfig,
+    settings: AnalyticsSettings,
+    timezone: str,
+    jobs: dict[str, AssetJob],
+) -> list[dg.SensorDefinition]:
+    """The freshness and housekeeping-history sensors; ``jobs`` by job name."""
+    token_table = settings.sources.revoked_tokens.table
+    return [
+        build_freshness_sensor(settings, jobs[REQUESTS_MINUTE_ASSET.job]),
+        build_housekeeping_history_sensor(
+            settings,
+            timezone,
+            jobs[HOUSEKEEPING_RUNS_ASSET.job],
+            jobs[HOUSEKEEPING_SUMMARY_ASSET.job],
+            jobs[TOKEN_REVOCATIONS_ASSET.job],
+            frozenset(token_policies(config, token_table)),
+        ),
+    ]

@@ -1,0 +1,1 @@
+"""The rollups: one module per published dataset family, over the shared engine."""

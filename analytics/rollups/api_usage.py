@@ -1,0 +1,108 @@
+"""Paid-API usage per day x service x endpoint, and month-to-date totals against budgets.
+
+Days follow the analytics time zone (``analytics.timezone``, else the config's), so "today's
+cost" matches the finance team's day. One Parquet file per day; re-materialising a day replaces
+exactly it. The month-to-date view (analytics/views.py) compares each service's totals with its
+configured monthly limits (``analytics.budgets``): ``budget_used_fraction`` is the largest of
+calls, tokens and cost used, NULL when the service has no budget.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import date
+
+from analytics.datasets import API_USAGE_DAILY
+from analytics.extract import ColumnKind, Source, TimeRange, check_source, stream_rows
+from analytics.publish import RollupStore, sql_string
+from analytics.rollups.engine import (
+    RollupResult,
+    day_bounds,
+    duckdb_session,
+    load_stream,
+    preview_rows,
+    replace_dataset_partition,
+)
+from analytics.settings import AnalyticsSettings
+from analytics.sketch import bucket_sql, sketch_sql
+from housekeeping.database import AppDatabase
+
+
+def api_usage_source(settings: AnalyticsSettings) -> Source:
+    """The API usage table and columns ``analytics.sources.api_usage`` maps."""
+    return Source.from_config(
+        settings.sources.api_usage,
+        "analytics.sources.api_usage",
+        {
+            "ts": ColumnKind.TIMESTAMP,
+            "service": ColumnKind.TEXT,
+            "endpoint": ColumnKind.TEXT,
+            "response_time_ms": ColumnKind.NUMBER,
+            "tokens_used": ColumnKind.NUMBER,
+            "cost_usd": ColumnKind.NUMBER,
+            "success": ColumnKind.BOOLEAN,
+        },
+    )
+
+
+def refresh_api_usage(
+    db: AppDatabase,
+    store: RollupStore,
+    settings: AnalyticsSettings,
+    day: date,
+    timezone: str,
+    *,
+    check: bool = True,
+) -> RollupResult:
+    """Recompute one day (in ``timezone``) and replace its file."""
+    started = time.perf_counter()
+    source = api_usage_source(settings)
+    if check:
+        check_source(db, source)
+    start, end = day_bounds(day, timezone)
+    stream = stream_rows(
+        db,
+        source,
+        ["ts", "service", "endpoint", "response_time_ms", "tokens_used", "cost_usd", "success"],
+        [TimeRange("ts", start, end)],
+    )
+    response = "CAST(response_time_ms AS DOUBLE)"
+    buckets = f"list({bucket_sql(response)}) FILTER (WHERE {response} IS NOT NULL)"
+    with duckdb_session(store.root / ".tmp") as connection:
+        load_stream(
+            connection,
+            stream,
+            source,
+            f"""
+                CREATE TEMP TABLE rollup AS
+                SELECT {API_USAGE_DAILY.select_list()} FROM (
+                    SELECT
+                        DATE {sql_string(day.isoformat())} AS day,
+                        coalesce(CAST(service AS VARCHAR), '(none)') AS service,
+                        coalesce(CAST(endpoint AS VARCHAR), '(none)') AS endpoint,
+                        count(*) AS calls,
+                        count(*) FILTER (WHERE NOT CAST(success AS BOOLEAN)) AS errors,
+                        CAST(coalesce(sum(tokens_used), 0) AS BIGINT) AS tokens,
+                        coalesce(sum(CAST(cost_usd AS DOUBLE)), 0) AS cost_usd,
+                        quantile_disc({response}, 0.95) AS response_time_p95_ms,
+                        {sketch_sql(buckets)} AS response_time_sketch
+                    FROM source_rows
+                    GROUP BY ALL
+                )
+                """,
+        )
+        rows_read = connection.execute("SELECT coalesce(sum(calls), 0) FROM rollup").fetchone()[0]
+        written = replace_dataset_partition(
+            connection, store, API_USAGE_DAILY, day.isoformat(), "rollup", "service, endpoint"
+        )
+        preview = preview_rows(connection, "rollup", "cost_usd DESC")
+    return RollupResult(
+        API_USAGE_DAILY.name,
+        start,
+        end,
+        (day.isoformat(),),
+        int(rows_read),
+        written,
+        time.perf_counter() - started,
+        preview,
+    )
