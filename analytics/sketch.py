@@ -8,7 +8,9 @@ all) is exact up to ``a``: sum the minute sketches' counts per bucket, walk the 
 to the value's rank. Averaging per-minute percentiles is never done.
 
 The same definitions exist twice, here in numpy (tests, the CLI) and as DuckDB SQL (the rollups
-and the published views); ``tests/test_analytics_sketch.py`` checks that they agree.
+and the published views). They are checked against each other by
+``tests/test_alert_evaluate.py`` (minutes bucketed here, the p95 read back through the SQL) and
+against exact percentiles by ``tests/test_analytics_requests.py``.
 """
 
 from __future__ import annotations

@@ -62,7 +62,7 @@ class RunOptions:
 class PolicyResult:
     policy: str
     table: str
-    kind: str
+    kind: PolicyKind
     dry_run: bool
     cutoffs: list[str]
     table_rows: int = 0
@@ -77,7 +77,7 @@ class PolicyResult:
     archive_files: int = 0
     recovered_archive_files: int = 0
     partitions_dropped: int = 0
-    strategies: list[str] = field(default_factory=list)
+    strategies: list[DeleteStrategy] = field(default_factory=list)
     stopped_early: bool = False
     exceeds_delete_fraction: bool = False
 
@@ -99,7 +99,8 @@ class PolicyResult:
     def metadata(self) -> dict[str, Any]:
         """What the Dagster UI shows and plots across runs (numbers only, no row contents)."""
         values = asdict(self)
-        kept_key = "active_revoked" if self.kind == PolicyKind.EXPIRED else "retained_rows"
+        values["kind"] = str(self.kind)
+        kept_key = "active_revoked" if self.kind is PolicyKind.EXPIRED else "retained_rows"
         values[kept_key] = values.pop("not_expiring")
         values["cutoffs"] = ", ".join(self.cutoffs)
         values["strategies"] = ", ".join(self.strategies) or "none"
@@ -345,7 +346,7 @@ def run_policy(
         result = PolicyResult(
             policy=name,
             table=policy.table,
-            kind=str(policy.kind),
+            kind=policy.kind,
             dry_run=options.dry_run,
             cutoffs=sorted({target.cutoff.isoformat(timespec="seconds") for target in targets}),
             table_rows=total,
@@ -381,7 +382,7 @@ def run_policy(
             if target_expected == 0:
                 continue
             strategy = choose_strategy(db, policy.strategy, checked, target_expected, total)
-            result.strategies.append(str(strategy))
+            result.strategies.append(strategy)
             outcome: DeleteOutcome = delete_in_batches(
                 db,
                 target,
@@ -407,7 +408,7 @@ def run_policy(
                 result.stopped_early = True
                 break
         walked_whole_table = any(
-            strategy != DeleteStrategy.CUTOFF_INDEX for strategy in result.strategies
+            strategy is not DeleteStrategy.CUTOFF_INDEX for strategy in result.strategies
         )
         _, remaining = count_rows(db, policy.table, targets, sequential=walked_whole_table)
         result.remaining_expired = sum(remaining)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from housekeeping.config import ConfigError, HousekeepingConfig, PolicyConfig, PolicyKind
+from housekeeping.config import ConfigError, PolicyConfig, PolicyKind
 from housekeeping.database import AppDatabase, TableInfo, quote_identifier
 
 
@@ -69,10 +69,6 @@ def check_policy(db: AppDatabase, name: str, policy: PolicyConfig) -> CheckedPol
             f"(GRANT DELETE ON {quote_identifier(policy.table)} TO <user>)"
         )
     return CheckedPolicy(name, policy, table)
-
-
-def check_config(db: AppDatabase, config: HousekeepingConfig) -> list[CheckedPolicy]:
-    return [check_policy(db, name, policy) for name, policy in config.policies.items()]
 
 
 def index_advice(db: AppDatabase, checked: CheckedPolicy) -> IndexAdvice | None:
