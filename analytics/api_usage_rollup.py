@@ -14,7 +14,7 @@ from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from analytics.extract import ColumnKind, Source, SourceColumn, TimeRange, check_source, stream_rows
-from analytics.publish import RollupStore, sql_string
+from analytics.publish import RollupStore
 from analytics.rollups import (
     SKETCH_TYPE,
     Column,
@@ -28,6 +28,7 @@ from analytics.rollups import (
 from analytics.settings import AnalyticsSettings, ServiceBudget
 from analytics.sketch import bucket_sql
 from housekeeping.database import AppDatabase
+from housekeeping.sql import sql_string
 
 API_USAGE_DAILY = Dataset(
     "api_usage_daily",

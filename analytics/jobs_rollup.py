@@ -21,7 +21,7 @@ import time
 from datetime import UTC, datetime
 
 from analytics.extract import ColumnKind, Source, SourceColumn, TimeRange, check_source, stream_rows
-from analytics.publish import RollupStore, sql_string
+from analytics.publish import RollupStore
 from analytics.rollups import (
     HOUR,
     SKETCH_TYPE,
@@ -38,6 +38,7 @@ from analytics.rollups import (
 from analytics.settings import AnalyticsSettings
 from analytics.sketch import bucket_sql
 from housekeeping.database import AppDatabase
+from housekeeping.sql import sql_string
 
 JOBS_HOURLY = Dataset(
     "jobs_hourly",

@@ -31,6 +31,7 @@ import duckdb
 import pyarrow.parquet as pq
 
 from housekeeping.errors import HkError, first_line
+from housekeeping.sql import sql_string
 
 META_TABLE = "_analytics_meta"
 SCHEMA_FILE = "_schema.parquet"
@@ -39,11 +40,6 @@ LOCK_WAIT_SECONDS = 120.0
 
 class PublishError(HkError):
     """The published location cannot be written, or holds something we did not publish."""
-
-
-def sql_string(value: str) -> str:
-    """A SQL string literal (for file paths in DuckDB statements)."""
-    return "'" + value.replace("'", "''") + "'"
 
 
 def _fsync_directory(path: Path) -> None:

@@ -31,10 +31,11 @@ from analytics.extract import (
     check_source,
     stream_rows,
 )
-from analytics.publish import RollupStore, sql_string
+from analytics.publish import RollupStore
 from analytics.settings import AnalyticsSettings
 from analytics.sketch import bucket_sql
 from housekeeping.database import AppDatabase
+from housekeeping.sql import sql_string
 
 HOUR = timedelta(hours=1)
 MINUTE = timedelta(minutes=1)

@@ -19,12 +19,13 @@ from datetime import UTC, datetime
 import pyarrow as pa
 import sqlalchemy as sa
 
-from analytics.publish import RollupStore, sql_string
+from analytics.publish import RollupStore
 from analytics.rollups import Column, Dataset, RollupResult, _preview, duckdb_session
 from housekeeping.config import HousekeepingConfig
-from housekeeping.database import AppDatabase, quote_identifier
+from housekeeping.database import AppDatabase
 from housekeeping.policies import build_targets, count_rows
 from housekeeping.schema_check import check_policy
+from housekeeping.sql import quote_identifier, sql_string
 
 TABLE_STATS = Dataset(
     "table_stats",

@@ -11,10 +11,11 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from analytics.api_usage_rollup import budget_statements
-from analytics.publish import RollupStore, sql_string
+from analytics.publish import RollupStore
 from analytics.rollups import Dataset, all_datasets
 from analytics.settings import ServiceBudget
 from analytics.sketch import PERCENTILES, bucket_value_sql
+from housekeeping.sql import sql_string
 
 _REQUEST_SUMS = (
     "requests",

@@ -42,7 +42,8 @@ import sqlalchemy as sa
 
 from housekeeping.archive import StagedFile, TableArchive
 from housekeeping.config import BatchConfig, DeleteStrategy, SafetyConfig
-from housekeeping.database import AppDatabase, DatabaseError, libpq_url, quote_identifier
+from housekeeping.database import AppDatabase, DatabaseError, libpq_url
+from housekeeping.sql import quote_identifier
 
 # Transaction-local settings that carry a streamed batch's values (see SettingParams).
 BATCH_SETTING_PREFIX = "housekeeping.batch_value_"

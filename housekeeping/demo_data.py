@@ -31,8 +31,9 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 from tqdm import tqdm
 
-from housekeeping.database import libpq_url, quote_identifier, redact_url
+from housekeeping.database import libpq_url, redact_url
 from housekeeping.errors import HkError, first_line
+from housekeeping.sql import quote_identifier
 
 CHUNK_ROWS = 200_000
 # Partitions are created this many days past ``now``, so a demo keeps logging for a while.

@@ -13,13 +13,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
-from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
 
 from housekeeping.config import HousekeepingConfig
-from housekeeping.database import AppDatabase, redact_url
+from housekeeping.database import AppDatabase, make_engine, redact_url
 from housekeeping.locking import AlreadyRunning
 from housekeeping.policies import PolicyResult, run_policy
 
@@ -150,12 +149,8 @@ class RunHistory:
 
     def __init__(self, url: str) -> None:
         parsed = sa.engine.make_url(url)
-        if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
-            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-        if parsed.get_backend_name() == "postgresql" and parsed.drivername == "postgresql":
-            parsed = parsed.set(drivername="postgresql+psycopg")
-        self.engine = sa.create_engine(parsed)
-        self.description = redact_url(parsed)
+        self.engine = make_engine(parsed, create_sqlite_directory=True)
+        self.description = redact_url(self.engine.url)
         metadata.create_all(self.engine)
 
     def record(self, run: PolicyRun) -> None:

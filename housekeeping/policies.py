@@ -25,7 +25,7 @@ from housekeeping.config import (
     PolicyKind,
     format_duration,
 )
-from housekeeping.database import AppDatabase, quote_identifier
+from housekeeping.database import AppDatabase
 from housekeeping.deletion import (
     BoundParams,
     DeleteOutcome,
@@ -43,6 +43,7 @@ from housekeeping.partition_retention import (
     range_partitions,
 )
 from housekeeping.schema_check import CheckedPolicy, check_policy
+from housekeeping.sql import quote_identifier
 
 # Above this share of expiring rows, walking the whole table beats walking the cutoff index.
 PRIMARY_KEY_WALK_FRACTION = 0.10

@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from housekeeping.config import ConfigError, PolicyConfig, PolicyKind
-from housekeeping.database import AppDatabase, TableInfo, quote_identifier
+from housekeeping.database import AppDatabase, TableInfo
+from housekeeping.sql import quote_identifier
 
 
 @dataclass(frozen=True)
