@@ -12,13 +12,16 @@ from pydantic import Field
 
 from housekeeping.config import HousekeepingConfig, PolicyConfig, PolicyKind, format_duration
 from housekeeping.dagster_runs import purge_dagster_runs
-from housekeeping.history import PolicyRun, RunStatus, run_and_record
-from housekeeping.policies import RunOptions
+from housekeeping.history import PolicyRun, RunStatus
+from housekeeping.policies import RunOptions, failure_recorded, run_and_record
 from housekeeping.resources import HousekeepingResource
 from housekeeping.stopping import stop_on_terminate
 
 GROUP = "housekeeping"
-DAGSTER_RUNS_ASSET = dg.AssetKey([GROUP, "dagster_run_history"])
+# The run-history purge is recorded in the run history like a policy, under these names.
+DAGSTER_RUNS_POLICY = "dagster_run_history"
+DAGSTER_RUNS_TABLE = "dagster runs"
+DAGSTER_RUNS_ASSET = dg.AssetKey([GROUP, DAGSTER_RUNS_POLICY])
 
 
 class CleanupRunConfig(dg.Config):
@@ -162,9 +165,13 @@ def build_dagster_run_history_asset(config: HousekeepingConfig) -> dg.AssetsDefi
     ):
         settings = housekeeping.load()
         history = housekeeping.run_history(settings)
-        started = datetime.now(UTC)
         try:
-            with stop_on_terminate() as stop:
+            with (
+                failure_recorded(
+                    history, DAGSTER_RUNS_POLICY, DAGSTER_RUNS_TABLE, context.run_id
+                ) as started,
+                stop_on_terminate() as stop,
+            ):
                 result = purge_dagster_runs(
                     context.instance,
                     now=started,
@@ -177,8 +184,8 @@ def build_dagster_run_history_asset(config: HousekeepingConfig) -> dg.AssetsDefi
             if not config.dry_run:
                 history.record(
                     PolicyRun(
-                        policy="dagster_run_history",
-                        table_name="dagster runs",
+                        policy=DAGSTER_RUNS_POLICY,
+                        table_name=DAGSTER_RUNS_TABLE,
                         status=RunStatus.STOPPED if result.stopped_early else RunStatus.SUCCESS,
                         started_at=started,
                         finished_at=datetime.now(UTC),

@@ -13,14 +13,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any
 
 import sqlalchemy as sa
 
-from housekeeping.config import HousekeepingConfig
-from housekeeping.database import AppDatabase, make_engine, redact_url
-from housekeeping.locking import AlreadyRunning
-from housekeeping.policies import PolicyResult, run_policy
+from housekeeping.database import make_engine, redact_url
 
 metadata = sa.MetaData()
 
@@ -236,57 +232,3 @@ def _run_from_row(row: sa.RowMapping) -> PolicyRun:
 def _utc(value: datetime) -> datetime:
     # SQLite hands back naive datetimes; everything stored here is UTC.
     return value if value.tzinfo else value.replace(tzinfo=UTC)
-
-
-def run_and_record(
-    history: RunHistory,
-    db: AppDatabase,
-    config: HousekeepingConfig,
-    name: str,
-    *,
-    dagster_run_id: str | None = None,
-    **run_options: Any,
-) -> PolicyResult:
-    """``run_policy`` plus one history row per real run (dry runs are not history).
-
-    A refused or failed run is recorded as failed: the operator has to look either way. A run
-    that found another cleanup of the same table in progress is not recorded at all.
-    """
-    started = datetime.now(UTC)
-    policy = config.policy(name)
-    try:
-        result = run_policy(db, config, name, **run_options)
-    except AlreadyRunning:
-        raise
-    except Exception as exc:
-        history.record(
-            PolicyRun(
-                policy=name,
-                table_name=policy.table,
-                status=RunStatus.FAILED,
-                started_at=started,
-                finished_at=datetime.now(UTC),
-                duration_ms=(datetime.now(UTC) - started).total_seconds() * 1000,
-                error=f"{type(exc).__name__}: {exc}",
-                dagster_run_id=dagster_run_id,
-            )
-        )
-        raise
-    if not result.dry_run:
-        history.record(
-            PolicyRun(
-                policy=name,
-                table_name=policy.table,
-                status=RunStatus.STOPPED if result.stopped_early else RunStatus.SUCCESS,
-                started_at=started,
-                finished_at=datetime.now(UTC),
-                deleted=result.deleted,
-                expected_deleted=result.expected_deleted,
-                remaining_expired=result.remaining_expired,
-                archived_rows=result.archived_rows,
-                batches=result.batches,
-                duration_ms=result.duration_ms,
-                dagster_run_id=dagster_run_id,
-            )
-        )
-    return result

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -34,7 +35,8 @@ from housekeeping.deletion import (
     target_conditions,
 )
 from housekeeping.errors import HkError
-from housekeeping.locking import table_lock
+from housekeeping.history import PolicyRun, RunHistory, RunStatus
+from housekeeping.locking import AlreadyRunning, table_lock
 from housekeeping.partition_retention import (
     PartitionOutcome,
     drop_expired_partitions,
@@ -414,4 +416,70 @@ def run_policy(
         _, remaining = count_rows(db, policy.table, targets, sequential=walked_whole_table)
         result.remaining_expired = sum(remaining)
     result.duration_ms = (time.perf_counter() - started) * 1000
+    return result
+
+
+@contextmanager
+def failure_recorded(
+    history: RunHistory, policy: str, table_name: str, dagster_run_id: str | None
+) -> Iterator[datetime]:
+    """Yields the run's start time (UTC); when the block raises, records a failed run, re-raises.
+
+    A refused or failed run is recorded as failed: the operator has to look either way. A run
+    that found another cleanup of the same table in progress (AlreadyRunning) is not recorded.
+    """
+    started = datetime.now(UTC)
+    try:
+        yield started
+    except AlreadyRunning:
+        raise
+    except Exception as exc:
+        history.record(
+            PolicyRun(
+                policy=policy,
+                table_name=table_name,
+                status=RunStatus.FAILED,
+                started_at=started,
+                finished_at=datetime.now(UTC),
+                duration_ms=(datetime.now(UTC) - started).total_seconds() * 1000,
+                error=f"{type(exc).__name__}: {exc}",
+                dagster_run_id=dagster_run_id,
+            )
+        )
+        raise
+
+
+def run_and_record(
+    history: RunHistory,
+    db: AppDatabase,
+    config: HousekeepingConfig,
+    name: str,
+    *,
+    dagster_run_id: str | None = None,
+    **run_options: Any,
+) -> PolicyResult:
+    """``run_policy`` plus one history row per real run (dry runs are not history).
+
+    Failures are recorded as ``failure_recorded`` says, then re-raised.
+    """
+    policy = config.policy(name)
+    with failure_recorded(history, name, policy.table, dagster_run_id) as started:
+        result = run_policy(db, config, name, **run_options)
+    if not result.dry_run:
+        history.record(
+            PolicyRun(
+                policy=name,
+                table_name=policy.table,
+                status=RunStatus.STOPPED if result.stopped_early else RunStatus.SUCCESS,
+                started_at=started,
+                finished_at=datetime.now(UTC),
+                deleted=result.deleted,
+                expected_deleted=result.expected_deleted,
+                remaining_expired=result.remaining_expired,
+                archived_rows=result.archived_rows,
+                batches=result.batches,
+                duration_ms=result.duration_ms,
+                dagster_run_id=dagster_run_id,
+            )
+        )
     return result
