@@ -198,7 +198,7 @@ def demo(tokens, requests, days):
         raise click.ClickException(
             "DAGSTER_HOME is not set (make demo sets it to var/dagster_home)"
         )
-    from housekeeping.assets import policy_asset_key
+    from housekeeping.defs.assets import policy_asset_key
 
     instance = dg.DagsterInstance.get()
     click.echo(

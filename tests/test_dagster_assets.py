@@ -14,10 +14,10 @@ import dagster as dg
 import pytest
 import yaml
 
-from housekeeping.assets import DAGSTER_RUNS_ASSET, policy_asset_key
 from housekeeping.config import load_config
 from housekeeping.database import AppDatabase
 from housekeeping.definitions import build_definitions
+from housekeeping.defs.assets import DAGSTER_RUNS_ASSET, policy_asset_key
 from housekeeping.history import RunHistory, RunStatus
 from tests.app_tables import count, create_revoked_tokens
 

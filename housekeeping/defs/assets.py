@@ -10,11 +10,17 @@ from typing import Any
 import dagster as dg
 from pydantic import Field
 
-from housekeeping.config import HousekeepingConfig, PolicyConfig, PolicyKind, format_duration
+from housekeeping.config import (
+    HousekeepingConfig,
+    PolicyConfig,
+    PolicyKind,
+    database_url,
+    format_duration,
+)
 from housekeeping.dagster_runs import purge_dagster_runs
+from housekeeping.defs.resources import HousekeepingResource
 from housekeeping.history import PolicyRun, RunStatus
 from housekeeping.policies import RunOptions, failure_recorded, run_and_record
-from housekeeping.resources import HousekeepingResource
 from housekeeping.stopping import stop_on_terminate
 
 GROUP = "housekeeping"
@@ -40,7 +46,29 @@ class RunRetentionRunConfig(dg.Config):
 
 
 def policy_asset_key(name: str) -> dg.AssetKey:
+    """The asset of the policy called ``name`` in the config: ``housekeeping/<name>``."""
     return dg.AssetKey([GROUP, name])
+
+
+def checked_asset_keys(config: HousekeepingConfig) -> dict[str, dg.AssetKey]:
+    """Every asset whose runs are recorded in the run history, by its name there: the policies,
+    and the Dagster run-history purge when enabled."""
+    keys = {name: policy_asset_key(name) for name in config.policies}
+    if config.dagster_runs.enabled:
+        keys[DAGSTER_RUNS_POLICY] = DAGSTER_RUNS_ASSET
+    return keys
+
+
+def build_assets(config: HousekeepingConfig) -> list[dg.AssetsDefinition]:
+    """One asset per policy, plus the Dagster run-history purge when enabled."""
+    database_kind = "postgres" if database_url().startswith("postgres") else "sqlite"
+    assets = [
+        build_policy_asset(name, policy, config, database_kind)
+        for name, policy in config.policies.items()
+    ]
+    if config.dagster_runs.enabled:
+        assets.append(build_dagster_run_history_asset(config))
+    return assets
 
 
 def describe_policy(name: str, policy: PolicyConfig) -> str:

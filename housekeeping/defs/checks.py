@@ -2,6 +2,7 @@
 
 import dagster as dg
 
+from housekeeping.defs.resources import HousekeepingResource
 from housekeeping.history import (
     AVERAGE_DURATION_WARNING_MS,
     AVERAGE_OVER_RUNS,
@@ -10,7 +11,6 @@ from housekeeping.history import (
     HealthStatus,
     PolicyHealth,
 )
-from housekeeping.resources import HousekeepingResource
 
 
 def _health_metadata(health: PolicyHealth) -> dict:
