@@ -19,13 +19,8 @@ import pyarrow as pa
 import sqlalchemy as sa
 
 from housekeeping.archive import ArchiveStore, LocalArchiveStore, TableArchive
-from housekeeping.config import (
-    DeleteStrategy,
-    HousekeepingConfig,
-    PolicyConfig,
-    PolicyKind,
-    format_duration,
-)
+from housekeeping.config import HousekeepingConfig
+from housekeeping.config_types import format_duration
 from housekeeping.database import AppDatabase
 from housekeeping.deletion import (
     BoundParams,
@@ -44,6 +39,7 @@ from housekeeping.partition_retention import (
     partition_exists,
     range_partitions,
 )
+from housekeeping.policy_kinds import DeleteStrategy, JobsPolicy, PolicyConfig, PolicyKind
 from housekeeping.schema_check import CheckedPolicy, check_policy
 from housekeeping.sql import quote_identifier
 
@@ -154,22 +150,24 @@ def count_rows(
 def build_targets(
     db: AppDatabase, conn: sa.Connection, checked: CheckedPolicy, database_now: datetime
 ) -> list[DeleteTarget]:
+    """What one run deletes: one target per cutoff, all computed from the database's clock.
+
+    Expired and age policies have one cutoff for the whole table; jobs policies one per status,
+    and per queue with keep_last, which needs the database.
+    """
     policy = checked.policy
     base = dict(
         table=policy.table, primary_key=checked.primary_key, cutoff_column=policy.cutoff_column
     )
-    if policy.kind is PolicyKind.EXPIRED:
-        return [DeleteTarget(cutoff=database_now - policy.grace, **base)]
-    if policy.kind is PolicyKind.AGE:
-        assert policy.retention is not None
-        return [DeleteTarget(cutoff=database_now - policy.retention, **base)]
-    return _job_targets(db, conn, checked, database_now, base)
+    if isinstance(policy, JobsPolicy):
+        return _job_targets(db, conn, policy, database_now, base)
+    return [DeleteTarget(cutoff=policy.cutoff(database_now), **base)]
 
 
 def _job_targets(
     db: AppDatabase,
     conn: sa.Connection,
-    checked: CheckedPolicy,
+    policy: JobsPolicy,
     database_now: datetime,
     base: dict[str, Any],
 ) -> list[DeleteTarget]:
@@ -179,8 +177,6 @@ def _job_targets(
     keep_last of its queue (BullMQ's removeOnComplete {age, count}, Sidekiq's dead-set limits).
     Ties at the N-th newest are kept, so a queue never keeps fewer than N.
     """
-    policy = checked.policy
-    assert policy.statuses is not None and policy.status_column is not None
     table = quote_identifier(policy.table)
     status_column = quote_identifier(policy.status_column)
     cutoff_column = quote_identifier(policy.cutoff_column)
@@ -370,7 +366,7 @@ def run_policy(
                 f"(policies.{name}.max_delete_fraction or safety.max_delete_fraction); nothing "
                 "was deleted. Check the cutoff, or rerun with allow_large_delete."
             )
-        if checked.table.is_partitioned and policy.kind is not PolicyKind.JOBS:
+        if checked.table.is_partitioned and not isinstance(policy, JobsPolicy):
             dropped = _drop_whole_partitions(
                 db, checked, targets[0], archive, config, run_id, should_stop, log
             )

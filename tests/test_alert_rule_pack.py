@@ -15,7 +15,7 @@ import yaml
 
 from analytics.alerts.backtest import backtest
 from analytics.alerts.rules import load_rules
-from housekeeping.config import parse_duration
+from housekeeping.config_types import parse_duration
 from housekeeping.history import PolicyRun, RunHistory, RunStatus
 from tests.alert_support import Minute, analytics_settings_at, publish_minutes
 

@@ -22,7 +22,8 @@ from analytics.alerts.rules import RulesError, load_rules
 from analytics.alerts.service import AlertRuntime, evaluate_and_deliver
 from analytics.alerts.settings import alerts_settings
 from analytics.alerts.store import AlertStoreError
-from housekeeping.config import ConfigError, format_duration, load_config, parse_duration
+from housekeeping.config import ConfigError, load_config
+from housekeeping.config_types import format_duration, parse_duration
 from housekeeping.history import RunHistory
 
 ALERT_ERRORS = (ConfigError, RulesError, AlertStoreError)

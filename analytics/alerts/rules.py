@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from analytics.alerts.metrics import BUILTIN_METRICS, GroupBy
 from analytics.alerts.model import Severity
-from housekeeping.config import (
+from housekeeping.config_types import (
     NonNegativeDuration,
     PositiveDuration,
     StrictModel,

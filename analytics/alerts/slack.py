@@ -13,7 +13,7 @@ from typing import Any
 
 from analytics.alerts.metrics import BUILTIN_METRICS, format_value
 from analytics.alerts.model import Notification, NotificationKind, Severity
-from housekeeping.config import format_duration
+from housekeeping.config_types import format_duration
 
 MAX_GROUPS_LISTED = 15
 _ICON = {

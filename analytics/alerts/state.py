@@ -26,7 +26,7 @@ from analytics.alerts.model import (
     Severity,
 )
 from analytics.alerts.rules import NoData, Rule
-from housekeeping.config import format_duration
+from housekeeping.config_types import format_duration
 
 
 def _breaching(rule: Rule, value: float | None) -> list[Severity]:

@@ -10,17 +10,13 @@ from typing import Any
 import dagster as dg
 from pydantic import Field
 
-from housekeeping.config import (
-    HousekeepingConfig,
-    PolicyConfig,
-    PolicyKind,
-    database_url,
-    format_duration,
-)
+from housekeeping.config import HousekeepingConfig, database_url
+from housekeeping.config_types import format_duration
 from housekeeping.dagster_runs import purge_dagster_runs
 from housekeeping.defs.resources import HousekeepingResource
 from housekeeping.history import PolicyRun, RunStatus
 from housekeeping.policies import RunOptions, failure_recorded, run_and_record
+from housekeeping.policy_kinds import PolicyConfig
 from housekeeping.stopping import stop_on_terminate
 
 GROUP = "housekeeping"
@@ -72,28 +68,11 @@ def build_assets(config: HousekeepingConfig) -> list[dg.AssetsDefinition]:
 
 
 def describe_policy(name: str, policy: PolicyConfig) -> str:
+    """The asset's description: the policy's own, else which rows go from which table, and how."""
     if policy.description:
         return policy.description
-    if policy.kind is PolicyKind.EXPIRED:
-        rule = f"rows whose `{policy.cutoff_column}` has passed"
-        if policy.grace:
-            rule += f" by more than {format_duration(policy.grace)}"
-    elif policy.kind is PolicyKind.AGE:
-        assert policy.retention is not None
-        rule = (
-            f"rows whose `{policy.cutoff_column}` is older than {format_duration(policy.retention)}"
-        )
-    else:
-        assert policy.statuses is not None
-        parts = []
-        for status, rule_config in policy.statuses.items():
-            part = f"{status} older than {format_duration(rule_config.retention)}"
-            if rule_config.keep_last:
-                part += f" or beyond the newest {rule_config.keep_last} per queue"
-            parts.append(part)
-        rule = "finished jobs: " + "; ".join(parts)
     archive = " Deleted rows are archived to Parquet first." if policy.archive else ""
-    return f"Deletes from `{policy.table}` {rule}, in short batched transactions.{archive}"
+    return f"Deletes from `{policy.table}` {policy.rule()}, in short batched transactions.{archive}"
 
 
 def _scalar_metadata(values: dict[str, Any]) -> dict[str, Any]:
