@@ -36,7 +36,7 @@ from analytics.publish import RollupStore  # noqa: E402
 from analytics.rollups import HOUR, floor_hour, refresh_requests  # noqa: E402
 from analytics.settings import parse_analytics_settings  # noqa: E402
 from housekeeping.database import AppDatabase, make_engine  # noqa: E402
-from housekeeping.demo_data import seed_database  # noqa: E402
+from housekeeping.demo.seed import seed_database  # noqa: E402
 
 BASE_URL = os.environ.get("HK_BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 SCHEMA = "bench_rollup"

@@ -99,7 +99,8 @@ def instance_check(home, connect_timeout):
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def seed(database_url, tokens, requests, days, random_seed, reset, partitioned_request_logs, quiet):
     """Create the reference schema and fill it with realistic generated data."""
-    from housekeeping.demo_data import SeedError, seed_database
+    from housekeeping.demo.load import SeedError
+    from housekeeping.demo.seed import seed_database
 
     url = database_url or _default_database_url()
     try:
@@ -181,7 +182,7 @@ def demo(tokens, requests, days):
     """Seed the demo database (first time), run the housekeeping job once through Dagster, report."""
     import dagster as dg
 
-    from housekeeping.demo_data import seed_database
+    from housekeeping.demo.seed import seed_database
     from housekeeping.history import RunHistory
 
     url = _default_database_url()

@@ -12,14 +12,10 @@ import pytest
 import sqlalchemy as sa
 
 from housekeeping.database import AppDatabase
-from housekeeping.demo_data import (
-    REFERENCE_TABLES,
-    IncidentKind,
-    SeedError,
-    create_schema,
-    partition_name,
-    seed_database,
-)
+from housekeeping.demo.incidents import IncidentKind
+from housekeeping.demo.load import SeedError
+from housekeeping.demo.schema import REFERENCE_TABLES, partition_name
+from housekeeping.demo.seed import create_schema, seed_database
 from tests.conftest import with_search_path
 
 NOW = datetime(2025, 3, 10, 12, 34, 56, 789012, tzinfo=UTC)
