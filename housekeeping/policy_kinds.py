@@ -15,11 +15,11 @@ from enum import StrEnum
 from typing import Annotated, Any, Literal, get_args
 
 from pydantic import (
+    BeforeValidator,
     Field,
     PlainValidator,
     TypeAdapter,
     ValidationError,
-    field_validator,
     model_validator,
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
@@ -45,6 +45,18 @@ class DeleteStrategy(StrEnum):
     PAGE_RANGES = "page_ranges"
     PRIMARY_KEY_RANGES = "primary_key_ranges"
     CUTOFF_INDEX = "cutoff_index"
+
+
+def _needed(message: str) -> BeforeValidator:
+    """For a key its kind cannot do without: missing (with ``validate_default``), null or ``{}``
+    fails with ``message``, reported at the key."""
+
+    def check(value: Any) -> Any:
+        if value is None or value == {}:
+            raise ValueError(message)
+        return value
+
+    return BeforeValidator(check)
 
 
 class BasePolicy(StrictModel):
@@ -90,15 +102,9 @@ class AgePolicy(BasePolicy):
     """Rows older than ``retention``: request, error and audit logs."""
 
     kind: Literal[PolicyKind.AGE]
-    # Required; validate_default makes a missing key fail with the message below.
-    retention: PositiveDuration = Field(default=None, validate_default=True)
-
-    @field_validator("retention", mode="before")
-    @classmethod
-    def _needed(cls, value: Any) -> Any:
-        if value is None:
-            raise ValueError("kind 'age' needs 'retention' (e.g. retention: 30d)")
-        return value
+    retention: Annotated[
+        PositiveDuration, _needed("kind 'age' needs 'retention' (e.g. retention: 30d)")
+    ] = Field(default=None, validate_default=True)
 
     def cutoff(self, database_now: datetime) -> datetime:
         """Rows whose cutoff column is before this go."""
@@ -117,25 +123,14 @@ class JobsPolicy(BasePolicy):
     """Finished jobs: per status a retention, and optionally only the newest N per queue kept."""
 
     kind: Literal[PolicyKind.JOBS]
-    status_column: Identifier = Field(default=None, validate_default=True)
+    status_column: Annotated[Identifier, _needed("kind 'jobs' needs 'status_column'")] = Field(
+        default=None, validate_default=True
+    )
     queue_column: Identifier | None = None
-    statuses: dict[str, JobStatusRetention] = Field(default=None, validate_default=True)
-
-    @field_validator("status_column", mode="before")
-    @classmethod
-    def _status_column_needed(cls, value: Any) -> Any:
-        if value is None:
-            raise ValueError("kind 'jobs' needs 'status_column'")
-        return value
-
-    @field_validator("statuses", mode="before")
-    @classmethod
-    def _statuses_needed(cls, value: Any) -> Any:
-        if not value:
-            raise ValueError(
-                "kind 'jobs' needs 'statuses', e.g. statuses: {completed: {retention: 24h}}"
-            )
-        return value
+    statuses: Annotated[
+        dict[str, JobStatusRetention],
+        _needed("kind 'jobs' needs 'statuses', e.g. statuses: {completed: {retention: 24h}}"),
+    ] = Field(default=None, validate_default=True)
 
     @model_validator(mode="after")
     def _queue_column_for_keep_last(self) -> JobsPolicy:
