@@ -25,8 +25,9 @@ import adbc_driver_postgresql.dbapi as adbc
 import pyarrow as pa
 from psycopg import sql
 
-from housekeeping.database import AppDatabase, DatabaseError, libpq_url, quote_identifier
+from housekeeping.database import AppDatabase, DatabaseError, libpq_url
 from housekeeping.errors import HkError, first_line
+from housekeeping.sql import quote_identifier
 
 SQLITE_BATCH_ROWS = 50_000
 

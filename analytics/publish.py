@@ -32,6 +32,7 @@ import duckdb
 import pyarrow.parquet as pq
 
 from housekeeping.errors import HkError, first_line
+from housekeeping.sql import sql_string
 
 META_TABLE = "_analytics_meta"
 SCHEMA_FILE = "_schema.parquet"
@@ -42,11 +43,6 @@ HOUR_FILE_FORMAT = "%Y-%m-%dT%H"
 
 class PublishError(HkError):
     """The published location cannot be written, or holds something we did not publish."""
-
-
-def sql_string(value: str) -> str:
-    """A SQL string literal (for file paths in DuckDB statements)."""
-    return "'" + value.replace("'", "''") + "'"
 
 
 def hour_key(hour: datetime, key_format: str = HOUR_FILE_FORMAT) -> str:

@@ -13,14 +13,13 @@ from typing import Any
 
 from pydantic import Field, model_validator
 
-from housekeeping.config import (
-    HousekeepingConfig,
+from housekeeping.config import HousekeepingConfig, parse_section
+from housekeeping.config_types import (
     Identifier,
     NonNegativeDuration,
     PositiveDuration,
     StrictModel,
     TimeZone,
-    parse_section,
 )
 
 

@@ -11,9 +11,10 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from analytics.datasets import Dataset, all_datasets
-from analytics.publish import RollupStore, sql_string
+from analytics.publish import RollupStore
 from analytics.settings import ServiceBudget
 from analytics.sketch import PERCENTILES, bucket_value_sql
+from housekeeping.sql import sql_string
 
 _REQUEST_SUMS = (
     "requests",

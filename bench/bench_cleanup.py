@@ -52,7 +52,7 @@ def with_search_path(url: str, schema: str) -> str:
     return f"{url}{separator}options={quote(f'-csearch_path={schema}')}"
 
 
-# The template is built in SQL rather than by housekeeping.demo_data.seed_database: the issue fixes
+# The template is built in SQL rather than by housekeeping.demo.seed.seed_database: the issue fixes
 # an exact count of expired rows (1,500,000 of 2,000,000) with expiry uncorrelated with insertion
 # order, while the generator draws expiry as revoked_at + a realistic lifetime, so its expired share
 # is whatever the lifetimes give and old (early-inserted) tokens are the expired ones. Here each row

@@ -36,8 +36,8 @@ from analytics.publish import RollupStore  # noqa: E402
 from analytics.rollups.engine import HOUR, floor_hour  # noqa: E402
 from analytics.rollups.requests import refresh_requests  # noqa: E402
 from analytics.settings import parse_analytics_settings  # noqa: E402
-from housekeeping.database import AppDatabase  # noqa: E402
-from housekeeping.demo_data import seed_database  # noqa: E402
+from housekeeping.database import AppDatabase, make_engine  # noqa: E402
+from housekeeping.demo.seed import seed_database  # noqa: E402
 
 BASE_URL = os.environ.get("HK_BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 SCHEMA = "bench_rollup"
@@ -86,7 +86,7 @@ def time_pandas(rows: int) -> tuple[float, int]:
     import pandas as pd
     import sqlalchemy as sa
 
-    engine = sa.create_engine(schema_url().replace("postgresql://", "postgresql+psycopg://"))
+    engine = make_engine(sa.engine.make_url(schema_url()))
     started = time.perf_counter()
     frame = pd.read_sql(
         sa.text(

@@ -80,22 +80,18 @@ def instance_check(home, connect_timeout):
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def seed(database_url, tokens, requests, days, random_seed, reset, partitioned_request_logs, quiet):
     """Create the reference schema and fill it with realistic generated data."""
-    from housekeeping.demo_data import SeedError, seed_database
+    from housekeeping.demo.seed import seed_database
 
-    url = database_url or _default_database_url()
-    try:
-        summary = seed_database(
-            url,
-            tokens=tokens,
-            requests=requests,
-            days=days,
-            seed=random_seed,
-            progress=not quiet,
-            reset=reset,
-            partitioned_request_logs=partitioned_request_logs,
-        )
-    except (SeedError, ValueError) as exc:
-        raise click.ClickException(str(exc)) from None
+    summary = seed_database(
+        database_url or _default_database_url(),
+        tokens=tokens,
+        requests=requests,
+        days=days,
+        seed=random_seed,
+        progress=not quiet,
+        reset=reset,
+        partitioned_request_logs=partitioned_request_logs,
+    )
     click.echo(_describe_seed(summary))
 
 
@@ -162,7 +158,7 @@ def demo(tokens, requests, days):
     """Seed the demo database (first time), run the housekeeping job once through Dagster, report."""
     import dagster as dg
 
-    from housekeeping.demo_data import seed_database
+    from housekeeping.demo.seed import seed_database
     from housekeeping.history import RunHistory
 
     url = _default_database_url()
@@ -179,7 +175,7 @@ def demo(tokens, requests, days):
         raise click.ClickException(
             "DAGSTER_HOME is not set (make demo sets it to var/dagster_home)"
         )
-    from housekeeping.assets import policy_asset_key
+    from housekeeping.defs.assets import policy_asset_key
 
     instance = dg.DagsterInstance.get()
     click.echo(

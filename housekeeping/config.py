@@ -9,24 +9,15 @@ from __future__ import annotations
 import os
 import re
 from datetime import timedelta
-from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
-from croniter import croniter
-from pydantic import (
-    AfterValidator,
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
-    Field,
-    ValidationError,
-    model_validator,
-)
+from pydantic import Field, ValidationError, model_validator
 
+from housekeeping.config_types import Cron, PositiveDuration, StrictModel, TimeZone
 from housekeeping.errors import HkError
+from housekeeping.policy_kinds import PolicyConfig
 
 DEFAULT_CONFIG_PATH = "hk.yaml"
 DEMO_DATABASE_URL = "sqlite:///var/demo.db"
@@ -36,136 +27,8 @@ class ConfigError(HkError):
     """The config file is missing, malformed or names something that does not exist."""
 
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)\s*$")
-_UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-
-
-def parse_duration(value: Any) -> timedelta:
-    """'250ms', '30s', '15m', '24h', '30d', '2w' (or a number of seconds) -> timedelta."""
-    if isinstance(value, timedelta):
-        return value
-    if isinstance(value, bool):
-        raise ValueError(f"expected a duration like '30d' or '15m', got {value!r}")
-    if isinstance(value, int | float):
-        return timedelta(seconds=value)
-    if isinstance(value, str):
-        match = _DURATION.match(value)
-        if match:
-            return timedelta(seconds=float(match.group(1)) * _UNIT_SECONDS[match.group(2)])
-    raise ValueError(f"expected a duration like '30d', '24h', '15m' or '250ms', got {value!r}")
-
-
-def _positive(value: timedelta) -> timedelta:
-    if value <= timedelta(0):
-        raise ValueError(f"must be greater than 0, got {format_duration(value)}")
-    return value
-
-
-def _non_negative(value: timedelta) -> timedelta:
-    if value < timedelta(0):
-        raise ValueError(f"must not be negative, got {format_duration(value)}")
-    return value
-
-
-def _valid_cron(value: str) -> str:
-    if not isinstance(value, str) or not croniter.is_valid(value) or len(value.split()) != 5:
-        raise ValueError(f"not a valid 5-field cron expression: {value!r}")
-    return value
-
-
-def _valid_timezone(value: str) -> str:
-    try:
-        ZoneInfo(value)
-    except (ZoneInfoNotFoundError, ValueError):
-        raise ValueError(
-            f"unknown time zone {value!r} (use an IANA name like 'Europe/Berlin')"
-        ) from None
-    return value
-
-
-def format_duration(value: timedelta) -> str:
-    seconds = value.total_seconds()
-    for unit in ("w", "d", "h", "m", "s"):
-        size = _UNIT_SECONDS[unit]
-        if seconds and seconds % size == 0:
-            return f"{int(seconds // size)}{unit}"
-    return f"{seconds * 1000:g}ms"
-
-
-Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
-PositiveDuration = Annotated[timedelta, BeforeValidator(parse_duration), AfterValidator(_positive)]
-NonNegativeDuration = Annotated[
-    timedelta, BeforeValidator(parse_duration), AfterValidator(_non_negative)
-]
-Cron = Annotated[str, AfterValidator(_valid_cron)]
 # Policy names become Dagster asset names and archive folder names.
 PolicyName = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,62}$")]
-Identifier = Annotated[str, Field(min_length=1, max_length=63)]
-
-
-TimeZone = Annotated[str, AfterValidator(_valid_timezone)]
-
-
-class StrictModel(BaseModel):
-    """Base of every config model: unknown keys are errors (a typo never passes silently), and a
-    loaded config is immutable."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class PolicyKind(StrEnum):
-    EXPIRED = "expired"  # rows whose cutoff column (an expiry time) has passed: revoked tokens
-    AGE = "age"  # rows older than a retention age: request, error and audit logs
-    JOBS = "jobs"  # finished jobs, per status retention and keep-last-N per queue
-
-
-class DeleteStrategy(StrEnum):
-    AUTO = "auto"
-    PAGE_RANGES = "page_ranges"
-    PRIMARY_KEY_RANGES = "primary_key_ranges"
-    CUTOFF_INDEX = "cutoff_index"
-
-
-class JobStatusRetention(StrictModel):
-    retention: PositiveDuration
-    keep_last: int | None = Field(default=None, ge=1)
-
-
-class PolicyConfig(StrictModel):
-    kind: PolicyKind
-    table: Identifier
-    cutoff_column: Identifier
-    primary_key: list[Identifier] | None = None
-    retention: PositiveDuration | None = None
-    grace: NonNegativeDuration = timedelta(0)
-    status_column: Identifier | None = None
-    queue_column: Identifier | None = None
-    statuses: dict[str, JobStatusRetention] | None = None
-    archive: bool = False
-    schedule: Cron | None = None
-    max_delete_fraction: float | None = Field(default=None, gt=0, le=1)
-    strategy: DeleteStrategy = DeleteStrategy.AUTO
-    description: str | None = None
-
-    @model_validator(mode="after")
-    def _kind_specific_keys(self) -> PolicyConfig:
-        if self.kind is PolicyKind.AGE and self.retention is None:
-            raise ValueError("kind 'age' needs 'retention' (e.g. retention: 30d)")
-        if self.kind is PolicyKind.JOBS:
-            if not self.status_column:
-                raise ValueError("kind 'jobs' needs 'status_column'")
-            if not self.statuses:
-                raise ValueError(
-                    "kind 'jobs' needs 'statuses', e.g. statuses: {completed: {retention: 24h}}"
-                )
-            if any(rule.keep_last for rule in self.statuses.values()) and not self.queue_column:
-                raise ValueError("'keep_last' counts jobs per queue, so it needs 'queue_column'")
-        elif self.statuses or self.status_column or self.queue_column:
-            raise ValueError("'statuses', 'status_column' and 'queue_column' are for kind 'jobs'")
-        if self.kind is not PolicyKind.AGE and self.retention is not None:
-            which = "'grace'" if self.kind is PolicyKind.EXPIRED else "'statuses'"
-            raise ValueError(f"'retention' is for kind 'age'; kind '{self.kind}' uses {which}")
-        return self
 
 
 class SafetyConfig(StrictModel):

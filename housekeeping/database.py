@@ -9,12 +9,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError
 
 from housekeeping.errors import HkError, first_line
+from housekeeping.sql import quote_identifier
 
 SQLITE_TIMESTAMP_FORMAT = "%Y-%m-%d %H:%M:%S.%f"
 
@@ -23,17 +26,38 @@ class DatabaseError(HkError):
     """The application database is unreachable or refused an operation."""
 
 
-def quote_identifier(name: str) -> str:
-    """Double-quote an identifier (valid in PostgreSQL and SQLite); names come from the live schema."""
-    return '"' + name.replace('"', '""') + '"'
-
-
 def redact_url(url: str | URL) -> str:
     try:
         parsed = make_url(url) if isinstance(url, str) else url
     except ArgumentError:
         return "<unparseable database URL>"
     return parsed.render_as_string(hide_password=True)
+
+
+def make_engine(
+    url: URL,
+    *,
+    connect_args: dict[str, Any] | None = None,
+    create_sqlite_directory: bool = False,
+    pool_pre_ping: bool = False,
+) -> sa.Engine:
+    """The one place an SQLAlchemy engine is made, for the application and the state databases.
+
+    A bare ``postgresql://`` URL gets psycopg 3 (SQLAlchemy's default driver would be psycopg2,
+    which we do not install); an explicit driver is kept. ``create_sqlite_directory`` creates the
+    parent folder of a SQLite file, for the product's own state files (``var/...``); the
+    application database is never created. Raises nothing itself: connecting may fail later.
+    """
+    if url.get_backend_name() == "postgresql" and url.drivername == "postgresql":
+        url = url.set(drivername="postgresql+psycopg")
+    is_sqlite_file = url.get_backend_name() == "sqlite" and url.database not in (
+        None,
+        "",
+        ":memory:",
+    )
+    if create_sqlite_directory and is_sqlite_file:
+        Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+    return sa.create_engine(url, connect_args=connect_args or {}, pool_pre_ping=pool_pre_ping)
 
 
 def libpq_url(url: URL) -> str:
@@ -85,7 +109,7 @@ class AppDatabase:
         self.url = parsed
         self.dialect = backend
         connect_args = {"connect_timeout": 10} if backend == "postgresql" else {"timeout": 30}
-        self.engine = sa.create_engine(parsed, connect_args=connect_args, pool_pre_ping=True)
+        self.engine = make_engine(parsed, connect_args=connect_args, pool_pre_ping=True)
 
     @property
     def is_postgres(self) -> bool:

@@ -41,8 +41,10 @@ import pyarrow.compute as pc
 import sqlalchemy as sa
 
 from housekeeping.archive import StagedFile, TableArchive
-from housekeeping.config import BatchConfig, DeleteStrategy, SafetyConfig
-from housekeeping.database import AppDatabase, DatabaseError, libpq_url, quote_identifier
+from housekeeping.config import BatchConfig, SafetyConfig
+from housekeeping.database import AppDatabase, DatabaseError, libpq_url
+from housekeeping.policy_kinds import DeleteStrategy
+from housekeeping.sql import quote_identifier
 
 # Transaction-local settings that carry a streamed batch's values (see SettingParams).
 BATCH_SETTING_PREFIX = "housekeeping.batch_value_"

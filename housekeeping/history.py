@@ -14,15 +14,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
-from pathlib import Path
-from typing import Any
 
 import sqlalchemy as sa
 
 from housekeeping.config import HealthConfig, HousekeepingConfig
-from housekeeping.database import AppDatabase, redact_url
-from housekeeping.locking import AlreadyRunning
-from housekeeping.policies import PolicyResult, run_policy
+from housekeeping.database import make_engine, redact_url
 
 metadata = sa.MetaData()
 
@@ -156,12 +152,8 @@ class RunHistory:
     def __init__(self, url: str, thresholds: HealthConfig | None = None) -> None:
         self.thresholds = thresholds or HealthConfig()
         parsed = sa.engine.make_url(url)
-        if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
-            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-        if parsed.get_backend_name() == "postgresql" and parsed.drivername == "postgresql":
-            parsed = parsed.set(drivername="postgresql+psycopg")
-        self.engine = sa.create_engine(parsed)
-        self.description = redact_url(parsed)
+        self.engine = make_engine(parsed, create_sqlite_directory=True)
+        self.description = redact_url(self.engine.url)
         metadata.create_all(self.engine)
 
     @classmethod
@@ -255,57 +247,3 @@ def _run_from_row(row: sa.RowMapping) -> PolicyRun:
 def _utc(value: datetime) -> datetime:
     # SQLite hands back naive datetimes; everything stored here is UTC.
     return value if value.tzinfo else value.replace(tzinfo=UTC)
-
-
-def run_and_record(
-    history: RunHistory,
-    db: AppDatabase,
-    config: HousekeepingConfig,
-    name: str,
-    *,
-    dagster_run_id: str | None = None,
-    **run_options: Any,
-) -> PolicyResult:
-    """``run_policy`` plus one history row per real run (dry runs are not history).
-
-    A refused or failed run is recorded as failed: the operator has to look either way. A run
-    that found another cleanup of the same table in progress is not recorded at all.
-    """
-    started = datetime.now(UTC)
-    policy = config.policy(name)
-    try:
-        result = run_policy(db, config, name, **run_options)
-    except AlreadyRunning:
-        raise
-    except Exception as exc:
-        history.record(
-            PolicyRun(
-                policy=name,
-                table_name=policy.table,
-                status=RunStatus.FAILED,
-                started_at=started,
-                finished_at=datetime.now(UTC),
-                duration_ms=(datetime.now(UTC) - started).total_seconds() * 1000,
-                error=f"{type(exc).__name__}: {exc}",
-                dagster_run_id=dagster_run_id,
-            )
-        )
-        raise
-    if not result.dry_run:
-        history.record(
-            PolicyRun(
-                policy=name,
-                table_name=policy.table,
-                status=RunStatus.STOPPED if result.stopped_early else RunStatus.SUCCESS,
-                started_at=started,
-                finished_at=datetime.now(UTC),
-                deleted=result.deleted,
-                expected_deleted=result.expected_deleted,
-                remaining_expired=result.remaining_expired,
-                archived_rows=result.archived_rows,
-                batches=result.batches,
-                duration_ms=result.duration_ms,
-                dagster_run_id=dagster_run_id,
-            )
-        )
-    return result

@@ -14,8 +14,9 @@ from pathlib import Path
 
 import psycopg
 
-from housekeeping.database import AppDatabase, DatabaseError, libpq_url, quote_identifier
+from housekeeping.database import AppDatabase, DatabaseError, libpq_url
 from housekeeping.errors import HkError
+from housekeeping.sql import quote_identifier
 
 # The advisory lock key: our namespace in the high 32 bits, the table's OID in the low 32 bits.
 # The OID (not the name) so that tables of the same name in other schemas do not collide.

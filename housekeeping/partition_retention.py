@@ -18,7 +18,8 @@ import sqlalchemy as sa
 
 from housekeeping.archive import TableArchive, partition_file_name
 from housekeeping.config import SafetyConfig
-from housekeeping.database import AppDatabase, libpq_url, quote_identifier
+from housekeeping.database import AppDatabase, libpq_url
+from housekeeping.sql import quote_identifier
 
 _RANGE_KEY = re.compile(r"^RANGE \((.+)\)$")
 _BOUNDS = re.compile(r"^FOR VALUES FROM \((.+)\) TO \((.+)\)$")

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -18,14 +19,9 @@ import pyarrow as pa
 import sqlalchemy as sa
 
 from housekeeping.archive import ArchiveStore, LocalArchiveStore, TableArchive
-from housekeeping.config import (
-    DeleteStrategy,
-    HousekeepingConfig,
-    PolicyConfig,
-    PolicyKind,
-    format_duration,
-)
-from housekeeping.database import AppDatabase, quote_identifier
+from housekeeping.config import HousekeepingConfig
+from housekeeping.config_types import format_duration
+from housekeeping.database import AppDatabase
 from housekeeping.deletion import (
     BoundParams,
     DeleteOutcome,
@@ -34,7 +30,8 @@ from housekeeping.deletion import (
     target_conditions,
 )
 from housekeeping.errors import HkError
-from housekeeping.locking import table_lock
+from housekeeping.history import PolicyRun, RunHistory, RunStatus
+from housekeeping.locking import AlreadyRunning, table_lock
 from housekeeping.partition_retention import (
     PartitionOutcome,
     drop_expired_partitions,
@@ -42,7 +39,9 @@ from housekeeping.partition_retention import (
     partition_exists,
     range_partitions,
 )
+from housekeeping.policy_kinds import DeleteStrategy, JobsPolicy, PolicyConfig, PolicyKind
 from housekeeping.schema_check import CheckedPolicy, check_policy
+from housekeeping.sql import quote_identifier
 
 # Above this share of expiring rows, walking the whole table beats walking the cutoff index.
 PRIMARY_KEY_WALK_FRACTION = 0.10
@@ -62,7 +61,7 @@ class RunOptions:
 class PolicyResult:
     policy: str
     table: str
-    kind: str
+    kind: PolicyKind
     dry_run: bool
     cutoffs: list[str]
     table_rows: int = 0
@@ -77,7 +76,7 @@ class PolicyResult:
     archive_files: int = 0
     recovered_archive_files: int = 0
     partitions_dropped: int = 0
-    strategies: list[str] = field(default_factory=list)
+    strategies: list[DeleteStrategy] = field(default_factory=list)
     stopped_early: bool = False
     exceeds_delete_fraction: bool = False
 
@@ -99,7 +98,8 @@ class PolicyResult:
     def metadata(self) -> dict[str, Any]:
         """What the Dagster UI shows and plots across runs (numbers only, no row contents)."""
         values = asdict(self)
-        kept_key = "active_revoked" if self.kind == PolicyKind.EXPIRED else "retained_rows"
+        values["kind"] = str(self.kind)
+        kept_key = "active_revoked" if self.kind is PolicyKind.EXPIRED else "retained_rows"
         values[kept_key] = values.pop("not_expiring")
         values["cutoffs"] = ", ".join(self.cutoffs)
         values["strategies"] = ", ".join(self.strategies) or "none"
@@ -150,22 +150,24 @@ def count_rows(
 def build_targets(
     db: AppDatabase, conn: sa.Connection, checked: CheckedPolicy, database_now: datetime
 ) -> list[DeleteTarget]:
+    """What one run deletes: one target per cutoff, all computed from the database's clock.
+
+    Expired and age policies have one cutoff for the whole table; jobs policies one per status,
+    and per queue with keep_last, which needs the database.
+    """
     policy = checked.policy
     base = dict(
         table=policy.table, primary_key=checked.primary_key, cutoff_column=policy.cutoff_column
     )
-    if policy.kind is PolicyKind.EXPIRED:
-        return [DeleteTarget(cutoff=database_now - policy.grace, **base)]
-    if policy.kind is PolicyKind.AGE:
-        assert policy.retention is not None
-        return [DeleteTarget(cutoff=database_now - policy.retention, **base)]
-    return _job_targets(db, conn, checked, database_now, base)
+    if isinstance(policy, JobsPolicy):
+        return _job_targets(db, conn, policy, database_now, base)
+    return [DeleteTarget(cutoff=policy.cutoff(database_now), **base)]
 
 
 def _job_targets(
     db: AppDatabase,
     conn: sa.Connection,
-    checked: CheckedPolicy,
+    policy: JobsPolicy,
     database_now: datetime,
     base: dict[str, Any],
 ) -> list[DeleteTarget]:
@@ -175,8 +177,6 @@ def _job_targets(
     keep_last of its queue (BullMQ's removeOnComplete {age, count}, Sidekiq's dead-set limits).
     Ties at the N-th newest are kept, so a queue never keeps fewer than N.
     """
-    policy = checked.policy
-    assert policy.statuses is not None and policy.status_column is not None
     table = quote_identifier(policy.table)
     status_column = quote_identifier(policy.status_column)
     cutoff_column = quote_identifier(policy.cutoff_column)
@@ -345,7 +345,7 @@ def run_policy(
         result = PolicyResult(
             policy=name,
             table=policy.table,
-            kind=str(policy.kind),
+            kind=policy.kind,
             dry_run=options.dry_run,
             cutoffs=sorted({target.cutoff.isoformat(timespec="seconds") for target in targets}),
             table_rows=total,
@@ -366,7 +366,7 @@ def run_policy(
                 f"(policies.{name}.max_delete_fraction or safety.max_delete_fraction); nothing "
                 "was deleted. Check the cutoff, or rerun with allow_large_delete."
             )
-        if checked.table.is_partitioned and policy.kind is not PolicyKind.JOBS:
+        if checked.table.is_partitioned and not isinstance(policy, JobsPolicy):
             dropped = _drop_whole_partitions(
                 db, checked, targets[0], archive, config, run_id, should_stop, log
             )
@@ -381,7 +381,7 @@ def run_policy(
             if target_expected == 0:
                 continue
             strategy = choose_strategy(db, policy.strategy, checked, target_expected, total)
-            result.strategies.append(str(strategy))
+            result.strategies.append(strategy)
             outcome: DeleteOutcome = delete_in_batches(
                 db,
                 target,
@@ -407,9 +407,75 @@ def run_policy(
                 result.stopped_early = True
                 break
         walked_whole_table = any(
-            strategy != DeleteStrategy.CUTOFF_INDEX for strategy in result.strategies
+            strategy is not DeleteStrategy.CUTOFF_INDEX for strategy in result.strategies
         )
         _, remaining = count_rows(db, policy.table, targets, sequential=walked_whole_table)
         result.remaining_expired = sum(remaining)
     result.duration_ms = (time.perf_counter() - started) * 1000
+    return result
+
+
+@contextmanager
+def failure_recorded(
+    history: RunHistory, policy: str, table_name: str, dagster_run_id: str | None
+) -> Iterator[datetime]:
+    """Yields the run's start time (UTC); when the block raises, records a failed run, re-raises.
+
+    A refused or failed run is recorded as failed: the operator has to look either way. A run
+    that found another cleanup of the same table in progress (AlreadyRunning) is not recorded.
+    """
+    started = datetime.now(UTC)
+    try:
+        yield started
+    except AlreadyRunning:
+        raise
+    except Exception as exc:
+        history.record(
+            PolicyRun(
+                policy=policy,
+                table_name=table_name,
+                status=RunStatus.FAILED,
+                started_at=started,
+                finished_at=datetime.now(UTC),
+                duration_ms=(datetime.now(UTC) - started).total_seconds() * 1000,
+                error=f"{type(exc).__name__}: {exc}",
+                dagster_run_id=dagster_run_id,
+            )
+        )
+        raise
+
+
+def run_and_record(
+    history: RunHistory,
+    db: AppDatabase,
+    config: HousekeepingConfig,
+    name: str,
+    *,
+    dagster_run_id: str | None = None,
+    **run_options: Any,
+) -> PolicyResult:
+    """``run_policy`` plus one history row per real run (dry runs are not history).
+
+    Failures are recorded as ``failure_recorded`` says, then re-raised.
+    """
+    policy = config.policy(name)
+    with failure_recorded(history, name, policy.table, dagster_run_id) as started:
+        result = run_policy(db, config, name, **run_options)
+    if not result.dry_run:
+        history.record(
+            PolicyRun(
+                policy=name,
+                table_name=policy.table,
+                status=RunStatus.STOPPED if result.stopped_early else RunStatus.SUCCESS,
+                started_at=started,
+                finished_at=datetime.now(UTC),
+                deleted=result.deleted,
+                expected_deleted=result.expected_deleted,
+                remaining_expired=result.remaining_expired,
+                archived_rows=result.archived_rows,
+                batches=result.batches,
+                duration_ms=result.duration_ms,
+                dagster_run_id=dagster_run_id,
+            )
+        )
     return result

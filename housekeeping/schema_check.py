@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from housekeeping.config import ConfigError, HousekeepingConfig, PolicyConfig, PolicyKind
-from housekeeping.database import AppDatabase, TableInfo, quote_identifier
+from housekeeping.config import ConfigError
+from housekeeping.database import AppDatabase, TableInfo
+from housekeeping.policy_kinds import PolicyConfig
+from housekeeping.sql import quote_identifier
 
 
 @dataclass(frozen=True)
@@ -50,11 +52,8 @@ def check_policy(db: AppDatabase, name: str, policy: PolicyConfig) -> CheckedPol
             )
 
     require_column("cutoff_column", policy.cutoff_column, timestamp=True)
-    if policy.kind is PolicyKind.JOBS:
-        assert policy.status_column is not None
-        require_column("status_column", policy.status_column)
-        if policy.queue_column:
-            require_column("queue_column", policy.queue_column)
+    for config_key, column in policy.kind_columns().items():
+        require_column(config_key, column)
     if policy.primary_key:
         for column in policy.primary_key:
             require_column("primary_key", column)
@@ -69,10 +68,6 @@ def check_policy(db: AppDatabase, name: str, policy: PolicyConfig) -> CheckedPol
             f"(GRANT DELETE ON {quote_identifier(policy.table)} TO <user>)"
         )
     return CheckedPolicy(name, policy, table)
-
-
-def check_config(db: AppDatabase, config: HousekeepingConfig) -> list[CheckedPolicy]:
-    return [check_policy(db, name, policy) for name, policy in config.policies.items()]
 
 
 def index_advice(db: AppDatabase, checked: CheckedPolicy) -> IndexAdvice | None:

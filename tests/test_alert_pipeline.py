@@ -28,7 +28,8 @@ from analytics.settings import analytics_settings
 from analytics.views import publish_rollup_views
 from housekeeping.config import load_config
 from housekeeping.database import AppDatabase
-from housekeeping.demo_data import IncidentKind, seed_database
+from housekeeping.demo.incidents import IncidentKind
+from housekeeping.demo.seed import seed_database
 from tests.fake_slack import FakeSlack
 
 NOW = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)

@@ -20,7 +20,8 @@ from analytics.rollups.requests import refresh_requests
 from analytics.settings import parse_analytics_settings
 from analytics.views import publish_rollup_views
 from housekeeping.database import AppDatabase
-from housekeeping.demo_data import IncidentKind, seed_database
+from housekeeping.demo.incidents import IncidentKind
+from housekeeping.demo.seed import seed_database
 from housekeeping.history import PolicyRun, RunHistory, RunStatus
 
 NOW = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)

@@ -19,7 +19,7 @@ from analytics.settings import analytics_settings
 from housekeeping.config import load_config
 from housekeeping.database import AppDatabase
 from housekeeping.definitions import build_definitions
-from housekeeping.demo_data import seed_database
+from housekeeping.demo.seed import seed_database
 from tests.test_analytics_helpers import raw_requests
 
 REQUESTS_MINUTE_KEY = asset_key(REQUESTS_MINUTE)

@@ -15,7 +15,7 @@ from analytics.publish import RollupStore
 from analytics.settings import AnalyticsSettings, parse_analytics_settings
 from analytics.views import publish_rollup_views
 from housekeeping.database import AppDatabase
-from housekeeping.demo_data import create_schema
+from housekeeping.demo.seed import create_schema
 
 SQLITE_FORMAT = "%Y-%m-%d %H:%M:%S.%f"
 NOW = datetime(2026, 11, 20, 12, 30, tzinfo=UTC)

@@ -262,7 +262,7 @@ def test_token_revocations_match_the_raw_rows_and_survive_the_cleanup_through_th
     before = refresh_token_revocations(db, store, settings, config, history, day, "UTC", now)
     published_before = query(settings, "SELECT * FROM token_revocations_daily").iloc[0]
     # the real cleanup, recorded in the history, archives and deletes the expired tokens
-    from housekeeping.history import run_and_record
+    from housekeeping.policies import run_and_record
 
     cleanup = run_and_record(
         history, db, config, "revoked_tokens", options=RunOptions(allow_large_delete=True)
@@ -326,7 +326,7 @@ def test_a_recount_after_cleanup_without_archive_keeps_the_published_counts(
     publish(store, settings)
     revoked, expired, per_user = expected_counts(tokens, day, now)
     refresh_token_revocations(db, store, settings, config, history, day, "UTC", now)
-    from housekeeping.history import run_and_record
+    from housekeeping.policies import run_and_record
 
     run_and_record(
         history, db, config, "revoked_tokens", options=RunOptions(allow_large_delete=True)

@@ -21,7 +21,7 @@ from analytics.settings import parse_analytics_settings
 from analytics.views import view_statements
 from housekeeping.config import ConfigError
 from housekeeping.database import AppDatabase
-from housekeeping.demo_data import seed_database
+from housekeeping.demo.seed import seed_database
 from tests.test_analytics_helpers import (
     NOW,
     empty_reference_schema,

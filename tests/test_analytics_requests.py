@@ -12,7 +12,7 @@ from analytics.publish import RollupStore
 from analytics.rollups.requests import refresh_requests
 from analytics.sketch import RELATIVE_ACCURACY, exact_quantile
 from housekeeping.database import AppDatabase
-from housekeeping.demo_data import seed_database
+from housekeeping.demo.seed import seed_database
 from tests.test_analytics_helpers import (
     NOW,
     empty_reference_schema,

@@ -43,6 +43,15 @@ def config_with(**policy):
         ({"tabel": "x"}, r"policies\.request_logs\.tabel: unknown key"),
         ({"max_delete_fraction": 1.5}, r"policies\.request_logs\.max_delete_fraction"),
         ({"kind": "jobs", "retention": None}, r"kind 'jobs' needs 'status_column'"),
+        (
+            {"kind": "expired"},
+            r"policies\.request_logs\.retention: 'retention' is for kind 'age'; kind 'expired' "
+            r"uses 'grace'",
+        ),
+        (
+            {"status_column": "status"},
+            r"policies\.request_logs\.status_column: 'status_column' is for kind 'jobs'",
+        ),
     ],
 )
 def test_malformed_policy_values_name_the_key(policy, message):

@@ -14,10 +14,10 @@ import dagster as dg
 import pytest
 import yaml
 
-from housekeeping.assets import policy_asset_key
 from housekeeping.config import load_config
 from housekeeping.database import AppDatabase
 from housekeeping.definitions import build_definitions
+from housekeeping.defs.assets import DAGSTER_RUNS_ASSET, policy_asset_key
 from housekeeping.history import RunHistory, RunStatus
 from tests.app_tables import count, create_revoked_tokens
 
@@ -151,6 +151,37 @@ def test_three_failed_runs_in_a_row_turn_the_health_check_critical(tmp_path, app
     ]
     failure = [event for event in result.all_events if event.is_step_failure][0]
     assert "revoked_tokens" in failure.event_specific_data.error.message
+
+
+def test_a_failed_dagster_run_purge_is_recorded_and_degrades_its_health_check(
+    tmp_path, app, instance, monkeypatch
+):
+    defs = definitions(write_config(tmp_path))
+
+    def storage_unreachable(*args, **kwargs):
+        raise ConnectionError("run storage unreachable")
+
+    # The purge lists old runs through the instance; its storage fails exactly there.
+    monkeypatch.setattr(type(instance), "get_run_records", storage_unreachable)
+    result = defs.resolve_job_def("dagster_run_history_job").execute_in_process(
+        instance=instance, raise_on_error=False
+    )
+    monkeypatch.undo()
+    checks = defs.resolve_job_def("housekeeping_health_job").execute_in_process(instance=instance)
+
+    assert not result.success
+    history = RunHistory(load_config(tmp_path / "hk.yaml").state_database_url)
+    [run] = history.recent("dagster_run_history")
+    history.dispose()
+    assert run.status is RunStatus.FAILED and run.dagster_run_id == result.run_id
+    assert "run storage unreachable" in run.error
+    [health] = [
+        check
+        for check in checks.get_asset_check_evaluations()
+        if check.asset_key == DAGSTER_RUNS_ASSET and check.check_name == "health"
+    ]
+    assert not health.passed
+    assert health.metadata["status"].value == "degraded"
 
 
 TERMINATED_RUN = textwrap.dedent(

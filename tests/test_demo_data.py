@@ -12,14 +12,10 @@ import pytest
 import sqlalchemy as sa
 
 from housekeeping.database import AppDatabase
-from housekeeping.demo_data import (
-    REFERENCE_TABLES,
-    IncidentKind,
-    SeedError,
-    create_schema,
-    partition_name,
-    seed_database,
-)
+from housekeeping.demo.incidents import IncidentKind
+from housekeeping.demo.load import SeedError
+from housekeeping.demo.schema import REFERENCE_TABLES, partition_name
+from housekeeping.demo.seed import create_schema, seed_database
 from tests.conftest import with_search_path
 
 NOW = datetime(2025, 3, 10, 12, 34, 56, 789012, tzinfo=UTC)
@@ -403,14 +399,14 @@ def test_partitioned_request_logs_land_in_daily_partitions(pg_url):
 
 
 def test_partitioned_request_logs_are_refused_on_sqlite(sqlite_url):
-    with pytest.raises(ValueError, match="PostgreSQL"):
+    with pytest.raises(SeedError, match="PostgreSQL"):
         seed_small(sqlite_url, partitioned_request_logs=True)
 
     assert AppDatabase(sqlite_url).table_names() == []
 
 
 def test_an_unsupported_url_scheme_is_named_without_the_password():
-    with pytest.raises(ValueError, match="mysql") as raised:
+    with pytest.raises(SeedError, match="mysql") as raised:
         seed_small("mysql://app:s3cret@db.example.com/app")
 
     assert "s3cret" not in str(raised.value)
@@ -421,5 +417,5 @@ def test_an_unsupported_url_scheme_is_named_without_the_password():
     [("tokens", -1), ("requests", 1.5), ("days", 0), ("now", datetime(2025, 3, 10))],
 )
 def test_bad_knobs_are_refused_by_name(sqlite_url, knob, value):
-    with pytest.raises(ValueError, match=knob):
+    with pytest.raises(SeedError, match=knob):
         seed_small(sqlite_url, **{knob: value})

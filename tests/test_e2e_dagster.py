@@ -23,8 +23,8 @@ from dagster import DagsterRunStatus
 from dagster_graphql import DagsterGraphQLClient
 
 from analytics.defs.partitions import hour_partition_key
-from housekeeping.assets import policy_asset_key
 from housekeeping.config import load_config
+from housekeeping.defs.assets import policy_asset_key
 from tests.e2e_support import ROOT, Deployment
 
 pytestmark = [pytest.mark.e2e, pytest.mark.postgres, pytest.mark.slow]

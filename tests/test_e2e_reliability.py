@@ -37,7 +37,7 @@ import yaml
 from dagster_graphql import DagsterGraphQLClient
 from psycopg.conninfo import conninfo_to_dict
 
-from housekeeping.assets import policy_asset_key
+from housekeeping.defs.assets import policy_asset_key
 from tests.e2e_support import ROOT, Deployment
 from tests.tcp_proxy import TcpProxy
 

@@ -25,13 +25,8 @@ from analytics.alerts.service import AlertRuntime, evaluate_and_deliver
 from analytics.alerts.settings import alerts_settings
 from analytics.alerts.slack import sender_from_environment
 from housekeeping.cli_options import config_option
-from housekeeping.config import (
-    HealthConfig,
-    config_path,
-    format_duration,
-    load_config,
-    parse_duration,
-)
+from housekeeping.config import HealthConfig, config_path, load_config
+from housekeeping.config_types import format_duration, parse_duration
 from housekeeping.history import HealthStatus, RunHistory
 
 

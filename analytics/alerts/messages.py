@@ -24,7 +24,7 @@ from typing import Any
 from analytics.alerts.catalog import Unit, unit_of
 from analytics.alerts.model import AlertKey, Notification, NotificationKind, Severity
 from analytics.alerts.rules import Rule
-from housekeeping.config import format_duration
+from housekeeping.config_types import format_duration
 
 MAX_GROUPS_LISTED = 15
 _ICON = {

@@ -35,8 +35,8 @@ from analytics.datasets import REQUESTS_MINUTE
 from analytics.publish import RollupStore, hour_key
 from analytics.sketch import buckets_of
 from analytics.views import publish_rollup_views
-from housekeeping.config import (
-    HealthConfig,
+from housekeeping.config import HealthConfig
+from housekeeping.config_types import (
     NonNegativeDuration,
     PositiveDuration,
     StrictModel,

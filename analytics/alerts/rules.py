@@ -22,8 +22,8 @@ from pydantic import Field, ValidationError, model_validator
 
 from analytics.alerts.catalog import BUILTIN_METRICS, GroupBy
 from analytics.alerts.model import Severity
-from housekeeping.config import (
-    HealthConfig,
+from housekeeping.config import HealthConfig
+from housekeeping.config_types import (
     NonNegativeDuration,
     PositiveDuration,
     StrictModel,

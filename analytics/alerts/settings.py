@@ -15,15 +15,8 @@ from pydantic import Field
 
 from analytics.alerts.model import Severity
 from analytics.alerts.rules import Channel, RulePack, load_rules
-from housekeeping.config import (
-    Cron,
-    HealthConfig,
-    HousekeepingConfig,
-    PositiveDuration,
-    StrictModel,
-    TimeZone,
-    parse_section,
-)
+from housekeeping.config import HealthConfig, HousekeepingConfig, parse_section
+from housekeeping.config_types import Cron, PositiveDuration, StrictModel, TimeZone
 
 
 class SummarySettings(StrictModel):

@@ -13,7 +13,6 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
@@ -28,7 +27,7 @@ from analytics.alerts.model import (
     OutboxStatus,
     Severity,
 )
-from housekeeping.database import redact_url
+from housekeeping.database import make_engine, redact_url
 from housekeeping.errors import HkError
 
 metadata = sa.MetaData()
@@ -201,14 +200,8 @@ class AlertStore:
                 f"alerts.database_url: not a SQLAlchemy URL: {url.split('@')[-1]!r}"
             ) from None
         self.description = redact_url(parsed)
-        connect_args: dict[str, Any] = {}
-        if parsed.get_backend_name() == "sqlite":
-            if parsed.database not in (None, "", ":memory:"):
-                Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-            connect_args["timeout"] = 30
-        elif parsed.get_backend_name() == "postgresql" and parsed.drivername == "postgresql":
-            parsed = parsed.set(drivername="postgresql+psycopg")
-        self.engine = sa.create_engine(parsed, connect_args=connect_args)
+        connect_args = {"timeout": 30} if parsed.get_backend_name() == "sqlite" else {}
+        self.engine = make_engine(parsed, connect_args=connect_args, create_sqlite_directory=True)
         if parsed.get_backend_name() == "sqlite":
             sa.event.listen(self.engine, "connect", _sqlite_pragmas)
         try:

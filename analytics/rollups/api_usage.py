@@ -14,7 +14,7 @@ from datetime import date
 
 from analytics.datasets import API_USAGE_DAILY
 from analytics.extract import ColumnKind, Source, TimeRange, check_source, stream_rows
-from analytics.publish import RollupStore, sql_string
+from analytics.publish import RollupStore
 from analytics.rollups.engine import (
     RollupResult,
     day_bounds,
@@ -26,6 +26,7 @@ from analytics.rollups.engine import (
 from analytics.settings import AnalyticsSettings
 from analytics.sketch import bucket_sql, sketch_sql
 from housekeeping.database import AppDatabase
+from housekeeping.sql import sql_string
 
 
 def api_usage_source(settings: AnalyticsSettings) -> Source:

@@ -23,7 +23,8 @@ import pyarrow as pa
 
 from analytics.datasets import Dataset
 from analytics.extract import ColumnKind, RowStream, Source, SourceError
-from analytics.publish import RollupStore, hour_key, sql_string
+from analytics.publish import RollupStore, hour_key
+from housekeeping.sql import sql_string
 
 HOUR = timedelta(hours=1)
 MINUTE = timedelta(minutes=1)

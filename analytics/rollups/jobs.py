@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 
 from analytics.datasets import JOBS_HOURLY, SKETCH_TYPE
 from analytics.extract import ColumnKind, Source, TimeRange, check_source, stream_rows
-from analytics.publish import RollupStore, sql_string
+from analytics.publish import RollupStore
 from analytics.rollups.engine import (
     HOUR,
     RollupResult,
@@ -36,6 +36,7 @@ from analytics.rollups.engine import (
 from analytics.settings import AnalyticsSettings
 from analytics.sketch import bucket_sql, sketch_sql
 from housekeeping.database import AppDatabase
+from housekeeping.sql import sql_string
 
 
 def jobs_source(settings: AnalyticsSettings) -> Source:

@@ -20,7 +20,7 @@ import pyarrow as pa
 import sqlalchemy as sa
 
 from analytics.datasets import TABLE_STATS
-from analytics.publish import RollupStore, sql_string
+from analytics.publish import RollupStore
 from analytics.rollups.engine import (
     RollupResult,
     create_rollup_table,
@@ -28,9 +28,10 @@ from analytics.rollups.engine import (
     preview_rows,
 )
 from housekeeping.config import HousekeepingConfig
-from housekeeping.database import AppDatabase, quote_identifier
+from housekeeping.database import AppDatabase
 from housekeeping.policies import build_targets, count_rows
 from housekeeping.schema_check import check_policy
+from housekeeping.sql import quote_identifier, sql_string
 
 
 @dataclass(frozen=True)

@@ -43,7 +43,7 @@ from analytics.extract import (
     check_source,
     stream_rows,
 )
-from analytics.publish import PublishError, RollupStore, sql_string
+from analytics.publish import PublishError, RollupStore
 from analytics.rollups.engine import (
     RollupResult,
     day_bounds,
@@ -55,8 +55,9 @@ from analytics.rollups.engine import (
 )
 from analytics.settings import AnalyticsSettings
 from housekeeping.config import HousekeepingConfig
-from housekeeping.database import AppDatabase, quote_identifier
+from housekeeping.database import AppDatabase
 from housekeeping.history import RunHistory
+from housekeeping.sql import quote_identifier, sql_string
 
 KEY_FILE = ".user_hash_key"
 

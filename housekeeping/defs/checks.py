@@ -2,9 +2,10 @@
 
 import dagster as dg
 
-from housekeeping.config import HealthConfig, format_duration
+from housekeeping.config import HealthConfig
+from housekeeping.config_types import format_duration
+from housekeeping.defs.resources import HousekeepingResource
 from housekeeping.history import HealthStatus, PolicyHealth
-from housekeeping.resources import HousekeepingResource
 
 
 def _health_metadata(health: PolicyHealth) -> dict:

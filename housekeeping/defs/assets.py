@@ -10,15 +10,20 @@ from typing import Any
 import dagster as dg
 from pydantic import Field
 
-from housekeeping.config import HousekeepingConfig, PolicyConfig, PolicyKind, format_duration
+from housekeeping.config import HousekeepingConfig, database_url
+from housekeeping.config_types import format_duration
 from housekeeping.dagster_runs import purge_dagster_runs
-from housekeeping.history import PolicyRun, RunStatus, run_and_record
-from housekeeping.policies import RunOptions
-from housekeeping.resources import HousekeepingResource
+from housekeeping.defs.resources import HousekeepingResource
+from housekeeping.history import PolicyRun, RunStatus
+from housekeeping.policies import RunOptions, failure_recorded, run_and_record
+from housekeeping.policy_kinds import PolicyConfig
 from housekeeping.stopping import stop_on_terminate
 
 GROUP = "housekeeping"
-DAGSTER_RUNS_ASSET = dg.AssetKey([GROUP, "dagster_run_history"])
+# The run-history purge is recorded in the run history like a policy, under these names.
+DAGSTER_RUNS_POLICY = "dagster_run_history"
+DAGSTER_RUNS_TABLE = "dagster runs"
+DAGSTER_RUNS_ASSET = dg.AssetKey([GROUP, DAGSTER_RUNS_POLICY])
 
 
 class CleanupRunConfig(dg.Config):
@@ -37,32 +42,37 @@ class RunRetentionRunConfig(dg.Config):
 
 
 def policy_asset_key(name: str) -> dg.AssetKey:
+    """The asset of the policy called ``name`` in the config: ``housekeeping/<name>``."""
     return dg.AssetKey([GROUP, name])
 
 
+def checked_asset_keys(config: HousekeepingConfig) -> dict[str, dg.AssetKey]:
+    """Every asset whose runs are recorded in the run history, by its name there: the policies,
+    and the Dagster run-history purge when enabled."""
+    keys = {name: policy_asset_key(name) for name in config.policies}
+    if config.dagster_runs.enabled:
+        keys[DAGSTER_RUNS_POLICY] = DAGSTER_RUNS_ASSET
+    return keys
+
+
+def build_assets(config: HousekeepingConfig) -> list[dg.AssetsDefinition]:
+    """One asset per policy, plus the Dagster run-history purge when enabled."""
+    database_kind = "postgres" if database_url().startswith("postgres") else "sqlite"
+    assets = [
+        build_policy_asset(name, policy, config, database_kind)
+        for name, policy in config.policies.items()
+    ]
+    if config.dagster_runs.enabled:
+        assets.append(build_dagster_run_history_asset(config))
+    return assets
+
+
 def describe_policy(name: str, policy: PolicyConfig) -> str:
+    """The asset's description: the policy's own, else which rows go from which table, and how."""
     if policy.description:
         return policy.description
-    if policy.kind is PolicyKind.EXPIRED:
-        rule = f"rows whose `{policy.cutoff_column}` has passed"
-        if policy.grace:
-            rule += f" by more than {format_duration(policy.grace)}"
-    elif policy.kind is PolicyKind.AGE:
-        assert policy.retention is not None
-        rule = (
-            f"rows whose `{policy.cutoff_column}` is older than {format_duration(policy.retention)}"
-        )
-    else:
-        assert policy.statuses is not None
-        parts = []
-        for status, rule_config in policy.statuses.items():
-            part = f"{status} older than {format_duration(rule_config.retention)}"
-            if rule_config.keep_last:
-                part += f" or beyond the newest {rule_config.keep_last} per queue"
-            parts.append(part)
-        rule = "finished jobs: " + "; ".join(parts)
     archive = " Deleted rows are archived to Parquet first." if policy.archive else ""
-    return f"Deletes from `{policy.table}` {rule}, in short batched transactions.{archive}"
+    return f"Deletes from `{policy.table}` {policy.rule()}, in short batched transactions.{archive}"
 
 
 def _scalar_metadata(values: dict[str, Any]) -> dict[str, Any]:
@@ -162,9 +172,13 @@ def build_dagster_run_history_asset(config: HousekeepingConfig) -> dg.AssetsDefi
     ):
         settings = housekeeping.load()
         history = housekeeping.run_history(settings)
-        started = datetime.now(UTC)
         try:
-            with stop_on_terminate() as stop:
+            with (
+                failure_recorded(
+                    history, DAGSTER_RUNS_POLICY, DAGSTER_RUNS_TABLE, context.run_id
+                ) as started,
+                stop_on_terminate() as stop,
+            ):
                 result = purge_dagster_runs(
                     context.instance,
                     now=started,
@@ -177,8 +191,8 @@ def build_dagster_run_history_asset(config: HousekeepingConfig) -> dg.AssetsDefi
             if not config.dry_run:
                 history.record(
                     PolicyRun(
-                        policy="dagster_run_history",
-                        table_name="dagster runs",
+                        policy=DAGSTER_RUNS_POLICY,
+                        table_name=DAGSTER_RUNS_TABLE,
                         status=RunStatus.STOPPED if result.stopped_early else RunStatus.SUCCESS,
                         started_at=started,
                         finished_at=datetime.now(UTC),

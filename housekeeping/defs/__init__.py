@@ -1,0 +1,1 @@
+"""The housekeeping domain's Dagster shell: assets, checks, resources, jobs, schedules, sensors."""
