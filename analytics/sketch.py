@@ -8,7 +8,7 @@ all) is exact up to ``a``: sum the minute sketches' counts per bucket, walk the 
 to the value's rank. Averaging per-minute percentiles is never done.
 
 The rollups and the published views use the DuckDB SQL below; ``buckets_of`` and
-``exact_quantile`` are their numpy references for the tests (tests/test_analytics_requests.py
+``exact_quantile`` are their numpy references for the tests (tests/analytics/test_analytics_requests.py
 checks the sketch percentiles against the exact ones).
 """
 

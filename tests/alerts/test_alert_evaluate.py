@@ -1,0 +1,174 @@
+"""One evaluation: metrics from the published rollups, states and outbox written together."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from analytics.alerts.evaluate import evaluate_rules
+from analytics.alerts.metrics import MetricSource
+from analytics.alerts.model import AlertKey, AlertState, NotificationKind, Severity
+from tests.support.alert_support import (
+    T0,
+    Minute,
+    analytics_settings_at,
+    pack,
+    publish_minutes,
+    steady_traffic,
+    store_at,
+)
+
+PER_ROUTE = pack(
+    """
+rules:
+  - name: route_errors
+    metric: http_error_rate
+    group_by: route
+    comparator: ">"
+    window: 5m
+    thresholds:
+      high: {value: 0.05}
+  - name: p95
+    metric: http_latency_p95_ms
+    comparator: ">"
+    window: 10m
+    thresholds:
+      warning: {value: 500}
+"""
+)
+MINUTE = timedelta(minutes=1)
+
+
+def evaluate(settings, store, rules, now):
+    with MetricSource(settings.database_path, rollup_root=settings.root_path) as metrics:
+        return evaluate_rules(
+            rules, metrics, store, now, {severity: "#alerts" for severity in Severity}
+        )
+
+
+def test_an_error_burst_on_one_route_fires_for_that_route_only(tmp_path):
+    settings = analytics_settings_at(tmp_path)
+    burst_start = T0 + 30 * MINUTE
+    minutes = steady_traffic(T0, 60, route="/api/orders")
+    minutes += [
+        Minute(T0 + offset * MINUTE, route="/api/users", errors=20 if offset >= 30 else 0)
+        for offset in range(60)
+    ]
+    publish_minutes(settings, minutes)
+    store = store_at(tmp_path)
+
+    quiet = evaluate(settings, store, PER_ROUTE, burst_start)
+    burst = evaluate(settings, store, PER_ROUTE, burst_start + 3 * MINUTE)
+
+    assert quiet.notifications == []
+    assert [(n.key, n.kind, n.severity) for n in burst.notifications] == [
+        (AlertKey("route_errors", "/api/users"), NotificationKind.FIRING, Severity.HIGH)
+    ]
+    # 20 errors of 100 in each of the 3 burst minutes out of the 5-minute window: 60 / 500
+    assert burst.notifications[0].value == 60 / 500
+    assert [row.notification.key for row in store.pending()] == [
+        AlertKey("route_errors", "/api/users")
+    ]
+
+
+def test_p95_over_a_window_merges_the_minute_sketches_instead_of_averaging(tmp_path):
+    # Nine quiet minutes at 50 ms and one busy minute of 900 slow requests at 800 ms: the window's
+    # p95 is 800 ms (900 of 1800 requests are slow); averaging per-minute p95s gives ~125 ms.
+    settings = analytics_settings_at(tmp_path)
+    minutes = steady_traffic(T0, 9, requests=100, latency_ms=50.0)
+    minutes.append(Minute(T0 + 9 * MINUTE, requests=900, latency_ms=800.0))
+    publish_minutes(settings, minutes)
+    store = store_at(tmp_path)
+
+    report = evaluate(settings, store, PER_ROUTE, T0 + 10 * MINUTE)
+
+    (fired,) = [n for n in report.notifications if n.key.rule == "p95"]
+    assert abs(fired.value - 800.0) / 800.0 <= 0.01
+
+
+def test_states_survive_a_restart_so_a_firing_alert_is_not_sent_again(tmp_path):
+    settings = analytics_settings_at(tmp_path)
+    minutes = [Minute(T0 + offset * MINUTE, errors=30) for offset in range(30)]
+    publish_minutes(settings, minutes)
+    first = evaluate(settings, store_at(tmp_path), PER_ROUTE, T0 + 10 * MINUTE)
+    again = evaluate(settings, store_at(tmp_path), PER_ROUTE, T0 + 11 * MINUTE)  # a new process
+
+    assert len(first.notifications) == 1
+    assert again.notifications == []
+    assert again.active[AlertKey("route_errors", "/api/orders")].state is AlertState.FIRING
+
+
+def test_recovery_resolves_and_the_alert_returns_to_ok(tmp_path):
+    settings = analytics_settings_at(tmp_path)
+    minutes = [
+        Minute(T0 + offset * MINUTE, errors=30 if offset < 10 else 0) for offset in range(30)
+    ]
+    publish_minutes(settings, minutes)
+    store = store_at(tmp_path)
+    evaluate(settings, store, PER_ROUTE, T0 + 10 * MINUTE)
+
+    resolved = evaluate(settings, store, PER_ROUTE, T0 + 20 * MINUTE)
+    later = evaluate(settings, store, PER_ROUTE, T0 + 21 * MINUTE)
+
+    assert [n.kind for n in resolved.notifications] == [NotificationKind.RESOLVED]
+    assert later.notifications == [] and later.active == {}
+
+
+def test_a_silenced_alert_changes_state_but_sends_nothing(tmp_path):
+    settings = analytics_settings_at(tmp_path)
+    publish_minutes(settings, [Minute(T0 + offset * MINUTE, errors=30) for offset in range(30)])
+    store = store_at(tmp_path)
+    store.add_silence("route_errors", "/api/orders", T0, T0 + timedelta(hours=2), "deploy", "ops")
+
+    report = evaluate(settings, store, PER_ROUTE, T0 + 10 * MINUTE)
+
+    assert report.notifications == []
+    assert [n.key.rule for n in report.silenced] == ["route_errors"]
+    assert report.active[AlertKey("route_errors", "/api/orders")].state is AlertState.FIRING
+    assert store.pending() == []
+
+
+def test_a_broken_sql_rule_is_reported_and_the_other_rules_still_run(tmp_path):
+    settings = analytics_settings_at(tmp_path)
+    publish_minutes(settings, [Minute(T0 + offset * MINUTE, errors=30) for offset in range(30)])
+    rules = pack(
+        """
+rules:
+  - name: broken
+    sql: SELECT route, no_such_column FROM requests_minute
+    thresholds: {warning: {value: 1}}
+  - name: errors
+    metric: http_error_rate
+    thresholds: {high: {value: 0.05}}
+"""
+    )
+    report = evaluate(settings, store_at(tmp_path), rules, T0 + 10 * MINUTE)
+
+    assert "no_such_column" in report.errors["broken"]
+    assert [n.key.rule for n in report.notifications] == ["errors"]
+
+
+def test_a_sql_rule_reads_the_published_rollups_with_the_window_bound(tmp_path):
+    settings = analytics_settings_at(tmp_path)
+    publish_minutes(settings, steady_traffic(T0, 30, requests=10))
+    rules = pack(
+        """
+rules:
+  - name: few_requests
+    sql: >
+      SELECT route, sum(requests) FROM requests_minute
+      WHERE minute >= $window_start AND minute < $window_end GROUP BY route
+    comparator: "<"
+    window: 10m
+    thresholds: {warning: {value: 200}}
+"""
+    )
+    report = evaluate(settings, store_at(tmp_path), rules, T0 + 20 * MINUTE)
+
+    (fired,) = report.notifications
+    assert fired.key == AlertKey("few_requests", "/api/orders") and fired.value == 100
+
+
+def test_without_published_rollups_metrics_have_no_data_and_nothing_fires(tmp_path):
+    settings = analytics_settings_at(tmp_path)  # nothing published
+    report = evaluate(settings, store_at(tmp_path), PER_ROUTE, T0)
+    assert report.notifications == [] and report.errors == {}

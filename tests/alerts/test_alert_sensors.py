@@ -1,0 +1,164 @@
+"""The Dagster shell of alerting: real sensor ticks, a real failed run, the summary job."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import dagster as dg
+import pytest
+import yaml
+
+from analytics.alerts.defs.definitions import build_alerts_defs
+from analytics.alerts.defs.jobs import daily_summary_job
+from analytics.alerts.defs.resources import AlertsResource
+from analytics.alerts.defs.sensors import (
+    alert_run_failure_sensor,
+    alert_watchdog_sensor,
+    build_alert_sensor,
+)
+from analytics.alerts.rules import RulesError
+from analytics.alerts.service import EVALUATION_HEARTBEAT
+from analytics.alerts.settings import alerts_settings
+from analytics.alerts.store import AlertStore
+from housekeeping.config import load_config
+from tests.support.alert_support import Minute, analytics_settings_at, publish_minutes
+from tests.support.fake_slack import FakeSlack
+
+TOKEN = "xoxb-sensor-secret"
+
+
+@pytest.fixture
+def slack(monkeypatch):
+    server = FakeSlack().start()
+    monkeypatch.setenv("SLACK_BOT_TOKEN", TOKEN)
+    monkeypatch.setenv("SLACK_API_BASE_URL", server.base_url)
+    monkeypatch.delenv("SLACK_WEBHOOK_URL", raising=False)
+    yield server
+    server.stop()
+
+
+def write_config(tmp_path, **alerts):
+    config = {
+        "state_database_url": f"sqlite:///{tmp_path / 'state.db'}",
+        "analytics": {
+            "root": str(tmp_path / "analytics"),
+            "database": str(tmp_path / "analytics" / "rollups.duckdb"),
+        },
+        "alerts": {"database_url": f"sqlite:///{tmp_path / 'alerts.db'}", **alerts},
+    }
+    path = tmp_path / "hk.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def error_burst_now(tmp_path):
+    """The last 20 minutes of traffic, 30 % errors: http_error_rate fires critical."""
+    now = datetime.now(UTC).replace(second=0, microsecond=0)
+    minutes = [Minute(now - timedelta(minutes=offset), errors=30) for offset in range(1, 21)]
+    publish_minutes(analytics_settings_at(tmp_path), minutes)
+
+
+IMMEDIATE_RULES = """
+rules:
+  - name: http_error_rate
+    metric: http_error_rate
+    window: 5m
+    thresholds: {critical: {value: 0.10}}
+"""
+
+
+def test_the_alert_sensor_sends_one_message_per_transition_across_ticks(tmp_path, slack):
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(IMMEDIATE_RULES)
+    path = write_config(tmp_path, rules_file=str(rules))
+    error_burst_now(tmp_path)
+    settings = alerts_settings(load_config(path))
+    sensor = build_alert_sensor(settings)
+    resources = {"alerts": AlertsResource(config_file=str(path))}
+
+    with dg.instance_for_test() as instance:
+        first = sensor(dg.build_sensor_context(instance=instance, resources=resources))
+        second = sensor(dg.build_sensor_context(instance=instance, resources=resources))
+
+    texts = [call.body["text"] for call in slack.posted()]
+    assert len(texts) == 1 and "http_error_rate" in texts[0] and "30.0%" in texts[0]
+    assert "1 sent" in first.skip_reason.skip_message
+    assert "0 new notifications" in second.skip_reason.skip_message
+    assert TOKEN not in first.skip_reason.skip_message
+
+
+@dg.op
+def explode():
+    raise RuntimeError("the disk is full")
+
+
+@dg.job
+def fragile_job():
+    explode()
+
+
+def test_a_failed_run_alerts_once_even_if_the_sensor_sees_it_twice(tmp_path, slack):
+    path = write_config(tmp_path)
+    resources = {"alerts": AlertsResource(config_file=str(path))}
+    with dg.instance_for_test() as instance:
+        result = fragile_job.execute_in_process(instance=instance, raise_on_error=False)
+        assert not result.success
+        run = instance.get_run_by_id(result.run_id)
+        failure = next(
+            event.dagster_event
+            for event in instance.all_logs(result.run_id)
+            if event.dagster_event and event.dagster_event.event_type_value == "PIPELINE_FAILURE"
+        )
+        for _ in range(2):
+            context = dg.build_run_status_sensor_context(
+                sensor_name="alert_run_failure_sensor",
+                dagster_event=failure,
+                dagster_instance=instance,
+                dagster_run=run,
+                resources=resources,
+            ).for_run_failure()
+            alert_run_failure_sensor(context)
+
+    (call,) = slack.posted()
+    assert "fragile_job" in call.body["text"] and result.run_id[:8] in call.body["text"]
+
+
+def test_a_stopped_evaluation_is_itself_an_alert(tmp_path, slack):
+    path = write_config(tmp_path)
+    store = AlertStore(f"sqlite:///{tmp_path / 'alerts.db'}")
+    store.beat(EVALUATION_HEARTBEAT, datetime.now(UTC) - timedelta(hours=1))
+    resources = {"alerts": AlertsResource(config_file=str(path))}
+
+    with dg.instance_for_test() as instance:
+        for _ in range(2):
+            alert_watchdog_sensor(dg.build_sensor_context(instance=instance, resources=resources))
+
+    (call,) = slack.posted()
+    assert "not being evaluated" in call.body["text"] or "not completed" in call.body["text"]
+
+
+def test_the_daily_summary_is_sent_once_with_a_chart(tmp_path, slack):
+    path = write_config(tmp_path)
+    error_burst_now(tmp_path)
+    resources = {"alerts": AlertsResource(config_file=str(path))}
+
+    first = daily_summary_job.execute_in_process(resources=resources)
+    second = daily_summary_job.execute_in_process(resources=resources)
+
+    (message,) = slack.posted()
+    assert message.body["text"].startswith("Daily summary")
+    assert "Requests: 2,000, error rate 30.00%" in message.body["text"]
+    assert "/api/orders: 600 errors" in message.body["text"]
+    uploads = [call for call in slack.calls if call.method == "upload"]
+    assert uploads and uploads[0].body["png"]
+    assert first.success and second.success
+
+
+def test_a_bad_rule_file_fails_the_definitions_with_the_rules_message(tmp_path):
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(
+        "rules:\n  - name: x\n    metric: nope\n    thresholds: {warning: {value: 1}}\n"
+    )
+    path = write_config(tmp_path, rules_file=str(rules))
+    with pytest.raises(RulesError, match="unknown metric 'nope'"):
+        build_alerts_defs(load_config(path), str(path))
