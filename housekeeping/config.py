@@ -88,13 +88,13 @@ class HealthConfig(StrictModel):
     average_over_runs: int = Field(default=10, ge=1)
 
     def rule_values(self) -> dict[str, float]:
-        """The values rule files may name as ``health.<key>``; durations in milliseconds (the
-        unit of the cleanup duration metric)."""
+        """The thresholds rule files may name as ``health.<key>``; durations in milliseconds
+        (the unit of the cleanup duration metric). ``average_over_runs`` is a window, not a
+        threshold: the cleanup duration metric already averages over it."""
         return {
             "critical_after_failures": float(self.critical_after_failures),
             "zero_deleted_runs_warning": float(self.zero_deleted_runs_warning),
             "slow_average": self.slow_average.total_seconds() * 1000,
-            "average_over_runs": float(self.average_over_runs),
         }
 
 

@@ -13,6 +13,7 @@ import yaml
 from click.testing import CliRunner
 
 from analytics.alerts.backtest import backtest
+from analytics.alerts.model import Severity
 from analytics.alerts.rules import RulesError, load_rules, parse_rules
 from analytics.alerts.summary import build_summary
 from housekeeping.cli import main
@@ -147,18 +148,37 @@ def test_zero_delete_and_slow_thresholds_move_checks_and_rules_together(
     }
 
 
-def test_a_rule_naming_an_unknown_health_key_is_refused_with_its_name():
-    text = """
+RULE = """
 rules:
-  - name: cleanup_failing
-    metric: cleanup_consecutive_failures
+  - name: cleanup_slow
+    metric: cleanup_average_duration_ms
     group_by: policy
-    comparator: ">="
     thresholds:
-      critical: {value: health.critical_after_failure}
+      warning: {{value: {value}}}
+    recovery: {recovery}
 """
-    with pytest.raises(RulesError, match=r"rules\[0\] \(cleanup_failing\).*health.critical_after"):
-        parse_rules(yaml.safe_load(text), "my_rules.yaml", HealthConfig())
+
+
+@pytest.mark.parametrize(
+    ("value", "recovery", "where"),
+    [
+        ("health.slow_averag", "500", r"thresholds\.warning\.value: 'health\.slow_averag'"),
+        ('"health."', "500", r"thresholds\.warning\.value: 'health\.'"),
+        ("health.slow_average.x", "500", r"thresholds\.warning\.value"),
+        ("health.average_over_runs", "500", r"thresholds\.warning\.value: 'health\.average_over"),
+        ("2000", "health.nope", r"recovery: 'health\.nope'"),
+    ],
+)
+def test_a_rule_naming_no_health_threshold_is_refused_with_rule_and_key(value, recovery, where):
+    data = yaml.safe_load(RULE.format(value=value, recovery=recovery))
+    with pytest.raises(RulesError, match=r"my_rules\.yaml: rules\[0\] \(cleanup_slow\): " + where):
+        parse_rules(data, "my_rules.yaml", HealthConfig())
+
+
+def test_recovery_may_name_a_health_threshold_too():
+    data = yaml.safe_load(RULE.format(value="3000", recovery="health.slow_average"))
+    rule = parse_rules(data, "my_rules.yaml", HealthConfig(slow_average="2s")).rules[0]
+    assert rule.recovery == 2000.0 and rule.thresholds[Severity.WARNING].value == 3000.0
 
 
 def test_health_section_rejects_bad_values(tmp_path):

@@ -232,31 +232,47 @@ def parse_rules(data: Any, source: str = "rules", health: HealthConfig | None = 
 
 
 def _resolve_health_references(data: dict, source: str, values: dict[str, float]) -> dict:
-    """A copy of `data` with every threshold value ``health.<key>`` replaced by its number."""
+    """A copy of `data` with every ``health.<key>`` (a threshold's ``value``, or ``recovery``)
+    replaced by its number. Raises RulesError naming the rule and key for any other text that
+    starts with ``health``."""
     rules = data.get("rules")
     if not isinstance(rules, list):
         return data
+
+    def resolve(value: Any, where: str) -> Any:
+        if not (isinstance(value, str) and value.strip().startswith("health")):
+            return value
+        match = _HEALTH_REFERENCE.match(value)
+        if match and match.group(1) in values:
+            return values[match.group(1)]
+        known = ", ".join(f"health.{name}" for name in values)
+        raise RulesError(f"{where}: {value.strip()!r} is not a health value (known: {known})")
+
     resolved_rules = []
     for index, rule in enumerate(rules):
-        thresholds = rule.get("thresholds") if isinstance(rule, dict) else None
-        if not isinstance(thresholds, dict):
+        if not isinstance(rule, dict):
             resolved_rules.append(rule)
             continue
-        resolved_thresholds = {}
-        for severity, threshold in thresholds.items():
-            value = threshold.get("value") if isinstance(threshold, dict) else None
-            match = _HEALTH_REFERENCE.match(value) if isinstance(value, str) else None
-            if match:
-                key = match.group(1)
-                if key not in values:
-                    known = ", ".join(f"health.{name}" for name in values)
-                    raise RulesError(
-                        f"{source}: rules[{index}] ({rule.get('name', '?')}): thresholds."
-                        f"{severity}.value: unknown health key {value.strip()!r} (known: {known})"
-                    )
-                threshold = {**threshold, "value": values[key]}
-            resolved_thresholds[severity] = threshold
-        resolved_rules.append({**rule, "thresholds": resolved_thresholds})
+        prefix = f"{source}: rules[{index}] ({rule.get('name', '?')})"
+        resolved = dict(rule)
+        if "recovery" in rule:
+            resolved["recovery"] = resolve(rule["recovery"], f"{prefix}: recovery")
+        thresholds = rule.get("thresholds")
+        if isinstance(thresholds, dict):
+            resolved["thresholds"] = {
+                severity: (
+                    {
+                        **threshold,
+                        "value": resolve(
+                            threshold.get("value"), f"{prefix}: thresholds.{severity}.value"
+                        ),
+                    }
+                    if isinstance(threshold, dict)
+                    else threshold
+                )
+                for severity, threshold in thresholds.items()
+            }
+        resolved_rules.append(resolved)
     return {**data, "rules": resolved_rules}
 
 
@@ -267,7 +283,7 @@ def load_rules(path: str | Path | None = None, health: HealthConfig | None = Non
     try:
         text = file.read_text()
     except FileNotFoundError:
-        raise RulesError(f"rule file {file} not found (alerts.rules_file)") from None
+        raise RulesError(f"rule file {file} not found") from None
     except OSError as exc:
         raise RulesError(f"rule file {file} cannot be read: {exc.strerror}") from None
     try:
