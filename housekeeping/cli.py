@@ -133,6 +133,7 @@ def config_check(config_file, database_url):
         click.echo(
             f"ok    {name}: {policy.table}.{policy.cutoff_column} (key {', '.join(checked.primary_key)})"
         )
+        click.echo(f"      {_cutoff_reading(name, checked)}")
         tip = index_advice(db, checked)
         if tip:
             advice.append(tip)
@@ -148,6 +149,21 @@ def config_check(config_file, database_url):
     if problems:
         raise click.ClickException(f"{len(problems)} problem(s) in the config")
     click.echo(f"config OK: {len(settings.policies)} policies against {db.describe()}")
+
+
+def _cutoff_reading(name, checked) -> str:
+    """How the cutoff column's values are read: instants, or wall clock in which zone."""
+    column = checked.table.columns[checked.policy.cutoff_column]
+    zone = checked.cutoff_zone
+    if zone is None:
+        reading = f"{column.name} is {column.type_name}: instants"
+        if "timezone" in checked.policy.model_fields_set:
+            reading += f" (policies.{name}.timezone is not used)"
+        return reading
+    return (
+        f"{column.name} is {column.type_name} (no time zone): read as wall clock in {zone} "
+        f"(policies.{name}.timezone)"
+    )
 
 
 @main.command()

@@ -16,10 +16,9 @@ import sqlalchemy as sa
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError
 
+from housekeeping.column_time import column_instant, column_value
 from housekeeping.errors import HkError, first_line
 from housekeeping.sql import quote_identifier
-
-SQLITE_TIMESTAMP_FORMAT = "%Y-%m-%d %H:%M:%S.%f"
 
 
 class DatabaseError(HkError):
@@ -70,6 +69,14 @@ class ColumnInfo:
     name: str
     type_name: str
     is_timestamp: bool
+    # PostgreSQL's timestamp with time zone: instants. Every other timestamp (timestamp without
+    # time zone, date, any SQLite one) holds wall-clock readings (see column_time).
+    holds_instants: bool = False
+
+    def reading_zone(self, configured: str) -> str | None:
+        """The zone this column's values are readings of: ``configured`` for a naive column,
+        None for a column of instants."""
+        return None if self.holds_instants else configured
 
 
 @dataclass(frozen=True)
@@ -82,6 +89,13 @@ class TableInfo:
 
 
 _TIMESTAMP_TYPES = (sa.DateTime, sa.Date)
+
+
+def _holds_instants(column_type: sa.types.TypeEngine, type_name: str) -> bool:
+    if isinstance(column_type, sa.DateTime) and column_type.timezone:
+        return True
+    upper = type_name.upper()
+    return "WITH TIME ZONE" in upper or upper == "TIMESTAMPTZ"
 
 
 def _is_timestamp(column_type: sa.types.TypeEngine, type_name: str) -> bool:
@@ -140,16 +154,17 @@ class AppDatabase:
             return datetime.strptime(text, "%Y-%m-%d %H:%M:%S.%f").replace(tzinfo=UTC)
 
     def bind_timestamp(self, value: datetime) -> datetime | str:
-        """A timestamp as this database compares it: SQLite stores UTC text."""
+        """An instant as a column of the product's own tables compares it (timestamptz on
+        PostgreSQL, UTC text on SQLite). Application columns: ``column_time.column_value``."""
         if self.is_postgres:
             return value
-        return value.astimezone(UTC).strftime(SQLITE_TIMESTAMP_FORMAT)
+        return column_value(value, "UTC", text=True)
 
     def read_timestamp(self, value: datetime | str | None) -> datetime | None:
-        if value is None or isinstance(value, datetime):
+        """An instant read back from such a column (naive values are UTC), None for NULL."""
+        if value is None or (isinstance(value, datetime) and value.tzinfo is not None):
             return value
-        parsed = datetime.fromisoformat(value)
-        return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+        return column_instant(value, "UTC")
 
     def table_names(self) -> list[str]:
         with self.connect() as conn:
@@ -164,8 +179,16 @@ class AppDatabase:
             columns = {}
             for column in inspector.get_columns(table):
                 type_name = str(column["type"])
+                is_timestamp = _is_timestamp(column["type"], type_name)
                 columns[column["name"]] = ColumnInfo(
-                    column["name"], type_name, _is_timestamp(column["type"], type_name)
+                    column["name"],
+                    type_name,
+                    is_timestamp,
+                    holds_instants=(
+                        self.is_postgres
+                        and is_timestamp
+                        and _holds_instants(column["type"], type_name)
+                    ),
                 )
             primary_key = tuple(inspector.get_pk_constraint(table).get("constrained_columns") or ())
             leading = {

@@ -41,6 +41,7 @@ import pyarrow.compute as pc
 import sqlalchemy as sa
 
 from housekeeping.archive import StagedFile, TableArchive
+from housekeeping.column_time import column_value
 from housekeeping.config import BatchConfig, SafetyConfig
 from housekeeping.database import AppDatabase, DatabaseError, libpq_url
 from housekeeping.policy_kinds import DeleteStrategy
@@ -52,13 +53,18 @@ BATCH_SETTING_PREFIX = "housekeeping.batch_value_"
 
 @dataclass(frozen=True)
 class DeleteTarget:
-    """Rows of ``table`` whose ``cutoff_column`` is before ``cutoff`` and that match ``filters``."""
+    """Rows of ``table`` whose ``cutoff_column`` is before ``cutoff`` and that match ``filters``.
+
+    ``cutoff`` is an instant (aware). ``cutoff_zone`` says what the column holds: readings of a
+    clock in that zone (a naive column), or instants (None: timestamp with time zone).
+    """
 
     table: str
     primary_key: tuple[str, ...]
     cutoff_column: str
     cutoff: datetime
     filters: tuple[tuple[str, Any], ...] = ()
+    cutoff_zone: str | None = field(kw_only=True)
 
     def describe(self) -> str:
         conditions = [f"{self.cutoff_column} < {self.cutoff.isoformat()}"]
@@ -330,10 +336,25 @@ def _key_values(params: BoundParams, values: Sequence[Any]) -> str:
     return f"({rendered})" if len(values) > 1 else rendered
 
 
+def cutoff_condition(db: AppDatabase, target: DeleteTarget, params: BoundParams) -> str:
+    """``cutoff_column < <the cutoff in the column's own terms>``: the one predicate the count, the
+    dry run, every delete, the remaining count and the delete-fraction guard use.
+
+    A naive column meets the cutoff's wall-clock reading in ``cutoff_zone`` as a plain
+    ``timestamp`` and a timestamptz column the instant, so the session's ``TimeZone`` never enters
+    the comparison (see column_time); the column stays bare, so its index serves.
+    """
+    column = quote_identifier(target.cutoff_column)
+    value = column_value(target.cutoff, target.cutoff_zone, text=not db.is_postgres)
+    if not db.is_postgres:
+        return f"{column} < {params.bind(value)}"
+    sql_type = "timestamptz" if target.cutoff_zone is None else "timestamp"
+    return f"{column} < {params.bind_as(value, sql_type)}"
+
+
 def target_conditions(db: AppDatabase, target: DeleteTarget, params: BoundParams) -> list[str]:
-    conditions = [
-        f"{quote_identifier(target.cutoff_column)} < {params.bind(db.bind_timestamp(target.cutoff))}"
-    ]
+    """Every condition a row of ``target`` meets: the cutoff predicate and the filters."""
+    conditions = [cutoff_condition(db, target, params)]
     for column, value in target.filters:
         if value is None:
             conditions.append(f"{quote_identifier(column)} IS NULL")

@@ -17,6 +17,7 @@ import adbc_driver_postgresql.dbapi as adbc
 import sqlalchemy as sa
 
 from housekeeping.archive import TableArchive, partition_file_name
+from housekeeping.column_time import column_instant
 from housekeeping.config import SafetyConfig
 from housekeeping.database import AppDatabase, libpq_url
 from housekeeping.sql import quote_identifier
@@ -41,16 +42,19 @@ class PartitionOutcome:
     max_transaction_ms: float = 0.0
 
 
-def _bound(text: str) -> datetime | None:
+def _bound(text: str, zone: str | None) -> datetime | None:
     text = text.strip()
     if text.upper() in ("MINVALUE", "MAXVALUE"):
         return None
-    value = datetime.fromisoformat(text.strip("'"))
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
+    return column_instant(text.strip("'"), zone)
 
 
-def range_partitions(db: AppDatabase, table: str, column: str) -> list[Partition]:
-    """The table's range partitions on ``column`` (empty when partitioned otherwise)."""
+def range_partitions(db: AppDatabase, table: str, column: str, zone: str | None) -> list[Partition]:
+    """The table's range partitions on ``column`` (empty when partitioned otherwise).
+
+    Bounds are instants: a naive partition key's bounds are readings of a clock in ``zone``
+    (None: a timestamptz key), as the cutoff predicate reads the column's values.
+    """
     with db.connect() as conn:
         key = conn.execute(
             sa.text("SELECT pg_get_partkeydef(to_regclass(:name))"),
@@ -73,7 +77,9 @@ def range_partitions(db: AppDatabase, table: str, column: str) -> list[Partition
         bounds = _BOUNDS.match(bound or "")
         if bounds is None:
             continue  # the DEFAULT partition: its rows go row by row
-        partitions.append(Partition(name, _bound(bounds.group(1)), _bound(bounds.group(2))))
+        partitions.append(
+            Partition(name, _bound(bounds.group(1), zone), _bound(bounds.group(2), zone))
+        )
     return partitions
 
 

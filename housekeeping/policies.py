@@ -19,6 +19,7 @@ import pyarrow as pa
 import sqlalchemy as sa
 
 from housekeeping.archive import ArchiveStore, LocalArchiveStore, TableArchive
+from housekeeping.column_time import column_instant
 from housekeeping.config import HousekeepingConfig
 from housekeeping.config_types import format_duration
 from housekeeping.database import AppDatabase
@@ -157,15 +158,17 @@ def build_targets(
     """
     policy = checked.policy
     base = dict(
-        table=policy.table, primary_key=checked.primary_key, cutoff_column=policy.cutoff_column
+        table=policy.table,
+        primary_key=checked.primary_key,
+        cutoff_column=policy.cutoff_column,
+        cutoff_zone=checked.cutoff_zone,
     )
     if isinstance(policy, JobsPolicy):
-        return _job_targets(db, conn, policy, database_now, base)
+        return _job_targets(conn, policy, database_now, base)
     return [DeleteTarget(cutoff=policy.cutoff(database_now), **base)]
 
 
 def _job_targets(
-    db: AppDatabase,
     conn: sa.Connection,
     policy: JobsPolicy,
     database_now: datetime,
@@ -175,7 +178,8 @@ def _job_targets(
 
     A finished job goes when it is older than the status's retention OR not among the newest
     keep_last of its queue (BullMQ's removeOnComplete {age, count}, Sidekiq's dead-set limits).
-    Ties at the N-th newest are kept, so a queue never keeps fewer than N.
+    Ties at the N-th newest are kept, so a queue never keeps fewer than N. The N-th newest value
+    is read in the column's zone (``base["cutoff_zone"]``) like every other.
     """
     table = quote_identifier(policy.table)
     status_column = quote_identifier(policy.status_column)
@@ -212,7 +216,7 @@ def _job_targets(
             ).scalar()
             cutoff = age_cutoff
             if nth_newest is not None:
-                cutoff = max(age_cutoff, db.read_timestamp(nth_newest))
+                cutoff = max(age_cutoff, column_instant(nth_newest, base["cutoff_zone"]))
             targets.append(
                 DeleteTarget(
                     cutoff=cutoff,
@@ -281,7 +285,8 @@ def _drop_whole_partitions(
     log: Callable[[str], None],
 ) -> PartitionOutcome:
     partitions = expired_partitions(
-        range_partitions(db, checked.table.name, checked.policy.cutoff_column), target.cutoff
+        range_partitions(db, checked.table.name, checked.policy.cutoff_column, checked.cutoff_zone),
+        target.cutoff,
     )
     if not partitions:
         return PartitionOutcome()

@@ -30,6 +30,7 @@ from housekeeping.config_types import (
     NonNegativeDuration,
     PositiveDuration,
     StrictModel,
+    TimeZone,
     format_duration,
 )
 
@@ -65,6 +66,9 @@ class BasePolicy(StrictModel):
     kind: PolicyKind
     table: Identifier
     cutoff_column: Identifier
+    # The zone whose wall clock a naive cutoff column (timestamp without time zone, date, any
+    # SQLite column) is read in; a timestamp with time zone column holds instants and needs none.
+    timezone: TimeZone = "UTC"
     primary_key: list[Identifier] | None = None
     archive: bool = False
     schedule: Cron | None = None

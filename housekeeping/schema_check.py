@@ -22,6 +22,12 @@ class CheckedPolicy:
     def primary_key(self) -> tuple[str, ...]:
         return tuple(self.policy.primary_key or self.table.primary_key)
 
+    @property
+    def cutoff_zone(self) -> str | None:
+        """The zone the cutoff column's readings are in (the policy's ``timezone``), None when
+        the column holds instants (timestamp with time zone)."""
+        return self.table.columns[self.policy.cutoff_column].reading_zone(self.policy.timezone)
+
 
 @dataclass(frozen=True)
 class IndexAdvice:
