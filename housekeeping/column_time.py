@@ -54,7 +54,14 @@ def column_value(moment: datetime, zone: str | None, *, text: bool) -> datetime 
             raise ValueError("a SQLite column holds wall-clock text: it needs a zone")
         return moment.astimezone(UTC)
     reading = wall_clock(moment, zone)
-    return reading.strftime(SQLITE_TIMESTAMP_FORMAT) if text else reading
+    if not text:
+        return reading
+    # A whole second leaves its fraction off: text comparison then orders it right against
+    # values stored with six digits ('... 03:00:00.000000') and without (SQLite's own
+    # CURRENT_TIMESTAMP, '... 03:00:00') alike.
+    if reading.microsecond == 0:
+        return reading.strftime("%Y-%m-%d %H:%M:%S")
+    return reading.strftime(SQLITE_TIMESTAMP_FORMAT)
 
 
 def column_instant(value: datetime | date | str | None, zone: str | None) -> datetime | None:

@@ -45,7 +45,7 @@ from housekeeping.column_time import column_value
 from housekeeping.config import BatchConfig, SafetyConfig
 from housekeeping.database import AppDatabase, DatabaseError, libpq_url
 from housekeeping.policy_kinds import DeleteStrategy
-from housekeeping.sql import quote_identifier
+from housekeeping.sql import TableName, quote_identifier
 
 # Transaction-local settings that carry a streamed batch's values (see SettingParams).
 BATCH_SETTING_PREFIX = "housekeeping.batch_value_"
@@ -59,7 +59,7 @@ class DeleteTarget:
     clock in that zone (a naive column), or instants (None: timestamp with time zone).
     """
 
-    table: str
+    table: TableName
     primary_key: tuple[str, ...]
     cutoff_column: str
     cutoff: datetime
@@ -376,7 +376,7 @@ def _first_row(table: pa.Table, columns: Sequence[str]) -> tuple[Any, ...] | Non
     return tuple(table.column(column)[0].as_py() for column in columns)
 
 
-def _page_layout(db: AppDatabase, table: str) -> tuple[int, float]:
+def _page_layout(db: AppDatabase, table: TableName) -> tuple[int, float]:
     """The table's size in pages now, and about how many rows a page holds."""
     with db.connect() as conn:
         pages, estimated_rows = conn.execute(
@@ -385,12 +385,10 @@ def _page_layout(db: AppDatabase, table: str) -> tuple[int, float]:
                 "/ current_setting('block_size')::int, reltuples "
                 "FROM pg_class WHERE oid = to_regclass(:name)"
             ),
-            {"name": quote_identifier(table)},
+            {"name": table.sql},
         ).one()
         if estimated_rows is None or estimated_rows <= 0:
-            estimated_rows = conn.execute(
-                sa.text(f"SELECT count(*) FROM {quote_identifier(table)}")
-            ).scalar_one()
+            estimated_rows = conn.execute(sa.text(f"SELECT count(*) FROM {table.sql}")).scalar_one()
     return int(pages), max(1.0, float(estimated_rows) / max(1, int(pages)))
 
 
@@ -400,7 +398,7 @@ class _Walk:
     def __init__(self, db: AppDatabase, target: DeleteTarget) -> None:
         self.db = db
         self.target = target
-        self.table = quote_identifier(target.table)
+        self.table = target.table.sql
         self.key = _key_sql(target.primary_key)
         self.select_key = self.key.strip("()")
         self.cutoff_column = quote_identifier(target.cutoff_column)

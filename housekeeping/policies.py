@@ -42,7 +42,7 @@ from housekeeping.partition_retention import (
 )
 from housekeeping.policy_kinds import DeleteStrategy, JobsPolicy, PolicyConfig, PolicyKind
 from housekeeping.schema_check import CheckedPolicy, check_policy
-from housekeeping.sql import quote_identifier
+from housekeeping.sql import TableName, quote_identifier
 
 # Above this share of expiring rows, walking the whole table beats walking the cutoff index.
 PRIMARY_KEY_WALK_FRACTION = 0.10
@@ -127,7 +127,7 @@ def check_clock_skew(
 
 
 def count_rows(
-    db: AppDatabase, table: str, targets: list[DeleteTarget], *, sequential: bool = False
+    db: AppDatabase, table: TableName, targets: list[DeleteTarget], *, sequential: bool = False
 ) -> tuple[int, list[int]]:
     """The table's row count and each target's matching rows, in one pass over the table.
 
@@ -139,7 +139,7 @@ def count_rows(
         f"count(CASE WHEN {' AND '.join(target_conditions(db, target, params))} THEN 1 END)"
         for target in targets
     ]
-    sql = f"SELECT {', '.join(['count(*)', *matches])} FROM {quote_identifier(table)}"
+    sql = f"SELECT {', '.join(['count(*)', *matches])} FROM {table.sql}"
     with db.connect() as conn, conn.begin():
         if sequential and db.is_postgres:
             for setting in ("enable_indexscan", "enable_indexonlyscan", "enable_bitmapscan"):
@@ -181,7 +181,7 @@ def _job_targets(
     Ties at the N-th newest are kept, so a queue never keeps fewer than N. The N-th newest value
     is read in the column's zone (``base["cutoff_zone"]``) like every other.
     """
-    table = quote_identifier(policy.table)
+    table = policy.table.sql
     status_column = quote_identifier(policy.status_column)
     cutoff_column = quote_identifier(policy.cutoff_column)
     targets = []
@@ -264,9 +264,7 @@ def _rows_still_in_table(db: AppDatabase, checked: CheckedPolicy) -> Callable[[p
                         for value in chunk
                     )
                     where = f"({columns}) IN ({listed})"
-                sql = (
-                    f"SELECT 1 FROM {quote_identifier(checked.policy.table)} WHERE {where} LIMIT 1"
-                )
+                sql = f"SELECT 1 FROM {checked.policy.table.sql} WHERE {where} LIMIT 1"
                 if conn.execute(sa.text(sql), params.as_driver_params()).first() is not None:
                     return True
         return False
@@ -326,7 +324,7 @@ def run_policy(
     if policy.archive and not options.dry_run:
         store = store or archive_store(config)
         store.check_writable()
-        archive = TableArchive(store, policy.table, policy.cutoff_column)
+        archive = TableArchive(store, str(policy.table), policy.cutoff_column)
     database_now = check_clock_skew(db, config.safety.max_clock_skew, pipeline_clock)
     run_id = run_id or uuid.uuid4().hex[:12]
 
@@ -349,7 +347,7 @@ def run_policy(
         expected = sum(expected_by_target)
         result = PolicyResult(
             policy=name,
-            table=policy.table,
+            table=str(policy.table),
             kind=policy.kind,
             dry_run=options.dry_run,
             cutoffs=sorted({target.cutoff.isoformat(timespec="seconds") for target in targets}),
@@ -464,13 +462,13 @@ def run_and_record(
     Failures are recorded as ``failure_recorded`` says, then re-raised.
     """
     policy = config.policy(name)
-    with failure_recorded(history, name, policy.table, dagster_run_id) as started:
+    with failure_recorded(history, name, str(policy.table), dagster_run_id) as started:
         result = run_policy(db, config, name, **run_options)
     if not result.dry_run:
         history.record(
             PolicyRun(
                 policy=name,
-                table_name=policy.table,
+                table_name=str(policy.table),
                 status=RunStatus.STOPPED if result.stopped_early else RunStatus.SUCCESS,
                 started_at=started,
                 finished_at=datetime.now(UTC),

@@ -30,6 +30,8 @@ from housekeeping.config_types import (
     NonNegativeDuration,
     PositiveDuration,
     StrictModel,
+    TableRef,
+    TableSection,
     TimeZone,
     format_duration,
 )
@@ -60,11 +62,11 @@ def _needed(message: str) -> BeforeValidator:
     return BeforeValidator(check)
 
 
-class BasePolicy(StrictModel):
-    """The keys of every policy kind."""
+class BasePolicy(TableSection):
+    """The keys of every policy kind (``schema`` comes with TableSection)."""
 
     kind: PolicyKind
-    table: Identifier
+    table: TableRef
     cutoff_column: Identifier
     # The zone whose wall clock a naive cutoff column (timestamp without time zone, date, any
     # SQLite column) is read in; a timestamp with time zone column holds instants and needs none.

@@ -38,12 +38,22 @@ def test_config_check_passes_a_config_that_matches_the_database(db, tmp_path):
     create_revoked_tokens(db, rows=10, expired_fraction=0.5)
 
     result = CliRunner().invoke(
-        main, ["config", "check", "--config", write_config(tmp_path), "--database-url", url_of(db)]
+        main,
+        [
+            "config",
+            "check",
+            "--config",
+            write_config(tmp_path),
+            "--database-url",
+            url_of(db),
+            "--section",
+            "policies",
+        ],
     )
 
     assert result.exit_code == 0, result.output
     assert "ok    revoked_tokens: revoked_tokens.expires_at (key id)" in result.output
-    assert "config OK: 1 policies" in result.output
+    assert "config OK (policies): 1 policies" in result.output
     assert "warn" not in result.output
 
 
@@ -51,7 +61,17 @@ def test_config_check_warns_about_a_missing_cutoff_index_and_prints_the_fix(db, 
     create_revoked_tokens(db, rows=10, expired_fraction=0.5, index=False)
 
     result = CliRunner().invoke(
-        main, ["config", "check", "--config", write_config(tmp_path), "--database-url", url_of(db)]
+        main,
+        [
+            "config",
+            "check",
+            "--config",
+            write_config(tmp_path),
+            "--database-url",
+            url_of(db),
+            "--section",
+            "policies",
+        ],
     )
 
     assert result.exit_code == 0, result.output
@@ -68,7 +88,17 @@ def test_config_check_reports_every_mismatch_and_exits_non_zero(db, tmp_path):
     config = write_config(tmp_path, {"cutoff_column": "expires"})
 
     result = CliRunner().invoke(
-        main, ["config", "check", "--config", config, "--database-url", url_of(db)]
+        main,
+        [
+            "config",
+            "check",
+            "--config",
+            config,
+            "--database-url",
+            url_of(db),
+            "--section",
+            "policies",
+        ],
     )
 
     assert result.exit_code == 1
@@ -93,7 +123,7 @@ def test_config_check_reads_the_environment_by_default(db, tmp_path, monkeypatch
     monkeypatch.setenv("HK_CONFIG", write_config(tmp_path))
     monkeypatch.setenv("DATABASE_URL", url_of(db))
 
-    result = CliRunner().invoke(main, ["config", "check"])
+    result = CliRunner().invoke(main, ["config", "check", "--section", "policies"])
 
     assert result.exit_code == 0, result.output
     assert "config OK" in result.output

@@ -265,6 +265,8 @@ def test_config_check_names_the_zone_each_naive_cutoff_column_is_read_in(db, tmp
             str(path),
             "--database-url",
             db.url.render_as_string(hide_password=False),
+            "--section",
+            "policies",
         ],
     )
 

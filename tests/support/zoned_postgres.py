@@ -63,10 +63,17 @@ def stored_naive(db: AppDatabase, moment: datetime, zone: str = "UTC") -> dateti
 
 
 def create_app_logs(
-    db: AppDatabase, *, zone: str = "UTC", rows: int = 41, step: timedelta = timedelta(minutes=15)
+    db: AppDatabase,
+    *,
+    zone: str = "UTC",
+    rows: int = 41,
+    step: timedelta = timedelta(minutes=15),
+    table: str = "app_logs",
+    index: bool = True,
 ) -> int:
     """The issue's table: ``app_logs(id, ts timestamp without time zone, status, queue)``, ``rows``
-    rows every ``step`` centred on now - 30 days, written as wall clock in ``zone``.
+    rows every ``step`` centred on now - 30 days, written as wall clock in ``zone``. ``table`` is
+    SQL text (quoted or schema-qualified as the caller needs).
 
     Returns how many are truly older than 30 days (21 of the default 41: the centre row is at
     now - 30 days when inserted, so a cutoff taken later is past it).
@@ -81,14 +88,19 @@ def create_app_logs(
     with db.engine.begin() as conn:
         conn.execute(
             sa.text(
-                f"CREATE TABLE app_logs ({id_column}, ts {naive}, status text, queue text, "
+                f"CREATE TABLE {table} ({id_column}, ts {naive}, status text, queue text, "
                 "message text)"
             )
         )
-        conn.execute(sa.text("CREATE INDEX idx_app_logs_ts ON app_logs (ts)"))
+        if index:
+            name = "idx_" + "".join(c for c in table if c.isalnum() or c == "_") + "_ts"
+            # PostgreSQL puts the index in its table's schema; SQLite wants it qualified instead.
+            if not db.is_postgres and "." in table:
+                name = f"{table.split('.')[0]}.{name}"
+            conn.execute(sa.text(f"CREATE INDEX {name} ON {_unqualified(db, table)} (ts)"))
         conn.execute(
             sa.text(
-                "INSERT INTO app_logs (ts, status, queue, message) "
+                f"INSERT INTO {table} (ts, status, queue, message) "
                 "VALUES (:ts, 'completed', 'default', :message)"
             ),
             [
@@ -97,3 +109,8 @@ def create_app_logs(
             ],
         )
     return half + 1
+
+
+def _unqualified(db: AppDatabase, table: str) -> str:
+    """SQLite's CREATE INDEX names the table without its schema (the index's own carries it)."""
+    return table if db.is_postgres else table.split(".")[-1]
