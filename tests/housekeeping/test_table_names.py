@@ -180,7 +180,8 @@ def test_sqlite_takes_main_as_the_schema_of_its_tables(sqlite_url, tmp_path):
     db.dispose()
 
 
-def test_mixed_case_names_are_quoted_exactly_as_written(db, tmp_path):
+@pytest.mark.parametrize("spelled", ["AuditTrail", '"AuditTrail"'], ids=["plain", "sql-quoted"])
+def test_mixed_case_names_are_quoted_exactly_as_written(db, tmp_path, spelled):
     with db.engine.begin() as conn:
         key = "bigserial" if db.is_postgres else "INTEGER"
         conn.execute(
@@ -202,7 +203,7 @@ def test_mixed_case_names_are_quoted_exactly_as_written(db, tmp_path):
                 for days in range(10)
             ],
         )
-    policy = {"table": "AuditTrail", "cutoff_column": "CreatedAt", "retention": "5d"}
+    policy = {"table": spelled, "cutoff_column": "CreatedAt", "retention": "5d"}
     config = settings_for(tmp_path, {**policy, "archive": True})
 
     result = run_policy(db, config, "logs")
