@@ -8,10 +8,17 @@ by psycopg's quoting from ``datetime`` values this code computes, never from use
 
 Table and column names come from the config; ``check_source`` verifies them against the live
 schema first and every identifier is quoted.
+
+Naive timestamp columns (``timestamp without time zone``, SQLite text) hold wall-clock readings in
+the source's ``timezone`` (default UTC), as a policy's cutoff column does (housekeeping's
+column_time): time bounds meet them as that zone's readings and their values leave as instants
+(PostgreSQL converts with ``AT TIME ZONE``, SQLite values are converted here), so neither the
+session's ``TimeZone`` nor the analytics time zone shifts a row.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import queue
 import sqlite3
 import threading
@@ -25,9 +32,11 @@ import adbc_driver_postgresql.dbapi as adbc
 import pyarrow as pa
 from psycopg import sql
 
+from housekeeping.column_time import column_instant, column_value
 from housekeeping.database import AppDatabase, DatabaseError, libpq_url
 from housekeeping.errors import HkError, first_line
-from housekeeping.sql import quote_identifier
+from housekeeping.schema_check import missing_column, missing_table
+from housekeeping.sql import TableName, quote_identifier
 
 SQLITE_BATCH_ROWS = 50_000
 
@@ -70,13 +79,22 @@ class SourceColumn:
     name: str  # the configured column
     kind: ColumnKind
     config_key: str  # e.g. analytics.sources.request_logs.duration_ms
+    # A timestamp column's readings are in this zone; None: it holds instants (timestamptz), or
+    # the source is not checked yet (``check_source`` fills it in from the live schema).
+    zone: str | None = None
 
 
 @dataclass(frozen=True)
 class Source:
-    table: str
+    """A table (or view) a rollup reads, the columns it maps, and the zone its naive timestamp
+    columns are read in (``timezone``, default UTC). ``checked``: the live schema was read and
+    each timestamp column's ``zone`` set."""
+
+    table: TableName
     config_key: str  # e.g. analytics.sources.request_logs
     columns: tuple[SourceColumn, ...]
+    timezone: str = "UTC"
+    checked: bool = False
 
     def column(self, alias: str) -> SourceColumn:
         return next(column for column in self.columns if column.alias == alias)
@@ -85,8 +103,8 @@ class Source:
     def from_config(cls, config: Any, config_key: str, kinds: Mapping[str, ColumnKind]) -> Source:
         """The table a source section maps, and per alias of ``kinds`` the column it names.
 
-        ``config`` is the section (``config.table``, and ``config.<alias>`` for each column);
-        errors about a column name the key ``<config_key>.<alias>``.
+        ``config`` is the section (``config.table``, ``config.timezone`` and ``config.<alias>``
+        for each column); errors about a column name the key ``<config_key>.<alias>``.
         """
         return cls(
             config.table,
@@ -95,29 +113,38 @@ class Source:
                 SourceColumn(alias, getattr(config, alias), kind, f"{config_key}.{alias}")
                 for alias, kind in kinds.items()
             ),
+            config.timezone,
         )
 
 
-def check_source(db: AppDatabase, source: Source) -> None:
-    """Refuse, naming the key and the object, when the live schema does not fit the mapping."""
+def check_source(db: AppDatabase, source: Source) -> Source:
+    """The source as the live schema has it (each timestamp column's zone set); SourceError
+    naming the key and the object when the schema does not fit the mapping: a table or column
+    that does not exist as spelled (with "did you mean"), a column of the wrong type.
+
+    Views, materialized views and foreign tables are fine: rows are only read.
+    """
     info = db.table_info(source.table)
     if info is None:
-        raise SourceError(
-            f"{source.config_key}.table: table {source.table!r} does not exist in {db.describe()}"
-        )
+        raise SourceError(missing_table(db, f"{source.config_key}.table", source.table))
+    columns = []
     for column in source.columns:
         live = info.columns.get(column.name)
         if live is None:
-            known = ", ".join(sorted(info.columns))
-            raise SourceError(
-                f"{column.config_key}: table {source.table!r} has no column {column.name!r} "
-                f"(its columns: {known})"
-            )
+            raise SourceError(missing_column(column.config_key, info, column.name))
         if not _type_matches(column.kind, live.type_name, live.is_timestamp):
             raise SourceError(
                 f"{column.config_key}: column {source.table}.{column.name} has type "
                 f"{live.type_name}, expected {column.kind}"
             )
+        zone = live.reading_zone(source.timezone) if column.kind is ColumnKind.TIMESTAMP else None
+        columns.append(dataclasses.replace(column, zone=zone))
+    return dataclasses.replace(source, columns=tuple(columns), checked=True)
+
+
+def naive_columns(source: Source) -> list[SourceColumn]:
+    """The checked source's timestamp columns that hold wall-clock readings (no time zone)."""
+    return [column for column in source.columns if column.zone is not None]
 
 
 @dataclass(frozen=True)
@@ -134,9 +161,13 @@ def stream_rows(
 ) -> RowStream:
     """The source's ``aliases`` columns (renamed to the aliases) of rows inside every range.
 
-    PostgreSQL timestamps arrive as ``timestamp[us, tz=UTC]``; SQLite's as their stored text,
-    which the rollup SQL casts (and names the column when a value does not parse).
+    PostgreSQL timestamps arrive as ``timestamp[us, tz=UTC]``; SQLite's as text, which the
+    rollup SQL casts (and names the column when a value does not parse): as stored when the
+    source's zone is UTC, else converted to UTC (``+00:00``). An unchecked source is checked
+    first (its columns' zones come from the live schema).
     """
+    if not source.checked:
+        source = check_source(db, source)
     columns = [source.column(alias) for alias in aliases]
     if db.is_postgres:
         return _stream_postgres(db, source, columns, where)
@@ -146,18 +177,30 @@ def stream_rows(
 def _stream_postgres(
     db: AppDatabase, source: Source, columns: list[SourceColumn], where: Sequence[TimeRange]
 ) -> RowStream:
-    select = sql.SQL(", ").join(
-        sql.SQL("{} AS {}").format(sql.Identifier(column.name), sql.Identifier(column.alias))
-        for column in columns
-    )
+    selected = []
+    for column in columns:
+        value: sql.Composable = sql.Identifier(column.name)
+        if column.zone is not None:  # wall-clock readings -> the instants they stand for
+            value = sql.SQL("({} AT TIME ZONE {})").format(value, sql.Literal(column.zone))
+        selected.append(sql.SQL("{} AS {}").format(value, sql.Identifier(column.alias)))
     conditions = []
     for bounds in where:
-        name = sql.Identifier(source.column(bounds.column).name)
-        if bounds.start is not None:
-            conditions.append(sql.SQL("{} >= {}").format(name, sql.Literal(_utc(bounds.start))))
-        if bounds.end is not None:
-            conditions.append(sql.SQL("{} < {}").format(name, sql.Literal(_utc(bounds.end))))
-    query = sql.SQL("SELECT {} FROM {}").format(select, sql.Identifier(source.table))
+        column = source.column(bounds.column)
+        name = sql.Identifier(column.name)
+        # The bare column against the bound in its own terms: its index serves.
+        for moment, operator in ((bounds.start, ">="), (bounds.end, "<")):
+            if moment is not None:
+                value = column_value(_utc(moment), column.zone, text=False)
+                conditions.append(
+                    sql.SQL("{} {} {}").format(name, sql.SQL(operator), sql.Literal(value))
+                )
+    table = source.table
+    table_sql = (
+        sql.Identifier(table.name)
+        if table.schema is None
+        else sql.Identifier(table.schema, table.name)
+    )
+    query = sql.SQL("SELECT {} FROM {}").format(sql.SQL(", ").join(selected), table_sql)
     if conditions:
         query = sql.SQL("{} WHERE {}").format(query, sql.SQL(" AND ").join(conditions))
     text = query.as_string(None)
@@ -247,19 +290,21 @@ def _stream_sqlite(
         f"{quote_identifier(column.name)} AS {quote_identifier(column.alias)}" for column in columns
     )
     conditions: list[str] = []
-    parameters: list[str] = []
+    parameters: list[Any] = []
     for bounds in where:
-        name = quote_identifier(source.column(bounds.column).name)
-        if bounds.start is not None:
-            conditions.append(f"{name} >= ?")
-            parameters.append(db.bind_timestamp(_utc(bounds.start)))
-        if bounds.end is not None:
-            conditions.append(f"{name} < ?")
-            parameters.append(db.bind_timestamp(_utc(bounds.end)))
-    query = f"SELECT {select} FROM {quote_identifier(source.table)}"
+        column = source.column(bounds.column)
+        name = quote_identifier(column.name)
+        for moment, operator in ((bounds.start, ">="), (bounds.end, "<")):
+            if moment is not None:
+                conditions.append(f"{name} {operator} ?")
+                parameters.append(column_value(_utc(moment), column.zone or "UTC", text=True))
+    query = f"SELECT {select} FROM {source.table.sql}"
     if conditions:
         query += " WHERE " + " AND ".join(conditions)
     schema = pa.schema([pa.field(column.alias, _SQLITE_TYPES[column.kind]) for column in columns])
+    # Readings in a zone other than UTC become UTC text here; UTC ones stay as stored (the rollup
+    # SQL reads text without an offset as UTC).
+    shifted = {index for index, column in enumerate(columns) if column.zone not in (None, "UTC")}
     path = db.url.database or ""
     try:
         # DuckDB pulls the batches from its own threads, one at a time.
@@ -279,6 +324,8 @@ def _stream_sqlite(
                     column_values = values[index]
                     if field.type == pa.string():
                         column_values = [None if v is None else str(v) for v in column_values]
+                    if index in shifted:
+                        column_values = _as_utc_text(column_values, columns[index], source)
                     try:
                         arrays.append(pa.array(column_values, type=field.type))
                     except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
@@ -319,6 +366,21 @@ def _recording_errors(schema: pa.Schema, batches: Iterator[pa.RecordBatch]) -> R
 
     stream.reader = pa.RecordBatchReader.from_batches(schema, guarded())
     return stream
+
+
+def _as_utc_text(values: Sequence[str | None], column: SourceColumn, source: Source) -> list:
+    """Wall-clock text read in ``column.zone`` -> ISO text of the instant with ``+00:00``."""
+    converted = []
+    for value in values:
+        try:
+            instant = column_instant(value, column.zone)
+        except ValueError:
+            raise SourceError(
+                f"{column.config_key}: column {source.table}.{column.name} holds a value that is "
+                f"not {column.kind} ({value!r})"
+            ) from None
+        converted.append(None if instant is None else instant.isoformat(sep=" "))
+    return converted
 
 
 def _utc(moment: datetime) -> datetime:

@@ -19,14 +19,19 @@ from housekeeping.config_types import (
     NonNegativeDuration,
     PositiveDuration,
     StrictModel,
+    TableRef,
+    TableSection,
     TimeZone,
 )
+from housekeeping.sql import TableName
 
 
-class RequestLogsSource(StrictModel):
+class RequestLogsSource(TableSection):
     """One HTTP request per row."""
 
-    table: Identifier = "request_logs"
+    table: TableRef = TableName("request_logs")
+    # The zone whose wall clock naive timestamp columns hold (timestamptz ones hold instants).
+    timezone: TimeZone = "UTC"
     ts: Identifier = "ts"
     method: Identifier = "method"
     route: Identifier = "route"
@@ -34,10 +39,12 @@ class RequestLogsSource(StrictModel):
     duration_ms: Identifier = "duration_ms"
 
 
-class JobsSource(StrictModel):
+class JobsSource(TableSection):
     """One background job per row (BullMQ/Sidekiq-style statuses)."""
 
-    table: Identifier = "jobs"
+    table: TableRef = TableName("jobs")
+    # The zone whose wall clock naive timestamp columns hold (timestamptz ones hold instants).
+    timezone: TimeZone = "UTC"
     queue: Identifier = "queue"
     name: Identifier = "name"
     status: Identifier = "status"
@@ -51,10 +58,12 @@ class JobsSource(StrictModel):
     active_status: str = "active"
 
 
-class ApiUsageSource(StrictModel):
+class ApiUsageSource(TableSection):
     """One call to a paid external API per row."""
 
-    table: Identifier = "api_usage"
+    table: TableRef = TableName("api_usage")
+    # The zone whose wall clock naive timestamp columns hold (timestamptz ones hold instants).
+    timezone: TimeZone = "UTC"
     ts: Identifier = "ts"
     service: Identifier = "service_name"
     endpoint: Identifier = "endpoint"
@@ -64,8 +73,10 @@ class ApiUsageSource(StrictModel):
     success: Identifier = "success"
 
 
-class RevokedTokensSource(StrictModel):
-    table: Identifier = "revoked_tokens"
+class RevokedTokensSource(TableSection):
+    table: TableRef = TableName("revoked_tokens")
+    # The zone whose wall clock naive timestamp columns hold (timestamptz ones hold instants).
+    timezone: TimeZone = "UTC"
     user_id: Identifier = "user_id"
     revoked_at: Identifier = "revoked_at"
     expires_at: Identifier = "expires_at"

@@ -11,7 +11,7 @@ import click
 from analytics.alerts.cli import alerts, rules, status
 from analytics.cli import query
 from housekeeping.cli_options import config_option, database_option
-from housekeeping.config import ConfigError, database_url, load_config
+from housekeeping.config import ConfigError, config_path, database_url, load_config
 from housekeeping.database import AppDatabase
 from housekeeping.errors import HkError
 
@@ -112,16 +112,58 @@ def config() -> None:
     """Inspect the config file."""
 
 
+CONFIG_SECTIONS = ("policies", "analytics", "alerts")
+
+
 @config.command("check")
 @config_option
 @database_option
-def config_check(config_file, database_url):
-    """Validate the config against the live database; advise missing indexes."""
+@click.option(
+    "--section",
+    "sections",
+    multiple=True,
+    type=click.Choice(CONFIG_SECTIONS),
+    help="Check only this section (repeatable; default: all).",
+)
+def config_check(config_file, database_url, sections):
+    """Check the config against the live database: what the runs would fail on; advise indexes.
+
+    Every section parses (a duration without a unit, an unknown time zone, ... name their key);
+    policies: tables (not views) and columns exist as spelled, the zone of each naive cutoff
+    column; analytics: every source's table and columns; alerts: the rule file loads.
+    """
+    from analytics.config_check import SECTION_CHECKS
+
+    settings = load_config(config_file)
+    source = str(config_file or config_path())
+    sections = sections or CONFIG_SECTIONS
+    db = AppDatabase(database_url or _default_database_url())
+    problems = []
+    if "policies" in sections:
+        problems += _check_policies(db, settings)
+    for section in sections:
+        if section in SECTION_CHECKS:
+            report = SECTION_CHECKS[section](db, settings, source)
+            for line in report.ok:
+                click.echo(f"ok    {line}")
+            for line in report.warnings:
+                click.echo(f"warn  {line}")
+            problems += report.problems
+    for problem in problems:
+        click.echo(f"error {problem}", err=True)
+    if problems:
+        raise click.ClickException(f"{len(problems)} problem(s) in the config")
+    click.echo(
+        f"config OK ({', '.join(sections)}): {len(settings.policies)} policies against "
+        f"{db.describe()}"
+    )
+
+
+def _check_policies(db: AppDatabase, settings) -> list[str]:
+    """Each policy against the live schema (printing what is fine); its problems."""
     from housekeeping.policies import archive_store
     from housekeeping.schema_check import check_policy, index_advice
 
-    settings = load_config(config_file)
-    db = AppDatabase(database_url or _default_database_url())
     problems = []
     advice = []
     for name, policy in settings.policies.items():
@@ -133,21 +175,36 @@ def config_check(config_file, database_url):
         click.echo(
             f"ok    {name}: {policy.table}.{policy.cutoff_column} (key {', '.join(checked.primary_key)})"
         )
+        click.echo(f"      {_cutoff_reading(name, checked)}")
         tip = index_advice(db, checked)
         if tip:
             advice.append(tip)
     if any(policy.archive for policy in settings.policies.values()):
-        archive_store(settings).check_writable()
+        try:
+            archive_store(settings).check_writable()
+        except HkError as exc:
+            problems.append(str(exc))
     for tip in advice:
         click.echo(
             f"warn  {tip.policy}: {tip.table}.{tip.column} has no index, so every cleanup scans "
             f"the whole table. Run:\n      {tip.statement}"
         )
-    for problem in problems:
-        click.echo(f"error {problem}", err=True)
-    if problems:
-        raise click.ClickException(f"{len(problems)} problem(s) in the config")
-    click.echo(f"config OK: {len(settings.policies)} policies against {db.describe()}")
+    return problems
+
+
+def _cutoff_reading(name, checked) -> str:
+    """How the cutoff column's values are read: instants, or wall clock in which zone."""
+    column = checked.table.columns[checked.policy.cutoff_column]
+    zone = checked.cutoff_zone
+    if zone is None:
+        reading = f"{column.name} is {column.type_name}: instants"
+        if "timezone" in checked.policy.model_fields_set:
+            reading += f" (policies.{name}.timezone is not used)"
+        return reading
+    return (
+        f"{column.name} is {column.type_name} (no time zone): read as wall clock in {zone} "
+        f"(policies.{name}.timezone)"
+    )
 
 
 @main.command()

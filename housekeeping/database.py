@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -16,10 +17,9 @@ import sqlalchemy as sa
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError
 
+from housekeeping.column_time import column_instant, column_value
 from housekeeping.errors import HkError, first_line
-from housekeeping.sql import quote_identifier
-
-SQLITE_TIMESTAMP_FORMAT = "%Y-%m-%d %H:%M:%S.%f"
+from housekeeping.sql import TableName, quote_identifier
 
 
 class DatabaseError(HkError):
@@ -70,18 +70,57 @@ class ColumnInfo:
     name: str
     type_name: str
     is_timestamp: bool
+    # PostgreSQL's timestamp with time zone: instants. Every other timestamp (timestamp without
+    # time zone, date, any SQLite one) holds wall-clock readings (see column_time).
+    holds_instants: bool = False
+
+    def reading_zone(self, configured: str) -> str | None:
+        """The zone this column's values are readings of: ``configured`` for a naive column,
+        None for a column of instants."""
+        return None if self.holds_instants else configured
+
+
+class RelationKind(StrEnum):
+    """What a name in the database is: only tables are housekept; rollups read any of these."""
+
+    TABLE = "table"
+    PARTITIONED_TABLE = "partitioned table"
+    VIEW = "view"
+    MATERIALIZED_VIEW = "materialized view"
+    FOREIGN_TABLE = "foreign table"
+
+
+# pg_class.relkind of the relations rows can be read from.
+_PG_RELATION_KINDS = {
+    "r": RelationKind.TABLE,
+    "p": RelationKind.PARTITIONED_TABLE,
+    "v": RelationKind.VIEW,
+    "m": RelationKind.MATERIALIZED_VIEW,
+    "f": RelationKind.FOREIGN_TABLE,
+}
 
 
 @dataclass(frozen=True)
 class TableInfo:
-    name: str
+    name: TableName
     columns: dict[str, ColumnInfo]
     primary_key: tuple[str, ...]
     indexed_leading_columns: frozenset[str] = field(default_factory=frozenset)
-    is_partitioned: bool = False
+    kind: RelationKind = RelationKind.TABLE
+
+    @property
+    def is_partitioned(self) -> bool:
+        return self.kind is RelationKind.PARTITIONED_TABLE
 
 
 _TIMESTAMP_TYPES = (sa.DateTime, sa.Date)
+
+
+def _holds_instants(column_type: sa.types.TypeEngine, type_name: str) -> bool:
+    if isinstance(column_type, sa.DateTime) and column_type.timezone:
+        return True
+    upper = type_name.upper()
+    return "WITH TIME ZONE" in upper or upper == "TIMESTAMPTZ"
 
 
 def _is_timestamp(column_type: sa.types.TypeEngine, type_name: str) -> bool:
@@ -140,61 +179,120 @@ class AppDatabase:
             return datetime.strptime(text, "%Y-%m-%d %H:%M:%S.%f").replace(tzinfo=UTC)
 
     def bind_timestamp(self, value: datetime) -> datetime | str:
-        """A timestamp as this database compares it: SQLite stores UTC text."""
+        """An instant as a column of the product's own tables compares it (timestamptz on
+        PostgreSQL, UTC text on SQLite). Application columns: ``column_time.column_value``."""
         if self.is_postgres:
             return value
-        return value.astimezone(UTC).strftime(SQLITE_TIMESTAMP_FORMAT)
+        return column_value(value, "UTC", text=True)
 
     def read_timestamp(self, value: datetime | str | None) -> datetime | None:
-        if value is None or isinstance(value, datetime):
+        """An instant read back from such a column (naive values are UTC), None for NULL."""
+        if value is None or (isinstance(value, datetime) and value.tzinfo is not None):
             return value
-        parsed = datetime.fromisoformat(value)
-        return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+        return column_instant(value, "UTC")
 
     def table_names(self) -> list[str]:
         with self.connect() as conn:
             return sa.inspect(conn).get_table_names()
 
-    def table_info(self, table: str) -> TableInfo | None:
-        """The live shape of a table, or None when it does not exist."""
+    def relation_kind(self, table: TableName | str) -> RelationKind | None:
+        """What ``table`` is (exactly that spelling; search path when unqualified), or None when
+        there is no table or view of that name."""
+        table = TableName.of(table)
+        with self.connect() as conn:
+            if self.is_postgres:
+                relkind = conn.execute(
+                    sa.text("SELECT relkind FROM pg_class WHERE oid = to_regclass(:name)"),
+                    {"name": table.sql},
+                ).scalar()
+                return _PG_RELATION_KINDS.get(relkind) if relkind is not None else None
+            schema = table.schema or "main"
+            schemas = [row[1] for row in conn.exec_driver_sql("PRAGMA database_list")]
+            if schema not in schemas:
+                return None
+            # = compares exactly: SQLite would resolve 'Request_Logs' to request_logs, but the
+            # archive, the lock file and the history name the table as written.
+            kind = conn.execute(
+                sa.text(
+                    f"SELECT type FROM {quote_identifier(schema)}.sqlite_master "
+                    "WHERE name = :name AND type IN ('table', 'view')"
+                ),
+                {"name": table.name},
+            ).scalar()
+            return RelationKind(kind) if kind is not None else None
+
+    def relation_names(self) -> list[TableName]:
+        """Every table and view a config could name (for "did you mean"): unqualified when that
+        spelling finds it (search path, SQLite's main), else qualified."""
+        with self.connect() as conn:
+            if self.is_postgres:
+                rows = conn.execute(
+                    sa.text(
+                        "SELECT n.nspname, c.relname, pg_table_is_visible(c.oid) FROM pg_class c "
+                        "JOIN pg_namespace n ON n.oid = c.relnamespace "
+                        "WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f') AND NOT c.relispartition "
+                        "AND n.nspname NOT IN ('pg_catalog', 'information_schema') "
+                        "AND n.nspname NOT LIKE 'pg\\_%' ORDER BY 1, 2 LIMIT 10000"
+                    )
+                ).all()
+                return [
+                    TableName(name, None if visible else schema) for schema, name, visible in rows
+                ]
+            names = []
+            for row in conn.exec_driver_sql("PRAGMA database_list").all():
+                schema = row[1]
+                for (name,) in conn.execute(
+                    sa.text(
+                        f"SELECT name FROM {quote_identifier(schema)}.sqlite_master "
+                        "WHERE type IN ('table', 'view') AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\'"
+                    )
+                ):
+                    names.append(TableName(name, None if schema == "main" else schema))
+            return names
+
+    def table_info(self, table: TableName | str) -> TableInfo | None:
+        """The live shape of a table or view, or None when none has exactly that name."""
+        table = TableName.of(table)
+        kind = self.relation_kind(table)
+        if kind is None:
+            return None
         with self.connect() as conn:
             inspector = sa.inspect(conn)
-            if not inspector.has_table(table):
-                return None
             columns = {}
-            for column in inspector.get_columns(table):
+            for column in inspector.get_columns(table.name, schema=table.schema):
                 type_name = str(column["type"])
+                is_timestamp = _is_timestamp(column["type"], type_name)
                 columns[column["name"]] = ColumnInfo(
-                    column["name"], type_name, _is_timestamp(column["type"], type_name)
+                    column["name"],
+                    type_name,
+                    is_timestamp,
+                    holds_instants=(
+                        self.is_postgres
+                        and is_timestamp
+                        and _holds_instants(column["type"], type_name)
+                    ),
                 )
-            primary_key = tuple(inspector.get_pk_constraint(table).get("constrained_columns") or ())
-            leading = {
-                index["column_names"][0]
-                for index in inspector.get_indexes(table)
-                if index.get("column_names") and index["column_names"][0]
-            }
+            primary_key: tuple[str, ...] = ()
+            leading: set[str] = set()
+            if kind in (RelationKind.TABLE, RelationKind.PARTITIONED_TABLE):
+                constraint = inspector.get_pk_constraint(table.name, schema=table.schema)
+                primary_key = tuple(constraint.get("constrained_columns") or ())
+                leading = {
+                    index["column_names"][0]
+                    for index in inspector.get_indexes(table.name, schema=table.schema)
+                    if index.get("column_names") and index["column_names"][0]
+                }
             if primary_key:
                 leading.add(primary_key[0])
-            partitioned = False
-            if self.is_postgres:
-                partitioned = bool(
-                    conn.execute(
-                        sa.text(
-                            "SELECT c.relkind = 'p' FROM pg_class c "
-                            "WHERE c.oid = to_regclass(:name)"
-                        ),
-                        {"name": quote_identifier(table)},
-                    ).scalar()
-                )
-        return TableInfo(table, columns, primary_key, frozenset(leading), partitioned)
+        return TableInfo(table, columns, primary_key, frozenset(leading), kind)
 
-    def can_delete_from(self, table: str) -> bool:
+    def can_delete_from(self, table: TableName) -> bool:
         if not self.is_postgres:
             return True
         with self.connect() as conn:
             return bool(
                 conn.execute(
                     sa.text("SELECT has_table_privilege(to_regclass(:name), 'DELETE')"),
-                    {"name": quote_identifier(table)},
+                    {"name": table.sql},
                 ).scalar()
             )

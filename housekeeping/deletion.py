@@ -41,10 +41,11 @@ import pyarrow.compute as pc
 import sqlalchemy as sa
 
 from housekeeping.archive import StagedFile, TableArchive
+from housekeeping.column_time import column_value
 from housekeeping.config import BatchConfig, SafetyConfig
 from housekeeping.database import AppDatabase, DatabaseError, libpq_url
 from housekeeping.policy_kinds import DeleteStrategy
-from housekeeping.sql import quote_identifier
+from housekeeping.sql import TableName, quote_identifier
 
 # Transaction-local settings that carry a streamed batch's values (see SettingParams).
 BATCH_SETTING_PREFIX = "housekeeping.batch_value_"
@@ -52,13 +53,18 @@ BATCH_SETTING_PREFIX = "housekeeping.batch_value_"
 
 @dataclass(frozen=True)
 class DeleteTarget:
-    """Rows of ``table`` whose ``cutoff_column`` is before ``cutoff`` and that match ``filters``."""
+    """Rows of ``table`` whose ``cutoff_column`` is before ``cutoff`` and that match ``filters``.
 
-    table: str
+    ``cutoff`` is an instant (aware). ``cutoff_zone`` says what the column holds: readings of a
+    clock in that zone (a naive column), or instants (None: timestamp with time zone).
+    """
+
+    table: TableName
     primary_key: tuple[str, ...]
     cutoff_column: str
     cutoff: datetime
     filters: tuple[tuple[str, Any], ...] = ()
+    cutoff_zone: str | None = field(kw_only=True)
 
     def describe(self) -> str:
         conditions = [f"{self.cutoff_column} < {self.cutoff.isoformat()}"]
@@ -330,10 +336,25 @@ def _key_values(params: BoundParams, values: Sequence[Any]) -> str:
     return f"({rendered})" if len(values) > 1 else rendered
 
 
+def cutoff_condition(db: AppDatabase, target: DeleteTarget, params: BoundParams) -> str:
+    """``cutoff_column < <the cutoff in the column's own terms>``: the one predicate the count, the
+    dry run, every delete, the remaining count and the delete-fraction guard use.
+
+    A naive column meets the cutoff's wall-clock reading in ``cutoff_zone`` as a plain
+    ``timestamp`` and a timestamptz column the instant, so the session's ``TimeZone`` never enters
+    the comparison (see column_time); the column stays bare, so its index serves.
+    """
+    column = quote_identifier(target.cutoff_column)
+    value = column_value(target.cutoff, target.cutoff_zone, text=not db.is_postgres)
+    if not db.is_postgres:
+        return f"{column} < {params.bind(value)}"
+    sql_type = "timestamptz" if target.cutoff_zone is None else "timestamp"
+    return f"{column} < {params.bind_as(value, sql_type)}"
+
+
 def target_conditions(db: AppDatabase, target: DeleteTarget, params: BoundParams) -> list[str]:
-    conditions = [
-        f"{quote_identifier(target.cutoff_column)} < {params.bind(db.bind_timestamp(target.cutoff))}"
-    ]
+    """Every condition a row of ``target`` meets: the cutoff predicate and the filters."""
+    conditions = [cutoff_condition(db, target, params)]
     for column, value in target.filters:
         if value is None:
             conditions.append(f"{quote_identifier(column)} IS NULL")
@@ -355,7 +376,7 @@ def _first_row(table: pa.Table, columns: Sequence[str]) -> tuple[Any, ...] | Non
     return tuple(table.column(column)[0].as_py() for column in columns)
 
 
-def _page_layout(db: AppDatabase, table: str) -> tuple[int, float]:
+def _page_layout(db: AppDatabase, table: TableName) -> tuple[int, float]:
     """The table's size in pages now, and about how many rows a page holds."""
     with db.connect() as conn:
         pages, estimated_rows = conn.execute(
@@ -364,12 +385,10 @@ def _page_layout(db: AppDatabase, table: str) -> tuple[int, float]:
                 "/ current_setting('block_size')::int, reltuples "
                 "FROM pg_class WHERE oid = to_regclass(:name)"
             ),
-            {"name": quote_identifier(table)},
+            {"name": table.sql},
         ).one()
         if estimated_rows is None or estimated_rows <= 0:
-            estimated_rows = conn.execute(
-                sa.text(f"SELECT count(*) FROM {quote_identifier(table)}")
-            ).scalar_one()
+            estimated_rows = conn.execute(sa.text(f"SELECT count(*) FROM {table.sql}")).scalar_one()
     return int(pages), max(1.0, float(estimated_rows) / max(1, int(pages)))
 
 
@@ -379,7 +398,7 @@ class _Walk:
     def __init__(self, db: AppDatabase, target: DeleteTarget) -> None:
         self.db = db
         self.target = target
-        self.table = quote_identifier(target.table)
+        self.table = target.table.sql
         self.key = _key_sql(target.primary_key)
         self.select_key = self.key.strip("()")
         self.cutoff_column = quote_identifier(target.cutoff_column)

@@ -7,6 +7,8 @@ failure. Anything that is not an `HkError` is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+import difflib
+
 
 class HkError(Exception):
     """An error the product explains: bad config or rules, a refusal, an unreachable database."""
@@ -19,3 +21,16 @@ def first_line(error: BaseException | None) -> str:
         return ""
     text = str(error).strip()
     return text.splitlines()[0] if text else type(error).__name__
+
+
+def closest_names(wanted: str, known: list[str]) -> list[str]:
+    """The known names equal to ``wanted`` but for case, else the closest spellings (at most 3)."""
+    same = [name for name in known if name.lower() == wanted.lower() and name != wanted]
+    return same or difflib.get_close_matches(wanted, known, n=3, cutoff=0.8)
+
+
+def did_you_mean(names: list[str]) -> str:
+    """`` (did you mean 'a' or 'b'?)``, or '' for no names."""
+    if not names:
+        return ""
+    return " (did you mean " + " or ".join(repr(name) for name in names) + "?)"

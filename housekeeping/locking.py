@@ -16,7 +16,7 @@ import psycopg
 
 from housekeeping.database import AppDatabase, DatabaseError, libpq_url
 from housekeeping.errors import HkError
-from housekeeping.sql import quote_identifier
+from housekeeping.sql import TableName
 
 # The advisory lock key: our namespace in the high 32 bits, the table's OID in the low 32 bits.
 # The OID (not the name) so that tables of the same name in other schemas do not collide.
@@ -28,7 +28,9 @@ class AlreadyRunning(HkError):
 
 
 @contextmanager
-def table_lock(db: AppDatabase, table: str) -> Iterator[None]:
+def table_lock(db: AppDatabase, table: TableName | str) -> Iterator[None]:
+    """Hold the cleanup lock of ``table`` for the block; AlreadyRunning when another holds it."""
+    table = TableName.of(table)
     if db.is_postgres:
         with _postgres_lock(db, table):
             yield
@@ -38,11 +40,9 @@ def table_lock(db: AppDatabase, table: str) -> Iterator[None]:
 
 
 @contextmanager
-def _postgres_lock(db: AppDatabase, table: str) -> Iterator[None]:
+def _postgres_lock(db: AppDatabase, table: TableName) -> Iterator[None]:
     with psycopg.connect(libpq_url(db.url), autocommit=True, connect_timeout=10) as conn:
-        oid = conn.execute(
-            "SELECT to_regclass(%s)::oid::bigint", (quote_identifier(table),)
-        ).fetchone()[0]
+        oid = conn.execute("SELECT to_regclass(%s)::oid::bigint", (table.sql,)).fetchone()[0]
         if oid is None:
             raise DatabaseError(f"table {table!r} does not exist")
         key = (LOCK_NAMESPACE << 32) | oid
@@ -63,7 +63,7 @@ def _postgres_lock(db: AppDatabase, table: str) -> Iterator[None]:
 
 
 @contextmanager
-def _file_lock(db: AppDatabase, table: str) -> Iterator[None]:
+def _file_lock(db: AppDatabase, table: TableName) -> Iterator[None]:
     database = db.url.database or ""
     if database in ("", ":memory:"):
         yield

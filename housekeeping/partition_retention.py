@@ -17,9 +17,10 @@ import adbc_driver_postgresql.dbapi as adbc
 import sqlalchemy as sa
 
 from housekeeping.archive import TableArchive, partition_file_name
+from housekeeping.column_time import column_instant
 from housekeeping.config import SafetyConfig
 from housekeeping.database import AppDatabase, libpq_url
-from housekeeping.sql import quote_identifier
+from housekeeping.sql import TableName
 
 _RANGE_KEY = re.compile(r"^RANGE \((.+)\)$")
 _BOUNDS = re.compile(r"^FOR VALUES FROM \((.+)\) TO \((.+)\)$")
@@ -27,7 +28,7 @@ _BOUNDS = re.compile(r"^FOR VALUES FROM \((.+)\) TO \((.+)\)$")
 
 @dataclass(frozen=True)
 class Partition:
-    name: str
+    name: TableName  # always schema-qualified: a partition may live in another schema
     lower: datetime | None  # None: MINVALUE
     upper: datetime | None  # None: MAXVALUE
 
@@ -41,20 +42,24 @@ class PartitionOutcome:
     max_transaction_ms: float = 0.0
 
 
-def _bound(text: str) -> datetime | None:
+def _bound(text: str, zone: str | None) -> datetime | None:
     text = text.strip()
     if text.upper() in ("MINVALUE", "MAXVALUE"):
         return None
-    value = datetime.fromisoformat(text.strip("'"))
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
+    return column_instant(text.strip("'"), zone)
 
 
-def range_partitions(db: AppDatabase, table: str, column: str) -> list[Partition]:
-    """The table's range partitions on ``column`` (empty when partitioned otherwise)."""
+def range_partitions(
+    db: AppDatabase, table: TableName, column: str, zone: str | None
+) -> list[Partition]:
+    """The table's range partitions on ``column`` (empty when partitioned otherwise).
+
+    Bounds are instants: a naive partition key's bounds are readings of a clock in ``zone``
+    (None: a timestamptz key), as the cutoff predicate reads the column's values.
+    """
     with db.connect() as conn:
         key = conn.execute(
-            sa.text("SELECT pg_get_partkeydef(to_regclass(:name))"),
-            {"name": quote_identifier(table)},
+            sa.text("SELECT pg_get_partkeydef(to_regclass(:name))"), {"name": table.sql}
         ).scalar()
         match = _RANGE_KEY.match(key or "")
         if not match or match.group(1).strip('"') != column:
@@ -62,18 +67,25 @@ def range_partitions(db: AppDatabase, table: str, column: str) -> list[Partition
         conn.execute(sa.text("SET LOCAL TimeZone = 'UTC'"))
         rows = conn.execute(
             sa.text(
-                "SELECT c.relname, pg_get_expr(c.relpartbound, c.oid) FROM pg_inherits i "
-                "JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = to_regclass(:name) "
-                "ORDER BY c.relname"
+                "SELECT n.nspname, c.relname, pg_get_expr(c.relpartbound, c.oid) "
+                "FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+                "JOIN pg_namespace n ON n.oid = c.relnamespace "
+                "WHERE i.inhparent = to_regclass(:name) ORDER BY c.relname"
             ),
-            {"name": quote_identifier(table)},
+            {"name": table.sql},
         ).all()
     partitions = []
-    for name, bound in rows:
+    for schema, name, bound in rows:
         bounds = _BOUNDS.match(bound or "")
         if bounds is None:
             continue  # the DEFAULT partition: its rows go row by row
-        partitions.append(Partition(name, _bound(bounds.group(1)), _bound(bounds.group(2))))
+        partitions.append(
+            Partition(
+                TableName(name, schema),
+                _bound(bounds.group(1), zone),
+                _bound(bounds.group(2), zone),
+            )
+        )
     return partitions
 
 
@@ -82,12 +94,16 @@ def expired_partitions(partitions: list[Partition], cutoff: datetime) -> list[Pa
 
 
 def partition_exists(db: AppDatabase) -> Callable[[str], bool]:
+    """For archive recovery: does the partition an archive file is named after still exist?"""
+
     def exists(name: str) -> bool:
+        try:
+            partition = TableName.parse(name)
+        except ValueError:  # a name with dots of its own, from before names were qualified
+            partition = TableName(name)
         with db.connect() as conn:
             return (
-                conn.execute(
-                    sa.text("SELECT to_regclass(:name)"), {"name": quote_identifier(name)}
-                ).scalar()
+                conn.execute(sa.text("SELECT to_regclass(:name)"), {"name": partition.sql}).scalar()
                 is not None
             )
 
@@ -96,7 +112,7 @@ def partition_exists(db: AppDatabase) -> Callable[[str], bool]:
 
 def drop_expired_partitions(
     db: AppDatabase,
-    table: str,
+    table: TableName,
     partitions: list[Partition],
     *,
     archive: TableArchive | None,
@@ -112,7 +128,7 @@ def drop_expired_partitions(
         for partition in partitions:
             if outcome.partitions_dropped and should_stop():
                 break
-            quoted = quote_identifier(partition.name)
+            quoted = partition.name.sql
             staged = None
             try:
                 if archive is not None:
@@ -121,7 +137,7 @@ def drop_expired_partitions(
                     cursor.execute(f"SELECT * FROM {quoted}")
                     staged = archive.stage_stream(
                         cursor.fetch_record_batch(),
-                        name=partition_file_name(run_id, partition.name),
+                        name=partition_file_name(run_id, str(partition.name)),
                         run_id=run_id,
                         now=datetime.now(UTC),
                     )
@@ -140,7 +156,7 @@ def drop_expired_partitions(
                 )
                 cursor.fetchall()
                 started = datetime.now(UTC)
-                cursor.execute(f"ALTER TABLE {quote_identifier(table)} DETACH PARTITION {quoted}")
+                cursor.execute(f"ALTER TABLE {table.sql} DETACH PARTITION {quoted}")
                 cursor.execute(f"DROP TABLE {quoted}")
             except BaseException:
                 conn.rollback()

@@ -19,6 +19,7 @@ import pyarrow as pa
 import sqlalchemy as sa
 
 from housekeeping.archive import ArchiveStore, LocalArchiveStore, TableArchive
+from housekeeping.column_time import column_instant
 from housekeeping.config import HousekeepingConfig
 from housekeeping.config_types import format_duration
 from housekeeping.database import AppDatabase
@@ -41,7 +42,7 @@ from housekeeping.partition_retention import (
 )
 from housekeeping.policy_kinds import DeleteStrategy, JobsPolicy, PolicyConfig, PolicyKind
 from housekeeping.schema_check import CheckedPolicy, check_policy
-from housekeeping.sql import quote_identifier
+from housekeeping.sql import TableName, quote_identifier
 
 # Above this share of expiring rows, walking the whole table beats walking the cutoff index.
 PRIMARY_KEY_WALK_FRACTION = 0.10
@@ -126,7 +127,7 @@ def check_clock_skew(
 
 
 def count_rows(
-    db: AppDatabase, table: str, targets: list[DeleteTarget], *, sequential: bool = False
+    db: AppDatabase, table: TableName, targets: list[DeleteTarget], *, sequential: bool = False
 ) -> tuple[int, list[int]]:
     """The table's row count and each target's matching rows, in one pass over the table.
 
@@ -138,7 +139,7 @@ def count_rows(
         f"count(CASE WHEN {' AND '.join(target_conditions(db, target, params))} THEN 1 END)"
         for target in targets
     ]
-    sql = f"SELECT {', '.join(['count(*)', *matches])} FROM {quote_identifier(table)}"
+    sql = f"SELECT {', '.join(['count(*)', *matches])} FROM {table.sql}"
     with db.connect() as conn, conn.begin():
         if sequential and db.is_postgres:
             for setting in ("enable_indexscan", "enable_indexonlyscan", "enable_bitmapscan"):
@@ -157,15 +158,17 @@ def build_targets(
     """
     policy = checked.policy
     base = dict(
-        table=policy.table, primary_key=checked.primary_key, cutoff_column=policy.cutoff_column
+        table=policy.table,
+        primary_key=checked.primary_key,
+        cutoff_column=policy.cutoff_column,
+        cutoff_zone=checked.cutoff_zone,
     )
     if isinstance(policy, JobsPolicy):
-        return _job_targets(db, conn, policy, database_now, base)
+        return _job_targets(conn, policy, database_now, base)
     return [DeleteTarget(cutoff=policy.cutoff(database_now), **base)]
 
 
 def _job_targets(
-    db: AppDatabase,
     conn: sa.Connection,
     policy: JobsPolicy,
     database_now: datetime,
@@ -175,9 +178,10 @@ def _job_targets(
 
     A finished job goes when it is older than the status's retention OR not among the newest
     keep_last of its queue (BullMQ's removeOnComplete {age, count}, Sidekiq's dead-set limits).
-    Ties at the N-th newest are kept, so a queue never keeps fewer than N.
+    Ties at the N-th newest are kept, so a queue never keeps fewer than N. The N-th newest value
+    is read in the column's zone (``base["cutoff_zone"]``) like every other.
     """
-    table = quote_identifier(policy.table)
+    table = policy.table.sql
     status_column = quote_identifier(policy.status_column)
     cutoff_column = quote_identifier(policy.cutoff_column)
     targets = []
@@ -212,7 +216,7 @@ def _job_targets(
             ).scalar()
             cutoff = age_cutoff
             if nth_newest is not None:
-                cutoff = max(age_cutoff, db.read_timestamp(nth_newest))
+                cutoff = max(age_cutoff, column_instant(nth_newest, base["cutoff_zone"]))
             targets.append(
                 DeleteTarget(
                     cutoff=cutoff,
@@ -260,9 +264,7 @@ def _rows_still_in_table(db: AppDatabase, checked: CheckedPolicy) -> Callable[[p
                         for value in chunk
                     )
                     where = f"({columns}) IN ({listed})"
-                sql = (
-                    f"SELECT 1 FROM {quote_identifier(checked.policy.table)} WHERE {where} LIMIT 1"
-                )
+                sql = f"SELECT 1 FROM {checked.policy.table.sql} WHERE {where} LIMIT 1"
                 if conn.execute(sa.text(sql), params.as_driver_params()).first() is not None:
                     return True
         return False
@@ -281,7 +283,8 @@ def _drop_whole_partitions(
     log: Callable[[str], None],
 ) -> PartitionOutcome:
     partitions = expired_partitions(
-        range_partitions(db, checked.table.name, checked.policy.cutoff_column), target.cutoff
+        range_partitions(db, checked.table.name, checked.policy.cutoff_column, checked.cutoff_zone),
+        target.cutoff,
     )
     if not partitions:
         return PartitionOutcome()
@@ -321,7 +324,7 @@ def run_policy(
     if policy.archive and not options.dry_run:
         store = store or archive_store(config)
         store.check_writable()
-        archive = TableArchive(store, policy.table, policy.cutoff_column)
+        archive = TableArchive(store, str(policy.table), policy.cutoff_column)
     database_now = check_clock_skew(db, config.safety.max_clock_skew, pipeline_clock)
     run_id = run_id or uuid.uuid4().hex[:12]
 
@@ -344,7 +347,7 @@ def run_policy(
         expected = sum(expected_by_target)
         result = PolicyResult(
             policy=name,
-            table=policy.table,
+            table=str(policy.table),
             kind=policy.kind,
             dry_run=options.dry_run,
             cutoffs=sorted({target.cutoff.isoformat(timespec="seconds") for target in targets}),
@@ -459,13 +462,13 @@ def run_and_record(
     Failures are recorded as ``failure_recorded`` says, then re-raised.
     """
     policy = config.policy(name)
-    with failure_recorded(history, name, policy.table, dagster_run_id) as started:
+    with failure_recorded(history, name, str(policy.table), dagster_run_id) as started:
         result = run_policy(db, config, name, **run_options)
     if not result.dry_run:
         history.record(
             PolicyRun(
                 policy=name,
-                table_name=policy.table,
+                table_name=str(policy.table),
                 status=RunStatus.STOPPED if result.stopped_early else RunStatus.SUCCESS,
                 started_at=started,
                 finished_at=datetime.now(UTC),

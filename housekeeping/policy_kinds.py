@@ -30,6 +30,9 @@ from housekeeping.config_types import (
     NonNegativeDuration,
     PositiveDuration,
     StrictModel,
+    TableRef,
+    TableSection,
+    TimeZone,
     format_duration,
 )
 
@@ -59,12 +62,15 @@ def _needed(message: str) -> BeforeValidator:
     return BeforeValidator(check)
 
 
-class BasePolicy(StrictModel):
-    """The keys of every policy kind."""
+class BasePolicy(TableSection):
+    """The keys of every policy kind (``schema`` comes with TableSection)."""
 
     kind: PolicyKind
-    table: Identifier
+    table: TableRef
     cutoff_column: Identifier
+    # The zone whose wall clock a naive cutoff column (timestamp without time zone, date, any
+    # SQLite column) is read in; a timestamp with time zone column holds instants and needs none.
+    timezone: TimeZone = "UTC"
     primary_key: list[Identifier] | None = None
     archive: bool = False
     schedule: Cron | None = None

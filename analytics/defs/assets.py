@@ -208,7 +208,7 @@ def _housekeeping_summary(run: RollupRun) -> Iterator[dg.MaterializeResult]:
     result = refresh_housekeeping_summary(
         run.history,
         run.store,
-        {name: policy.table for name, policy in run.config.policies.items()},
+        {name: str(policy.table) for name, policy in run.config.policies.items()},
         datetime.now(UTC),
     )
     run.log.info(f"summary of {result.rows_written} policies")

@@ -59,7 +59,7 @@ def refresh_api_usage(
     started = time.perf_counter()
     source = api_usage_source(settings)
     if check:
-        check_source(db, source)
+        source = check_source(db, source)
     start, end = day_bounds(day, timezone)
     stream = stream_rows(
         db,

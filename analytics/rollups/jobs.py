@@ -75,7 +75,7 @@ def refresh_jobs(
     started = time.perf_counter()
     source = jobs_source(settings)
     if check:
-        check_source(db, source)
+        source = check_source(db, source)
     jobs = settings.sources.jobs
     # Every job that existed before the range ends: its events or its snapshot may fall inside.
     stream = stream_rows(

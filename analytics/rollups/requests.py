@@ -60,7 +60,7 @@ def refresh_requests(
     started = time.perf_counter()
     source = request_logs_source(settings)
     if check:
-        check_source(db, source)
+        source = check_source(db, source)
     stream = stream_rows(
         db,
         source,

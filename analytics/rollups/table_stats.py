@@ -31,7 +31,7 @@ from housekeeping.config import HousekeepingConfig
 from housekeeping.database import AppDatabase
 from housekeeping.policies import build_targets, count_rows
 from housekeeping.schema_check import check_policy
-from housekeeping.sql import quote_identifier, sql_string
+from housekeeping.sql import TableName, quote_identifier, sql_string
 
 
 @dataclass(frozen=True)
@@ -43,7 +43,7 @@ class TableSize:
     index_bytes: int | None
 
 
-def table_size(db: AppDatabase, table: str) -> TableSize:
+def table_size(db: AppDatabase, table: TableName) -> TableSize:
     """Size on disk of ``table`` (a name checked against the live schema by the caller)."""
     with db.connect() as conn:
         if db.is_postgres:
@@ -56,17 +56,19 @@ def table_size(db: AppDatabase, table: str) -> TableSize:
                     "FROM (SELECT relid FROM pg_partition_tree(to_regclass(:name)) "
                     "UNION SELECT to_regclass(:name)) AS tree"
                 ),
-                {"name": quote_identifier(table)},
+                {"name": table.sql},
             ).one()
             return TableSize(int(row[0]), int(row[1]), int(row[2]))
+        schema = table.schema or "main"  # SQLite's schemas are its attached databases
         try:
             rows = conn.execute(
                 sa.text(
-                    "SELECT m.type, coalesce(sum(s.pgsize), 0) FROM sqlite_master m "
-                    "JOIN dbstat s ON s.name = m.name "
+                    "SELECT m.type, coalesce(sum(s.pgsize), 0) "
+                    f"FROM {quote_identifier(schema)}.sqlite_master m "
+                    "JOIN dbstat s ON s.name = m.name AND s.schema = :schema "
                     "WHERE m.tbl_name = :name AND m.type IN ('table', 'index') GROUP BY m.type"
                 ),
-                {"name": table},
+                {"name": table.name, "schema": schema},
             ).all()
         except sa.exc.OperationalError as exc:
             if "dbstat" not in str(exc):
@@ -90,7 +92,7 @@ def _stats_rows(db: AppDatabase, config: HousekeepingConfig, taken_at: datetime)
             {
                 "taken_at": taken_at.astimezone(UTC).replace(tzinfo=None),
                 "policy": name,
-                "table_name": policy.table,
+                "table_name": str(policy.table),
                 "rows": total,
                 "expired_rows": sum(expired_by_target),
                 "cutoffs": ", ".join(

@@ -57,7 +57,7 @@ from analytics.settings import AnalyticsSettings
 from housekeeping.config import HousekeepingConfig
 from housekeeping.database import AppDatabase
 from housekeeping.history import RunHistory
-from housekeeping.sql import quote_identifier, sql_string
+from housekeeping.sql import TableName, quote_identifier, sql_string
 
 KEY_FILE = ".user_hash_key"
 
@@ -104,12 +104,16 @@ def user_hash_key(settings: AnalyticsSettings, config: HousekeepingConfig) -> st
     return path.read_text().strip()
 
 
-def token_policies(config: HousekeepingConfig, table: str) -> list[str]:
+def token_policies(config: HousekeepingConfig, table: TableName) -> list[str]:
     """The housekeeping policies that clean the token table."""
     return sorted(name for name, policy in config.policies.items() if policy.table == table)
 
 
-def _key_columns(db: AppDatabase, config: HousekeepingConfig, table: str) -> tuple[str, ...]:
+def token_key_columns(
+    db: AppDatabase, config: HousekeepingConfig, table: TableName
+) -> tuple[str, ...]:
+    """The columns that identify a token row: a token policy's ``primary_key``, else the
+    table's own (empty when it has none or does not exist)."""
     for name in token_policies(config, table):
         if config.policies[name].primary_key:
             return tuple(config.policies[name].primary_key or ())
@@ -131,7 +135,7 @@ def revoked_tokens_source(settings: AnalyticsSettings, key_columns: tuple[str, .
         SourceColumn(f"key_{index}", name, ColumnKind.TEXT, f"{key}.table (its key column)")
         for index, name in enumerate(key_columns)
     ]
-    return Source(config.table, key, tuple(columns))
+    return Source(config.table, key, tuple(columns), config.timezone)
 
 
 # A token is archived after it expired, and it expired after it was revoked, so rows of a day
@@ -140,7 +144,7 @@ def revoked_tokens_source(settings: AnalyticsSettings, key_columns: tuple[str, .
 ARCHIVE_DAY_MARGIN = timedelta(days=2)
 
 
-def archive_files(config: HousekeepingConfig, table: str, day: date) -> list[Path]:
+def archive_files(config: HousekeepingConfig, table: TableName, day: date) -> list[Path]:
     """The published archive files of the token table that can hold rows of ``day``.
 
     Pending files (a batch whose delete may not have committed) are never read.
@@ -171,10 +175,10 @@ def refresh_token_revocations(
     started = time.perf_counter()
     start, end = day_bounds(day, timezone)
     table = settings.sources.revoked_tokens.table
-    key_columns = _key_columns(db, config, table)
+    key_columns = token_key_columns(db, config, table)
     source = revoked_tokens_source(settings, key_columns)
     if check:
-        check_source(db, source)  # a policy's configured primary_key must exist too
+        source = check_source(db, source)  # a policy's configured primary_key must exist too
     keys = [f"key_{index}" for index in range(len(key_columns))]
     files = archive_files(config, table, day) if key_columns else []
     expired_until = min(end, now)
@@ -328,17 +332,15 @@ def _load_archive(
         + ", ".join(f"CAST({quote_identifier(n)} AS VARCHAR)" for n in key_columns)
         + ")"
     )
-    columns = {
-        alias: source.column(alias).name for alias in ("user_id", "revoked_at", "expires_at")
-    }
+    user_id = quote_identifier(source.column("user_id").name)
     try:
         connection.execute(
             f"""
             CREATE TEMP TABLE archived AS SELECT
                 {key} AS token_key,
-                CAST({quote_identifier(columns["user_id"])} AS VARCHAR) AS user_id,
-                CAST(CAST({quote_identifier(columns["revoked_at"])} AS TIMESTAMPTZ) AS TIMESTAMP) AS revoked_at,
-                CAST(CAST({quote_identifier(columns["expires_at"])} AS TIMESTAMPTZ) AS TIMESTAMP) AS expires_at
+                CAST({user_id} AS VARCHAR) AS user_id,
+                {_archived_instant(source.column("revoked_at"))} AS revoked_at,
+                {_archived_instant(source.column("expires_at"))} AS expires_at
             FROM read_parquet({paths}, union_by_name = true)
             """
         )
@@ -348,6 +350,15 @@ def _load_archive(
             f"{source.config_key}: the archive of {source.table} ({files[0].parent.parent}) "
             f"cannot be read as the token table ({first})"
         ) from None
+
+
+def _archived_instant(column: SourceColumn) -> str:
+    """An archived timestamp as a UTC ``TIMESTAMP``: the archive keeps what the table held, so a
+    naive column's readings are read in its zone, as ``stream_rows`` reads the live ones."""
+    name = quote_identifier(column.name)
+    if column.zone in (None, "UTC"):
+        return f"CAST(CAST({name} AS TIMESTAMPTZ) AS TIMESTAMP)"
+    return f"CAST(timezone({sql_string(column.zone)}, CAST({name} AS TIMESTAMP)) AS TIMESTAMP)"
 
 
 def _merge_published(connection: duckdb.DuckDBPyConnection, store: RollupStore, day: date) -> int:

@@ -92,11 +92,12 @@ def build_policy_asset(
         kinds=kinds,
         owners=[config.owner],
         # One run per table at a time; the advisory lock guards against anything else.
-        pool=f"hk_table_{policy.table}",
+        # Dagster pool names cannot hold whitespace; table names can.
+        pool=f"hk_table_{'_'.join(str(policy.table).split())}",
         output_required=False,
         tags={"hk/kind": str(policy.kind)},
         metadata={
-            "table": policy.table,
+            "table": str(policy.table),
             "cutoff_column": policy.cutoff_column,
             "archive": policy.archive,
             "schedule": policy.schedule or "manual only",

@@ -242,7 +242,7 @@ def _sqlite_rows(batch: pa.Table) -> list[tuple]:
     for column in batch.columns:
         if pa.types.is_timestamp(column.type):
             # Arrow renders microsecond timestamps as 'YYYY-MM-DD HH:MM:SS.ffffff', always six
-            # fractional digits: the text of housekeeping.database.SQLITE_TIMESTAMP_FORMAT.
+            # fractional digits: the text of housekeeping.column_time.SQLITE_TIMESTAMP_FORMAT.
             column = column.cast(pa.string())
         columns.append(column.to_pylist())
     return list(zip(*columns, strict=True))

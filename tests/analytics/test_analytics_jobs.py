@@ -249,7 +249,8 @@ def test_a_missing_jobs_column_is_named(sqlite_url, tmp_path):
     settings = make_settings(tmp_path, sources={"jobs": {"attempts": "tries"}})
     store = make_store(settings)
     with pytest.raises(
-        SourceError, match=r"analytics.sources.jobs.attempts: table 'jobs' has no column 'tries'"
+        SourceError,
+        match=r"analytics.sources.jobs.attempts: column 'tries' does not exist in table 'jobs'",
     ):
         refresh_jobs(db, store, settings, START, START + H, now=NOW)
     assert not (settings.root_path / JOBS_HOURLY.name).exists() or not list(

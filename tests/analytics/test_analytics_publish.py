@@ -120,7 +120,7 @@ def test_a_missing_source_column_is_named(app_url, tmp_path):
     settings = make_settings(tmp_path, sources={"request_logs": {"duration_ms": "latency"}})
     with pytest.raises(
         SourceError,
-        match=r"analytics\.sources\.request_logs\.duration_ms: table 'request_logs' has no column 'latency'",
+        match=r"analytics\.sources\.request_logs\.duration_ms: column 'latency' does not exist in table 'request_logs'",
     ):
         refresh_requests(db, make_store(settings), settings, HOUR, HOUR + timedelta(hours=1))
 
