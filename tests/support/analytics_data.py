@@ -15,6 +15,7 @@ from analytics.publish import RollupStore
 from analytics.settings import AnalyticsSettings, parse_analytics_settings
 from analytics.views import publish_rollup_views
 from housekeeping.database import AppDatabase
+from housekeeping.demo.schema import after_load_sql, column_names, create_table_sql
 from housekeeping.demo.seed import create_schema
 
 SQLITE_FORMAT = "%Y-%m-%d %H:%M:%S.%f"
@@ -43,8 +44,27 @@ def query(settings: AnalyticsSettings, sql: str, parameters: list | None = None)
         return connection.execute(sql, parameters or []).df()
 
 
-def stored(db: AppDatabase, value: datetime) -> datetime | str:
-    return value if db.is_postgres else value.astimezone(UTC).strftime(SQLITE_FORMAT)
+def stored(db: AppDatabase, value: datetime | None) -> datetime | str | None:
+    if value is None or db.is_postgres:
+        return value
+    return value.astimezone(UTC).strftime(SQLITE_FORMAT)
+
+
+def drop_not_null(db: AppDatabase, table: str) -> None:
+    """Make every column of a reference table but its id nullable, as real schemas often are."""
+    with db.engine.begin() as conn:
+        if db.is_postgres:
+            for column in column_names(table)[1:]:
+                conn.execute(
+                    sa.text(f'ALTER TABLE "{table}" ALTER COLUMN "{column}" DROP NOT NULL')
+                )
+            return
+        # SQLite cannot drop a constraint: the (empty) table is made again without them.
+        conn.execute(sa.text(f'DROP TABLE "{table}"'))
+        definition = create_table_sql("sqlite", table, partitioned=False)
+        conn.execute(sa.text(definition.replace(" NOT NULL", "")))
+        for statement in after_load_sql("sqlite", table, partitioned=False):
+            conn.execute(sa.text(statement))
 
 
 def empty_reference_schema(url: str) -> AppDatabase:
