@@ -192,6 +192,15 @@ def archived_rows(
     return ArchivedRows(tuple(files), keys) if files else None
 
 
+def unreadable_archive(source: Source, files: Sequence[Path], error: duckdb.Error) -> SourceError:
+    """Archive files that do not read as the source table's rows: the key and folder named."""
+    first = str(error).strip().splitlines()[0]
+    return SourceError(
+        f"{source.config_key}: the archive of {source.table} ({files[0].parent.parent}) "
+        f"cannot be read as rows of {source.table} ({first})"
+    )
+
+
 def load_with_archive(
     connection: duckdb.DuckDBPyConnection,
     stream: RowStream,
@@ -237,11 +246,7 @@ def load_with_archive(
             """
         )
     except duckdb.Error as exc:
-        first = str(exc).strip().splitlines()[0]
-        raise SourceError(
-            f"{source.config_key}: the archive of {source.table} ({archived.files[0].parent.parent})"
-            f" cannot be read as the table's rows ({first})"
-        ) from None
+        raise unreadable_archive(source, archived.files, exc) from None
     match = " AND ".join(f"a.{key} = l.{key}" for key in keys)
     connection.execute(
         "CREATE TEMP TABLE archived_only AS "

@@ -38,14 +38,18 @@ from analytics.extract import (
     ColumnKind,
     Source,
     SourceColumn,
-    SourceError,
     TimeRange,
     check_source,
     rows_without,
     stream_rows,
 )
 from analytics.publish import PublishError, RollupStore
-from analytics.rollups.cleaned_up import Cleanup, archive_files, primary_key
+from analytics.rollups.cleaned_up import (
+    Cleanup,
+    archive_files,
+    primary_key,
+    unreadable_archive,
+)
 from analytics.rollups.engine import (
     RollupResult,
     day_bounds,
@@ -325,11 +329,7 @@ def _load_archive(
             """
         )
     except duckdb.Error as exc:
-        first = str(exc).strip().splitlines()[0]
-        raise SourceError(
-            f"{source.config_key}: the archive of {source.table} ({files[0].parent.parent}) "
-            f"cannot be read as the token table ({first})"
-        ) from None
+        raise unreadable_archive(source, files, exc) from None
 
 
 def _merge_published(connection: duckdb.DuckDBPyConnection, store: RollupStore, day: date) -> int:

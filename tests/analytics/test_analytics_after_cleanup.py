@@ -36,7 +36,9 @@ from housekeeping.demo.seed import create_schema
 from housekeeping.policies import run_policy
 from tests.support.analytics_data import (
     empty_reference_schema,
+    insert_jobs,
     insert_requests,
+    job,
     make_settings,
     make_store,
     publish,
@@ -78,6 +80,19 @@ def count_between(db: AppDatabase, table: str, column: str, start: datetime, end
             sa.text(f"SELECT count(*) FROM {table} WHERE {column} >= :start AND {column} < :end"),
             {"start": stored(db, start), "end": stored(db, end)},
         ).scalar_one()
+
+
+AGE_30D = {"kind": "age", "cutoff_column": "ts", "retention": "30d"}
+
+
+def policy_config(tmp_path, table: str, **policy):
+    """A config with one cleanup policy on ``table`` (named after it), archive in tmp_path."""
+    return parse_config(
+        {
+            "archive": {"root": str(tmp_path / "archive")},
+            "policies": {table: {"table": table, "max_delete_fraction": 1.0, **policy}},
+        }
+    )
 
 
 # ------------------------------------------------------------------------------------------
@@ -153,7 +168,7 @@ def test_rematerialising_an_hour_after_the_retention_deleted_it_publishes_the_sa
     config_file = write_config(
         tmp_path,
         table="request_logs",
-        policy={"kind": "age", "cutoff_column": "ts", "retention": "30d", "archive": archive},
+        policy={**AGE_30D, "archive": archive},
         partitions_start=hour.date() - timedelta(days=1),
     )
     key = hour_partition_key(hour)
@@ -189,21 +204,7 @@ def test_a_partition_dropped_whole_by_the_retention_is_read_back_from_its_archiv
     db = AppDatabase(pg_url)
     hour = floor_hour(db.clock() - timedelta(days=31))
     insert_requests(db, issue_requests(hour))
-    config = parse_config(
-        {
-            "archive": {"root": str(tmp_path / "archive")},
-            "policies": {
-                "request_logs": {
-                    "kind": "age",
-                    "table": "request_logs",
-                    "cutoff_column": "ts",
-                    "retention": "30d",
-                    "archive": True,
-                    "max_delete_fraction": 1.0,
-                }
-            },
-        }
-    )
+    config = policy_config(tmp_path, "request_logs", archive=True, **AGE_30D)
     settings = make_settings(tmp_path)
     store = make_store(settings)
     refresh_requests(db, store, settings, hour, hour + H, config=config)
@@ -258,21 +259,6 @@ def test_a_lower_recount_keeps_only_the_minutes_that_lost_rows_and_late_rows_sti
 # Jobs
 
 
-def insert_jobs(db: AppDatabase, jobs: list[dict]) -> None:
-    with db.engine.begin() as conn:
-        conn.execute(
-            sa.text(
-                "INSERT INTO jobs (queue, name, status, created_at, started_at, finished_at, "
-                "attempts) VALUES (:queue, :name, :status, :created_at, :started_at, "
-                ":finished_at, :attempts)"
-            ),
-            [
-                {k: stored(db, v) if isinstance(v, datetime) else v for k, v in job.items()}
-                for job in jobs
-            ],
-        )
-
-
 def finished_jobs(hour: datetime, seed: int = 5) -> list[dict]:
     """Three hours of jobs; some wait past the first hour's end, so its backlog counts them."""
     rng = np.random.default_rng(seed)
@@ -282,37 +268,25 @@ def finished_jobs(hour: datetime, seed: int = 5) -> list[dict]:
         started = created + timedelta(seconds=float(rng.uniform(1, 1800)))
         finished = started + timedelta(seconds=float(rng.lognormal(3, 1)))
         jobs.append(
-            {
-                "queue": ["email", "webhooks"][number % 2],
-                "name": ["send", "retry"][number % 3 == 0],
-                "status": "failed" if rng.random() < 0.1 else "completed",
-                "created_at": created,
-                "started_at": started,
-                "finished_at": finished,
-                "attempts": int(rng.integers(1, 4)),
-            }
+            job(
+                ["email", "webhooks"][number % 2],
+                ["send", "retry"][number % 3 == 0],
+                "failed" if rng.random() < 0.1 else "completed",
+                created,
+                started,
+                finished,
+                int(rng.integers(1, 4)),
+            )
         )
     return jobs
 
 
-def jobs_config(tmp_path, archive: bool):
-    return parse_config(
-        {
-            "archive": {"root": str(tmp_path / "archive")},
-            "policies": {
-                "jobs": {
-                    "kind": "jobs",
-                    "table": "jobs",
-                    "cutoff_column": "finished_at",
-                    "status_column": "status",
-                    "queue_column": "queue",
-                    "statuses": {"completed": {"retention": "24h"}, "failed": {"retention": "24h"}},
-                    "archive": archive,
-                    "max_delete_fraction": 1.0,
-                }
-            },
-        }
-    )
+JOBS_24H = {
+    "kind": "jobs",
+    "cutoff_column": "finished_at",
+    "status_column": "status",
+    "statuses": {"completed": {"retention": "24h"}, "failed": {"retention": "24h"}},
+}
 
 
 JOB_NUMBERS = "SELECT * FROM jobs_hourly ORDER BY hour, queue, name"
@@ -326,7 +300,7 @@ def test_rematerialising_job_hours_after_the_job_retention_publishes_the_same_nu
     now = db.clock()
     first = floor_hour(now - timedelta(days=3))
     insert_jobs(db, finished_jobs(first))
-    config = jobs_config(tmp_path, archive)
+    config = policy_config(tmp_path, "jobs", archive=archive, **JOBS_24H)
     settings = make_settings(tmp_path)
     store = make_store(settings)
     publish(store, settings)
@@ -349,8 +323,7 @@ def test_rematerialising_job_hours_after_the_job_retention_publishes_the_same_nu
 def test_the_backlog_of_the_running_hour_may_fall_when_waiting_jobs_start(sqlite_url, tmp_path):
     db = empty_reference_schema(sqlite_url)
     hour = datetime(2026, 11, 20, 12, tzinfo=UTC)
-    waiting = {"queue": "q", "name": "n", "attempts": 1, "finished_at": None}
-    insert_jobs(db, [{**waiting, "status": "waiting", "created_at": hour + M, "started_at": None}])
+    insert_jobs(db, [job("q", "n", "waiting", hour + M)])
     settings = make_settings(tmp_path)
     store = make_store(settings)
     publish(store, settings)
@@ -402,21 +375,7 @@ def test_rematerialising_an_api_usage_day_after_the_retention_publishes_the_same
     db = empty_reference_schema(app_url)
     day = (db.clock() - timedelta(days=35)).date()
     insert_api_calls(db, datetime.combine(day, datetime.min.time(), UTC))
-    config = parse_config(
-        {
-            "archive": {"root": str(tmp_path / "archive")},
-            "policies": {
-                "api_usage": {
-                    "kind": "age",
-                    "table": "api_usage",
-                    "cutoff_column": "ts",
-                    "retention": "30d",
-                    "archive": archive,
-                    "max_delete_fraction": 1.0,
-                }
-            },
-        }
-    )
+    config = policy_config(tmp_path, "api_usage", archive=archive, **AGE_30D)
     settings = make_settings(tmp_path)
     store = make_store(settings)
     publish(store, settings)
@@ -450,12 +409,7 @@ def test_the_jobs_and_api_usage_assets_report_what_they_kept(
     config_file = write_config(
         tmp_path,
         table="jobs",
-        policy={
-            "kind": "jobs",
-            "cutoff_column": "finished_at",
-            "status_column": "status",
-            "statuses": {"completed": {"retention": "24h"}, "failed": {"retention": "24h"}},
-        },
+        policy=JOBS_24H,
         partitions_start=hour.date() - timedelta(days=1),
     )
     key = hour_partition_key(hour) if row is JOBS_HOURLY_ASSET else hour.date().isoformat()

@@ -22,7 +22,9 @@ from housekeeping.history import RunHistory
 from tests.support.analytics_data import (
     drop_not_null,
     empty_reference_schema,
+    insert_jobs,
     insert_requests,
+    job,
     make_settings,
     make_store,
     publish,
@@ -117,30 +119,6 @@ def test_a_null_status_route_method_or_timestamp_has_its_documented_meaning(app_
     overall = query(settings, "SELECT * FROM requests_hourly_overall").iloc[0]
     assert (overall.requests, overall.error_rate) == (4, 0.25)
     assert overall.latency_avg_ms == pytest.approx(10.0)
-
-
-def insert_jobs(db, jobs):
-    with db.engine.begin() as conn:
-        conn.execute(
-            sa.text(
-                "INSERT INTO jobs (queue, name, status, created_at, started_at, finished_at, "
-                "attempts) VALUES (:queue, :name, :status, :created_at, :started_at, "
-                ":finished_at, :attempts)"
-            ),
-            [{k: stored(db, v) if k.endswith("_at") else v for k, v in j.items()} for j in jobs],
-        )
-
-
-def job(queue, name, status, created, started=None, finished=None, attempts=1):
-    return {
-        "queue": queue,
-        "name": name,
-        "status": status,
-        "created_at": created,
-        "started_at": started,
-        "finished_at": finished,
-        "attempts": attempts,
-    }
 
 
 def test_nulls_in_the_jobs_table_have_their_documented_meaning(app_url, tmp_path):

@@ -112,3 +112,33 @@ def raw_requests(db: AppDatabase) -> pd.DataFrame:
     frame["minute"] = frame["ts"].dt.floor("min")
     frame["duration_ms"] = frame["duration_ms"].astype(np.float64)
     return frame
+
+
+def job(queue, name, status, created, started=None, finished=None, attempts=1) -> dict:
+    """One row of the reference jobs table (times as aware datetimes or None)."""
+    return {
+        "queue": queue,
+        "name": name,
+        "status": status,
+        "created_at": created,
+        "started_at": started,
+        "finished_at": finished,
+        "attempts": attempts,
+    }
+
+
+def insert_jobs(db: AppDatabase, jobs: Iterable[dict]) -> None:
+    """``job`` rows into the reference jobs table."""
+    values = [
+        {key: stored(db, value) if key.endswith("_at") else value for key, value in row.items()}
+        for row in jobs
+    ]
+    with db.engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                "INSERT INTO jobs (queue, name, status, created_at, started_at, finished_at, "
+                "attempts) VALUES (:queue, :name, :status, :created_at, :started_at, "
+                ":finished_at, :attempts)"
+            ),
+            values,
+        )
