@@ -91,13 +91,14 @@ def result_metadata(result: RollupResult) -> dict[str, Any]:
         "duration_ms": round(result.seconds * 1000, 1),
         "range": f"{result.start:%Y-%m-%d %H:%M} .. {result.end:%Y-%m-%d %H:%M} UTC",
         "preview": _preview_table(result.preview),
+    }
+    optional = {
         "rows_from_archive": result.rows_from_archive,
         "kept_from_published": result.kept_from_published,
+        "kept_reason": result.kept_reason or None,
+        "rows_without_timestamp": result.rows_without_timestamp,
     }
-    if result.kept_reason:
-        metadata["kept_reason"] = result.kept_reason
-    if result.rows_without_timestamp is not None:
-        metadata["rows_without_timestamp"] = result.rows_without_timestamp
+    metadata.update({key: value for key, value in optional.items() if value is not None})
     return metadata
 
 

@@ -40,7 +40,8 @@ class RollupResult:
     from the table, not otherwise in the live rows); ``kept_from_published``: time units (minutes,
     hours, days) whose published rows were kept because the recount had fewer source rows, with
     ``kept_reason`` saying why; ``rows_without_timestamp``: source rows whose partitioning
-    timestamp is NULL, which no partition counts (None where not measured).
+    timestamp is NULL, which no partition counts. Each is None where it does not apply (the
+    rollups of the housekeeping history and table sizes read no cleaned source).
     """
 
     dataset: str
@@ -51,8 +52,8 @@ class RollupResult:
     rows_written: int
     seconds: float
     preview: list[dict[str, Any]] = field(default_factory=list)
-    rows_from_archive: int = 0
-    kept_from_published: int = 0
+    rows_from_archive: int | None = None
+    kept_from_published: int | None = None
     kept_reason: str = ""
     rows_without_timestamp: int | None = None
 
