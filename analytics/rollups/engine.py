@@ -3,7 +3,9 @@
 Plain Python, no Dagster: the rollups in this package, the freshness refresh, the alerts and the
 benchmarks call these. A rollup recomputes a time range from the source and replaces exactly the
 rows of that range in the partitions it touches, so running it twice changes nothing and late rows
-are picked up by running it again.
+are picked up by running it again; a recount with fewer source rows than published (rows deleted
+by retention) keeps the published ones instead (``keep_published_where_lower``, and
+``cleaned_up.py`` for reading the cleanup's archive back).
 
 Times are UTC; a daily partition is a day in the analytics time zone (``day_bounds``).
 """

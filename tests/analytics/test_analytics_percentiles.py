@@ -38,12 +38,14 @@ HOUR = datetime(2026, 11, 19, 10, tzinfo=UTC)
 
 def quantile_cont(values, q: float) -> float:
     """DuckDB's quantile_cont over the raw values: what an analyst compares with."""
-    return float(
-        duckdb.execute(
-            "SELECT quantile_cont(v, $q) FROM (SELECT unnest($values::DOUBLE[]) AS v)",
-            {"q": q, "values": [float(value) for value in values]},
-        ).fetchone()[0]
-    )
+    # A private connection: a fetchone() on DuckDB's shared default one leaves it busy.
+    with duckdb.connect() as connection:
+        return float(
+            connection.execute(
+                "SELECT quantile_cont(v, $q) FROM (SELECT unnest($values::DOUBLE[]) AS v)",
+                {"q": q, "values": [float(value) for value in values]},
+            ).fetchone()[0]
+        )
 
 
 def within_one_percent(published: float, exact: float) -> bool:
