@@ -60,16 +60,20 @@ REQUESTS_MINUTE = Dataset(
         Column("status_4xx", "BIGINT", "responses 400-499 (429 included)"),
         Column("status_5xx", "BIGINT", "responses 500-599"),
         Column("status_429", "BIGINT", "responses 429 (rate limited), also counted in status_4xx"),
-        Column("status_other", "BIGINT", "any other status code"),
-        Column("latency_min_ms", "DOUBLE", "fastest request (ms)"),
-        Column("latency_max_ms", "DOUBLE", "slowest request (ms)"),
+        Column("status_other", "BIGINT", "any other status code, or none (NULL)"),
+        Column("latency_min_ms", "DOUBLE", "fastest request (ms); NULL when none has a duration"),
+        Column("latency_max_ms", "DOUBLE", "slowest request (ms); NULL when none has a duration"),
         Column(
-            "latency_sum_ms", "DOUBLE", "sum of durations (ms): divide by requests for the mean"
+            "latency_sum_ms",
+            "DOUBLE",
+            "sum of durations (ms) of the requests that have one: divide by the sketch's total "
+            "count (not by requests) for the mean",
         ),
         Column(
             "latency_sketch",
             SKETCH_TYPE,
-            "latency histogram: (bucket, count) pairs, 1 % relative accuracy; merge by summing",
+            "latency histogram of the requests with a duration: (bucket, count) pairs, 1 % "
+            "relative accuracy; merge by summing",
         ),
     ),
 )

@@ -30,6 +30,7 @@ from typing import Any
 
 import adbc_driver_postgresql.dbapi as adbc
 import pyarrow as pa
+import sqlalchemy as sa
 from psycopg import sql
 
 from housekeeping.column_time import column_instant, column_value
@@ -145,6 +146,24 @@ def check_source(db: AppDatabase, source: Source) -> Source:
 def naive_columns(source: Source) -> list[SourceColumn]:
     """The checked source's timestamp columns that hold wall-clock readings (no time zone)."""
     return [column for column in source.columns if column.zone is not None]
+
+
+def rows_without(db: AppDatabase, source: Source, alias: str) -> int:
+    """How many rows of the source have no value (NULL) in its ``alias`` column.
+
+    A row without its partitioning timestamp falls in no partition, so no rollup counts it; the
+    rollups report this number instead of dropping those rows silently.
+    """
+    column = source.column(alias)
+    query = (
+        f"SELECT count(*) FROM {TableName.of(source.table).sql} "
+        f"WHERE {quote_identifier(column.name)} IS NULL"
+    )
+    try:
+        with db.connect() as connection:
+            return int(connection.execute(sa.text(query)).scalar_one())
+    except sa.exc.DBAPIError as exc:
+        raise DatabaseError(f"reading {source.table}: {first_line(exc.orig)}") from None
 
 
 @dataclass(frozen=True)

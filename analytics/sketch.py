@@ -4,12 +4,22 @@ A latency ``x > 0`` (ms) falls in bucket ``i = ceil(ln(x) / ln(gamma))`` with
 ``gamma = (1 + a) / (1 - a)``, so bucket ``i`` holds ``(gamma^(i-1), gamma^i]``; the bucket's
 representative value ``2 gamma^i / (gamma + 1)`` is within ``a`` of every value in it. Sketches
 merge by adding counts per bucket, so a percentile over any window (an hour, a day, one route or
-all) is exact up to ``a``: sum the minute sketches' counts per bucket, walk the cumulative counts
-to the value's rank. Averaging per-minute percentiles is never done.
+all) is computed from the merged counts; averaging per-minute percentiles is never done.
 
-The rollups and the published views use the DuckDB SQL below; ``buckets_of`` and
-``exact_quantile`` are their numpy references for the tests (tests/analytics/test_analytics_requests.py
-checks the sketch percentiles against the exact ones).
+Percentiles are PostgreSQL's ``percentile_cont`` (DuckDB's ``quantile_cont``, numpy's
+``method="linear"``), the numbers analysts check ours against: with ``n`` values and
+``h = q (n - 1)``, the value ``x[k] + (h - k) (x[k+1] - x[k])`` where ``k = floor(h)`` and
+``x[k]`` is the k-th smallest value (0-based). The sketch estimates ``x[k]`` and ``x[k+1]``
+each within ``a`` (walking the merged cumulative counts to the bucket holding that rank) and
+interpolates between them, so the result is within ``a`` of ``percentile_cont`` too (a convex
+combination of two estimates within ``a`` is within ``a`` of the same combination of the exact
+values).
+
+A NULL value is no value: it goes in no bucket (``bucket_sql`` is NULL, which DuckDB's histogram
+skips), so a sketch's total count is the number of values it holds.
+
+The rollups and the published views use the DuckDB SQL below; ``buckets_of``,
+``sketch_quantile`` and ``exact_quantile`` are their numpy references for the tests.
 """
 
 from __future__ import annotations
@@ -17,6 +27,8 @@ from __future__ import annotations
 import math
 
 import numpy as np
+
+from analytics.datasets import SKETCH_TYPE
 
 RELATIVE_ACCURACY = 0.01
 GAMMA = (1 + RELATIVE_ACCURACY) / (1 - RELATIVE_ACCURACY)
@@ -26,14 +38,14 @@ ZERO_BUCKET = -32768
 # Smaller positive values share the lowest bucket (1 ns); the range stays inside SMALLINT.
 MIN_TRACKED_MS = 1e-6
 
-# The percentile of rank floor(q * (n - 1)) (0-based), as numpy's method="lower".
 PERCENTILES = {"p50": 0.50, "p95": 0.95, "p99": 0.99}
 
 
 def bucket_sql(value: str) -> str:
-    """DuckDB expression: the bucket of a latency expression."""
+    """DuckDB expression: the bucket of a latency expression; NULL for a NULL latency."""
     return (
-        f"CASE WHEN {value} <= 0 THEN CAST({ZERO_BUCKET} AS SMALLINT) "
+        f"CASE WHEN {value} IS NULL THEN NULL "
+        f"WHEN {value} <= 0 THEN CAST({ZERO_BUCKET} AS SMALLINT) "
         f"ELSE CAST(ceil(ln(greatest({value}, {MIN_TRACKED_MS!r})) / {LN_GAMMA!r}) AS SMALLINT) END"
     )
 
@@ -47,22 +59,72 @@ def bucket_value_sql(bucket: str) -> str:
 
 
 def sketch_sql(buckets: str) -> str:
-    """DuckDB expression: a list of bucket numbers as a sketch, sorted (bucket, count) pairs."""
+    """DuckDB expression: a list of bucket numbers as a sketch, sorted (bucket, count) pairs.
+
+    NULL buckets (NULL values) are not counted; a list without any other is the empty sketch.
+    """
     return (
-        "list_sort(list_transform("
+        "coalesce(list_sort(list_transform("
         f"map_entries(list_aggregate({buckets}, 'histogram')), "
-        "lambda e: {'bucket': e.key, 'count': CAST(e.value AS INTEGER)}))"
+        "lambda e: {'bucket': e.key, 'count': CAST(e.value AS INTEGER)})), "
+        f"CAST([] AS {SKETCH_TYPE}))"
     )
 
 
+def rank_position_sql(q: float, total: str) -> str:
+    """DuckDB expression: ``h = q (n - 1)``, the 0-based rank position percentile_cont reads."""
+    return f"({q!r} * ({total} - 1))"
+
+
+def rank_buckets_sql(q: float, cumulative: str, total: str, bucket: str) -> tuple[str, str]:
+    """Two aggregates over a bucket table: the buckets holding ranks ``floor(h)`` and the next.
+
+    ``cumulative`` is the running count up to and including ``bucket`` (ordered by bucket),
+    ``total`` the count of the whole group. Rank ``r`` (0-based) is in the first bucket whose
+    cumulative count exceeds ``r``; the next rank stops at the last one.
+    """
+    low = f"floor({rank_position_sql(q, total)})"
+    return (
+        f"min({bucket}) FILTER (WHERE {cumulative} > {low})",
+        f"min({bucket}) FILTER (WHERE {cumulative} > least({low} + 1, {total} - 1))",
+    )
+
+
+def interpolated_sql(q: float, total: str, low_bucket: str, high_bucket: str) -> str:
+    """DuckDB expression: percentile_cont's interpolation between the two ranks' buckets."""
+    position = rank_position_sql(q, total)
+    low = bucket_value_sql(low_bucket)
+    high = bucket_value_sql(high_bucket)
+    return f"({low} + ({position} - floor({position})) * (({high}) - ({low})))"
+
+
 def buckets_of(values: np.ndarray) -> np.ndarray:
-    """The bucket of each latency, as ``bucket_sql`` computes it."""
+    """The bucket of each latency, as ``bucket_sql`` computes it (no NULLs here)."""
     values = np.asarray(values, dtype=np.float64)
     safe = np.maximum(values, MIN_TRACKED_MS)
     buckets = np.ceil(np.log(safe) / LN_GAMMA).astype(np.int64)
     return np.where(values <= 0, ZERO_BUCKET, buckets)
 
 
+def bucket_values(buckets: np.ndarray) -> np.ndarray:
+    """The representative latency of each bucket, as ``bucket_value_sql`` computes it."""
+    buckets = np.asarray(buckets, dtype=np.int64)
+    values = 2.0 * np.power(GAMMA, buckets.astype(np.float64)) / (GAMMA + 1.0)
+    return np.where(buckets == ZERO_BUCKET, 0.0, values)
+
+
+def sketch_quantile(values: np.ndarray, q: float) -> float:
+    """What the views publish for ``values``: the interpolated sketch percentile, clamped to
+    the exact min and max (the views' algorithm, in numpy)."""
+    values = np.sort(np.asarray(values, dtype=np.float64))
+    ranked = bucket_values(np.sort(buckets_of(values)))
+    position = q * (len(values) - 1)
+    low = math.floor(position)
+    high = min(low + 1, len(values) - 1)
+    estimate = ranked[low] + (position - low) * (ranked[high] - ranked[low])
+    return float(min(max(estimate, values[0]), values[-1]))
+
+
 def exact_quantile(values: np.ndarray, q: float) -> float:
-    """The reference the sketch is tested against: numpy's 'lower' quantile."""
-    return float(np.quantile(np.asarray(values, dtype=np.float64), q, method="lower"))
+    """The reference the sketch is tested against: percentile_cont (numpy's 'linear')."""
+    return float(np.quantile(np.asarray(values, dtype=np.float64), q, method="linear"))

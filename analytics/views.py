@@ -2,8 +2,8 @@
 
 Each dataset is a view over its Parquet files. On top: hourly and daily request views, per route
 and overall, whose percentiles come from merging the minute sketches (sum the counts per bucket,
-walk the cumulative counts to the rank) — never from averaging percentiles — and table macros
-that do the same for any window.
+walk the cumulative counts to the two ranks percentile_cont interpolates between) — never from
+averaging percentiles — and table macros that do the same for any window.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from analytics.datasets import Dataset, all_datasets
 from analytics.publish import RollupStore
 from analytics.settings import ServiceBudget
-from analytics.sketch import PERCENTILES, bucket_value_sql
+from analytics.sketch import PERCENTILES, bucket_value_sql, interpolated_sql, rank_buckets_sql
 from housekeeping.sql import sql_string
 
 _REQUEST_SUMS = (
@@ -38,14 +38,17 @@ def _merged_requests(keys: Sequence[tuple[str, str]], where: str = "", seconds: 
     key_list = ", ".join(aliases)
     sums = ", ".join(f"CAST(sum({name}) AS BIGINT) AS {name}" for name in _REQUEST_SUMS)
     percentile_columns = ", ".join(
-        f"min(bucket) FILTER (WHERE cumulative > floor({q} * (total - 1))) AS {name}_bucket"
+        f"{low} AS {name}_low, {high} AS {name}_high"
         for name, q in PERCENTILES.items()
+        for low, high in [rank_buckets_sql(q, "cumulative", "total", "bucket")]
     )
     join = " AND ".join(f"t.{alias} IS NOT DISTINCT FROM p.{alias}" for alias in aliases)
+    # Interpolated as percentile_cont does, then clamped to the exact min and max (which only
+    # moves an estimate closer to the true value).
     percentile_values = ", ".join(
-        f"least(greatest({bucket_value_sql(f'p.{name}_bucket')}, t.latency_min_ms), "
-        f"t.latency_max_ms) AS latency_{name}_ms"
-        for name in PERCENTILES
+        f"least(greatest({interpolated_sql(q, 'p.timed', f'p.{name}_low', f'p.{name}_high')}, "
+        f"t.latency_min_ms), t.latency_max_ms) AS latency_{name}_ms"
+        for name, q in PERCENTILES.items()
     )
     return f"""
         WITH base AS (
@@ -70,7 +73,8 @@ def _merged_requests(keys: Sequence[tuple[str, str]], where: str = "", seconds: 
             FROM buckets
         ),
         percentiles AS (
-            SELECT {key_list}, {percentile_columns} FROM ranked GROUP BY {key_list}
+            SELECT {key_list}, max(total) AS timed, {percentile_columns}
+            FROM ranked GROUP BY {key_list}
         )
         SELECT
             {", ".join(f"t.{alias}" for alias in aliases)},
@@ -80,7 +84,8 @@ def _merged_requests(keys: Sequence[tuple[str, str]], where: str = "", seconds: 
             t.status_4xx / nullif(t.requests, 0) AS client_error_rate,
             t.status_429 / nullif(t.requests, 0) AS rate_limited_rate,
             t.latency_min_ms, t.latency_max_ms,
-            t.latency_sum_ms / nullif(t.requests, 0) AS latency_avg_ms,
+            -- over the requests that have a duration: the sketch counts exactly those
+            t.latency_sum_ms / nullif(p.timed, 0) AS latency_avg_ms,
             {percentile_values}
         FROM totals t LEFT JOIN percentiles p ON {join}
     """

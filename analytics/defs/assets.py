@@ -81,8 +81,9 @@ def _preview_table(rows: Sequence[dict[str, Any]]) -> dg.MarkdownMetadataValue:
 
 
 def result_metadata(result: RollupResult) -> dict[str, Any]:
-    """A refresh's figures as materialization metadata (row counts, timing, range, preview)."""
-    return {
+    """A refresh's figures as materialization metadata (row counts, timing, range, preview;
+    rows read back from the archive, published units kept and why, rows without timestamp)."""
+    metadata: dict[str, Any] = {
         "dagster/row_count": result.rows_written,
         "rows_read": result.rows_read,
         "rows_written": result.rows_written,
@@ -91,6 +92,14 @@ def result_metadata(result: RollupResult) -> dict[str, Any]:
         "range": f"{result.start:%Y-%m-%d %H:%M} .. {result.end:%Y-%m-%d %H:%M} UTC",
         "preview": _preview_table(result.preview),
     }
+    optional = {
+        "rows_from_archive": result.rows_from_archive,
+        "kept_from_published": result.kept_from_published,
+        "kept_reason": result.kept_reason or None,
+        "rows_without_timestamp": result.rows_without_timestamp,
+    }
+    metadata.update({key: value for key, value in optional.items() if value is not None})
+    return metadata
 
 
 class RollupRun:
@@ -167,9 +176,23 @@ class RollupAsset:
         return [asset_key(dataset) for dataset, _ in self.datasets]
 
 
+def _warn_about(run: RollupRun, result: RollupResult) -> None:
+    """A recount that kept published rows, or source rows no partition holds, is a warning."""
+    if result.kept_reason:
+        run.log.warning(result.kept_reason)
+    if result.rows_without_timestamp:
+        run.log.warning(
+            f"{result.rows_without_timestamp:,} row(s) of the source have no timestamp to place "
+            "them in a partition; not counted"
+        )
+
+
 def _requests_minute(run: RollupRun) -> Iterator[dg.MaterializeResult]:
     start, end = run.hours
-    result = refresh_requests(run.app_database, run.store, run.settings, start, end)
+    result = refresh_requests(
+        run.app_database, run.store, run.settings, start, end, config=run.config
+    )
+    _warn_about(run, result)
     run.log.info(
         f"{result.rows_read:,} request log rows -> {result.rows_written:,} minute rows in "
         f"{len(result.partitions)} hour file(s), {result.seconds:.2f} s"
@@ -179,7 +202,10 @@ def _requests_minute(run: RollupRun) -> Iterator[dg.MaterializeResult]:
 
 def _api_usage_daily(run: RollupRun) -> Iterator[dg.MaterializeResult]:
     day = run.day
-    result = refresh_api_usage(run.app_database, run.store, run.settings, day, run.day_timezone)
+    result = refresh_api_usage(
+        run.app_database, run.store, run.settings, day, run.day_timezone, config=run.config
+    )
+    _warn_about(run, result)
     run.log.info(
         f"{result.rows_read:,} API calls -> {result.rows_written:,} rows for {day}, "
         f"{result.seconds:.2f} s"
@@ -190,7 +216,8 @@ def _api_usage_daily(run: RollupRun) -> Iterator[dg.MaterializeResult]:
 def _jobs_hourly(run: RollupRun) -> Iterator[dg.MaterializeResult]:
     start, end = run.hours
     db = run.app_database
-    result = refresh_jobs(db, run.store, run.settings, start, end, now=db.clock())
+    result = refresh_jobs(db, run.store, run.settings, start, end, db.clock(), config=run.config)
+    _warn_about(run, result)
     run.log.info(
         f"{result.rows_read:,} jobs -> {result.rows_written:,} hourly rows in "
         f"{len(result.partitions)} hour file(s), {result.seconds:.2f} s"

@@ -3,14 +3,16 @@
 Plain Python, no Dagster: the rollups in this package, the freshness refresh, the alerts and the
 benchmarks call these. A rollup recomputes a time range from the source and replaces exactly the
 rows of that range in the partitions it touches, so running it twice changes nothing and late rows
-are picked up by running it again.
+are picked up by running it again; a recount with fewer source rows than published (rows deleted
+by retention) keeps the published ones instead (``keep_published_where_lower``, and
+``cleaned_up.py`` for reading the cleanup's archive back).
 
 Times are UTC; a daily partition is a day in the analytics time zone (``day_bounds``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -36,7 +38,12 @@ class RollupResult:
     """What one refresh did: the range recomputed (UTC), the partitions replaced, row counts.
 
     ``preview`` holds a few rows of the result for the run's metadata (sketches shown as their
-    bucket count).
+    bucket count). ``rows_from_archive``: source rows read from the cleanup's archive (deleted
+    from the table, not otherwise in the live rows); ``kept_from_published``: time units (minutes,
+    hours, days) whose published rows were kept because the recount had fewer source rows, with
+    ``kept_reason`` saying why; ``rows_without_timestamp``: source rows whose partitioning
+    timestamp is NULL, which no partition counts. Each is None where it does not apply (the
+    rollups of the housekeeping history and table sizes read no cleaned source).
     """
 
     dataset: str
@@ -47,6 +54,10 @@ class RollupResult:
     rows_written: int
     seconds: float
     preview: list[dict[str, Any]] = field(default_factory=list)
+    rows_from_archive: int | None = None
+    kept_from_published: int | None = None
+    kept_reason: str = ""
+    rows_without_timestamp: int | None = None
 
 
 @contextmanager
@@ -79,6 +90,11 @@ def day_bounds(day: date, timezone: str) -> tuple[datetime, datetime]:
     start = datetime.combine(day, datetime.min.time(), zone)
     end = datetime.combine(day + timedelta(days=1), datetime.min.time(), zone)
     return start.astimezone(UTC), end.astimezone(UTC)
+
+
+def hour_keys(start: datetime, end: datetime) -> list[str]:
+    """The file keys of the UTC hours that overlap ``[start, end)``."""
+    return [hour_key(hour) for hour in _hours(start, end)]
 
 
 def _hours(start: datetime, end: datetime) -> list[datetime]:
@@ -114,7 +130,7 @@ def check_range(start: datetime, end: datetime, unit: timedelta) -> None:
         raise ValueError(f"empty range: {start.isoformat()} .. {end.isoformat()}")
 
 
-def _source_failure(source: Source, error: duckdb.Error) -> SourceError:
+def conversion_failure(source: Source, error: duckdb.Error) -> SourceError:
     """A value that does not convert: name the column when the message tells which kind failed."""
     text = str(error).strip().splitlines()[0]
     if "TIMESTAMP" in text.upper():
@@ -144,7 +160,7 @@ def load_stream(
         if stream.error is not None:
             raise stream.error from None
         if isinstance(exc, duckdb.ConversionException):
-            raise _source_failure(source, exc) from None
+            raise conversion_failure(source, exc) from None
         raise
     finally:
         connection.unregister("source_rows")
@@ -219,6 +235,57 @@ def replace_hour_partitions(
             )
             partitions.append(key)
     return partitions, written
+
+
+def keep_published_where_lower(
+    connection: duckdb.DuckDBPyConnection,
+    store: RollupStore,
+    dataset: Dataset,
+    partitions: Sequence[str],
+    unit: str,
+    where: str,
+    compared: Mapping[str, str],
+) -> int:
+    """Never lower a published number: put the published rows back where the recount has less.
+
+    The recount is the temp table ``rollup`` (``dataset``'s columns). The published rows are
+    those of ``partitions``' files that match ``where`` (SQL over the dataset's columns). Per
+    ``unit`` (an expression: the minute, the hour, the day), when any counter of ``compared``
+    (column -> SQL condition over ``unit`` under which it is compared, ``TRUE`` for always) sums
+    to less in the recount than in the published rows, the unit's recounted rows are replaced by
+    its published ones. Returns how many units were kept.
+    """
+    files = [path for key in partitions if (path := store.existing_partition(dataset.name, key))]
+    if not files:
+        return 0
+    paths = "[" + ", ".join(sql_string(str(path)) for path in files) + "]"
+    connection.execute(
+        f"CREATE OR REPLACE TEMP TABLE published AS SELECT {dataset.select_list()} "
+        f"FROM read_parquet({paths}, union_by_name = true) WHERE {where}"
+    )
+    sums = ", ".join(f"sum({column}) AS {column}" for column in compared)
+    lowered = " OR ".join(
+        f"(({condition}) AND p.{column} > coalesce(r.{column}, 0))"
+        for column, condition in compared.items()
+    )
+    connection.execute(
+        f"""
+        CREATE OR REPLACE TEMP TABLE kept_units AS
+        SELECT p.unit FROM (SELECT {unit} AS unit, {sums} FROM published GROUP BY ALL) p
+        LEFT JOIN (SELECT {unit} AS unit, {sums} FROM rollup GROUP BY ALL) r USING (unit)
+        WHERE {lowered}
+        """
+    )
+    kept = connection.execute("SELECT count(*) FROM kept_units").fetchone()[0]
+    if kept:
+        connection.execute(f"DELETE FROM rollup WHERE {unit} IN (SELECT unit FROM kept_units)")
+        connection.execute(
+            f"INSERT INTO rollup SELECT * FROM published "
+            f"WHERE {unit} IN (SELECT unit FROM kept_units)"
+        )
+    connection.execute("DROP TABLE published")
+    connection.execute("DROP TABLE kept_units")
+    return int(kept)
 
 
 def preview_rows(

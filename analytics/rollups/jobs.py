@@ -5,14 +5,24 @@ Per UTC hour ``[h, h + 1 h)``:
 - ``created``: jobs whose ``created_at`` falls in the hour;
 - ``completed`` / ``failed``: jobs that finished in the hour with that status; ``retried``: of
   those, the ones that needed more than one attempt;
-- ``duration_avg_ms`` / ``duration_p95_ms`` (exact, lower-rank like the sketches) and a mergeable
-  ``duration_sketch`` of finish minus start, over the jobs finished in the hour;
+- ``duration_avg_ms`` / ``duration_p95_ms`` (exact, ``percentile_cont`` like the sketches) and a
+  mergeable ``duration_sketch`` of finish minus start, over the jobs finished in the hour;
 - ``backlog``: jobs waiting at the end of the hour (or now, for the current hour): created by
   then and not yet started, or still in a waiting status;
 - ``stuck``: jobs active at that moment that started more than ``analytics.stuck_after`` before.
 
-Snapshots are reconstructed from the timestamps, so re-materialising a past hour gives the same
-numbers as long as the rows are still there (job retention deletes finished jobs after 24 h / 7 d).
+Snapshots are reconstructed from the timestamps. Job retention deletes finished jobs (after 24 h /
+7 d), so a re-run of a past hour reads the jobs it archived back (``cleaned_up.py``), and an hour
+whose recount is lower than published keeps its published rows: for ``created``, ``completed``
+and ``failed`` always, for the ``backlog`` and ``stuck`` snapshots once the hour ended more than
+``analytics.late_row_grace`` ago (before that, the published snapshot may be one of "now" taken
+while the hour was still running, which the end-of-hour snapshot rightly replaces).
+
+NULLs: a job without ``created_at`` is in no hour (``rows_without_timestamp``); without
+``started_at`` it has not started (waiting: in the backlog while its status is a waiting one; no
+duration); without ``finished_at`` it has not finished (not completed or failed in any hour);
+a NULL ``status`` is never completed, failed, waiting or active (its timestamps alone place it
+in the snapshots); NULL ``attempts`` is not a retry; a NULL queue or name is ``(none)``.
 """
 
 from __future__ import annotations
@@ -20,21 +30,31 @@ from __future__ import annotations
 import time
 from datetime import UTC, datetime
 
-from analytics.datasets import JOBS_HOURLY, SKETCH_TYPE
-from analytics.extract import ColumnKind, Source, TimeRange, check_source, stream_rows
+from analytics.datasets import JOBS_HOURLY
+from analytics.extract import (
+    ColumnKind,
+    Source,
+    TimeRange,
+    check_source,
+    rows_without,
+    stream_rows,
+)
 from analytics.publish import RollupStore
+from analytics.rollups.cleaned_up import Cleanup, archived_rows, load_with_archive
 from analytics.rollups.engine import (
     HOUR,
     RollupResult,
     check_range,
     duckdb_session,
-    load_stream,
+    hour_keys,
+    keep_published_where_lower,
     preview_rows,
     replace_hour_partitions,
     timestamp_literal,
 )
 from analytics.settings import AnalyticsSettings
 from analytics.sketch import bucket_sql, sketch_sql
+from housekeeping.config import HousekeepingConfig
 from housekeeping.database import AppDatabase
 from housekeeping.sql import sql_string
 
@@ -68,9 +88,15 @@ def refresh_jobs(
     end: datetime,
     now: datetime,
     *,
+    config: HousekeepingConfig | None = None,
     check: bool = True,
 ) -> RollupResult:
-    """Recompute the hours of ``[start, end)`` (whole hours) and replace their files."""
+    """Recompute the hours of ``[start, end)`` (whole hours) and replace their files.
+
+    ``now`` (aware) is the moment of the current hour's snapshots. With ``config``, the jobs its
+    policies archived are read back. Raises ``SourceError`` (mapping, archive) or
+    ``DatabaseError``; ``ValueError`` for a range that is not whole hours.
+    """
     check_range(start, end, HOUR)
     started = time.perf_counter()
     source = jobs_source(settings)
@@ -78,17 +104,20 @@ def refresh_jobs(
         source = check_source(db, source)
     jobs = settings.sources.jobs
     # Every job that existed before the range ends: its events or its snapshot may fall inside.
-    stream = stream_rows(
-        db,
-        source,
-        ["queue", "name", "status", "created_at", "started_at", "finished_at", "attempts"],
-        [TimeRange("created_at", None, end)],
-    )
+    live = [TimeRange("created_at", None, end)]
+    # Archived jobs are finished; one that finished before the range touches none of its hours.
+    archive_where = [*live, TimeRange("finished_at", start, None)]
+    archived = archived_rows(db, config, source, archive_where)
+    aliases = ["queue", "name", "status", "created_at", "started_at", "finished_at", "attempts"]
+    if archived is not None:
+        source = archived.source_with_keys(db, source)
+        aliases += archived.key_aliases
+    stream = stream_rows(db, source, aliases, live)
     stuck_seconds = int(settings.stuck_after.total_seconds())
     duration = "date_diff('millisecond', started_at, finished_at)"
     snapshot_at = f"least(h.hour + INTERVAL 1 HOUR, {timestamp_literal(now.astimezone(UTC))})"
     with duckdb_session(store.root / ".tmp") as connection:
-        load_stream(
+        from_archive = load_with_archive(
             connection,
             stream,
             source,
@@ -103,6 +132,8 @@ def refresh_jobs(
                     CAST(attempts AS BIGINT) AS attempts
                 FROM source_rows
                 """,
+            archived,
+            archive_where,
         )
         low, high = timestamp_literal(start), timestamp_literal(end)
         finished = f"status IN ({_in([jobs.completed_status, jobs.failed_status])})"
@@ -123,7 +154,7 @@ def refresh_jobs(
                     count_if(status = {sql_string(jobs.failed_status)}) AS failed,
                     count_if(attempts > 1) AS retried,
                     avg({duration}) FILTER (WHERE started_at IS NOT NULL) AS duration_avg_ms,
-                    quantile_disc({duration}, 0.95) FILTER (WHERE started_at IS NOT NULL)
+                    quantile_cont({duration}, 0.95) FILTER (WHERE started_at IS NOT NULL)
                         AS duration_p95_ms,
                     list({bucket_sql(duration)}) FILTER (WHERE started_at IS NOT NULL)
                         AS buckets
@@ -160,10 +191,7 @@ def refresh_jobs(
                     coalesce(d.failed, 0) AS failed,
                     coalesce(d.retried, 0) AS retried,
                     d.duration_avg_ms, CAST(d.duration_p95_ms AS DOUBLE) AS duration_p95_ms,
-                    CASE WHEN d.buckets IS NULL OR len(d.buckets) = 0
-                        THEN CAST([] AS {SKETCH_TYPE})
-                        ELSE {sketch_sql("d.buckets")}
-                    END AS duration_sketch,
+                    {sketch_sql("d.buckets")} AS duration_sketch,
                     coalesce(s.backlog, 0) AS backlog,
                     coalesce(s.stuck, 0) AS stuck
                 FROM keys k
@@ -174,6 +202,23 @@ def refresh_jobs(
             """
         )
         rows_read = connection.execute("SELECT count(*) FROM src").fetchone()[0]
+        final = timestamp_literal(now.astimezone(UTC) - settings.late_row_grace)
+        snapshot_final = f"unit + INTERVAL 1 HOUR <= {final}"
+        kept = keep_published_where_lower(
+            connection,
+            store,
+            JOBS_HOURLY,
+            hour_keys(start, end),
+            "hour",
+            f"hour >= {low} AND hour < {high}",
+            {
+                "created": "TRUE",
+                "completed": "TRUE",
+                "failed": "TRUE",
+                "backlog": snapshot_final,
+                "stuck": snapshot_final,
+            },
+        )
         partitions, rows_written = replace_hour_partitions(
             connection, store, JOBS_HOURLY, "hour", start, end
         )
@@ -187,4 +232,13 @@ def refresh_jobs(
         rows_written,
         time.perf_counter() - started,
         preview,
+        rows_from_archive=from_archive,
+        kept_from_published=kept,
+        kept_reason=(
+            f"{kept} hour(s) had fewer jobs in {source.table} than published; kept the "
+            f"published hours: {Cleanup.of(config, source.table).kept_why()}"
+            if kept
+            else ""
+        ),
+        rows_without_timestamp=rows_without(db, source, "created_at"),
     )

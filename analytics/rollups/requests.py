@@ -2,7 +2,9 @@
 
 One Parquet file per UTC hour (``requests_minute/<YYYY-MM-DDTHH>.parquet``). A refresh replaces
 the minutes of its range and keeps the other minutes of the hours it touches, so the freshness
-sensor can refresh the last few minutes of the current hour.
+sensor can refresh the last few minutes of the current hour. A refresh after the request log
+retention deleted rows reads them back from the archive, or keeps the published minutes
+(``cleaned_up.py``).
 """
 
 from __future__ import annotations
@@ -11,19 +13,30 @@ import time
 from datetime import datetime
 
 from analytics.datasets import REQUESTS_MINUTE
-from analytics.extract import ColumnKind, Source, TimeRange, check_source, stream_rows
+from analytics.extract import (
+    ColumnKind,
+    Source,
+    TimeRange,
+    check_source,
+    rows_without,
+    stream_rows,
+)
 from analytics.publish import RollupStore
+from analytics.rollups.cleaned_up import Cleanup, archived_rows, load_with_archive
 from analytics.rollups.engine import (
     MINUTE,
     RollupResult,
     check_range,
     duckdb_session,
-    load_stream,
+    hour_keys,
+    keep_published_where_lower,
     preview_rows,
     replace_hour_partitions,
+    timestamp_literal,
 )
 from analytics.settings import AnalyticsSettings
 from analytics.sketch import bucket_sql, sketch_sql
+from housekeeping.config import HousekeepingConfig
 from housekeeping.database import AppDatabase
 
 
@@ -49,33 +62,44 @@ def refresh_requests(
     start: datetime,
     end: datetime,
     *,
+    config: HousekeepingConfig | None = None,
     check: bool = True,
 ) -> RollupResult:
     """Recompute the minute rollups of ``[start, end)`` and replace them in their hour files.
 
     ``start`` and ``end`` fall on whole minutes. Rows of a touched hour outside the range are
-    kept, so the freshness sensor can refresh the last few minutes of the current hour.
+    kept, so the freshness sensor can refresh the last few minutes of the current hour. With
+    ``config``, rows its policies archived are read back (``cleaned_up.py``); a minute whose
+    recount has fewer requests than published keeps its published rows either way.
+
+    NULLs: a request without ``duration_ms`` counts as a request but not in the latency
+    columns; without ``status_code`` it counts in ``status_other``; a NULL route or method is
+    ``(none)``; a row without ``ts`` falls in no minute (``rows_without_timestamp``).
+    Raises ``SourceError`` (mapping, archive) or ``DatabaseError``; ``ValueError`` for a range
+    that is not whole minutes.
     """
     check_range(start, end, MINUTE)
     started = time.perf_counter()
     source = request_logs_source(settings)
     if check:
         source = check_source(db, source)
-    stream = stream_rows(
-        db,
-        source,
-        ["ts", "route", "method", "status_code", "duration_ms"],
-        [TimeRange("ts", start, end)],
-    )
+    where = [TimeRange("ts", start, end)]
+    archived = archived_rows(db, config, source, where)
+    aliases = ["ts", "route", "method", "status_code", "duration_ms"]
+    if archived is not None:
+        source = archived.source_with_keys(db, source)
+        aliases += archived.key_aliases
+    stream = stream_rows(db, source, aliases, where)
     with duckdb_session(store.root / ".tmp") as connection:
         duration = "CAST(duration_ms AS DOUBLE)"
         # While the stream is read, one DuckDB thread aggregates and the prefetch thread decodes
         # (and the database server produces the rows): more threads only contend on two cores.
         connection.execute("SET threads = 1")
         # One pass over the stream grouped by minute x route x method; each group keeps its
-        # latency buckets as a plain list (2 bytes a row), counted per bucket afterwards.
+        # latency buckets as a plain list (2 bytes a row; NULL for a request without duration,
+        # which the sketch does not count), counted per bucket afterwards.
         # Much cheaper than grouping by bucket too (millions of small hash groups).
-        load_stream(
+        from_archive = load_with_archive(
             connection,
             stream,
             source,
@@ -101,6 +125,8 @@ def refresh_requests(
                 FROM source_rows
                 GROUP BY ALL
                 """,
+            archived,
+            where,
         )
         connection.execute("RESET threads")
         connection.execute(
@@ -120,6 +146,15 @@ def refresh_requests(
         rows_read = connection.execute("SELECT coalesce(sum(requests), 0) FROM rollup").fetchone()[
             0
         ]
+        kept = keep_published_where_lower(
+            connection,
+            store,
+            REQUESTS_MINUTE,
+            hour_keys(start, end),
+            "minute",
+            f"minute >= {timestamp_literal(start)} AND minute < {timestamp_literal(end)}",
+            {"requests": "TRUE"},
+        )
         partitions, rows_written = replace_hour_partitions(
             connection, store, REQUESTS_MINUTE, "minute", start, end
         )
@@ -133,4 +168,13 @@ def refresh_requests(
         rows_written,
         time.perf_counter() - started,
         preview,
+        rows_from_archive=from_archive,
+        kept_from_published=kept,
+        kept_reason=(
+            f"{kept} minute(s) had fewer requests in {source.table} than published; kept the "
+            f"published minutes: {Cleanup.of(config, source.table).kept_why()}"
+            if kept
+            else ""
+        ),
+        rows_without_timestamp=rows_without(db, source, "ts"),
     )

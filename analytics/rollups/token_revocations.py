@@ -28,7 +28,7 @@ import os
 import secrets
 import time
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
+from datetime import date, datetime
 from pathlib import Path
 
 import duckdb
@@ -38,12 +38,19 @@ from analytics.extract import (
     ColumnKind,
     Source,
     SourceColumn,
-    SourceError,
     TimeRange,
     check_source,
+    rows_without,
     stream_rows,
 )
 from analytics.publish import PublishError, RollupStore
+from analytics.rollups.cleaned_up import (
+    Cleanup,
+    archive_files,
+    archived_instant,
+    primary_key,
+    unreadable_archive,
+)
 from analytics.rollups.engine import (
     RollupResult,
     day_bounds,
@@ -106,19 +113,7 @@ def user_hash_key(settings: AnalyticsSettings, config: HousekeepingConfig) -> st
 
 def token_policies(config: HousekeepingConfig, table: TableName) -> list[str]:
     """The housekeeping policies that clean the token table."""
-    return sorted(name for name, policy in config.policies.items() if policy.table == table)
-
-
-def token_key_columns(
-    db: AppDatabase, config: HousekeepingConfig, table: TableName
-) -> tuple[str, ...]:
-    """The columns that identify a token row: a token policy's ``primary_key``, else the
-    table's own (empty when it has none or does not exist)."""
-    for name in token_policies(config, table):
-        if config.policies[name].primary_key:
-            return tuple(config.policies[name].primary_key or ())
-    info = db.table_info(table)
-    return info.primary_key if info is not None else ()
+    return list(Cleanup.of(config, table).policies)
 
 
 def revoked_tokens_source(settings: AnalyticsSettings, key_columns: tuple[str, ...]) -> Source:
@@ -138,27 +133,6 @@ def revoked_tokens_source(settings: AnalyticsSettings, key_columns: tuple[str, .
     return Source(config.table, key, tuple(columns), config.timezone)
 
 
-# A token is archived after it expired, and it expired after it was revoked, so rows of a day
-# sit in archive folders dated that day or later; two days of margin cover the time zone and
-# clock differences (the folder date is the UTC day of archiving).
-ARCHIVE_DAY_MARGIN = timedelta(days=2)
-
-
-def archive_files(config: HousekeepingConfig, table: TableName, day: date) -> list[Path]:
-    """The published archive files of the token table that can hold rows of ``day``.
-
-    Pending files (a batch whose delete may not have committed) are never read.
-    """
-    if not any(config.policies[name].archive for name in token_policies(config, table)):
-        return []
-    earliest = (day - ARCHIVE_DAY_MARGIN).isoformat()
-    return sorted(
-        path
-        for path in Path(config.archive.root).glob(f"{table}/date=*/*.parquet")
-        if path.parent.name.removeprefix("date=") >= earliest
-    )
-
-
 def refresh_token_revocations(
     db: AppDatabase,
     store: RollupStore,
@@ -175,14 +149,20 @@ def refresh_token_revocations(
     started = time.perf_counter()
     start, end = day_bounds(day, timezone)
     table = settings.sources.revoked_tokens.table
-    key_columns = token_key_columns(db, config, table)
+    key_columns = primary_key(db, config, table)
     source = revoked_tokens_source(settings, key_columns)
     if check:
         source = check_source(db, source)  # a policy's configured primary_key must exist too
     keys = [f"key_{index}" for index in range(len(key_columns))]
-    files = archive_files(config, table, day) if key_columns else []
+    cleanup = Cleanup.of(config, table)
+    # A token expires after it was revoked, so every row of the day expires from its start on.
+    files = (
+        archive_files(cleanup, source, [TimeRange("expires_at", start, None)])
+        if key_columns
+        else []
+    )
     expired_until = min(end, now)
-    policies = token_policies(config, table)
+    policies = cleanup.policies
     cleaned_up = sum(
         recorded.run.deleted
         for recorded in history.finished_between(start, end)
@@ -290,6 +270,8 @@ def refresh_token_revocations(
         if published is not None:
             recount = (recount_revoked, expired, cleaned_up)
             kept += sum(old > new for old, new in zip(published, recount, strict=True))
+        # A token without revoked_at is revoked on no day: counted, not silently dropped.
+        without_revoked_at = rows_without(db, source, "revoked_at")
         results = []
         for dataset, relation, order, preview_order in (
             (TOKEN_REVOCATIONS_DAILY, "rollup_daily", "day", "day"),
@@ -308,6 +290,7 @@ def refresh_token_revocations(
                     written,
                     time.perf_counter() - started,
                     preview_rows(connection, relation, preview_order),
+                    rows_without_timestamp=without_revoked_at,
                 )
             )
     return TokenRollupResult(results[0], results[1], int(kept))
@@ -339,26 +322,13 @@ def _load_archive(
             CREATE TEMP TABLE archived AS SELECT
                 {key} AS token_key,
                 CAST({user_id} AS VARCHAR) AS user_id,
-                {_archived_instant(source.column("revoked_at"))} AS revoked_at,
-                {_archived_instant(source.column("expires_at"))} AS expires_at
+                {archived_instant(source.column("revoked_at"))} AS revoked_at,
+                {archived_instant(source.column("expires_at"))} AS expires_at
             FROM read_parquet({paths}, union_by_name = true)
             """
         )
     except duckdb.Error as exc:
-        first = str(exc).strip().splitlines()[0]
-        raise SourceError(
-            f"{source.config_key}: the archive of {source.table} ({files[0].parent.parent}) "
-            f"cannot be read as the token table ({first})"
-        ) from None
-
-
-def _archived_instant(column: SourceColumn) -> str:
-    """An archived timestamp as a UTC ``TIMESTAMP``: the archive keeps what the table held, so a
-    naive column's readings are read in its zone, as ``stream_rows`` reads the live ones."""
-    name = quote_identifier(column.name)
-    if column.zone in (None, "UTC"):
-        return f"CAST(CAST({name} AS TIMESTAMPTZ) AS TIMESTAMP)"
-    return f"CAST(timezone({sql_string(column.zone)}, CAST({name} AS TIMESTAMP)) AS TIMESTAMP)"
+        raise unreadable_archive(source, files, exc) from None
 
 
 def _merge_published(connection: duckdb.DuckDBPyConnection, store: RollupStore, day: date) -> int:

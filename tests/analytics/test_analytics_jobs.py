@@ -6,7 +6,6 @@ from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pytest
-import sqlalchemy as sa
 
 from analytics.alerts.metrics import MetricSource
 from analytics.alerts.rules import parse_rules
@@ -16,28 +15,17 @@ from analytics.rollups.jobs import refresh_jobs
 from tests.support.analytics_data import (
     NOW,
     empty_reference_schema,
+    insert_jobs,
+    job,
     make_settings,
     make_store,
     publish,
     query,
-    stored,
 )
 
 H = timedelta(hours=1)
 M = timedelta(minutes=1)
 START = datetime(2026, 11, 20, 8, 0, tzinfo=UTC)  # NOW is 12:30
-
-
-def job(queue, name, status, created, started=None, finished=None, attempts=1):
-    return {
-        "queue": queue,
-        "name": name,
-        "status": status,
-        "created_at": created,
-        "started_at": started,
-        "finished_at": finished,
-        "attempts": attempts,
-    }
 
 
 JOBS = [
@@ -64,25 +52,6 @@ JOBS = [
 ]
 
 
-def insert(db, rows):
-    values = [
-        {
-            key: stored(db, value) if isinstance(value, datetime) else value
-            for key, value in row.items()
-        }
-        for row in rows
-    ]
-    with db.engine.begin() as conn:
-        conn.execute(
-            sa.text(
-                "INSERT INTO jobs (queue, name, status, created_at, started_at, finished_at, "
-                "attempts) VALUES (:queue, :name, :status, :created_at, :started_at, "
-                ":finished_at, :attempts)"
-            ),
-            values,
-        )
-
-
 def rows_by_key(settings):
     frame = query(settings, "SELECT * FROM jobs_hourly ORDER BY hour, queue, name")
     return {
@@ -93,7 +62,7 @@ def rows_by_key(settings):
 
 def test_hourly_outcomes_durations_backlog_and_stuck(app_url, tmp_path):
     db = empty_reference_schema(app_url)
-    insert(db, JOBS)
+    insert_jobs(db, JOBS)
     settings = make_settings(tmp_path)
     store = make_store(settings)
     publish(store, settings)
@@ -152,7 +121,7 @@ def test_counts_match_the_raw_rows_on_generated_jobs(app_url, tmp_path):
             )
         )
     db = empty_reference_schema(app_url)
-    insert(db, rows)
+    insert_jobs(db, rows)
     settings = make_settings(tmp_path)
     store = make_store(settings)
     publish(store, settings)
@@ -187,7 +156,7 @@ def test_counts_match_the_raw_rows_on_generated_jobs(app_url, tmp_path):
 
 def test_rematerialising_an_hour_is_idempotent_and_picks_up_late_rows(sqlite_url, tmp_path):
     db = empty_reference_schema(sqlite_url)
-    insert(db, JOBS)
+    insert_jobs(db, JOBS)
     settings = make_settings(tmp_path)
     store = make_store(settings)
     publish(store, settings)
@@ -196,7 +165,9 @@ def test_rematerialising_an_hour_is_idempotent_and_picks_up_late_rows(sqlite_url
     refresh_jobs(db, store, settings, START, START + H, now=NOW)
     assert query(settings, "SELECT * FROM jobs_hourly ORDER BY queue, name").equals(before)
 
-    insert(db, [job("email", "late", "failed", START + 30 * M, START + 31 * M, START + 32 * M)])
+    insert_jobs(
+        db, [job("email", "late", "failed", START + 30 * M, START + 31 * M, START + 32 * M)]
+    )
     refresh_jobs(db, store, settings, START, START + H, now=NOW)
     after = query(settings, "SELECT sum(failed) AS failed FROM jobs_hourly").iloc[0]
     assert after.failed == 2
@@ -204,7 +175,7 @@ def test_rematerialising_an_hour_is_idempotent_and_picks_up_late_rows(sqlite_url
 
 def test_the_job_rules_read_the_published_jobs(sqlite_url, tmp_path):
     db = empty_reference_schema(sqlite_url)
-    insert(db, JOBS)
+    insert_jobs(db, JOBS)
     settings = make_settings(tmp_path)
     store = make_store(settings)
     publish(store, settings)

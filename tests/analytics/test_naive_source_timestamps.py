@@ -284,3 +284,58 @@ def test_table_stats_count_the_expired_rows_of_a_naive_cutoff_column_as_the_clea
 
     row = query(settings, "SELECT table_name, rows, expired_rows FROM table_stats").iloc[0]
     assert (row.table_name, row.rows, row.expired_rows) == ("app_logs", 41, 21)
+
+
+@pytest.mark.parametrize("zone", ["Asia/Tokyo", "America/New_York"])
+def test_a_rerun_after_the_cleanup_reads_archived_naive_readings_in_the_source_timezone(
+    db, tmp_path, zone
+):
+    inside = [HOUR + timedelta(minutes=2 * index) for index in range(30)]
+    with db.engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                f"CREATE TABLE request_logs ({key(db)}, ts {naive(db)}, method text, route text, "
+                "status_code integer, duration_ms double precision)"
+            )
+        )
+        conn.execute(
+            sa.text(
+                "INSERT INTO request_logs (ts, method, route, status_code, duration_ms) "
+                "VALUES (:ts, 'GET', '/api/v1/orders', 200, 12.5)"
+            ),
+            [{"ts": stored_naive(db, moment, zone)} for moment in inside],
+        )
+    config = parse_config(
+        {
+            "archive": {"root": str(tmp_path / "archive")},
+            "policies": {
+                "request_logs": {
+                    "kind": "age",
+                    "table": "request_logs",
+                    "cutoff_column": "ts",
+                    "retention": "1d",
+                    "timezone": zone,
+                    "archive": True,
+                    "max_delete_fraction": 1.0,
+                }
+            },
+        }
+    )
+    settings = source_settings(tmp_path, "request_logs", zone)
+    store = make_store(settings)
+    refresh_requests(db, store, settings, HOUR, HOUR + timedelta(hours=1), config=config)
+    publish(store, settings)
+    published = query(settings, "SELECT minute, requests FROM requests_minute ORDER BY minute")
+    history = RunHistory(f"sqlite:///{tmp_path / 'state.db'}")
+    run_and_record(history, db, config, "request_logs", options=RunOptions())
+    history.dispose()
+
+    rerun = refresh_requests(db, store, settings, HOUR, HOUR + timedelta(hours=1), config=config)
+    publish(store, settings)
+
+    assert rerun.rows_from_archive == 30 and not rerun.kept_from_published
+    minutes = query(settings, "SELECT minute, requests FROM requests_minute ORDER BY minute")
+    assert [moment.to_pydatetime() for moment in minutes.minute] == [
+        moment.replace(tzinfo=None) for moment in inside
+    ]
+    assert minutes.equals(published)

@@ -15,6 +15,7 @@ from analytics.publish import RollupStore
 from analytics.settings import AnalyticsSettings, parse_analytics_settings
 from analytics.views import publish_rollup_views
 from housekeeping.database import AppDatabase
+from housekeeping.demo.schema import after_load_sql, column_names, create_table_sql
 from housekeeping.demo.seed import create_schema
 
 SQLITE_FORMAT = "%Y-%m-%d %H:%M:%S.%f"
@@ -43,8 +44,27 @@ def query(settings: AnalyticsSettings, sql: str, parameters: list | None = None)
         return connection.execute(sql, parameters or []).df()
 
 
-def stored(db: AppDatabase, value: datetime) -> datetime | str:
-    return value if db.is_postgres else value.astimezone(UTC).strftime(SQLITE_FORMAT)
+def stored(db: AppDatabase, value: datetime | None) -> datetime | str | None:
+    if value is None or db.is_postgres:
+        return value
+    return value.astimezone(UTC).strftime(SQLITE_FORMAT)
+
+
+def drop_not_null(db: AppDatabase, table: str) -> None:
+    """Make every column of a reference table but its id nullable, as real schemas often are."""
+    with db.engine.begin() as conn:
+        if db.is_postgres:
+            for column in column_names(table)[1:]:
+                conn.execute(
+                    sa.text(f'ALTER TABLE "{table}" ALTER COLUMN "{column}" DROP NOT NULL')
+                )
+            return
+        # SQLite cannot drop a constraint: the (empty) table is made again without them.
+        conn.execute(sa.text(f'DROP TABLE "{table}"'))
+        definition = create_table_sql("sqlite", table, partitioned=False)
+        conn.execute(sa.text(definition.replace(" NOT NULL", "")))
+        for statement in after_load_sql("sqlite", table, partitioned=False):
+            conn.execute(sa.text(statement))
 
 
 def empty_reference_schema(url: str) -> AppDatabase:
@@ -92,3 +112,33 @@ def raw_requests(db: AppDatabase) -> pd.DataFrame:
     frame["minute"] = frame["ts"].dt.floor("min")
     frame["duration_ms"] = frame["duration_ms"].astype(np.float64)
     return frame
+
+
+def job(queue, name, status, created, started=None, finished=None, attempts=1) -> dict:
+    """One row of the reference jobs table (times as aware datetimes or None)."""
+    return {
+        "queue": queue,
+        "name": name,
+        "status": status,
+        "created_at": created,
+        "started_at": started,
+        "finished_at": finished,
+        "attempts": attempts,
+    }
+
+
+def insert_jobs(db: AppDatabase, jobs: Iterable[dict]) -> None:
+    """``job`` rows into the reference jobs table."""
+    values = [
+        {key: stored(db, value) if key.endswith("_at") else value for key, value in row.items()}
+        for row in jobs
+    ]
+    with db.engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                "INSERT INTO jobs (queue, name, status, created_at, started_at, finished_at, "
+                "attempts) VALUES (:queue, :name, :status, :created_at, :started_at, "
+                ":finished_at, :attempts)"
+            ),
+            values,
+        )
