@@ -1,4 +1,4 @@
-"""`hk query`: run SQL on the published rollups, read-only, and print a table or CSV.
+"""`hk query`: run SQL on the published rollups, read-only and sandboxed, and print a table or CSV.
 
 Register with ``main.add_command(query)`` in housekeeping/cli.py.
 """
@@ -8,13 +8,22 @@ from __future__ import annotations
 import csv
 import sys
 from datetime import date, datetime
+from pathlib import Path
 
 import click
 import duckdb
 
+from analytics.sandbox import (
+    QueryError,
+    open_rollups,
+    reading_statements,
+    rollup_store,
+    run_reading,
+)
 from analytics.settings import analytics_settings
 from housekeeping.cli_options import config_option
 from housekeeping.config import load_config
+from housekeeping.errors import first_line
 
 MAX_CELL = 60
 
@@ -52,25 +61,26 @@ def format_table(names: list[str], rows: list[tuple]) -> str:
     return "\n".join(output)
 
 
-def run_query(database: str, sql: str) -> tuple[list[str], list[tuple]]:
-    """Run ``sql`` on the published views file, opened read-only (never blocks the pipeline)."""
-    try:
-        connection = duckdb.connect(database, read_only=True)
-    except duckdb.Error as exc:
-        raise click.ClickException(
-            f"cannot open the published rollups {database}: {str(exc).splitlines()[0]} "
-            "(run the analytics assets once, or check analytics.database)"
-        ) from None
-    try:
-        relation = connection.execute(sql)
-        if relation.description is None:
-            return [], []
-        names = [column[0] for column in relation.description]
-        return names, relation.fetchall()
-    except duckdb.Error as exc:
-        raise click.ClickException(f"query failed: {str(exc).splitlines()[0]}") from None
-    finally:
-        connection.close()
+def run_query(
+    database: str | Path, sql: str, root: str | Path | None = None
+) -> tuple[list[str], list[tuple]]:
+    """Run ``sql`` on the published rollups: column names and rows of its last statement.
+
+    Sandboxed (analytics/sandbox.py): read-only, no file outside ``root`` (default: the root the
+    views file's manifest records), statements that only read; it works while another process
+    holds the views file. Raises QueryRefused / QueryError (one line each), NotPublished.
+    """
+    reading_statements(sql)  # refused before anything is opened
+    store = rollup_store(Path(database), Path(root) if root is not None else None)
+    with open_rollups(store) as connection:
+        try:
+            result = run_reading(connection, sql)
+            if result.description is None:
+                return [], []
+            names = [column[0] for column in result.description]
+            return names, result.fetchall()
+        except duckdb.Error as exc:
+            raise QueryError(f"query failed: {first_line(exc)}") from None
 
 
 @click.command()
@@ -84,14 +94,17 @@ def run_query(database: str, sql: str) -> tuple[list[str], list[tuple]]:
     help="The published DuckDB file to query (default: analytics.database from the config).",
 )
 def query(sql: str, as_csv: bool, config_file: str | None, database: str | None) -> None:
-    """Run SQL on the published rollups (read-only) and print a table, or CSV with --csv.
+    """Run SQL on the published rollups (read-only, sandboxed) and print a table, or CSV.
 
     Example: hk query "SELECT * FROM requests_daily_overall ORDER BY day DESC LIMIT 7"
     """
+    reading_statements(sql)  # a refusal needs no config
+    root = None
     if database is None:
         config = load_config(config_file)
-        database = str(analytics_settings(config, config_file or "config").database_path)
-    names, rows = run_query(database, sql)
+        settings = analytics_settings(config, config_file or "config")
+        database, root = str(settings.database_path), settings.root_path
+    names, rows = run_query(database, sql, root)
     if as_csv:
         writer = csv.writer(sys.stdout, lineterminator="\n")
         writer.writerow(names)

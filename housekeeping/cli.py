@@ -232,9 +232,9 @@ def _demo_rollups(defs, instance) -> bool:
     what an analyst reads from the published DuckDB file."""
     from datetime import UTC, datetime, timedelta
 
-    import duckdb
-
     from analytics.defs.partitions import hour_partition_key
+    from analytics.publish import RollupStore
+    from analytics.sandbox import open_rollups
     from analytics.settings import analytics_settings
 
     current_hour = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
@@ -273,7 +273,8 @@ def _demo_rollups(defs, instance) -> bool:
         f"files, {metadata['duration_ms']:,.0f} ms"
     )
     since = (current_hour - timedelta(hours=24)).replace(tzinfo=None)
-    with duckdb.connect(str(settings.database_path), read_only=True) as connection:
+    store = RollupStore(settings.root_path, settings.database_path)
+    with open_rollups(store) as connection:
         overall = connection.execute(
             "SELECT requests, error_rate, latency_p95_ms FROM request_stats_overall(?, ?)",
             [since, datetime.now(UTC).replace(tzinfo=None)],
