@@ -7,24 +7,45 @@ import sys
 from pathlib import Path
 
 import click
+import sqlalchemy as sa
 
 from analytics.alerts.cli import alerts, rules, status
 from analytics.cli import query
 from housekeeping.cli_options import config_option, database_option
 from housekeeping.config import ConfigError, database_url, load_config
 from housekeeping.database import AppDatabase
-from housekeeping.errors import HkError
+from housekeeping.errors import HkError, first_line, one_line
+
+# Set to see the traceback of an error `hk` did not expect (a bug), instead of its one line.
+TRACEBACK_VARIABLE = "HK_TRACEBACK"
 
 
 class HkGroup(click.Group):
-    """The one error handler of `hk`: every product error (`HkError`) becomes its message and
-    exit status 1, never a traceback; anything else is a bug and keeps its traceback."""
+    """The one error handler of `hk`: every error becomes one line and exit status 1 (click's
+    usage errors: 2), never a traceback.
+
+    A product error (`HkError`) is its message, which names the key, value or object. Anything
+    else is a bug: one line with its type and message, and the traceback only when
+    ``$HK_TRACEBACK`` is set.
+    """
 
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
         except HkError as exc:
-            raise click.ClickException(str(exc)) from None
+            raise click.ClickException(one_line(str(exc))) from None
+        except click.ClickException as exc:
+            exc.message = one_line(exc.message)
+            raise
+        except (click.exceptions.Exit, click.Abort):  # click's own exits, not errors
+            raise
+        except Exception as exc:
+            if os.environ.get(TRACEBACK_VARIABLE):
+                raise
+            raise click.ClickException(
+                f"unexpected error ({type(exc).__name__}): {one_line(str(exc)) or '-'} "
+                f"(a bug: set {TRACEBACK_VARIABLE}=1 for the traceback and report it)"
+            ) from None
 
 
 @click.group(cls=HkGroup)
@@ -122,18 +143,30 @@ def config_check(config_file, database_url):
 
     settings = load_config(config_file)
     db = AppDatabase(database_url or _default_database_url())
+    # The database itself first, even with no policies (the analytics sources live there too);
+    # SQLite would create a missing file on connect, so a missing one is named instead.
+    if not db.is_postgres and db.url.database and not Path(db.url.database).exists():
+        raise ConfigError(f"DATABASE_URL: the SQLite file {db.url.database} does not exist")
+    db.table_names()
     problems = []
     advice = []
     for name, policy in settings.policies.items():
         try:
             checked = check_policy(db, name, policy)
+            tip = index_advice(db, checked)
         except ConfigError as exc:
             problems.append(str(exc))
+            continue
+        except sa.exc.SQLAlchemyError as exc:
+            # What the check did not foresee still names the policy and its table, in one line.
+            problems.append(
+                f"policies.{name}.table: cannot read {policy.table!r} "
+                f"({type(exc).__name__}: {first_line(getattr(exc, 'orig', None) or exc)})"
+            )
             continue
         click.echo(
             f"ok    {name}: {policy.table}.{policy.cutoff_column} (key {', '.join(checked.primary_key)})"
         )
-        tip = index_advice(db, checked)
         if tip:
             advice.append(tip)
     if any(policy.archive for policy in settings.policies.values()):
@@ -156,11 +189,17 @@ def config_check(config_file, database_url):
 @click.option("--days", default=120, show_default=True)
 def demo(tokens, requests, days):
     """Seed the demo database (first time), run the housekeeping job once through Dagster, report."""
-    import dagster as dg
-
+    from housekeeping.dagster_runs import open_instance
     from housekeeping.demo.seed import seed_database
     from housekeeping.history import RunHistory
 
+    # Everything that can be wrong is found before the first side effect (the seed): the config,
+    # the definitions built from it, DAGSTER_HOME and its instance, the application database.
+    load_config()
+    from housekeeping.definitions import defs
+    from housekeeping.defs.assets import policy_asset_key
+
+    instance = open_instance()
     url = _default_database_url()
     db = AppDatabase(url)
     if "revoked_tokens" not in db.table_names():
@@ -169,15 +208,6 @@ def demo(tokens, requests, days):
         click.echo(_describe_seed(summary))
     db.dispose()
 
-    from housekeeping.definitions import defs
-
-    if not os.environ.get("DAGSTER_HOME"):
-        raise click.ClickException(
-            "DAGSTER_HOME is not set (make demo sets it to var/dagster_home)"
-        )
-    from housekeeping.defs.assets import policy_asset_key
-
-    instance = dg.DagsterInstance.get()
     click.echo(
         "Running housekeeping_job through Dagster (this first run on a never-cleaned database "
         "sets allow_large_delete)..."

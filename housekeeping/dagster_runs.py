@@ -1,4 +1,5 @@
-"""Retention of Dagster's own run history (Dagster has no built-in purge of runs).
+"""Dagster's own storage: opening the instance for `hk`, and retention of its run history
+(Dagster has no built-in purge of runs).
 
 Only the public instance API: ``get_run_records`` finds old runs, the compute log manager's
 ``delete_logs`` removes a run's captured stdout/stderr (``<DAGSTER_HOME>/storage/<run_id>/`` with
@@ -14,6 +15,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import dagster as dg
+import yaml
+
+from housekeeping.errors import one_line
+from housekeeping.instance_preflight import InstanceConfigError, dagster_home
 
 # Allowlists, not blocklists: a run is a candidate only in a finished status, so queued, starting,
 # running, canceling, managed and suspended runs (and any status a later Dagster adds) are never
@@ -24,6 +29,21 @@ FAILED_STATUSES = (dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED)
 # Dagster's run ids are UUIDs. The run id becomes a path segment of the compute-log prefix, so an
 # id such as ".." must never reach delete_logs (it would remove the folder above the run's logs).
 _PLAIN_RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
+
+
+def open_instance() -> dg.DagsterInstance:
+    """The Dagster instance of ``$DAGSTER_HOME``, for `hk` commands that run jobs in it.
+
+    Raises InstanceConfigError naming DAGSTER_HOME (unset, relative, not a directory) or the
+    instance's own complaint about its dagster.yaml, in one line.
+    """
+    home = dagster_home()
+    try:
+        return dg.DagsterInstance.get()
+    except (dg.DagsterError, yaml.YAMLError, OSError) as exc:
+        raise InstanceConfigError(
+            f"DAGSTER_HOME {home}: cannot open the Dagster instance: {one_line(str(exc))}"
+        ) from None
 
 
 @dataclass(frozen=True)

@@ -19,3 +19,9 @@ def first_line(error: BaseException | None) -> str:
         return ""
     text = str(error).strip()
     return text.splitlines()[0] if text else type(error).__name__
+
+
+def one_line(text: str) -> str:
+    """``text`` on one line: its lines stripped and joined (a driver's hint, a YAML error's
+    location and caret), so every error `hk` prints is one line."""
+    return " ".join(line.strip() for line in str(text).splitlines() if line.strip())

@@ -19,6 +19,7 @@ import sqlalchemy as sa
 
 from housekeeping.config import HealthConfig, HousekeepingConfig
 from housekeeping.database import make_engine, redact_url
+from housekeeping.errors import HkError, first_line
 
 metadata = sa.MetaData()
 
@@ -145,16 +146,35 @@ def evaluate_health(
     )
 
 
+class StateDatabaseError(HkError):
+    """The state database (``state_database_url``) is not a URL, unreachable or not writable."""
+
+
 class RunHistory:
     """Reads and writes ``hk_policy_runs`` in the state database, and judges health by
     `thresholds` (the config's ``health:`` section; `from_config` passes it)."""
 
     def __init__(self, url: str, thresholds: HealthConfig | None = None) -> None:
+        """Raises StateDatabaseError (naming ``state_database_url``) for a URL that is not one
+        or a database that cannot be reached or written."""
         self.thresholds = thresholds or HealthConfig()
-        parsed = sa.engine.make_url(url)
+        try:
+            parsed = sa.engine.make_url(url)
+        except sa.exc.ArgumentError:
+            raise StateDatabaseError(
+                f"state_database_url: not a SQLAlchemy URL: {redact_url(url)}"
+            ) from None
         self.engine = make_engine(parsed, create_sqlite_directory=True)
         self.description = redact_url(self.engine.url)
-        metadata.create_all(self.engine)
+        try:
+            metadata.create_all(self.engine)
+        except (sa.exc.SQLAlchemyError, OSError) as exc:
+            self.engine.dispose()
+            cause = getattr(exc, "orig", None) or exc
+            raise StateDatabaseError(
+                f"state_database_url: cannot open the state database {self.description}: "
+                f"{first_line(cause)}"
+            ) from None
 
     @classmethod
     def from_config(cls, config: HousekeepingConfig) -> RunHistory:
