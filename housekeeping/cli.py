@@ -354,7 +354,10 @@ def _demo_alerts() -> None:
 
 def _report_line(asset: str, metadata: dict) -> str:
     if "runs_deleted" in metadata:
-        return f"  {asset:<22} purged {metadata['runs_deleted']} Dagster runs"
+        return (
+            f"  {asset:<22} purged {metadata['runs_deleted']} Dagster runs, kept "
+            f"{metadata.get('materializations_reported', 0)} latest materializations"
+        )
     deleted = metadata.get("deleted", 0)
     parts = [
         f"deleted {deleted:>9,} of {metadata.get('table_rows', 0):>9,} rows",
