@@ -1,6 +1,7 @@
-"""`hk query`: run SQL on the published rollups, read-only and sandboxed, and print a table or CSV.
+"""`hk query` (SQL on the published rollups, read-only and sandboxed: a table or CSV) and
+`hk rollups` (backfill a dataset through Dagster; what is published up to when).
 
-Register with ``main.add_command(query)`` in housekeeping/cli.py.
+Registered in housekeeping/cli.py.
 """
 
 from __future__ import annotations
@@ -9,10 +10,13 @@ import csv
 import sys
 from datetime import date, datetime
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import click
 import duckdb
 
+from analytics.datasets import all_datasets
+from analytics.publish import PublishError, RollupStore, published_span
 from analytics.sandbox import (
     QueryError,
     open_rollups,
@@ -111,3 +115,85 @@ def query(sql: str, as_csv: bool, config_file: str | None, database: str | None)
         writer.writerows(rows)
         return
     click.echo(format_table(names, rows))
+
+
+# --- hk rollups ---------------------------------------------------------------------------
+@click.group()
+def rollups() -> None:
+    """Backfill the rollups through Dagster; what is published up to when.
+
+    `hk rollups backfill` runs the Dagster shell, so the `hk` root adds it (housekeeping/cli.py).
+    """
+
+
+def parse_moment(value: str, option: str, zone: ZoneInfo) -> datetime:
+    """An option's ISO date or date and time (``2026-11-01``, ``2026-11-01T13:00``); without an
+    offset it is read in ``zone``. click's usage error (exit 2) naming the option otherwise."""
+    try:
+        moment = datetime.fromisoformat(value.strip())
+    except ValueError:
+        raise click.BadParameter(
+            f"not a date or a date and time: {value!r} (e.g. 2026-11-01 or 2026-11-01T13:00)",
+            param_hint=option,
+        ) from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=zone)
+
+
+@rollups.command("status")
+@config_option
+def rollups_status(config_file: str | None) -> None:
+    """Per dataset: what is published up to when: its partitions (first, newest, missing
+    between) and the newest time in its rows."""
+    config = load_config(config_file)
+    settings = analytics_settings(config, config_file or "config")
+    store = RollupStore(settings.root_path, settings.database_path)
+    newest = _newest_data(store)
+    rows = []
+    for dataset in all_datasets():
+        span = published_span(store, dataset.name)
+        if not span.keys:
+            rows.append((dataset.name, "-", 0, "-", "-", None, "not published"))
+            continue
+        missing = len(span.missing) if span.kind != "other" else None
+        first, last = span.keys[0], span.keys[-1]
+        rows.append(
+            (
+                dataset.name,
+                span.kind,
+                len(span.keys),
+                first,
+                last,
+                missing,
+                newest.get(dataset.name),
+            )
+        )
+    names = ["dataset", "kind", "partitions", "first", "newest", "missing", "newest data"]
+    click.echo(format_table(names, rows))
+
+
+def _newest_data(store: RollupStore) -> dict[str, str]:
+    """The newest time in each published dataset's rows (its date and time columns)."""
+    try:
+        connection = open_rollups(store)
+    except PublishError:
+        return {}  # nothing published yet: the files say so
+    newest = {}
+    with connection:
+        for dataset in all_datasets():
+            columns = [c.name for c in dataset.columns if c.type in ("TIMESTAMP", "DATE")]
+            if not columns:
+                continue
+            latest = ", ".join(f"max(CAST({name} AS TIMESTAMP))" for name in columns)
+            expression = latest if len(columns) == 1 else f"greatest({latest})"
+            try:
+                [(value,)] = connection.execute(
+                    f"SELECT {expression} FROM {dataset.name}"
+                ).fetchall()
+            except duckdb.Error:
+                continue  # a dataset the views file does not know yet
+            if value is not None:
+                dates_only = all(c.type == "DATE" for c in dataset.columns if c.name in columns)
+                newest[dataset.name] = (
+                    f"{value:%Y-%m-%d}" if dates_only else f"{value:%Y-%m-%d %H:%M:%S}"
+                )
+    return newest

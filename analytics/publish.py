@@ -34,7 +34,7 @@ import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import duckdb
@@ -349,3 +349,50 @@ def existing_partition_files(
     if not store.dataset_path(dataset).is_dir():
         return None
     return [path for key in keys if (path := store.existing_partition(dataset, key)) is not None]
+
+
+@dataclass(frozen=True)
+class PublishedSpan:
+    """What a dataset's folder holds: its partition keys and the gaps between them.
+
+    ``kind`` is read from the keys themselves: ``hourly`` (UTC hour keys), ``daily`` (dates), or
+    ``other`` (a dataset rewritten whole); ``missing`` are the keys absent between the first and
+    the newest (hours or days).
+    """
+
+    dataset: str
+    kind: str
+    keys: tuple[str, ...]
+    missing: tuple[str, ...]
+
+
+def published_span(store: RollupStore, dataset: str) -> PublishedSpan:
+    """The published partitions of ``dataset`` (from its folder; nothing is opened)."""
+    keys = tuple(store.partition_keys(dataset))
+    hours = _parsed(keys, lambda key: datetime.strptime(key, HOUR_FILE_FORMAT).replace(tzinfo=UTC))
+    if hours:
+        expected = _every(hours[0], hours[-1], timedelta(hours=1))
+        missing = tuple(hour_key(hour) for hour in expected if hour not in set(hours))
+        return PublishedSpan(dataset, "hourly", keys, missing)
+    days = _parsed(keys, date.fromisoformat)
+    if days:
+        expected = _every(days[0], days[-1], timedelta(days=1))
+        missing = tuple(day.isoformat() for day in expected if day not in set(days))
+        return PublishedSpan(dataset, "daily", keys, missing)
+    return PublishedSpan(dataset, "other", keys, ())
+
+
+def _parsed(keys: Sequence[str], parse) -> list:
+    """Every key parsed, in order; [] when there is none or one does not parse."""
+    try:
+        return sorted(parse(key) for key in keys)
+    except ValueError:
+        return []
+
+
+def _every(first, last, step: timedelta) -> list:
+    values, value = [], first
+    while value <= last:
+        values.append(value)
+        value += step
+    return values

@@ -10,8 +10,8 @@ import click
 import sqlalchemy as sa
 
 from analytics.alerts.cli import alerts, rules, status
-from analytics.cli import query
-from housekeeping.cli_options import config_option, database_option
+from analytics.cli import parse_moment, query, rollups
+from housekeeping.cli_options import config_option, database_option, positive_duration
 from housekeeping.config import ConfigError, database_url, load_config
 from housekeeping.database import AppDatabase
 from housekeeping.errors import HkError, first_line, one_line
@@ -352,6 +352,85 @@ def _demo_alerts() -> None:
     )
 
 
+# `hk rollups backfill` runs the analytics Dagster shell, which only the roots may wire.
+@rollups.command("backfill")
+@click.argument("dataset")
+@click.option("--since", default=None, help="Backfill this far back from now, e.g. 7d or 36h.")
+@click.option(
+    "--from",
+    "start",
+    default=None,
+    help="First moment, ISO (2026-11-01 or 2026-11-01T13:00); without an offset: UTC for "
+    "hourly datasets, analytics.timezone for daily ones.",
+)
+@click.option("--to", "end", default=None, help="End (exclusive), as --from; default: now.")
+@config_option
+def rollups_backfill(
+    dataset: str, since: str | None, start: str | None, end: str | None, config_file: str | None
+) -> None:
+    """Recompute DATASET's partitions of a time window through Dagster, as the UI's backfill
+    does: the asset's backfill policy cuts them into runs (24 hours per run for the hourly
+    rollups), each run recorded in the Dagster instance ($DAGSTER_HOME) and shown in the UI.
+    """
+    from datetime import UTC, datetime
+    from zoneinfo import ZoneInfo
+
+    from tqdm import tqdm
+
+    from analytics.datasets import all_datasets
+    from analytics.defs.backfill import plan_backfill, rollup_of, run_backfill
+    from analytics.defs.definitions import build_analytics_defs
+    from analytics.defs.partitions import Partitioning
+    from analytics.settings import analytics_settings
+    from housekeeping.config import config_path
+    from housekeeping.dagster_runs import open_instance
+
+    if (since is None) == (start is None):
+        raise click.UsageError("give --since, or --from (with an optional --to)")
+    if since is not None and end is not None:
+        raise click.UsageError("--to goes with --from, not with --since")
+    found = rollup_of(dataset)
+    if found is None:
+        known = ", ".join(sorted(d.name for d in all_datasets()))
+        raise click.BadParameter(
+            f"no dataset {dataset!r} (datasets: {known})", param_hint="DATASET"
+        )
+    written, rollup = found
+    config = load_config(config_file)
+    settings = analytics_settings(config, config_file or "config")
+    daily = rollup.partitioning is Partitioning.DAILY
+    zone = ZoneInfo(settings.day_timezone(config)) if daily else ZoneInfo("UTC")
+    now = datetime.now(UTC)
+    if since is not None:
+        window_start, window_end = now - positive_duration(since, "--since"), now
+    else:
+        assert start is not None
+        window_start = parse_moment(start, "--from", zone)
+        window_end = parse_moment(end, "--to", zone) if end is not None else now
+        if window_start >= window_end:
+            raise click.BadParameter(
+                f"{start!r} is not before {end or 'now'!r}", param_hint="--from/--to"
+            )
+    defs = build_analytics_defs(config, str(Path(config_file or config_path()).resolve()))
+    plan = plan_backfill(defs, written, rollup, window_start, window_end, now)
+    instance = open_instance()
+    click.echo(
+        f"{written.name}: {len(plan.partition_keys)} {plan.kind} partitions from "
+        f"{plan.partition_keys[0]} to {plan.partition_keys[-1]} in {len(plan.chunks)} run(s) of "
+        f"up to {plan.max_per_run} ({rollup.job}, backfill {plan.backfill_id})"
+    )
+    with tqdm(
+        total=len(plan.partition_keys), desc=written.name, unit="partition", disable=None
+    ) as progress:
+        runs = run_backfill(
+            defs, instance, plan, lambda run: progress.update(len(run.partition_keys))
+        )
+    click.echo(
+        f"done: {len(runs)} run(s), {len(plan.partition_keys)} partitions; in the Dagster UI: "
+        f"Runs, tag hk/backfill={plan.backfill_id}"
+    )
+
+
 def _report_line(asset: str, metadata: dict) -> str:
     if "runs_deleted" in metadata:
         return (
@@ -371,6 +450,7 @@ def _report_line(asset: str, metadata: dict) -> str:
 
 
 main.add_command(query)
+main.add_command(rollups)
 main.add_command(rules)
 main.add_command(alerts)
 main.add_command(status)
