@@ -109,8 +109,6 @@ def open_rollups(store: RollupStore, *, timezone: str | None = None) -> duckdb.D
         _load_views(connection, store)
         if timezone is not None:
             connection.execute(f"SET TimeZone = {sql_string(timezone)}")
-        # Spill space inside the root (the only place the connection may write to at all).
-        connection.execute(f"SET temp_directory = {sql_string(str(store.root / '.tmp'))}")
         connection.execute(
             f"SET allowed_directories = [{sql_string(str(store.root).rstrip('/') + '/')}]"
         )
