@@ -18,8 +18,8 @@ from enum import StrEnum
 import sqlalchemy as sa
 
 from housekeeping.config import HealthConfig, HousekeepingConfig
-from housekeeping.database import make_engine, redact_url
-from housekeeping.errors import HkError, first_line
+from housekeeping.database import open_own_database, redact_url
+from housekeeping.errors import HkError
 
 metadata = sa.MetaData()
 
@@ -158,23 +158,14 @@ class RunHistory:
         """Raises StateDatabaseError (naming ``state_database_url``) for a URL that is not one
         or a database that cannot be reached or written."""
         self.thresholds = thresholds or HealthConfig()
-        try:
-            parsed = sa.engine.make_url(url)
-        except sa.exc.ArgumentError:
-            raise StateDatabaseError(
-                f"state_database_url: not a SQLAlchemy URL: {redact_url(url)}"
-            ) from None
-        self.engine = make_engine(parsed, create_sqlite_directory=True)
+        self.engine = open_own_database(
+            url,
+            metadata,
+            key="state_database_url",
+            what="state database",
+            error=StateDatabaseError,
+        )
         self.description = redact_url(self.engine.url)
-        try:
-            metadata.create_all(self.engine)
-        except (sa.exc.SQLAlchemyError, OSError) as exc:
-            self.engine.dispose()
-            cause = getattr(exc, "orig", None) or exc
-            raise StateDatabaseError(
-                f"state_database_url: cannot open the state database {self.description}: "
-                f"{first_line(cause)}"
-            ) from None
 
     @classmethod
     def from_config(cls, config: HousekeepingConfig) -> RunHistory:
