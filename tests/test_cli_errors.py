@@ -118,6 +118,11 @@ def generic_cases(
         "DAGSTER_HOME": str(files["tmp"]),
     }
     yield Case("unreachable databases", required, unreachable_env, may_succeed=no_database)
+    if any(item == str(files["missing"]) for item in required):
+        garbled = [
+            str(files["garbled"]) if item == str(files["missing"]) else item for item in required
+        ]
+        yield Case("garbled file arguments", garbled, {"HK_CONFIG": str(files["unreachable"])})
     if "config_file" in names:
         for kind in ("missing", "garbled", "unreachable", "unreachable_state"):
             yield Case(
