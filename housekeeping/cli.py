@@ -364,9 +364,15 @@ def _demo_alerts() -> None:
     "hourly datasets, analytics.timezone for daily ones.",
 )
 @click.option("--to", "end", default=None, help="End (exclusive), as --from; default: now.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
 @config_option
 def rollups_backfill(
-    dataset: str, since: str | None, start: str | None, end: str | None, config_file: str | None
+    dataset: str,
+    since: str | None,
+    start: str | None,
+    end: str | None,
+    quiet: bool,
+    config_file: str | None,
 ) -> None:
     """Recompute DATASET's partitions of a time window through Dagster, as the UI's backfill
     does: the asset's backfill policy cuts them into runs (24 hours per run for the hourly
@@ -420,7 +426,7 @@ def rollups_backfill(
         f"up to {plan.max_per_run} ({rollup.job}, backfill {plan.backfill_id})"
     )
     with tqdm(
-        total=len(plan.partition_keys), desc=written.name, unit="partition", disable=None
+        total=len(plan.partition_keys), desc=written.name, unit="partition", disable=quiet
     ) as progress:
         runs = run_backfill(
             defs, instance, plan, lambda run: progress.update(len(run.partition_keys))

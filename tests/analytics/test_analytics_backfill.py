@@ -100,6 +100,8 @@ def test_a_backfill_of_hourly_rollups_runs_24_hours_per_run_through_dagster(setu
         (keys[24], keys[29]),
     ]
     assert all(run.job_name == "analytics_requests_job" for run in runs)
+    # The progress bar counts partitions, run by run, on stderr.
+    assert "requests_minute: 100%" in result.stderr and "30/30" in result.stderr
     assert materialized(home, REQUESTS_MINUTE) == set(keys)
 
     raw = raw_requests(db)
