@@ -1,6 +1,7 @@
-"""`hk query`: run SQL on the published rollups, read-only, and print a table or CSV.
+"""`hk query` (SQL on the published rollups, read-only and sandboxed: a table or CSV) and
+`hk rollups` (backfill a dataset through Dagster; what is published up to when).
 
-Register with ``main.add_command(query)`` in housekeeping/cli.py.
+Registered in housekeeping/cli.py.
 """
 
 from __future__ import annotations
@@ -8,13 +9,25 @@ from __future__ import annotations
 import csv
 import sys
 from datetime import date, datetime
+from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import click
 import duckdb
 
+from analytics.datasets import all_datasets
+from analytics.publish import PublishError, RollupStore, published_span
+from analytics.sandbox import (
+    QueryError,
+    open_rollups,
+    reading_statements,
+    rollup_store,
+    run_reading,
+)
 from analytics.settings import analytics_settings
 from housekeeping.cli_options import config_option
 from housekeeping.config import load_config
+from housekeeping.errors import first_line
 
 MAX_CELL = 60
 
@@ -52,25 +65,26 @@ def format_table(names: list[str], rows: list[tuple]) -> str:
     return "\n".join(output)
 
 
-def run_query(database: str, sql: str) -> tuple[list[str], list[tuple]]:
-    """Run ``sql`` on the published views file, opened read-only (never blocks the pipeline)."""
-    try:
-        connection = duckdb.connect(database, read_only=True)
-    except duckdb.Error as exc:
-        raise click.ClickException(
-            f"cannot open the published rollups {database}: {str(exc).splitlines()[0]} "
-            "(run the analytics assets once, or check analytics.database)"
-        ) from None
-    try:
-        relation = connection.execute(sql)
-        if relation.description is None:
-            return [], []
-        names = [column[0] for column in relation.description]
-        return names, relation.fetchall()
-    except duckdb.Error as exc:
-        raise click.ClickException(f"query failed: {str(exc).splitlines()[0]}") from None
-    finally:
-        connection.close()
+def run_query(
+    database: str | Path, sql: str, root: str | Path | None = None
+) -> tuple[list[str], list[tuple]]:
+    """Run ``sql`` on the published rollups: column names and rows of its last statement.
+
+    Sandboxed (analytics/sandbox.py): read-only, no file outside ``root`` (default: the root the
+    views file's manifest records), statements that only read; it works while another process
+    holds the views file. Raises QueryRefused / QueryError (one line each), NotPublished.
+    """
+    reading_statements(sql)  # refused before anything is opened
+    store = rollup_store(Path(database), Path(root) if root is not None else None)
+    with open_rollups(store) as connection:
+        try:
+            result = run_reading(connection, sql)
+            if result.description is None:
+                return [], []
+            names = [column[0] for column in result.description]
+            return names, result.fetchall()
+        except duckdb.Error as exc:
+            raise QueryError(f"query failed: {first_line(exc)}") from None
 
 
 @click.command()
@@ -84,17 +98,102 @@ def run_query(database: str, sql: str) -> tuple[list[str], list[tuple]]:
     help="The published DuckDB file to query (default: analytics.database from the config).",
 )
 def query(sql: str, as_csv: bool, config_file: str | None, database: str | None) -> None:
-    """Run SQL on the published rollups (read-only) and print a table, or CSV with --csv.
+    """Run SQL on the published rollups (read-only, sandboxed) and print a table, or CSV.
 
     Example: hk query "SELECT * FROM requests_daily_overall ORDER BY day DESC LIMIT 7"
     """
+    reading_statements(sql)  # a refusal needs no config
+    root = None
     if database is None:
         config = load_config(config_file)
-        database = str(analytics_settings(config, config_file or "config").database_path)
-    names, rows = run_query(database, sql)
+        settings = analytics_settings(config, config_file or "config")
+        database, root = str(settings.database_path), settings.root_path
+    names, rows = run_query(database, sql, root)
     if as_csv:
         writer = csv.writer(sys.stdout, lineterminator="\n")
         writer.writerow(names)
         writer.writerows(rows)
         return
     click.echo(format_table(names, rows))
+
+
+# --- hk rollups ---------------------------------------------------------------------------
+@click.group()
+def rollups() -> None:
+    """Backfill the rollups through Dagster; what is published up to when.
+
+    `hk rollups backfill` runs the Dagster shell, so the `hk` root adds it (housekeeping/cli.py).
+    """
+
+
+def parse_moment(value: str, option: str, zone: ZoneInfo) -> datetime:
+    """An option's ISO date or date and time (``2026-11-01``, ``2026-11-01T13:00``); without an
+    offset it is read in ``zone``. click's usage error (exit 2) naming the option otherwise."""
+    try:
+        moment = datetime.fromisoformat(value.strip())
+    except ValueError:
+        raise click.BadParameter(
+            f"not a date or a date and time: {value!r} (e.g. 2026-11-01 or 2026-11-01T13:00)",
+            param_hint=option,
+        ) from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=zone)
+
+
+@rollups.command("status")
+@config_option
+def rollups_status(config_file: str | None) -> None:
+    """Per dataset: what is published up to when: its partitions (first, newest, missing
+    between) and the newest time in its rows."""
+    config = load_config(config_file)
+    settings = analytics_settings(config, config_file or "config")
+    store = RollupStore(settings.root_path, settings.database_path)
+    newest = _newest_data(store)
+    rows = []
+    for dataset in all_datasets():
+        span = published_span(store, dataset.name)
+        if not span.keys:
+            rows.append((dataset.name, "-", 0, "-", "-", None, "not published"))
+            continue
+        missing = len(span.missing) if span.kind != "other" else None
+        first, last = span.keys[0], span.keys[-1]
+        rows.append(
+            (
+                dataset.name,
+                span.kind,
+                len(span.keys),
+                first,
+                last,
+                missing,
+                newest.get(dataset.name),
+            )
+        )
+    names = ["dataset", "kind", "partitions", "first", "newest", "missing", "newest data"]
+    click.echo(format_table(names, rows))
+
+
+def _newest_data(store: RollupStore) -> dict[str, str]:
+    """The newest time in each published dataset's rows (its date and time columns)."""
+    try:
+        connection = open_rollups(store)
+    except PublishError:
+        return {}  # nothing published yet: the files say so
+    newest = {}
+    with connection:
+        for dataset in all_datasets():
+            columns = [c.name for c in dataset.columns if c.type in ("TIMESTAMP", "DATE")]
+            if not columns:
+                continue
+            latest = ", ".join(f"max(CAST({name} AS TIMESTAMP))" for name in columns)
+            expression = latest if len(columns) == 1 else f"greatest({latest})"
+            try:
+                [(value,)] = connection.execute(
+                    f"SELECT {expression} FROM {dataset.name}"
+                ).fetchall()
+            except duckdb.Error:
+                continue  # a dataset the views file does not know yet
+            if value is not None:
+                dates_only = all(c.type == "DATE" for c in dataset.columns if c.name in columns)
+                newest[dataset.name] = (
+                    f"{value:%Y-%m-%d}" if dates_only else f"{value:%Y-%m-%d %H:%M:%S}"
+                )
+    return newest

@@ -15,9 +15,10 @@ from dataclasses import dataclass, field
 from analytics.alerts.settings import alerts_settings
 from analytics.extract import ColumnKind, Source, check_source
 from analytics.rollups.api_usage import api_usage_source
+from analytics.rollups.cleaned_up import primary_key
 from analytics.rollups.jobs import jobs_source
 from analytics.rollups.requests import request_logs_source
-from analytics.rollups.token_revocations import revoked_tokens_source, token_key_columns
+from analytics.rollups.token_revocations import revoked_tokens_source
 from analytics.settings import AnalyticsSettings, analytics_settings
 from housekeeping.config import HousekeepingConfig
 from housekeeping.database import AppDatabase
@@ -42,17 +43,22 @@ def sources(
         request_logs_source(settings),
         jobs_source(settings),
         api_usage_source(settings),
-        revoked_tokens_source(settings, token_key_columns(db, config, token_table)),
+        revoked_tokens_source(settings, primary_key(db, config, token_table)),
     ]
 
 
-def check_analytics(db: AppDatabase, config: HousekeepingConfig, source: str) -> SectionReport:
-    """The `analytics:` section parsed, and every source against the live database."""
+def check_analytics(
+    db: AppDatabase | None, config: HousekeepingConfig, source: str
+) -> SectionReport:
+    """The `analytics:` section parsed, and every source against the live database (``db``;
+    None: the database cannot be reached, the section is only parsed)."""
     report = SectionReport()
     try:
         settings = analytics_settings(config, source)
     except HkError as exc:
         report.problems.extend(str(exc).splitlines())
+        return report
+    if db is None:
         return report
     for mapped in sources(db, config, settings):
         try:
@@ -112,7 +118,9 @@ def check_alerts(config: HousekeepingConfig, source: str) -> SectionReport:
 
 
 # The sections `hk config check --section` can name, besides policies (housekeeping's own).
-SECTION_CHECKS: dict[str, Callable[[AppDatabase, HousekeepingConfig, str], SectionReport]] = {
+SECTION_CHECKS: dict[
+    str, Callable[[AppDatabase | None, HousekeepingConfig, str], SectionReport]
+] = {
     "analytics": check_analytics,
     "alerts": lambda db, config, source: check_alerts(config, source),
 }

@@ -10,7 +10,12 @@ read-only openers included. So nothing published is ever written in place:
   still works (and returns no rows);
 - the DuckDB file analysts open (``analytics.database``) holds only views, macros and the small
   budget table; it is built in a private file, checkpointed, closed and renamed over the old one,
-  and only when its content changes.
+  and only when its content changes. Publishing never opens the file at the published path:
+  anyone may hold it, even read-write (the DuckDB command line's default), which DuckDB's file
+  lock makes exclusive. What was published is recorded beside it in a manifest
+  (``.<name>.views.json``: the version, the file's identity, the root and the statements), so
+  "unchanged" is answered without opening the file, and a reader that cannot open the file
+  (analytics/sandbox.py) builds the same views from the manifest in memory.
 
 Writers of one dataset take a lock file (``<root>/.locks/<dataset>.lock``) around read-modify-write,
 so the freshness sensor and a partition run never interleave.
@@ -20,12 +25,16 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import json
 import os
+import shutil
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import duckdb
@@ -162,40 +171,74 @@ class RollupStore:
     # ----------------------------------------------------------------------------------------
     # The views file
 
-    def published_version(self) -> str | None:
-        """The version recorded in the views file; None when there is no file yet.
+    @property
+    def manifest_path(self) -> Path:
+        """Where the manifest of the published views file lives: beside it, hidden."""
+        return self.database.with_name(f".{self.database.name}.views.json")
 
-        A file that is not a DuckDB database, or one we did not publish, is refused rather than
-        overwritten: it may be somebody's data.
-        """
-        if not self.database.exists():
+    def published_manifest(self) -> ViewsManifest | None:
+        """What the last publish recorded; None when there is none (or it cannot be read)."""
+        try:
+            data = json.loads(self.manifest_path.read_text())
+            return ViewsManifest(
+                version=str(data["version"]),
+                identity=(int(data["identity"][0]), int(data["identity"][1])),
+                root=str(data["root"]),
+                statements=tuple(str(statement) for statement in data["statements"]),
+            )
+        except (OSError, ValueError, KeyError, TypeError, IndexError):
+            # A missing or garbled manifest only costs a check of the file (and a republish).
             return None
+
+    def _refuse_unless_published(self) -> None:
+        """Raise unless the file at the published path is a views file we published.
+
+        Only for a file the manifest does not name (published before manifests, or put there by
+        someone else): one that is not a DuckDB database, or one without our meta table, is
+        refused rather than overwritten, since it may be somebody's data. When another process
+        holds the file read-write (DuckDB then refuses even read-only openers), a private copy
+        of it is inspected instead.
+        """
+        foreign = PublishError(
+            f"analytics.database: {self.database} is a DuckDB database that was not "
+            f"published by the analytics pipeline (it has no {META_TABLE} table); move "
+            "it away or point analytics.database elsewhere"
+        )
         try:
-            connection = duckdb.connect(str(self.database), read_only=True)
-        except duckdb.Error as exc:
-            raise PublishError(
-                f"analytics.database: {self.database} is not a readable DuckDB database "
-                f"({first_line(exc)}); move it away or point analytics.database elsewhere"
-            ) from None
-        try:
-            found = connection.execute(
-                "SELECT count(*) FROM duckdb_tables() WHERE table_name = ?", [META_TABLE]
-            ).fetchone()[0]
-            if not found:
+            _inspect_views_file(self.database)
+            return
+        except _NotOurs:
+            raise foreign from None
+        except duckdb.Error:
+            pass  # held by another process, or not a database: look at a copy
+        with tempfile.TemporaryDirectory(dir=self.database.parent, prefix=".inspect-") as folder:
+            copy = Path(folder) / self.database.name
+            try:
+                shutil.copyfile(self.database, copy)
+                _inspect_views_file(copy)
+            except duckdb.Error as exc:
                 raise PublishError(
-                    f"analytics.database: {self.database} is a DuckDB database that was not "
-                    f"published by the analytics pipeline (it has no {META_TABLE} table); move "
-                    "it away or point analytics.database elsewhere"
-                )
-            return connection.execute(f"SELECT version FROM {META_TABLE}").fetchone()[0]
-        finally:
-            connection.close()
+                    f"analytics.database: {self.database} is not a readable DuckDB database "
+                    f"({first_line(exc)}); move it away or point analytics.database elsewhere"
+                ) from None
+            except _NotOurs:
+                raise foreign from None
 
     def publish_views(self, statements: Sequence[str]) -> bool:
-        """Make the views file hold exactly ``statements``; False when it already did."""
+        """Make the views file hold exactly ``statements``; False when it already did.
+
+        The new file is built beside the old one and renamed over it; the old file is never
+        opened (see the module docstring). Raises PublishError for a file at the published path
+        that we did not publish, or when the folder cannot be written.
+        """
         version = hashlib.sha256("\n;\n".join(statements).encode()).hexdigest()
-        if self.published_version() == version:
-            return False
+        manifest = self.published_manifest()
+        identity = _identity(self.database)
+        if identity is not None and manifest is not None and manifest.identity == identity:
+            if manifest.version == version:
+                return False
+        elif identity is not None:
+            self._refuse_unless_published()
         self.database.parent.mkdir(parents=True, exist_ok=True)
         temporary = self.database.with_name(f".{self.database.name}.{uuid.uuid4().hex}.tmp")
         try:
@@ -213,13 +256,85 @@ class RollupStore:
             with open(temporary, "rb") as handle:
                 os.fsync(handle.fileno())
             os.replace(temporary, self.database)
+            # A write-ahead log at the published path belongs to a session on the file just
+            # replaced (a read-write session writes it by path): beside the new file, DuckDB
+            # would refuse to open it ("WAL does not match database file"). The session keeps
+            # its own open handle.
+            Path(f"{self.database}.wal").unlink(missing_ok=True)
             _fsync_directory(self.database.parent)
+            new_identity = _identity(self.database)
+            assert new_identity is not None  # just renamed into place
+            self._write_manifest(
+                ViewsManifest(version, new_identity, str(self.root), tuple(statements))
+            )
         except duckdb.Error as exc:
             raise PublishError(f"building the views file: {first_line(exc)}") from None
+        except OSError as exc:
+            raise PublishError(
+                f"analytics.database: cannot write {self.database}: {exc.strerror or exc}"
+            ) from None
         finally:
             temporary.unlink(missing_ok=True)
             Path(f"{temporary}.wal").unlink(missing_ok=True)
         return True
+
+    def _write_manifest(self, manifest: ViewsManifest) -> None:
+        final = self.manifest_path
+        temporary = final.with_name(f"{final.name}.{uuid.uuid4().hex}.tmp")
+        try:
+            temporary.write_text(
+                json.dumps(
+                    {
+                        "version": manifest.version,
+                        "identity": list(manifest.identity),
+                        "root": manifest.root,
+                        "statements": list(manifest.statements),
+                    }
+                )
+            )
+            os.replace(temporary, final)
+        finally:
+            temporary.unlink(missing_ok=True)
+
+
+@dataclass(frozen=True)
+class ViewsManifest:
+    """What a publish of the views file recorded beside it.
+
+    ``identity`` is the published file's (device, inode): a file at the path with another
+    identity was put there by someone else (or by a publish that died before its manifest).
+    ``statements`` are the views file's statements, in order, for readers that cannot open it.
+    """
+
+    version: str
+    identity: tuple[int, int]
+    root: str
+    statements: tuple[str, ...]
+
+
+class _NotOurs(Exception):
+    pass
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        return None
+    return stat.st_dev, stat.st_ino
+
+
+def _inspect_views_file(path: Path) -> None:
+    """Raise duckdb.Error when ``path`` cannot be opened, _NotOurs without our meta table."""
+    connection = duckdb.connect(str(path), read_only=True)
+    try:
+        found = connection.execute(
+            "SELECT count(*) FROM duckdb_tables() WHERE table_name = ?", [META_TABLE]
+        ).fetchone()[0]
+    finally:
+        connection.close()
+    if not found:
+        raise _NotOurs
 
 
 def existing_partition_files(
@@ -234,3 +349,50 @@ def existing_partition_files(
     if not store.dataset_path(dataset).is_dir():
         return None
     return [path for key in keys if (path := store.existing_partition(dataset, key)) is not None]
+
+
+@dataclass(frozen=True)
+class PublishedSpan:
+    """What a dataset's folder holds: its partition keys and the gaps between them.
+
+    ``kind`` is read from the keys themselves: ``hourly`` (UTC hour keys), ``daily`` (dates), or
+    ``other`` (a dataset rewritten whole); ``missing`` are the keys absent between the first and
+    the newest (hours or days).
+    """
+
+    dataset: str
+    kind: str
+    keys: tuple[str, ...]
+    missing: tuple[str, ...]
+
+
+def published_span(store: RollupStore, dataset: str) -> PublishedSpan:
+    """The published partitions of ``dataset`` (from its folder; nothing is opened)."""
+    keys = tuple(store.partition_keys(dataset))
+    hours = _parsed(keys, lambda key: datetime.strptime(key, HOUR_FILE_FORMAT).replace(tzinfo=UTC))
+    if hours:
+        expected = _every(hours[0], hours[-1], timedelta(hours=1))
+        missing = tuple(hour_key(hour) for hour in expected if hour not in set(hours))
+        return PublishedSpan(dataset, "hourly", keys, missing)
+    days = _parsed(keys, date.fromisoformat)
+    if days:
+        expected = _every(days[0], days[-1], timedelta(days=1))
+        missing = tuple(day.isoformat() for day in expected if day not in set(days))
+        return PublishedSpan(dataset, "daily", keys, missing)
+    return PublishedSpan(dataset, "other", keys, ())
+
+
+def _parsed(keys: Sequence[str], parse) -> list:
+    """Every key parsed, in order; [] when there is none or one does not parse."""
+    try:
+        return sorted(parse(key) for key in keys)
+    except ValueError:
+        return []
+
+
+def _every(first, last, step: timedelta) -> list:
+    values, value = [], first
+    while value <= last:
+        values.append(value)
+        value += step
+    return values

@@ -7,24 +7,45 @@ import sys
 from pathlib import Path
 
 import click
+import sqlalchemy as sa
 
 from analytics.alerts.cli import alerts, rules, status
-from analytics.cli import query
-from housekeeping.cli_options import config_option, database_option
+from analytics.cli import parse_moment, query, rollups
+from housekeeping.cli_options import config_option, database_option, positive_duration
 from housekeeping.config import ConfigError, config_path, database_url, load_config
 from housekeeping.database import AppDatabase
-from housekeeping.errors import HkError
+from housekeeping.errors import HkError, first_line, one_line
+
+# Set to see the traceback of an error `hk` did not expect (a bug), instead of its one line.
+TRACEBACK_VARIABLE = "HK_TRACEBACK"
 
 
 class HkGroup(click.Group):
-    """The one error handler of `hk`: every product error (`HkError`) becomes its message and
-    exit status 1, never a traceback; anything else is a bug and keeps its traceback."""
+    """The one error handler of `hk`: every error becomes one line and exit status 1 (click's
+    usage errors: 2), never a traceback.
+
+    A product error (`HkError`) is its message, which names the key, value or object. Anything
+    else is a bug: one line with its type and message, and the traceback only when
+    ``$HK_TRACEBACK`` is set.
+    """
 
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
         except HkError as exc:
-            raise click.ClickException(str(exc)) from None
+            raise click.ClickException(one_line(str(exc))) from None
+        except click.ClickException as exc:
+            exc.message = one_line(exc.message)
+            raise
+        except (click.exceptions.Exit, click.Abort):  # click's own exits, not errors
+            raise
+        except Exception as exc:
+            if os.environ.get(TRACEBACK_VARIABLE):
+                raise
+            raise click.ClickException(
+                f"unexpected error ({type(exc).__name__}): {one_line(str(exc)) or '-'} "
+                f"(a bug: set {TRACEBACK_VARIABLE}=1 for the traceback and report it)"
+            ) from None
 
 
 @click.group(cls=HkGroup)
@@ -138,12 +159,21 @@ def config_check(config_file, database_url, sections):
     source = str(config_file or config_path())
     sections = sections or CONFIG_SECTIONS
     db = AppDatabase(database_url or _default_database_url())
+    # The database itself first, even with no policies (the analytics sources live there too);
+    # SQLite would create a missing file on connect, so a missing one is named instead, and the
+    # sections are still parsed (live is None: nothing is checked against a database).
     problems = []
-    if "policies" in sections:
-        problems += _check_policies(db, settings)
+    live: AppDatabase | None = db
+    if not db.is_postgres and db.url.database and not Path(db.url.database).exists():
+        problems.append(f"DATABASE_URL: the SQLite file {db.url.database} does not exist")
+        live = None
+    else:
+        db.table_names()
+    if "policies" in sections and live is not None:
+        problems += _check_policies(live, settings)
     for section in sections:
         if section in SECTION_CHECKS:
-            report = SECTION_CHECKS[section](db, settings, source)
+            report = SECTION_CHECKS[section](live, settings, source)
             for line in report.ok:
                 click.echo(f"ok    {line}")
             for line in report.warnings:
@@ -169,14 +199,21 @@ def _check_policies(db: AppDatabase, settings) -> list[str]:
     for name, policy in settings.policies.items():
         try:
             checked = check_policy(db, name, policy)
+            tip = index_advice(db, checked)
         except ConfigError as exc:
             problems.append(str(exc))
+            continue
+        except sa.exc.SQLAlchemyError as exc:
+            # What the check did not foresee still names the policy and its table, in one line.
+            problems.append(
+                f"policies.{name}.table: cannot read {policy.table!r} "
+                f"({type(exc).__name__}: {first_line(getattr(exc, 'orig', None) or exc)})"
+            )
             continue
         click.echo(
             f"ok    {name}: {policy.table}.{policy.cutoff_column} (key {', '.join(checked.primary_key)})"
         )
         click.echo(f"      {_cutoff_reading(name, checked)}")
-        tip = index_advice(db, checked)
         if tip:
             advice.append(tip)
     if any(policy.archive for policy in settings.policies.values()):
@@ -213,11 +250,17 @@ def _cutoff_reading(name, checked) -> str:
 @click.option("--days", default=120, show_default=True)
 def demo(tokens, requests, days):
     """Seed the demo database (first time), run the housekeeping job once through Dagster, report."""
-    import dagster as dg
-
+    from housekeeping.dagster_runs import open_instance
     from housekeeping.demo.seed import seed_database
     from housekeeping.history import RunHistory
 
+    # Everything that can be wrong is found before the first side effect (the seed): the config,
+    # the definitions built from it, DAGSTER_HOME and its instance, the application database.
+    load_config()
+    from housekeeping.definitions import defs
+    from housekeeping.defs.assets import policy_asset_key
+
+    instance = open_instance()
     url = _default_database_url()
     db = AppDatabase(url)
     if "revoked_tokens" not in db.table_names():
@@ -226,15 +269,6 @@ def demo(tokens, requests, days):
         click.echo(_describe_seed(summary))
     db.dispose()
 
-    from housekeeping.definitions import defs
-
-    if not os.environ.get("DAGSTER_HOME"):
-        raise click.ClickException(
-            "DAGSTER_HOME is not set (make demo sets it to var/dagster_home)"
-        )
-    from housekeeping.defs.assets import policy_asset_key
-
-    instance = dg.DagsterInstance.get()
     click.echo(
         "Running housekeeping_job through Dagster (this first run on a never-cleaned database "
         "sets allow_large_delete)..."
@@ -289,9 +323,9 @@ def _demo_rollups(defs, instance) -> bool:
     what an analyst reads from the published DuckDB file."""
     from datetime import UTC, datetime, timedelta
 
-    import duckdb
-
     from analytics.defs.partitions import hour_partition_key
+    from analytics.publish import RollupStore
+    from analytics.sandbox import open_rollups
     from analytics.settings import analytics_settings
 
     current_hour = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
@@ -330,7 +364,8 @@ def _demo_rollups(defs, instance) -> bool:
         f"files, {metadata['duration_ms']:,.0f} ms"
     )
     since = (current_hour - timedelta(hours=24)).replace(tzinfo=None)
-    with duckdb.connect(str(settings.database_path), read_only=True) as connection:
+    store = RollupStore(settings.root_path, settings.database_path)
+    with open_rollups(store) as connection:
         overall = connection.execute(
             "SELECT requests, error_rate, latency_p95_ms FROM request_stats_overall(?, ?)",
             [since, datetime.now(UTC).replace(tzinfo=None)],
@@ -378,9 +413,97 @@ def _demo_alerts() -> None:
     )
 
 
+# `hk rollups backfill` runs the analytics Dagster shell, which only the roots may wire.
+@rollups.command("backfill")
+@click.argument("dataset")
+@click.option("--since", default=None, help="Backfill this far back from now, e.g. 7d or 36h.")
+@click.option(
+    "--from",
+    "start",
+    default=None,
+    help="First moment, ISO (2026-11-01 or 2026-11-01T13:00); without an offset: UTC for "
+    "hourly datasets, analytics.timezone for daily ones.",
+)
+@click.option("--to", "end", default=None, help="End (exclusive), as --from; default: now.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@config_option
+def rollups_backfill(
+    dataset: str,
+    since: str | None,
+    start: str | None,
+    end: str | None,
+    quiet: bool,
+    config_file: str | None,
+) -> None:
+    """Recompute DATASET's partitions of a time window through Dagster, as the UI's backfill
+    does: the asset's backfill policy cuts them into runs (24 hours per run for the hourly
+    rollups), each run recorded in the Dagster instance ($DAGSTER_HOME) and shown in the UI.
+    """
+    from datetime import UTC, datetime
+    from zoneinfo import ZoneInfo
+
+    from tqdm import tqdm
+
+    from analytics.datasets import all_datasets
+    from analytics.defs.backfill import plan_backfill, rollup_of, run_backfill
+    from analytics.defs.definitions import build_analytics_defs
+    from analytics.defs.partitions import Partitioning
+    from analytics.settings import analytics_settings
+    from housekeeping.config import config_path
+    from housekeeping.dagster_runs import open_instance
+
+    if (since is None) == (start is None):
+        raise click.UsageError("give --since, or --from (with an optional --to)")
+    if since is not None and end is not None:
+        raise click.UsageError("--to goes with --from, not with --since")
+    found = rollup_of(dataset)
+    if found is None:
+        known = ", ".join(sorted(d.name for d in all_datasets()))
+        raise click.BadParameter(
+            f"no dataset {dataset!r} (datasets: {known})", param_hint="DATASET"
+        )
+    written, rollup = found
+    config = load_config(config_file)
+    settings = analytics_settings(config, config_file or "config")
+    daily = rollup.partitioning is Partitioning.DAILY
+    zone = ZoneInfo(settings.day_timezone(config)) if daily else ZoneInfo("UTC")
+    now = datetime.now(UTC)
+    if since is not None:
+        window_start, window_end = now - positive_duration(since, "--since"), now
+    else:
+        assert start is not None
+        window_start = parse_moment(start, "--from", zone)
+        window_end = parse_moment(end, "--to", zone) if end is not None else now
+        if window_start >= window_end:
+            raise click.BadParameter(
+                f"{start!r} is not before {end or 'now'!r}", param_hint="--from/--to"
+            )
+    defs = build_analytics_defs(config, str(Path(config_file or config_path()).resolve()))
+    plan = plan_backfill(defs, written, rollup, window_start, window_end, now)
+    instance = open_instance()
+    click.echo(
+        f"{written.name}: {len(plan.partition_keys)} {plan.kind} partitions from "
+        f"{plan.partition_keys[0]} to {plan.partition_keys[-1]} in {len(plan.chunks)} run(s) of "
+        f"up to {plan.max_per_run} ({rollup.job}, backfill {plan.backfill_id})"
+    )
+    with tqdm(
+        total=len(plan.partition_keys), desc=written.name, unit="partition", disable=quiet
+    ) as progress:
+        runs = run_backfill(
+            defs, instance, plan, lambda run: progress.update(len(run.partition_keys))
+        )
+    click.echo(
+        f"done: {len(runs)} run(s), {len(plan.partition_keys)} partitions; in the Dagster UI: "
+        f"Runs, tag hk/backfill={plan.backfill_id}"
+    )
+
+
 def _report_line(asset: str, metadata: dict) -> str:
     if "runs_deleted" in metadata:
-        return f"  {asset:<22} purged {metadata['runs_deleted']} Dagster runs"
+        return (
+            f"  {asset:<22} purged {metadata['runs_deleted']} Dagster runs, kept "
+            f"{metadata.get('materializations_reported', 0)} latest materializations"
+        )
     deleted = metadata.get("deleted", 0)
     parts = [
         f"deleted {deleted:>9,} of {metadata.get('table_rows', 0):>9,} rows",
@@ -394,6 +517,7 @@ def _report_line(asset: str, metadata: dict) -> str:
 
 
 main.add_command(query)
+main.add_command(rollups)
 main.add_command(rules)
 main.add_command(alerts)
 main.add_command(status)

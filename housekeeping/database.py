@@ -7,6 +7,7 @@ through ADBC so deleted rows arrive as Arrow without a per-row Python loop.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -58,6 +59,47 @@ def make_engine(
     if create_sqlite_directory and is_sqlite_file:
         Path(url.database).parent.mkdir(parents=True, exist_ok=True)
     return sa.create_engine(url, connect_args=connect_args or {}, pool_pre_ping=pool_pre_ping)
+
+
+def open_own_database(
+    url: str,
+    metadata: sa.MetaData,
+    *,
+    key: str,
+    what: str,
+    error: type[HkError],
+    sqlite_connect_args: dict[str, Any] | None = None,
+    on_sqlite_connect: Callable[[Any, Any], None] | None = None,
+) -> sa.Engine:
+    """An engine on one of the product's own databases (the state database, the alert
+    database), with ``metadata``'s tables created.
+
+    ``key`` is the config key the URL came from and ``what`` the database's name in messages:
+    a URL that is not one, or a database that cannot be reached or written, raises ``error``
+    naming both in one line, the password hidden. On SQLite, ``sqlite_connect_args`` go to the
+    driver and ``on_sqlite_connect`` runs on each new connection (pragmas).
+    """
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise error(f"{key}: not a SQLAlchemy URL: {redact_url(url)}") from None
+    sqlite = parsed.get_backend_name() == "sqlite"
+    engine = make_engine(
+        parsed,
+        connect_args=(sqlite_connect_args or {}) if sqlite else {},
+        create_sqlite_directory=True,
+    )
+    if on_sqlite_connect is not None and sqlite:
+        sa.event.listen(engine, "connect", on_sqlite_connect)
+    try:
+        metadata.create_all(engine)
+    except (sa.exc.SQLAlchemyError, OSError) as exc:
+        engine.dispose()
+        cause = getattr(exc, "orig", None) or exc
+        raise error(
+            f"{key}: cannot open the {what} {redact_url(engine.url)}: {first_line(cause)}"
+        ) from None
+    return engine
 
 
 def libpq_url(url: URL) -> str:

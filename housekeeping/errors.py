@@ -34,3 +34,9 @@ def did_you_mean(names: list[str]) -> str:
     if not names:
         return ""
     return " (did you mean " + " or ".join(repr(name) for name in names) + "?)"
+
+
+def one_line(text: str) -> str:
+    """``text`` on one line: its lines stripped and joined (a driver's hint, a YAML error's
+    location and caret), so every error `hk` prints is one line."""
+    return " ".join(line.strip() for line in str(text).splitlines() if line.strip())

@@ -18,7 +18,8 @@ from enum import StrEnum
 import sqlalchemy as sa
 
 from housekeeping.config import HealthConfig, HousekeepingConfig
-from housekeeping.database import make_engine, redact_url
+from housekeeping.database import open_own_database, redact_url
+from housekeeping.errors import HkError
 
 metadata = sa.MetaData()
 
@@ -145,16 +146,26 @@ def evaluate_health(
     )
 
 
+class StateDatabaseError(HkError):
+    """The state database (``state_database_url``) is not a URL, unreachable or not writable."""
+
+
 class RunHistory:
     """Reads and writes ``hk_policy_runs`` in the state database, and judges health by
     `thresholds` (the config's ``health:`` section; `from_config` passes it)."""
 
     def __init__(self, url: str, thresholds: HealthConfig | None = None) -> None:
+        """Raises StateDatabaseError (naming ``state_database_url``) for a URL that is not one
+        or a database that cannot be reached or written."""
         self.thresholds = thresholds or HealthConfig()
-        parsed = sa.engine.make_url(url)
-        self.engine = make_engine(parsed, create_sqlite_directory=True)
+        self.engine = open_own_database(
+            url,
+            metadata,
+            key="state_database_url",
+            what="state database",
+            error=StateDatabaseError,
+        )
         self.description = redact_url(self.engine.url)
-        metadata.create_all(self.engine)
 
     @classmethod
     def from_config(cls, config: HousekeepingConfig) -> RunHistory:

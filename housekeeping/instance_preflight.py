@@ -74,13 +74,33 @@ def _source(raw: Any) -> str:
     return ""
 
 
-def check_instance(home: str | None = None, connect_timeout: int = 5) -> InstanceReport:
-    """Check dagster.yaml in ``home`` (default ``$DAGSTER_HOME``); raise naming the problem."""
+def dagster_home(home: str | None = None) -> Path:
+    """``home`` (default ``$DAGSTER_HOME``) as Dagster requires it: set, absolute, an existing
+    directory. Raises InstanceConfigError naming the value otherwise (Dagster itself raises
+    with a traceback)."""
+    source = "--home" if home else "DAGSTER_HOME"
     home = home or os.environ.get("DAGSTER_HOME")
     if not home:
         raise InstanceConfigError(
             "DAGSTER_HOME is not set: set it to the directory that holds dagster.yaml"
         )
+    path = Path(home)
+    if not path.is_absolute():
+        raise InstanceConfigError(
+            f"{source}: {home!r} must be an absolute path (Dagster requires one), "
+            f"e.g. {path.resolve()}"
+        )
+    if not path.is_dir():
+        raise InstanceConfigError(
+            f"{source}: {home!r} is not an existing directory: create it and put dagster.yaml "
+            "there (make demo uses var/dagster_home)"
+        )
+    return path
+
+
+def check_instance(home: str | None = None, connect_timeout: int = 5) -> InstanceReport:
+    """Check dagster.yaml in ``home`` (default ``$DAGSTER_HOME``); raise naming the problem."""
+    home = str(dagster_home(home))
     config_file = Path(home) / "dagster.yaml"
     if not config_file.exists():
         raise InstanceConfigError(

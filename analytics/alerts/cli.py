@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import getpass
 import json
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
 import click
@@ -24,20 +24,10 @@ from analytics.alerts.rules import RulePack, load_rules
 from analytics.alerts.service import AlertRuntime, evaluate_and_deliver
 from analytics.alerts.settings import alerts_settings
 from analytics.alerts.slack import sender_from_environment
-from housekeeping.cli_options import config_option
+from housekeeping.cli_options import config_option, positive_duration
 from housekeeping.config import HealthConfig, config_path, load_config
-from housekeeping.config_types import format_duration, parse_duration
+from housekeeping.config_types import format_duration
 from housekeeping.history import HealthStatus, RunHistory
-
-
-def _duration(value: str, option: str) -> timedelta:
-    try:
-        duration = parse_duration(value)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint=option) from None
-    if duration <= timedelta(0):
-        raise click.BadParameter(f"must be positive, got {value!r}", param_hint=option)
-    return duration
 
 
 def _when(value: datetime | None) -> str:
@@ -101,9 +91,9 @@ def rules_backtest(
         pack,
         runtime.analytics.database_path,
         RunHistory.from_config(runtime.config),
-        until - _duration(since, "--since"),
+        until - positive_duration(since, "--since"),
         until,
-        _duration(step, "--step"),
+        positive_duration(step, "--step"),
         runtime.settings.channel_for(),
         rollup_root=runtime.analytics.root_path,
     )
@@ -215,7 +205,7 @@ def alerts_silence(
     rule: str, group: str | None, duration: str, reason: str, config_file: str | None
 ) -> None:
     """Stop notifications of RULE (states still change) for a while."""
-    length = _duration(duration, "--for")
+    length = positive_duration(duration, "--for")
     runtime = AlertRuntime.load(config_file)
     if rule not in {item.name for item in runtime.rules.rules}:
         known = ", ".join(sorted(item.name for item in runtime.rules.rules))

@@ -19,9 +19,12 @@ from analytics.alerts.model import AlertKey, AlertRecord, AlertState, Notificati
 from analytics.alerts.rules import NoData, Rule, RulePack
 from analytics.alerts.state import advance
 from analytics.alerts.store import AlertStore
+from analytics.publish import PublishError
+from analytics.sandbox import QueryError
 
-# What a failing metric may raise; anything else is a bug and should surface as one.
-METRIC_ERRORS = (duckdb.Error, sa.exc.SQLAlchemyError, OSError)
+# What a failing metric may raise (a SQL rule the sandbox refuses, published rollups that cannot
+# be read); anything else is a bug and should surface as one.
+METRIC_ERRORS = (duckdb.Error, sa.exc.SQLAlchemyError, OSError, QueryError, PublishError)
 
 
 @dataclass

@@ -1,8 +1,10 @@
 """The values rules compare against thresholds: the catalog's metrics and SQL rules, evaluated.
 
 Every metric is computed for all groups at once (one query per metric, grouping and window), read
-only from the published DuckDB views file (never the file the rollups write), from the
-housekeeping run history, or, for ``app_database_up``, from a short connection attempt. What each
+only from the published rollups through the sandboxed, read-only connection every reader uses
+(analytics/sandbox.py: it keeps working while an analyst holds the views file, and a SQL rule
+can read nothing but the published rollups), from the housekeeping run history, or, for
+``app_database_up``, from a short connection attempt. What each
 metric computes is data in catalog.py; this module runs it, by the metric's source.
 
 Windows cover whole minutes: a window of 5 minutes evaluated at 12:07:30 covers 12:02 to 12:07
@@ -23,6 +25,7 @@ import duckdb
 from analytics.alerts.catalog import BUILTIN_METRICS, GroupBy, MetricSpec, Source
 from analytics.datasets import REQUESTS_MINUTE
 from analytics.publish import RollupStore, existing_partition_files, hour_key
+from analytics.sandbox import open_rollups, rollup_store, run_reading
 from analytics.views import request_stat_macros
 from housekeeping.history import RunHistory, RunStatus
 
@@ -150,15 +153,20 @@ class MetricSource:
         if self._connection is None:
             if self.views_database is None or not Path(self.views_database).exists():
                 return None
-            self._connection = duckdb.connect(str(self.views_database), read_only=True)
-            self._connection.execute("SET TimeZone = 'UTC'")
+            store = rollup_store(Path(self.views_database), self.rollup_root)
+            self._connection = open_rollups(store, timezone="UTC")
         return self._connection
 
-    def _query(self, sql: str, params: dict[str, Any]) -> list[tuple[Any, ...]] | None:
+    def _query(
+        self, sql: str, params: dict[str, Any], user_sql: bool = False
+    ) -> list[tuple[Any, ...]] | None:
         connection = self._duck()
         if connection is None:
             return None
         try:
+            if user_sql:
+                # A rule's own SQL: only reading statements, checked by DuckDB's parser.
+                return run_reading(connection, sql, params).fetchall()
             return connection.execute(sql, params).fetchall()
         except duckdb.CatalogException:
             return None  # the dataset is not published yet
@@ -194,7 +202,7 @@ class MetricSource:
 
     def _sql(self, sql: str, window: timedelta, now: datetime) -> GroupValues | None:
         start, end = window_bounds(now, window)
-        rows = self._query(sql, {"window_start": start, "window_end": end})
+        rows = self._query(sql, {"window_start": start, "window_end": end}, user_sql=True)
         if rows is None:
             return None
         result: GroupValues = {}

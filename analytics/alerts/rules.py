@@ -36,8 +36,6 @@ RuleName = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,62}$")]
 Channel = Annotated[str, Field(pattern=r"^[#@]?[A-Za-z0-9._-]{1,80}$")]
 # A threshold may name a value of the config's health: section instead of repeating it.
 _HEALTH_REFERENCE = re.compile(r"^\s*health\.([a-z_]+)\s*$")
-# A SQL rule may only read: one statement, starting with SELECT or WITH.
-_READ_ONLY_SQL = re.compile(r"^\s*(select|with)\b", re.IGNORECASE)
 
 
 class RulesError(HkError):
@@ -110,10 +108,17 @@ class Rule(StrictModel):
                     f"group_by: metric {self.metric} cannot be grouped by "
                     f"{self.group_by.value!r} (allowed: {allowed})"
                 )
-        if self.sql is not None and not _READ_ONLY_SQL.match(self.sql):
-            raise ValueError("sql: must be one SELECT (or WITH ... SELECT) query")
-        if self.sql is not None and ";" in self.sql.strip().rstrip(";"):
-            raise ValueError("sql: must be a single statement (no ';' inside)")
+        if self.sql is not None:
+            # DuckDB's own parser decides (the evaluation runs it sandboxed, analytics/sandbox.py).
+            # Imported here: the state machine loads rules without loading DuckDB.
+            from analytics.sandbox import QueryError, reading_statements
+
+            try:
+                statements = reading_statements(self.sql)
+            except QueryError as exc:
+                raise ValueError(f"sql: {exc}") from None
+            if len(statements) != 1:
+                raise ValueError(f"sql: must be one query, got {len(statements)} statements")
         if not self.thresholds:
             raise ValueError("thresholds: set at least one of warning, high, critical")
         ordered = sorted(self.thresholds.items(), key=lambda item: item[0].rank)

@@ -198,6 +198,7 @@ def deliver_daily_summary(
         RunHistory.from_config(runtime.config),
         runtime.store.engine,
         now,
+        rollup_root=runtime.analytics.root_path,
     )
     channel = runtime.settings.summary.channel or runtime.settings.default_channel
     with runtime.store.transaction() as conn:

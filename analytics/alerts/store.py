@@ -27,7 +27,7 @@ from analytics.alerts.model import (
     OutboxStatus,
     Severity,
 )
-from housekeeping.database import make_engine, redact_url
+from housekeeping.database import open_own_database, redact_url
 from housekeeping.errors import HkError
 
 metadata = sa.MetaData()
@@ -193,23 +193,16 @@ def _is_idle(record: AlertRecord) -> bool:
 
 class AlertStore:
     def __init__(self, url: str) -> None:
-        try:
-            parsed = sa.engine.make_url(url)
-        except sa.exc.ArgumentError:
-            raise AlertStoreError(
-                f"alerts.database_url: not a SQLAlchemy URL: {url.split('@')[-1]!r}"
-            ) from None
-        self.description = redact_url(parsed)
-        connect_args = {"timeout": 30} if parsed.get_backend_name() == "sqlite" else {}
-        self.engine = make_engine(parsed, connect_args=connect_args, create_sqlite_directory=True)
-        if parsed.get_backend_name() == "sqlite":
-            sa.event.listen(self.engine, "connect", _sqlite_pragmas)
-        try:
-            metadata.create_all(self.engine)
-        except sa.exc.SQLAlchemyError as exc:
-            raise AlertStoreError(
-                f"cannot open the alert database {self.description}: {exc.orig or exc}"
-            ) from None
+        self.engine = open_own_database(
+            url,
+            metadata,
+            key="alerts.database_url",
+            what="alert database",
+            error=AlertStoreError,
+            sqlite_connect_args={"timeout": 30},
+            on_sqlite_connect=_sqlite_pragmas,
+        )
+        self.description = redact_url(self.engine.url)
 
     def dispose(self) -> None:
         self.engine.dispose()

@@ -19,6 +19,7 @@ import sqlalchemy as sa
 from analytics.alerts.metrics import window_bounds
 from analytics.alerts.model import AlertKey, Notification, NotificationKind
 from analytics.alerts.store import outbox
+from analytics.sandbox import open_rollups, rollup_store
 from housekeeping.history import RunHistory, RunStatus
 
 SUMMARY_RULE = "daily_summary"
@@ -101,7 +102,14 @@ def build_summary(
     alert_engine: sa.Engine | None,
     now: datetime,
     hours: int = 24,
+    rollup_root: Path | None = None,
 ) -> DailySummary:
+    """The last ``hours`` of requests, jobs, cleanups and alerts up to ``now``.
+
+    The rollups are read through the sandboxed connection every reader uses (it keeps working
+    while an analyst holds the views file); ``rollup_root`` defaults to the one the views file's
+    manifest records.
+    """
     start, end = window_bounds(now, timedelta(hours=hours))
     summary = DailySummary(start=start.replace(tzinfo=UTC), end=end.replace(tzinfo=UTC))
     if history is not None:
@@ -118,8 +126,8 @@ def build_summary(
                 )
             )
     if Path(views_database).exists():
-        with duckdb.connect(str(views_database), read_only=True) as connection:
-            connection.execute("SET TimeZone = 'UTC'")
+        store = rollup_store(Path(views_database), rollup_root)
+        with open_rollups(store, timezone="UTC") as connection:
             _requests(connection, summary, start, end)
             _jobs(connection, summary, start, end)
     if alert_engine is not None:

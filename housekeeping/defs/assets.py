@@ -211,6 +211,7 @@ def build_dagster_run_history_asset(config: HousekeepingConfig) -> dg.AssetsDefi
                 "failed_runs_deleted": result.failed_runs_deleted,
                 "would_delete": result.would_delete,
                 "compute_log_dirs_deleted": result.compute_log_dirs_deleted,
+                "materializations_reported": result.materializations_reported,
                 "oldest_remaining_run": (
                     result.oldest_remaining_run_created_at.isoformat()
                     if result.oldest_remaining_run_created_at

@@ -172,3 +172,35 @@ def test_without_published_rollups_metrics_have_no_data_and_nothing_fires(tmp_pa
     settings = analytics_settings_at(tmp_path)  # nothing published
     report = evaluate(settings, store_at(tmp_path), PER_ROUTE, T0)
     assert report.notifications == [] and report.errors == {}
+
+
+def test_a_sql_rule_reads_nothing_but_the_published_rollups(tmp_path):
+    """SQL rules run in the sandbox hk query uses: a file outside the rollups is refused (that
+    rule reports the refusal, naming the file); the other rules evaluate as usual."""
+    secret = tmp_path / "secret.csv"
+    secret.write_text("password\nhunter2\n")
+    rules = pack(
+        f"""
+rules:
+  - name: reads_a_secret
+    sql: "SELECT count(*) FROM read_csv('{secret}')"
+    window: 5m
+    thresholds:
+      warning: {{value: 0}}
+  - name: requests_seen
+    sql: "SELECT sum(requests) FROM requests_minute WHERE minute >= $window_start AND minute < $window_end"
+    window: 5m
+    thresholds:
+      warning: {{value: 0}}
+"""
+    )
+    settings = analytics_settings_at(tmp_path)
+    publish_minutes(settings, steady_traffic(T0, 10, requests=100))
+
+    report = evaluate(settings, store_at(tmp_path), rules, T0 + 10 * MINUTE)
+
+    assert list(report.errors) == ["reads_a_secret"]
+    assert "QueryRefused" in report.errors["reads_a_secret"]
+    assert str(secret) in report.errors["reads_a_secret"]
+    [fired] = report.notifications
+    assert (fired.key.rule, fired.value) == ("requests_seen", 500)

@@ -65,12 +65,21 @@ def test_a_bad_rule_is_refused_with_a_message_naming_the_file_rule_and_key(
     assert message in text
 
 
-def test_a_sql_rule_must_be_one_read_only_query(tmp_path):
-    text = GOOD.replace("metric: http_error_rate", "sql: DELETE FROM requests_minute")
-    with pytest.raises(RulesError, match="must be one SELECT"):
-        load_rules(write(tmp_path, text))
-    text = GOOD.replace("metric: http_error_rate", "sql: SELECT 1; SELECT 2")
-    with pytest.raises(RulesError, match="single statement"):
+@pytest.mark.parametrize(
+    "sql, message",
+    [
+        ("DELETE FROM requests_minute", "DELETE refused"),
+        ("COPY (SELECT 1) TO '/tmp/x.csv'", "COPY refused"),
+        ("ATTACH '/tmp/other.duckdb'", "ATTACH refused"),
+        ("INSTALL httpfs", "INSTALL refused"),
+        ("SET enable_external_access = true", "SET refused"),
+        ("SELECT 1; SELECT 2", "must be one query, got 2 statements"),
+        ("SELEC 1", "not valid SQL"),
+    ],
+)
+def test_a_sql_rule_must_be_one_reading_query_as_duckdb_parses_it(tmp_path, sql, message):
+    text = GOOD.replace("metric: http_error_rate", f'sql: "{sql}"')
+    with pytest.raises(RulesError, match=message):
         load_rules(write(tmp_path, text))
 
 

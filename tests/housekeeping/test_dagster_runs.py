@@ -16,7 +16,11 @@ import psycopg
 import pytest
 import yaml
 
-from housekeeping.dagster_runs import RunPurgeResult, purge_dagster_runs
+from housekeeping.dagster_runs import (
+    PURGED_RUN_METADATA,
+    RunPurgeResult,
+    purge_dagster_runs,
+)
 
 # Every finished status that may be deleted is SUCCESS, FAILURE or CANCELED; QUEUED is left out
 # because a queued run needs a remote job origin, which only Dagster's private API builds.
@@ -39,6 +43,16 @@ def chatty() -> None:
 def broken() -> None:
     print("about to fail")
     raise RuntimeError("boom")
+
+
+HOURS = dg.HourlyPartitionsDefinition(start_date="2026-11-01-00:00")
+
+
+@dg.asset(partitions_def=HOURS)
+def hourly_rollup(context) -> dg.MaterializeResult:
+    return dg.MaterializeResult(
+        metadata={"rows": len(context.partition_keys), "run": context.run_id}
+    )
 
 
 def write_dagster_yaml(home: Path, config: dict) -> dg.DagsterInstance:
@@ -279,3 +293,100 @@ def test_bad_arguments_are_refused_by_name_before_anything_is_deleted(
         purge(sqlite_instance, days_later=400, **options)
 
     assert len(run_ids(sqlite_instance)) == 1
+
+
+def hourly_runs(instance: dg.DagsterInstance, *partitions: str | tuple[str, str]) -> list[str]:
+    """One run per argument: a partition key, or a (first, last) range in one run."""
+    run_ids = []
+    for partition in partitions:
+        if isinstance(partition, tuple):
+            tags = {
+                "dagster/asset_partition_range_start": partition[0],
+                "dagster/asset_partition_range_end": partition[1],
+            }
+            result = dg.materialize([hourly_rollup], instance=instance, tags=tags)
+        else:
+            result = dg.materialize([hourly_rollup], instance=instance, partition_key=partition)
+        assert result.success
+        run_ids.append(result.run_id)
+    return run_ids
+
+
+def latest_run_of(instance: dg.DagsterInstance, partition: str) -> str:
+    """The run named in the metadata of the partition's latest materialization."""
+    [record] = instance.fetch_materializations(
+        dg.AssetRecordsFilter(hourly_rollup.key, asset_partitions=[partition]), limit=1
+    ).records
+    return record.asset_materialization.metadata["run"].value
+
+
+def test_purging_runs_keeps_every_materialized_partition_materialized(instance):
+    first, second, third = hourly_runs(
+        instance,
+        ("2026-11-01-00:00", "2026-11-01-02:00"),  # a 3-hour range in one run
+        "2026-11-01-01:00",  # one hour re-materialized later
+        "2026-11-01-03:00",
+    )
+    partitions = HOURS.get_partition_keys_in_range(
+        dg.PartitionKeyRange("2026-11-01-00:00", "2026-11-01-04:00")
+    )
+    materialized = instance.get_materialized_partitions(hourly_rollup.key)
+    before = instance.get_status_by_partition(hourly_rollup.key, partitions, HOURS)
+
+    result = purge(instance, days_later=40)
+
+    assert run_ids(instance) == set()
+    assert result.runs_deleted == 3
+    # The latest materialization of each partition: two of the first run's three, one each of
+    # the others (hour 1's first materialization was superseded by the second run).
+    assert result.materializations_reported == 4
+    assert instance.get_materialized_partitions(hourly_rollup.key) == materialized
+    assert materialized == {
+        "2026-11-01-00:00",
+        "2026-11-01-01:00",
+        "2026-11-01-02:00",
+        "2026-11-01-03:00",
+    }
+    assert instance.get_status_by_partition(hourly_rollup.key, partitions, HOURS) == before
+    # Each partition keeps the figures of its latest materialization, naming the purged run.
+    assert latest_run_of(instance, "2026-11-01-01:00") == second
+    assert latest_run_of(instance, "2026-11-01-02:00") == first
+    [record] = instance.fetch_materializations(
+        dg.AssetRecordsFilter(hourly_rollup.key, asset_partitions=["2026-11-01-03:00"]), limit=1
+    ).records
+    assert record.asset_materialization.metadata[PURGED_RUN_METADATA].value == third
+    assert record.run_id == ""  # runless: no run left to purge, none to keep
+
+
+def test_an_unpartitioned_asset_keeps_its_latest_materialization(instance):
+    old, newest = succeeded_runs(instance, 2)
+
+    result = purge(instance, days_later=40)
+
+    assert result.materializations_reported == 1
+    event = instance.get_latest_materialization_event(chatty.key)
+    assert event is not None and event.run_id == ""
+    assert event.asset_materialization.metadata[PURGED_RUN_METADATA].value == newest
+
+
+def test_a_later_purge_reports_nothing_twice(instance):
+    hourly_runs(instance, "2026-11-01-00:00")
+    assert purge(instance, days_later=40).materializations_reported == 1
+    hourly_runs(instance, "2026-11-01-00:00")  # re-materialized, then purged in turn
+
+    again = purge(instance, days_later=80)
+
+    assert again.materializations_reported == 1
+    assert instance.get_materialized_partitions(hourly_rollup.key) == {"2026-11-01-00:00"}
+    # One runless event per purge: the first run's, then the second's; nothing reported twice.
+    events = instance.fetch_materializations(hourly_rollup.key, limit=10).records
+    assert [record.run_id for record in events] == ["", ""]
+
+
+def test_a_dry_run_reports_nothing(instance):
+    hourly_runs(instance, "2026-11-01-00:00")
+
+    result = purge(instance, days_later=40, dry_run=True)
+
+    assert result.materializations_reported == 0 and result.would_delete == 1
+    assert len(instance.fetch_materializations(hourly_rollup.key, limit=10).records) == 1
