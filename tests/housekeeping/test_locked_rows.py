@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
@@ -29,9 +28,16 @@ from housekeeping.sql import quote_identifier
 from tests.alerts.test_alert_cli import hk
 from tests.conftest import with_search_path
 from tests.housekeeping.test_dagster_assets import definitions, metadata_of, write_config
+from tests.housekeeping.test_partitions import config as partition_config
 from tests.housekeeping.test_partitions import create_daily_partitioned_logs, partitions
 from tests.housekeeping.test_token_cleanup import token_config
-from tests.support.app_tables import count, create_jobs, create_revoked_tokens, id_column
+from tests.support.app_tables import (
+    app_inserting_tokens,
+    count,
+    create_jobs,
+    create_revoked_tokens,
+    id_column,
+)
 
 STRATEGIES = ["page_ranges", "primary_key_ranges", "cutoff_index"]
 
@@ -43,11 +49,14 @@ def pg(pg_url) -> Iterator[AppDatabase]:
     database.dispose()
 
 
-def locked_config(tmp_path, lock_timeout="2s", **policy_overrides) -> HousekeepingConfig:
-    """token_config (small batches: locked rows sit among many transactions) and a lock_timeout."""
-    config = token_config(tmp_path, **policy_overrides)
+def with_lock_timeout(config: HousekeepingConfig, lock_timeout: str) -> HousekeepingConfig:
     safety = config.safety.model_copy(update={"lock_timeout": parse_duration(lock_timeout)})
     return config.model_copy(update={"safety": safety})
+
+
+def locked_config(tmp_path, lock_timeout="2s", **policy_overrides) -> HousekeepingConfig:
+    """token_config (small batches: locked rows sit among many transactions) and a lock_timeout."""
+    return with_lock_timeout(token_config(tmp_path, **policy_overrides), lock_timeout)
 
 
 def expired_ids_by_expiry(db: AppDatabase) -> list[int]:
@@ -233,35 +242,13 @@ def test_the_app_keeps_inserting_while_a_cleanup_skips_its_locked_rows(pg, pg_ur
     expired = expired_ids_by_expiry(pg)
     locked = expired[len(expired) // 2 : len(expired) // 2 + 5]
     config = locked_config(tmp_path, archive=True)
-    stop = threading.Event()
-    inserted: list[int] = []
-    errors: list[BaseException] = []
+    with (
+        rows_locked(pg_url, "revoked_tokens", locked),
+        app_inserting_tokens(pg) as inserted,
+    ):
+        result = run_policy(pg, config, "revoked_tokens")
 
-    def app_inserting_tokens() -> None:
-        try:
-            with pg.engine.connect() as conn:
-                while not stop.is_set():
-                    conn.execute(
-                        sa.text(
-                            "INSERT INTO revoked_tokens (user_id, token_hash, revoked_at, "
-                            "expires_at) VALUES (1, 'new', now(), now() + interval '1 day')"
-                        )
-                    )
-                    conn.commit()
-                    inserted.append(1)
-        except BaseException as exc:  # surfaced below
-            errors.append(exc)
-
-    app = threading.Thread(target=app_inserting_tokens)
-    with rows_locked(pg_url, "revoked_tokens", locked):
-        app.start()
-        try:
-            result = run_policy(pg, config, "revoked_tokens")
-        finally:
-            stop.set()
-            app.join()
-
-    assert not errors and inserted
+    assert inserted
     assert result.deleted == result.archived_rows == len(expired) - 5
     assert result.skipped_locked == 5 and result.remaining_expired == 5
     assert count(pg, "revoked_tokens", "token_hash = 'new'") == len(inserted)
@@ -355,21 +342,7 @@ def test_a_locked_row_keeps_its_partition_attached_and_the_rest_goes_row_by_row(
         # A row in the oldest partition: its lock (ROW SHARE on the table) blocks every detach.
         [locked] = conn.execute(sa.text("SELECT min(id) FROM request_logs")).scalars()
     before = partitions(pg)
-    config = parse_config(
-        {
-            "archive": {"root": str(tmp_path / "archive")},
-            "safety": {"max_delete_fraction": 1.0, "lock_timeout": "300ms"},
-            "policies": {
-                "request_logs": {
-                    "kind": "age",
-                    "table": "request_logs",
-                    "cutoff_column": "ts",
-                    "retention": "3d",
-                    "archive": True,
-                }
-            },
-        }
-    )
+    config = with_lock_timeout(partition_config(tmp_path), "300ms")
 
     with rows_locked(pg_url, "request_logs", [locked]):
         first = run_policy(pg, config, "request_logs")
