@@ -527,7 +527,7 @@ class _CutoffWalk(_Walk):
                 f"ORDER BY {self.cutoff_column} LIMIT {int(size)})"
             )
         probe = BoundParams(session.numeric_params)
-        self.upper_cutoff = _first_row(
+        nth = _first_row(
             session.query(
                 f"SELECT {self.cutoff_column} FROM {self.table} "
                 f"WHERE {' AND '.join(self._conditions(probe))} "
@@ -536,9 +536,9 @@ class _CutoffWalk(_Walk):
             ),
             (self.target.cutoff_column,),
         )
+        self.upper_cutoff = nth[0] if nth is not None else None
         conditions = self._conditions(params)
         if self.upper_cutoff is not None:
-            self.upper_cutoff = self.upper_cutoff[0]
             conditions.append(f"{self.cutoff_column} <= {params.bind(self.upper_cutoff)}")
         return " AND ".join(conditions)
 
