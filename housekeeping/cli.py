@@ -513,6 +513,8 @@ def _report_line(asset: str, metadata: dict) -> str:
     if metadata.get("archived_rows"):
         parts.append(f"archived {metadata['archived_rows']:,}")
     parts.append(f"remaining expired {metadata.get('remaining_expired', 0)}")
+    if metadata.get("skipped_locked"):
+        parts.append(f"skipped {metadata['skipped_locked']:,} locked by other sessions")
     return f"  {asset:<22} " + ", ".join(parts)
 
 

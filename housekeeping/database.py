@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -19,12 +19,35 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError
 
 from housekeeping.column_time import column_instant, column_value
+from housekeeping.config_types import format_duration
 from housekeeping.errors import HkError, first_line
 from housekeeping.sql import TableName, quote_identifier
 
 
 class DatabaseError(HkError):
     """The application database is unreachable or refused an operation."""
+
+
+class LockNotAvailable(DatabaseError):
+    """A lock was not granted within ``safety.lock_timeout``: another session holds the table
+    (PostgreSQL: e.g. ``LOCK TABLE ... IN ACCESS EXCLUSIVE MODE``, an ``ALTER TABLE``) or, on
+    SQLite, the whole database file (another connection's write transaction)."""
+
+
+# PostgreSQL's SQLSTATE for lock_not_available: a lock_timeout or NOWAIT gave up.
+LOCK_NOT_AVAILABLE = "55P03"
+# SQLite's result codes (and their extended forms) for a database file another connection holds.
+_SQLITE_LOCK_ERRORS = ("SQLITE_BUSY", "SQLITE_LOCKED")
+
+
+def is_lock_not_available(error: BaseException) -> bool:
+    """Whether a driver error (psycopg, ADBC, sqlite3; bare or wrapped by SQLAlchemy) means a
+    lock was not granted in time, as opposed to any other failure."""
+    if isinstance(error, DBAPIError) and error.orig is not None:
+        error = error.orig
+    if getattr(error, "sqlstate", None) == LOCK_NOT_AVAILABLE:
+        return True
+    return str(getattr(error, "sqlite_errorname", "")).startswith(_SQLITE_LOCK_ERRORS)
 
 
 def redact_url(url: str | URL) -> str:
@@ -102,6 +125,11 @@ def open_own_database(
     return engine
 
 
+def timeout_ms(value: timedelta) -> int:
+    """A timeout in whole milliseconds for PostgreSQL settings; never 0, which means 'none'."""
+    return max(1, int(value.total_seconds() * 1000))
+
+
 def libpq_url(url: URL) -> str:
     """The URL without a SQLAlchemy driver suffix, as libpq (psycopg, ADBC) expects it."""
     return url.set(drivername="postgresql").render_as_string(hide_password=False)
@@ -173,9 +201,13 @@ def _is_timestamp(column_type: sa.types.TypeEngine, type_name: str) -> bool:
 
 
 class AppDatabase:
-    """One application database, addressed by a SQLAlchemy URL."""
+    """One application database, addressed by a SQLAlchemy URL.
 
-    def __init__(self, url: str) -> None:
+    ``lock_timeout`` (None: the server's setting) bounds how long any statement of this handle
+    waits for a lock: PostgreSQL's ``lock_timeout`` for every session, SQLite's busy timeout.
+    """
+
+    def __init__(self, url: str, *, lock_timeout: timedelta | None = None) -> None:
         try:
             parsed = make_url(url)
         except ArgumentError:
@@ -189,8 +221,30 @@ class AppDatabase:
             )
         self.url = parsed
         self.dialect = backend
-        connect_args = {"connect_timeout": 10} if backend == "postgresql" else {"timeout": 30}
+        self.lock_timeout = lock_timeout
+        connect_args: dict[str, Any]
+        if backend == "postgresql":
+            connect_args = {"connect_timeout": 10}
+            if lock_timeout is not None:
+                # Added to the URL's own libpq options (a search_path, say), not replacing them.
+                options = parsed.query.get("options") or ()
+                options = [options] if isinstance(options, str) else list(options)
+                options.append(f"-c lock_timeout={timeout_ms(lock_timeout)}ms")
+                connect_args["options"] = " ".join(options)
+        else:
+            seconds = lock_timeout.total_seconds() if lock_timeout is not None else 30
+            connect_args = {"timeout": seconds}
         self.engine = make_engine(parsed, connect_args=connect_args, pool_pre_ping=True)
+
+    def with_lock_timeout(self, lock_timeout: timedelta) -> AppDatabase:
+        """Another handle on the same database whose statements wait at most ``lock_timeout``
+        for a lock (see the class); dispose it when done. An in-memory SQLite database exists
+        only in its own connections, so it is ``self``."""
+        if not self.is_postgres and self.url.database in (None, "", ":memory:"):
+            return self
+        return AppDatabase(
+            self.url.render_as_string(hide_password=False), lock_timeout=lock_timeout
+        )
 
     @property
     def is_postgres(self) -> bool:
@@ -327,6 +381,42 @@ class AppDatabase:
             if primary_key:
                 leading.add(primary_key[0])
         return TableInfo(table, columns, primary_key, frozenset(leading), kind)
+
+    def lock_not_granted(self, table: TableName | str, lock_timeout: timedelta) -> str:
+        """Why a statement on ``table`` gave up after ``lock_timeout`` (``safety.lock_timeout``),
+        naming the sessions that hold the table where PostgreSQL can tell."""
+        waited = f"safety.lock_timeout ({format_duration(lock_timeout)})"
+        if not self.is_postgres:
+            return (
+                f"the SQLite database {self.url.database} (table {table!r}) stayed locked by "
+                f"another connection's write transaction for longer than {waited}"
+            )
+        try:
+            holders = self.lock_holders(table)
+        except (HkError, sa.exc.SQLAlchemyError):
+            holders = []  # the message matters more than naming the holder
+        held_by = "".join(
+            f"; held by PostgreSQL backend pid {pid} ({mode})" for pid, mode in holders
+        )
+        return f"table {table!r} stayed locked by another session for longer than {waited}{held_by}"
+
+    def lock_holders(self, table: TableName | str) -> list[tuple[int, str]]:
+        """(backend pid, lock mode) of other PostgreSQL sessions holding a lock on ``table`` that
+        blocks deleting from it (SHARE or stronger); empty on SQLite, whose locks have no owner
+        to name. For error messages: the holder may be gone by the time it is read."""
+        if not self.is_postgres:
+            return []
+        with self.connect() as conn:
+            rows = conn.execute(
+                sa.text(
+                    "SELECT pid, mode FROM pg_locks WHERE locktype = 'relation' AND granted "
+                    "AND relation = to_regclass(:name) AND pid <> pg_backend_pid() "
+                    "AND mode IN ('ShareLock', 'ShareRowExclusiveLock', 'ExclusiveLock', "
+                    "'AccessExclusiveLock') ORDER BY pid"
+                ),
+                {"name": TableName.of(table).sql},
+            ).all()
+        return [(int(pid), str(mode)) for pid, mode in rows]
 
     def can_delete_from(self, table: TableName) -> bool:
         if not self.is_postgres:

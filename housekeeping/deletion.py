@@ -20,12 +20,24 @@ range batch runs in REPEATABLE READ and reads its rows with a plain SELECT, then
 the same condition: one snapshot, so exactly the archived rows go (a row changed concurrently
 makes the DELETE fail and the batch is retried), and far cheaper for the server than
 ``DELETE ... RETURNING *``. Rows stream out through COPY, decoded to Arrow as they arrive.
+
+Rows another session has locked (``SELECT ... FOR UPDATE``, an UPDATE in flight) are skipped,
+never waited for. Locking every row up front (``FOR UPDATE SKIP LOCKED``) would double the
+server's work on every batch, so a batch first runs as above with a ``lock_timeout`` of 1 ms; a
+batch that meets a lock rolls back and runs again as
+``DELETE ... WHERE <batch> AND (tableoid, ctid) IN (SELECT ... FOR UPDATE SKIP LOCKED)``, in one
+REPEATABLE READ snapshot with the batch's rows counted first: what it deletes (and archives, from
+its ``RETURNING *``) is exactly what it could lock, and the rows it could not are counted as
+``skipped_locked``. The walk moves past them; the next run picks them up. When that second try
+waits longer than ``safety.lock_timeout`` the lock is on the table itself (``LOCK TABLE``,
+``ALTER TABLE``): the walk ends there and the outcome says so (``locked_out``). SQLite has no row
+locks: a write transaction of another connection holds the whole file, and a batch that waited
+``lock_timeout`` for it (the busy timeout) ends the walk the same way.
 """
 
 from __future__ import annotations
 
 import contextlib
-import itertools
 import threading
 import time
 from collections import deque
@@ -43,7 +55,14 @@ import sqlalchemy as sa
 from housekeeping.archive import StagedFile, TableArchive
 from housekeeping.column_time import column_value
 from housekeeping.config import BatchConfig, SafetyConfig
-from housekeeping.database import AppDatabase, DatabaseError, libpq_url
+from housekeeping.database import (
+    LOCK_NOT_AVAILABLE,
+    AppDatabase,
+    DatabaseError,
+    is_lock_not_available,
+    libpq_url,
+    timeout_ms,
+)
 from housekeeping.policy_kinds import DeleteStrategy
 from housekeeping.sql import TableName, quote_identifier
 
@@ -85,6 +104,11 @@ class DeleteOutcome:
     duration_ms: float = 0.0
     stopped_early: bool = False
     batch_sizes: list[int] = field(default_factory=list)
+    # Rows of the target that other sessions had locked: skipped, left for the next run.
+    skipped_locked: int = 0
+    # Set when a lock on the whole table (or SQLite file) was not granted within lock_timeout:
+    # why, in one line. The walk ended there; the batches before it committed.
+    locked_out: str | None = None
 
 
 class BoundParams:
@@ -166,6 +190,8 @@ class _BatchSession(Protocol):
 
     def begin(self) -> None: ...
 
+    def begin_skipping_locks(self) -> None: ...
+
     def apply_settings(self, params: SettingParams) -> None: ...
 
     def query(self, sql: str, params: BoundParams) -> pa.Table: ...
@@ -203,13 +229,14 @@ class _PostgresSession:
         self.cursor = self.conn.cursor()
         # DML goes through its own cursor: executemany reports the row count without RETURNING.
         self.dml_cursor = self.conn.cursor()
-        lock_ms = int(safety.lock_timeout.total_seconds() * 1000)
-        statement_ms = int(safety.statement_timeout.total_seconds() * 1000)
+        self.lock_timeout_ms = timeout_ms(safety.lock_timeout)
         # For the whole session, which only runs batch transactions: every statement of every
         # batch gets them, without a round trip per batch. ``None`` keeps the server's setting.
         settings = {
-            "lock_timeout": f"{lock_ms}ms",
-            "statement_timeout": f"{statement_ms}ms",
+            # A batch's first try never waits on a locked row; its second try, which skips
+            # locked rows, waits up to safety.lock_timeout for the table (begin_skipping_locks).
+            "lock_timeout": f"{FIRST_TRY_LOCK_TIMEOUT_MS}ms",
+            "statement_timeout": f"{timeout_ms(safety.statement_timeout)}ms",
             # Without an archive nothing waits on a batch's COMMIT being durable: should the
             # server crash right after one, its rows come back and the next run deletes them.
             # An archived batch is published only after its COMMIT, which must be durable.
@@ -230,6 +257,12 @@ class _PostgresSession:
 
     def begin(self) -> None:
         """ADBC opens the transaction with its first statement."""
+
+    def begin_skipping_locks(self) -> None:
+        """The transaction of a batch's second try: one snapshot for counting and deleting, and
+        the full lock_timeout (only a table-level lock can make it wait)."""
+        self.cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        self.cursor.execute(f"SET LOCAL lock_timeout = '{self.lock_timeout_ms}ms'")
 
     def apply_settings(self, params: SettingParams) -> None:
         settings = params.settings()
@@ -283,6 +316,9 @@ class _SqlAlchemySession:
 
     def begin(self) -> None:
         self.transaction = self.conn.begin()
+
+    def begin_skipping_locks(self) -> None:
+        raise NotImplementedError("SQLite has no row locks to skip")
 
     def apply_settings(self, params: SettingParams) -> None:
         raise NotImplementedError("streaming a batch needs PostgreSQL")
@@ -403,12 +439,19 @@ class _Walk:
         self.select_key = self.key.strip("()")
         self.cutoff_column = quote_identifier(target.cutoff_column)
 
-    def where(self, session: _BatchSession, params: BoundParams, size: int) -> str:
-        """The condition of the next batch of about ``size`` rows (the same until advanced)."""
+    def where(
+        self, session: _BatchSession, params: BoundParams, size: int, *, skip_locked: bool = False
+    ) -> str:
+        """The condition of the next batch of about ``size`` rows (the same until advanced).
+
+        ``skip_locked``: for a batch that will leave locked rows behind, so the walk must move
+        past them without meeting them again.
+        """
         raise NotImplementedError
 
-    def advance(self, rows: pa.Table | None, deleted: int, size: int) -> bool:
-        """Move past the batch just run; True when the walk is complete."""
+    def advance(self, rows: pa.Table | None, seen: int, size: int) -> bool:
+        """Move past the batch just run, which met ``seen`` rows (deleted or skipped as locked)
+        and returned ``rows``; True when the walk is complete."""
         raise NotImplementedError
 
 
@@ -421,7 +464,9 @@ class _PageWalk(_Walk):
         self.lower_page = 0
         self.upper_page: int | None = None
 
-    def where(self, session: _BatchSession, params: BoundParams, size: int) -> str:
+    def where(
+        self, session: _BatchSession, params: BoundParams, size: int, *, skip_locked: bool = False
+    ) -> str:
         conditions = target_conditions(self.db, self.target, params)
         pages = max(1, int(size / self.rows_per_page))
         end = self.lower_page + pages
@@ -431,7 +476,7 @@ class _PageWalk(_Walk):
             conditions.append(f"ctid < {params.bind_as(f'({self.upper_page},0)', 'tid')}")
         return " AND ".join(conditions)
 
-    def advance(self, rows: pa.Table | None, deleted: int, size: int) -> bool:
+    def advance(self, rows: pa.Table | None, seen: int, size: int) -> bool:
         if self.upper_page is None:
             return True
         self.lower_page = self.upper_page
@@ -444,7 +489,9 @@ class _KeyWalk(_Walk):
         self.lower_key: tuple[Any, ...] | None = None
         self.upper_key: tuple[Any, ...] | None = None
 
-    def where(self, session: _BatchSession, params: BoundParams, size: int) -> str:
+    def where(
+        self, session: _BatchSession, params: BoundParams, size: int, *, skip_locked: bool = False
+    ) -> str:
         key, select_key, table = self.key, self.select_key, self.table
         probe = BoundParams(session.numeric_params)
         where = f"WHERE {key} > {_key_values(probe, self.lower_key)} " if self.lower_key else ""
@@ -463,29 +510,67 @@ class _KeyWalk(_Walk):
             conditions.append(f"{key} <= {_key_values(params, self.upper_key)}")
         return " AND ".join(conditions)
 
-    def advance(self, rows: pa.Table | None, deleted: int, size: int) -> bool:
+    def advance(self, rows: pa.Table | None, seen: int, size: int) -> bool:
         self.lower_key = self.upper_key
         return self.upper_key is None
 
 
 class _CutoffWalk(_Walk):
+    """Keyset on the cutoff column: ``cutoff >= lower`` re-reads ties at the boundary, which the
+    previous batch deleted, unless it left locked rows behind (then ``cutoff > lower``)."""
+
     def __init__(self, db: AppDatabase, target: DeleteTarget) -> None:
         super().__init__(db, target)
         self.lower_cutoff: Any = None
+        self.lower_inclusive = True
+        # A batch that skips locked rows covers a range of cutoff values ending here (None: the
+        # rest of the target), every tie included, so the next batch starts after all of them.
+        self.skipping_locks = False
+        self.upper_cutoff: Any = None
 
-    def where(self, session: _BatchSession, params: BoundParams, size: int) -> str:
+    def _conditions(self, params: BoundParams) -> list[str]:
         conditions = target_conditions(self.db, self.target, params)
         if self.lower_cutoff is not None:
-            conditions.append(f"{self.cutoff_column} >= {params.bind(self.lower_cutoff)}")
-        return (
-            f"{self.key} IN (SELECT {self.select_key} FROM {self.table} "
-            f"WHERE {' AND '.join(conditions)} ORDER BY {self.cutoff_column} LIMIT {int(size)})"
-        )
+            operator = ">=" if self.lower_inclusive else ">"
+            conditions.append(f"{self.cutoff_column} {operator} {params.bind(self.lower_cutoff)}")
+        return conditions
 
-    def advance(self, rows: pa.Table | None, deleted: int, size: int) -> bool:
-        if rows is not None and deleted:
+    def where(
+        self, session: _BatchSession, params: BoundParams, size: int, *, skip_locked: bool = False
+    ) -> str:
+        self.skipping_locks = skip_locked
+        if not skip_locked:
+            return (
+                f"{self.key} IN (SELECT {self.select_key} FROM {self.table} "
+                f"WHERE {' AND '.join(self._conditions(params))} "
+                f"ORDER BY {self.cutoff_column} LIMIT {int(size)})"
+            )
+        probe = BoundParams(session.numeric_params)
+        nth = _first_row(
+            session.query(
+                f"SELECT {self.cutoff_column} FROM {self.table} "
+                f"WHERE {' AND '.join(self._conditions(probe))} "
+                f"ORDER BY {self.cutoff_column} LIMIT 1 OFFSET {int(size) - 1}",
+                probe,
+            ),
+            (self.target.cutoff_column,),
+        )
+        self.upper_cutoff = nth[0] if nth is not None else None
+        conditions = self._conditions(params)
+        if self.upper_cutoff is not None:
+            conditions.append(f"{self.cutoff_column} <= {params.bind(self.upper_cutoff)}")
+        return " AND ".join(conditions)
+
+    def advance(self, rows: pa.Table | None, seen: int, size: int) -> bool:
+        if self.skipping_locks:
+            if self.upper_cutoff is None:
+                return True
+            self.lower_cutoff, self.lower_inclusive = self.upper_cutoff, False
+            return False
+        if rows is not None and seen:
             self.lower_cutoff = pc.max(rows.column(self.target.cutoff_column)).as_py()
-        return deleted < size
+            self.lower_inclusive = True
+        return seen < size
 
 
 _WALKS: dict[DeleteStrategy, type[_Walk]] = {
@@ -497,6 +582,10 @@ _WALKS: dict[DeleteStrategy, type[_Walk]] = {
 # A REPEATABLE READ batch whose rows changed under it fails; it is simply run again.
 SERIALIZATION_FAILURE = "40001"
 BATCH_ATTEMPTS = 3
+# The lock_timeout of a batch's first try: PostgreSQL's smallest (0 would mean "wait forever").
+FIRST_TRY_LOCK_TIMEOUT_MS = 1
+# How a batch's second try names the rows it could lock: unique also across partitions.
+_ROW_ID = "tableoid, ctid"
 
 
 @dataclass(frozen=True)
@@ -511,6 +600,8 @@ class _Method:
     streaming: bool
     # batches in flight at once: while one is being archived, the next one's DELETE runs
     lanes: int
+    # deleted rows go to the archive, so every batch must bring them back
+    archive: bool
 
     @classmethod
     def choose(
@@ -540,11 +631,52 @@ class _Method:
             and not target.filters
             and strategy is not DeleteStrategy.PRIMARY_KEY_RANGES
         )
-        return cls(returning, select_first, streaming, lanes=2 if select_first else 1)
+        return cls(
+            returning,
+            select_first,
+            streaming,
+            lanes=2 if select_first else 1,
+            archive=archive is not None,
+        )
 
 
 class _AbandonedBatch(Exception):
     """Another batch failed first, so this one was rolled back instead of committed."""
+
+
+class _TableLocked(Exception):
+    """A batch waited lock_timeout for a lock on the table (not a row) and rolled back."""
+
+
+def _run_with_retries(batch: _Batch, walk: _Walk, method: _Method) -> None:
+    """Runs the batch up to its COMMIT: again, skipping locked rows, when its first try met a
+    lock; again when its snapshot went stale; raises ``_TableLocked`` when even the try that
+    skips locked rows waited ``lock_timeout``. Every failed try is rolled back."""
+    stale_snapshots = 0
+    while True:
+        batch.started = time.perf_counter()
+        batch.session.begin()
+        try:
+            _run_batch(batch, walk, method)
+            return
+        except adbc.Error as exc:
+            batch.session.rollback()
+            if exc.sqlstate == LOCK_NOT_AVAILABLE:
+                if batch.skip_locked:
+                    raise _TableLocked from None
+                batch.skip_locked = True
+                continue
+            stale_snapshots += 1
+            if exc.sqlstate != SERIALIZATION_FAILURE or stale_snapshots >= BATCH_ATTEMPTS:
+                raise
+        except sa.exc.DBAPIError as exc:
+            batch.session.rollback()
+            if is_lock_not_available(exc):  # SQLite: another connection holds the file
+                raise _TableLocked from None
+            raise
+        except BaseException:
+            batch.session.rollback()
+            raise
 
 
 @dataclass
@@ -554,6 +686,10 @@ class _Batch:
     size: int
     started: float = 0.0  # perf_counter before its first statement
     deleted: int = 0
+    # the second try: rows other sessions hold are skipped (see the module docstring)
+    skip_locked: bool = False
+    seen: int = 0  # rows of the target the batch met: deleted + skipped_locked
+    skipped_locked: int = 0
     rows: pa.Table | None = None
     committed: float = 0.0  # perf_counter once COMMIT returned
     archived: bool = False
@@ -565,6 +701,9 @@ class _Batch:
 
 def _run_batch(batch: _Batch, walk: _Walk, method: _Method) -> None:
     """The batch's statements, up to (not including) its COMMIT."""
+    if batch.skip_locked:
+        _run_batch_skipping_locked(batch, walk, method)
+        return
     session = batch.session
     params = SettingParams() if method.streaming else BoundParams(session.numeric_params)
     where = walk.where(session, params, batch.size)
@@ -589,6 +728,35 @@ def _run_batch(batch: _Batch, walk: _Walk, method: _Method) -> None:
             session.stream(returning) if method.streaming else session.query(returning, params)
         )
         batch.deleted = batch.rows.num_rows
+    batch.seen = batch.deleted
+
+
+def _run_batch_skipping_locked(batch: _Batch, walk: _Walk, method: _Method) -> None:
+    """A batch's second try, after its first met a lock: deletes (and returns, when archiving)
+    exactly the rows it could lock; counts the rest as skipped."""
+    session = batch.session
+    session.begin_skipping_locks()
+    params = SettingParams() if method.streaming else BoundParams(session.numeric_params)
+    where = walk.where(session, params, batch.size, skip_locked=True)
+    if isinstance(params, SettingParams):
+        session.apply_settings(params)
+    table = walk.table
+    seen = session.query(f"SELECT count(*) FROM {table} WHERE {where}", params)
+    batch.seen = int(seen.column(0)[0].as_py())
+    delete = (
+        f"DELETE FROM {table} WHERE {where} AND ({_ROW_ID}) IN "
+        f"(SELECT {_ROW_ID} FROM {table} WHERE {where} FOR UPDATE SKIP LOCKED)"
+    )
+    if method.archive:
+        returning = f"{delete} RETURNING *"
+        batch.rows = (
+            session.stream(returning) if method.streaming else session.query(returning, params)
+        )
+        batch.deleted = batch.rows.num_rows
+    else:
+        batch.deleted = session.execute(delete, params)
+    # The same snapshot counted and deleted, so the difference is what others held.
+    batch.skipped_locked = batch.seen - batch.deleted
 
 
 class _ArchivePublisher:
@@ -655,6 +823,11 @@ def delete_in_batches(
     ``should_stop`` is asked between batches: the batches in flight always finish (commit and are
     archived), so a stopped run leaves nothing half-done and the next run carries on.
 
+    Rows other sessions have locked are skipped and counted (``skipped_locked``), never waited
+    for. A lock on the whole table not granted within ``safety.lock_timeout`` ends the walk like
+    a stop: the waiting batch rolls back, the ones before it finish, and ``locked_out`` says why.
+    Other database errors roll back the batches not yet committed and are raised.
+
     Archiving a range walk on PostgreSQL, two batches overlap: while one batch's rows are written
     to the archive (its transaction still open, as the protocol wants), the next batch already
     reads and deletes on a second connection. The database still runs one batch's statements at a
@@ -691,6 +864,7 @@ def delete_in_batches(
         elapsed = done.transaction_seconds
         outcome.batches += 1
         outcome.deleted += done.deleted
+        outcome.skipped_locked += done.skipped_locked
         outcome.batch_sizes.append(done.size)
         outcome.max_batch_ms = max(outcome.max_batch_ms, elapsed * 1000)
         if done.archived:
@@ -727,20 +901,12 @@ def delete_in_batches(
             planned_size = size = min(size, int(planned_size * 1.5))
             current = _Batch(sessions[planned % lanes], first_sequence + planned, size)
             planned += 1
-            for attempt in itertools.count(1):
-                current.started = time.perf_counter()
-                current.session.begin()
-                try:
-                    _run_batch(current, walk, method)
-                    break
-                except adbc.Error as exc:
-                    current.session.rollback()
-                    if exc.sqlstate != SERIALIZATION_FAILURE or attempt >= BATCH_ATTEMPTS:
-                        raise
-                except BaseException:
-                    current.session.rollback()
-                    raise
-            done = walk.advance(current.rows, current.deleted, size)
+            try:
+                _run_with_retries(current, walk, method)
+            except _TableLocked:
+                outcome.locked_out = db.lock_not_granted(target.table, safety.lock_timeout)
+                break
+            done = walk.advance(current.rows, current.seen, size)
             if archive is None:
                 current.rows = None
             if worker is None:

@@ -40,7 +40,35 @@ policy_runs = sa.Table(
     sa.Column("duration_ms", sa.Float, nullable=False, default=0.0),
     sa.Column("error", sa.Text, nullable=True),
     sa.Column("dagster_run_id", sa.String(64), nullable=True),
+    # Added after the first release: _add_missing_columns adds it to older state databases.
+    sa.Column("skipped_locked", sa.BigInteger, nullable=False, default=0, server_default="0"),
 )
+
+# Columns added to hk_policy_runs since it was first created; existing rows get the default.
+_ADDED_COLUMNS = ("skipped_locked",)
+
+
+def _add_missing_columns(engine: sa.Engine) -> None:
+    """Brings an existing ``hk_policy_runs`` up to the columns this version writes.
+
+    Another process may add the same column at the same moment (a sensor and a run starting
+    together); its column is as good as ours.
+    """
+    for name in _ADDED_COLUMNS:
+        if name in _policy_run_columns(engine):
+            continue
+        definition = sa.schema.CreateColumn(policy_runs.c[name]).compile(dialect=engine.dialect)
+        try:
+            with engine.begin() as conn:
+                conn.execute(sa.text(f"ALTER TABLE {policy_runs.name} ADD COLUMN {definition}"))
+        except sa.exc.DBAPIError:
+            if name not in _policy_run_columns(engine):
+                raise
+
+
+def _policy_run_columns(engine: sa.Engine) -> set[str]:
+    with engine.connect() as conn:
+        return {column["name"] for column in sa.inspect(conn).get_columns(policy_runs.name)}
 
 
 class RunStatus(StrEnum):
@@ -70,6 +98,8 @@ class PolicyRun:
     duration_ms: float = 0.0
     error: str | None = None
     dagster_run_id: str | None = None
+    # expired rows other sessions had locked, which the run skipped
+    skipped_locked: int = 0
 
 
 @dataclass(frozen=True)
@@ -91,6 +121,8 @@ class PolicyHealth:
     zero_deletes_warning: bool = False
     # True when `average_duration_ms` is above health.slow_average.
     slow_warning: bool = False
+    # Rows the newest run (failed ones included) skipped because other sessions had them locked.
+    last_skipped_locked: int = 0
 
 
 def evaluate_health(
@@ -140,6 +172,7 @@ def evaluate_health(
         last_success=succeeded[0].finished_at if succeeded else None,
         last_failure=failed[0].finished_at if failed else None,
         last_error=failed[0].error if failed else None,
+        last_skipped_locked=runs[0].skipped_locked if runs else 0,
         zero_deletes_warning=zero_deletes >= thresholds.zero_deleted_runs_warning,
         slow_warning=average is not None
         and average > thresholds.slow_average.total_seconds() * 1000,
@@ -166,6 +199,7 @@ class RunHistory:
             error=StateDatabaseError,
         )
         self.description = redact_url(self.engine.url)
+        _add_missing_columns(self.engine)
 
     @classmethod
     def from_config(cls, config: HousekeepingConfig) -> RunHistory:
@@ -252,6 +286,7 @@ def _run_from_row(row: sa.RowMapping) -> PolicyRun:
         duration_ms=row["duration_ms"],
         error=row["error"],
         dagster_run_id=row["dagster_run_id"],
+        skipped_locked=row["skipped_locked"],
     )
 
 

@@ -4,6 +4,12 @@ A partition whose upper bound is at or before the cutoff holds only expired rows
 to the archive (durably), then detached and dropped in one transaction, then the archive file is
 published: the same stage -> commit -> publish protocol as row batches, so a crash anywhere is
 repaired by the next run (see archive.TableArchive.recover).
+
+Detaching needs ACCESS EXCLUSIVE on the table, which any other session's lock blocks, also a row
+lock (``SELECT ... FOR UPDATE`` holds ROW SHARE on the table). When it is not granted within
+``safety.lock_timeout`` no more partitions are tried this run (the lock would stop each one
+again): their rows stay expired, so the batched deleter that runs next deletes them row by row,
+skipping only the rows that are locked, and a later run drops the partitions.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ import sqlalchemy as sa
 from housekeeping.archive import TableArchive, partition_file_name
 from housekeeping.column_time import column_instant
 from housekeeping.config import SafetyConfig
-from housekeeping.database import AppDatabase, libpq_url
+from housekeeping.database import LOCK_NOT_AVAILABLE, AppDatabase, libpq_url, timeout_ms
 from housekeeping.sql import TableName
 
 _RANGE_KEY = re.compile(r"^RANGE \((.+)\)$")
@@ -40,6 +46,8 @@ class PartitionOutcome:
     archived_rows: int = 0
     archive_files: int = 0
     max_transaction_ms: float = 0.0
+    # Expired partitions left in place because a lock kept them from being detached.
+    partitions_skipped_locked: int = 0
 
 
 def _bound(text: str, zone: str | None) -> datetime | None:
@@ -122,15 +130,22 @@ def drop_expired_partitions(
     log: Callable[[str], None] = lambda message: None,
 ) -> PartitionOutcome:
     outcome = PartitionOutcome()
+    lock_ms = timeout_ms(safety.lock_timeout)
+    statement_ms = timeout_ms(safety.statement_timeout)
     conn = adbc.connect(libpq_url(db.url))
     try:
         cursor = conn.cursor()
-        for partition in partitions:
+        for position, partition in enumerate(partitions):
             if outcome.partitions_dropped and should_stop():
                 break
             quoted = partition.name.sql
             staged = None
             try:
+                # Every lock of the transaction waits at most lock_timeout, the archive read's too.
+                cursor.execute(
+                    "SELECT set_config('lock_timeout', $1, true)", parameters=[f"{lock_ms}ms"]
+                )
+                cursor.fetchall()
                 if archive is not None:
                     # Read inside the dropping transaction: nobody can add rows to a partition
                     # wholly in the past, and what we archive is exactly what we drop.
@@ -145,24 +160,29 @@ def drop_expired_partitions(
                 else:
                     cursor.execute(f"SELECT count(*) FROM {quoted}")
                     rows = int(cursor.fetchone()[0])
-                # Timeouts guard the short exclusive part; the archive read above only holds
-                # ACCESS SHARE on the partition, so the application is never blocked by it.
-                lock_ms = int(safety.lock_timeout.total_seconds() * 1000)
-                statement_ms = int(safety.statement_timeout.total_seconds() * 1000)
+                # The statement timeout guards the short exclusive part; the archive read above
+                # only holds ACCESS SHARE on the partition, so the application is never blocked.
                 cursor.execute(
-                    "SELECT set_config('lock_timeout', $1, true), "
-                    "set_config('statement_timeout', $2, true)",
-                    parameters=[f"{lock_ms}ms", f"{statement_ms}ms"],
+                    "SELECT set_config('statement_timeout', $1, true)",
+                    parameters=[f"{statement_ms}ms"],
                 )
                 cursor.fetchall()
                 started = datetime.now(UTC)
                 cursor.execute(f"ALTER TABLE {table.sql} DETACH PARTITION {quoted}")
                 cursor.execute(f"DROP TABLE {quoted}")
-            except BaseException:
+            except BaseException as exc:
                 conn.rollback()
                 if archive is not None and staged is not None:
                     archive.discard(staged)
-                raise
+                if not isinstance(exc, adbc.Error) or exc.sqlstate != LOCK_NOT_AVAILABLE:
+                    raise
+                outcome.partitions_skipped_locked = len(partitions) - position
+                log(
+                    f"partition {partition.name} of {table} was not detached: a lock was not "
+                    f"granted within safety.lock_timeout; {outcome.partitions_skipped_locked} "
+                    "expired partitions stay, their rows are deleted batch by batch instead"
+                )
+                break
             conn.commit()  # unknown outcome on failure: recovery checks whether the table exists
             if archive is not None and staged is not None:
                 archive.commit(staged)

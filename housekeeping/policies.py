@@ -3,6 +3,10 @@
 Order matters and is the same for every policy: check the config against the live schema, check
 that the archive can be written, compare clocks, take the table lock, finish what a crashed run
 left in the archive, count, refuse a suspiciously large delete, and only then delete.
+
+Every statement of a run waits at most ``safety.lock_timeout`` for a lock. Rows other sessions
+have locked are skipped and reported (``skipped_locked``); a lock on the whole table that outlasts
+``lock_timeout`` ends the run with ``RunLockedOut``, which says what the run did before it.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from housekeeping.archive import ArchiveStore, LocalArchiveStore, TableArchive
 from housekeeping.column_time import column_instant
 from housekeeping.config import HousekeepingConfig
 from housekeeping.config_types import format_duration
-from housekeeping.database import AppDatabase
+from housekeeping.database import AppDatabase, LockNotAvailable, is_lock_not_available
 from housekeeping.deletion import (
     BoundParams,
     DeleteOutcome,
@@ -52,6 +56,15 @@ class SafetyRefusal(HkError):
     """The run refused to delete anything: clocks disagree or the delete looks too large."""
 
 
+class RunLockedOut(LockNotAvailable):
+    """A lock on the policy's table (or SQLite file) was not granted within
+    ``safety.lock_timeout``; ``result`` is what the run did before (None: nothing yet)."""
+
+    def __init__(self, message: str, result: PolicyResult | None = None) -> None:
+        super().__init__(message)
+        self.result = result
+
+
 @dataclass(frozen=True)
 class RunOptions:
     dry_run: bool = False
@@ -77,6 +90,10 @@ class PolicyResult:
     archive_files: int = 0
     recovered_archive_files: int = 0
     partitions_dropped: int = 0
+    # Expired rows other sessions had locked: skipped (never waited for); the next run takes them.
+    skipped_locked: int = 0
+    # Expired partitions a lock kept from being detached (their rows went batch by batch).
+    partitions_skipped_locked: int = 0
     strategies: list[DeleteStrategy] = field(default_factory=list)
     stopped_early: bool = False
     exceeds_delete_fraction: bool = False
@@ -92,6 +109,8 @@ class PolicyResult:
             line += f" in {self.batches} batches, {self.duration_ms:,.0f} ms"
             if self.archived_rows:
                 line += f", archived {self.archived_rows:,}"
+            if self.skipped_locked:
+                line += f", skipped {self.skipped_locked:,} rows locked by other sessions"
             if self.stopped_early:
                 line += ", stopped early on request"
         return line
@@ -316,8 +335,70 @@ def run_policy(
     pipeline_clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     store: ArchiveStore | None = None,
 ) -> PolicyResult:
-    """Run one policy end to end. Raises (deleting nothing) on bad config or a safety refusal."""
+    """Run one policy end to end. Raises (deleting nothing) on bad config or a safety refusal.
+
+    Rows other sessions have locked are skipped (``PolicyResult.skipped_locked``). Raises
+    ``RunLockedOut`` when a lock on the table is not granted within ``safety.lock_timeout``;
+    its ``result`` holds what the run did before.
+    """
     started = time.perf_counter()
+    policy: PolicyConfig = config.policy(name)
+    result = PolicyResult(
+        policy=name, table=str(policy.table), kind=policy.kind, dry_run=options.dry_run, cutoffs=[]
+    )
+    # Every statement of the run, not only the batches, gives up on a lock after lock_timeout.
+    run_db = db.with_lock_timeout(config.safety.lock_timeout)
+    try:
+        return _run_policy(
+            run_db,
+            config,
+            result,
+            options=options,
+            run_id=run_id or uuid.uuid4().hex[:12],
+            should_stop=should_stop,
+            log=log,
+            pipeline_clock=pipeline_clock,
+            store=store,
+        )
+    except sa.exc.DBAPIError as exc:
+        if not is_lock_not_available(exc):
+            raise
+        result.duration_ms = (time.perf_counter() - started) * 1000
+        reason = run_db.lock_not_granted(policy.table, config.safety.lock_timeout)
+        raise _locked_out(result, reason) from None
+    finally:
+        if run_db is not db:
+            run_db.dispose()
+
+
+def _locked_out(result: PolicyResult, reason: str) -> RunLockedOut:
+    # Rows counted before the lock and not deleted are still there (and still expired).
+    result.remaining_expired = max(0, result.expected_deleted - result.deleted)
+    if result.deleted:
+        archived = f", archived {result.archived_rows:,}" if result.archived_rows else ""
+        done = f"this run deleted {result.deleted:,} rows{archived} before it"
+    else:
+        done = "this run deleted nothing"
+    if result.skipped_locked:
+        done += f" and skipped {result.skipped_locked:,} locked rows"
+    return RunLockedOut(f"{result.policy}: {reason}; {done}; the next run carries on", result)
+
+
+def _run_policy(
+    db: AppDatabase,
+    config: HousekeepingConfig,
+    result: PolicyResult,
+    *,
+    options: RunOptions,
+    run_id: str,
+    should_stop: Callable[[], bool],
+    log: Callable[[str], None],
+    pipeline_clock: Callable[[], datetime],
+    store: ArchiveStore | None,
+) -> PolicyResult:
+    """``run_policy``'s steps; fills ``result`` in as it goes, so a failure can say how far."""
+    started = time.perf_counter()
+    name = result.policy
     policy: PolicyConfig = config.policy(name)
     checked = check_policy(db, name, policy)
     archive = None
@@ -326,16 +407,14 @@ def run_policy(
         store.check_writable()
         archive = TableArchive(store, str(policy.table), policy.cutoff_column)
     database_now = check_clock_skew(db, config.safety.max_clock_skew, pipeline_clock)
-    run_id = run_id or uuid.uuid4().hex[:12]
 
     with table_lock(db, policy.table):
-        recovered = 0
         if archive is not None:
             recovery = archive.recover(
                 _rows_still_in_table(db, checked),
                 partition_exists(db) if checked.table.is_partitioned else None,
             )
-            recovered = recovery.completed
+            result.recovered_archive_files = recovery.completed
             if recovery.completed or recovery.discarded:
                 log(
                     f"{name}: archive recovery finished {recovery.completed} and discarded "
@@ -345,18 +424,11 @@ def run_policy(
             targets = build_targets(db, conn, checked, database_now)
         total, expected_by_target = count_rows(db, policy.table, targets)
         expected = sum(expected_by_target)
-        result = PolicyResult(
-            policy=name,
-            table=str(policy.table),
-            kind=policy.kind,
-            dry_run=options.dry_run,
-            cutoffs=sorted({target.cutoff.isoformat(timespec="seconds") for target in targets}),
-            table_rows=total,
-            expected_deleted=expected,
-            not_expiring=total - expected,
-            remaining_expired=expected if options.dry_run else 0,
-            recovered_archive_files=recovered,
-        )
+        result.cutoffs = sorted({target.cutoff.isoformat(timespec="seconds") for target in targets})
+        result.table_rows = total
+        result.expected_deleted = expected
+        result.not_expiring = total - expected
+        result.remaining_expired = expected if options.dry_run else 0
         limit = config.delete_fraction_limit(policy)
         result.exceeds_delete_fraction = bool(total) and expected / total > limit
         if options.dry_run:
@@ -374,6 +446,7 @@ def run_policy(
                 db, checked, targets[0], archive, config, run_id, should_stop, log
             )
             result.partitions_dropped = dropped.partitions_dropped
+            result.partitions_skipped_locked = dropped.partitions_skipped_locked
             result.deleted += dropped.rows
             result.archived_rows += dropped.archived_rows
             result.archive_files += dropped.archive_files
@@ -398,14 +471,21 @@ def run_policy(
             )
             sequence += outcome.batches
             result.deleted += outcome.deleted
+            result.skipped_locked += outcome.skipped_locked
             result.batches += outcome.batches
             result.archived_rows += outcome.archived_rows
             result.archive_files += outcome.archive_files
             result.max_batch_ms = max(result.max_batch_ms, outcome.max_batch_ms)
+            skipped = (
+                f", skipped {outcome.skipped_locked:,} locked" if outcome.skipped_locked else ""
+            )
             log(
                 f"{name}: deleted {outcome.deleted:,} rows ({target.describe()}) "
-                f"in {outcome.batches} batches"
+                f"in {outcome.batches} batches{skipped}"
             )
+            if outcome.locked_out is not None:
+                result.duration_ms = (time.perf_counter() - started) * 1000
+                raise _locked_out(result, outcome.locked_out)
             if outcome.stopped_early:
                 result.stopped_early = True
                 break
@@ -426,6 +506,7 @@ def failure_recorded(
 
     A refused or failed run is recorded as failed: the operator has to look either way. A run
     that found another cleanup of the same table in progress (AlreadyRunning) is not recorded.
+    A run locked out of its table (RunLockedOut) is recorded with what it did before.
     """
     started = datetime.now(UTC)
     try:
@@ -433,6 +514,7 @@ def failure_recorded(
     except AlreadyRunning:
         raise
     except Exception as exc:
+        done = exc.result if isinstance(exc, RunLockedOut) else None
         history.record(
             PolicyRun(
                 policy=policy,
@@ -443,9 +525,22 @@ def failure_recorded(
                 duration_ms=(datetime.now(UTC) - started).total_seconds() * 1000,
                 error=f"{type(exc).__name__}: {exc}",
                 dagster_run_id=dagster_run_id,
+                **(_recorded_counts(done) if done is not None else {}),
             )
         )
         raise
+
+
+def _recorded_counts(result: PolicyResult) -> dict[str, int]:
+    """What a run did, as the run history records it."""
+    return {
+        "deleted": result.deleted,
+        "expected_deleted": result.expected_deleted,
+        "remaining_expired": result.remaining_expired,
+        "archived_rows": result.archived_rows,
+        "batches": result.batches,
+        "skipped_locked": result.skipped_locked,
+    }
 
 
 def run_and_record(
@@ -472,13 +567,9 @@ def run_and_record(
                 status=RunStatus.STOPPED if result.stopped_early else RunStatus.SUCCESS,
                 started_at=started,
                 finished_at=datetime.now(UTC),
-                deleted=result.deleted,
-                expected_deleted=result.expected_deleted,
-                remaining_expired=result.remaining_expired,
-                archived_rows=result.archived_rows,
-                batches=result.batches,
                 duration_ms=result.duration_ms,
                 dagster_run_id=dagster_run_id,
+                **_recorded_counts(result),
             )
         )
     return result

@@ -310,6 +310,8 @@ def status(as_json: bool, config_file: str | None) -> None:
                     else None
                 ),
                 "lastErrorMessage": health.last_error,
+                # rows other sessions had locked, which the newest run skipped
+                "lastRunSkippedLocked": health.last_skipped_locked,
             },
             "status": health.status.value,
             "nextScheduledRun": _iso(next_run),
@@ -343,6 +345,11 @@ def status(as_json: bool, config_file: str | None) -> None:
             f"avg {average if average is not None else '-'} ms, "
             f"last success {metrics['lastSuccess'] or '-'}, next {item['nextScheduledRun'] or '-'}"
         )
+        if metrics["lastRunSkippedLocked"]:
+            click.echo(
+                f"  {'':<22} last run skipped {metrics['lastRunSkippedLocked']:,} rows locked by "
+                "other sessions (the next run retries them)"
+            )
         if metrics["lastErrorMessage"] and statuses[name] is not HealthStatus.HEALTHY:
             click.echo(f"  {'':<22} last error: {metrics['lastErrorMessage']}")
     click.echo(f"Alerts not ok: {len(active)}")

@@ -15,7 +15,7 @@ from housekeeping.config_types import format_duration
 from housekeeping.dagster_runs import purge_dagster_runs
 from housekeeping.defs.resources import HousekeepingResource
 from housekeeping.history import PolicyRun, RunStatus
-from housekeeping.policies import RunOptions, failure_recorded, run_and_record
+from housekeeping.policies import RunLockedOut, RunOptions, failure_recorded, run_and_record
 from housekeeping.policy_kinds import PolicyConfig
 from housekeeping.stopping import stop_on_terminate
 
@@ -124,6 +124,13 @@ def build_policy_asset(
                     should_stop=stop,
                     log=context.log.info,
                 )
+        except RunLockedOut as exc:
+            # The lock is the operator's to look at, not our code: one line, not a traceback,
+            # and what the run deleted before it is on the record like any materialization.
+            metadata = _scalar_metadata(exc.result.metadata())
+            if exc.result.deleted:
+                yield dg.AssetMaterialization(asset_key=key, metadata=metadata)
+            raise dg.Failure(description=str(exc), metadata=metadata) from None
         finally:
             db.dispose()
             history.dispose()

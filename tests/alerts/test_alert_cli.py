@@ -160,6 +160,7 @@ def test_status_json_has_the_cleanup_metrics_shape(tmp_path):
         "totalTokensDeleted": 100,
         "averageCleanupMs": 250,
         "lastErrorMessage": "connection refused",
+        "lastRunSkippedLocked": 0,
     }
     assert item["nextScheduledRun"].endswith("T03:00:00.000Z")
     code, text = hk("status", "--config", config)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 import time
 from datetime import UTC, datetime, timedelta
 
@@ -14,7 +13,7 @@ from housekeeping.config import parse_config
 from housekeeping.database import AppDatabase
 from housekeeping.locking import AlreadyRunning, table_lock
 from housekeeping.policies import RunOptions, SafetyRefusal, run_policy
-from tests.support.app_tables import count, create_revoked_tokens, rows_of
+from tests.support.app_tables import app_inserting_tokens, count, create_revoked_tokens, rows_of
 
 
 def token_config(tmp_path, **policy_overrides):
@@ -219,40 +218,15 @@ def test_the_app_keeps_inserting_tokens_during_a_cleanup(pg_url, tmp_path):
     config = config.model_copy(
         update={"batch": config.batch.model_copy(update={"max_size": 2000, "initial_size": 500})}
     )
-    stop = threading.Event()
-    inserted: list[float] = []
-    errors: list[BaseException] = []
-
-    def app_inserting_tokens() -> None:
-        try:
-            with db.engine.connect() as conn:
-                while not stop.is_set():
-                    conn.execute(
-                        sa.text(
-                            "INSERT INTO revoked_tokens (user_id, token_hash, revoked_at, expires_at)"
-                            " VALUES (1, 'new', now(), now() + interval '1 day')"
-                        )
-                    )
-                    conn.commit()
-                    inserted.append(time.perf_counter())
-        except BaseException as exc:  # surfaced below
-            errors.append(exc)
-
-    app = threading.Thread(target=app_inserting_tokens)
-    app.start()
     batch_times: list[float] = []
-    try:
+    with app_inserting_tokens(db) as inserted:
         result = run_policy(
             db,
             config,
             "revoked_tokens",
             should_stop=lambda: batch_times.append(time.perf_counter()) and False,
         )
-    finally:
-        stop.set()
-        app.join()
 
-    assert not errors
     assert result.batches > 3 and result.remaining_expired == 0
     # Inserts kept landing between the first and the last batch: the app was never blocked for
     # longer than a batch, let alone the whole cleanup.

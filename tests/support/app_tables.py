@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import random
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 
 import sqlalchemy as sa
@@ -137,3 +141,38 @@ def create_request_logs(db: AppDatabase, *, hours_back: list[float]) -> None:
                 for number, hours in enumerate(hours_back)
             ],
         )
+
+
+@contextmanager
+def app_inserting_tokens(db: AppDatabase) -> Iterator[list[float]]:
+    """The application inserting new tokens (expiring in a day, token_hash 'new') one commit at a
+    time on its own connection while the block runs; yields the perf_counter of every commit and
+    raises, after the block, whatever the writer met."""
+    stop = threading.Event()
+    inserted: list[float] = []
+    errors: list[BaseException] = []
+
+    def insert_until_stopped() -> None:
+        try:
+            with db.engine.connect() as conn:
+                while not stop.is_set():
+                    conn.execute(
+                        sa.text(
+                            "INSERT INTO revoked_tokens (user_id, token_hash, revoked_at, "
+                            "expires_at) VALUES (1, 'new', now(), now() + interval '1 day')"
+                        )
+                    )
+                    conn.commit()
+                    inserted.append(time.perf_counter())
+        except BaseException as exc:  # raised in the test's thread below
+            errors.append(exc)
+
+    app = threading.Thread(target=insert_until_stopped)
+    app.start()
+    try:
+        yield inserted
+    finally:
+        stop.set()
+        app.join()
+    if errors:
+        raise errors[0]
