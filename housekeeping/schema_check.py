@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from housekeeping.config import ConfigError
 from housekeeping.database import AppDatabase, RelationKind, TableInfo
 from housekeeping.errors import closest_names, did_you_mean
-from housekeeping.policy_kinds import PolicyConfig
+from housekeeping.policy_kinds import DeleteStrategy, PolicyConfig
 from housekeeping.sql import TableName, quote_identifier
 
 
@@ -97,6 +97,11 @@ def check_policy(db: AppDatabase, name: str, policy: PolicyConfig) -> CheckedPol
                 "not a timestamp; a cutoff needs a timestamp column"
             )
 
+    if policy.strategy is DeleteStrategy.PAGE_RANGES and not db.is_postgres:
+        raise ConfigError(
+            f"{key}.strategy: page_ranges walks PostgreSQL's table pages (TID ranges); on SQLite "
+            "use auto, primary_key_ranges or cutoff_index"
+        )
     require_column("cutoff_column", policy.cutoff_column, timestamp=True)
     for config_key, column in policy.kind_columns().items():
         require_column(config_key, column)

@@ -114,8 +114,8 @@ def _refuse_populated(execute: Callable[[str], Any], existing: list[str]) -> Non
     for table in existing:
         if _has_rows(execute, table):
             raise SeedError(
-                f"table {table} already holds rows; pass reset=True (hk seed --reset) to drop and "
-                "recreate the demo tables"
+                f"table {table} already holds rows; hk seed --reset drops and recreates the demo "
+                "tables"
             )
 
 
@@ -123,8 +123,8 @@ def refuse_existing(existing: list[str]) -> None:
     """SeedError when any reference table exists (create_schema never drops)."""
     if existing:
         raise SeedError(
-            f"table {existing[0]} already exists; seed_database(reset=True) (hk seed --reset) "
-            "drops and recreates the demo tables"
+            f"table {existing[0]} already exists; hk seed --reset drops and recreates the demo "
+            "tables"
         )
 
 

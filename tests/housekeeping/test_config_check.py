@@ -220,3 +220,17 @@ def test_an_hk_option_duration_without_a_unit_is_refused_naming_the_option(
     assert result.exit_code == 2
     assert f"Invalid value for {option}: " in result.output
     assert NO_UNIT in result.output
+
+
+def test_page_ranges_on_sqlite_fails_the_check_naming_the_key(sqlite_url, tmp_path):
+    seed_database(sqlite_url, tokens=50, requests=200, days=1, progress=False)
+    changes = {"policies": {"request_logs": {"strategy": "page_ranges"}}}
+
+    result = check(
+        tmp_path, sqlite_url, shipped_config(tmp_path, **changes), "--section", "policies"
+    )
+
+    assert result.exit_code == 1
+    assert "policies.request_logs.strategy: page_ranges walks PostgreSQL's table pages" in (
+        result.output
+    )
