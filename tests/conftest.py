@@ -12,6 +12,7 @@ import uuid
 from collections.abc import Iterator
 from urllib.parse import quote
 
+import dagster as dg
 import psycopg
 import pytest
 
@@ -74,3 +75,12 @@ def app_url(request) -> str:
     if request.param == "sqlite":
         return request.getfixturevalue("sqlite_url")
     return request.getfixturevalue("pg_url")
+
+
+@pytest.fixture
+def instance(tmp_path) -> Iterator[dg.DagsterInstance]:
+    """A Dagster instance of the test's own (SQLite storage under tmp_path) for real runs."""
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    with dg.instance_for_test(temp_dir=str(home)) as test_instance:
+        yield test_instance

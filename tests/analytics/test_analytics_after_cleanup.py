@@ -99,14 +99,6 @@ def policy_config(tmp_path, table: str, **policy):
 # Requests, through real Dagster runs
 
 
-@pytest.fixture
-def instance(tmp_path):
-    home = tmp_path / "dagster_home"
-    home.mkdir()
-    with dg.instance_for_test(temp_dir=str(home)) as test_instance:
-        yield test_instance
-
-
 def write_config(tmp_path, *, table: str, policy: dict, partitions_start: date) -> str:
     path = tmp_path / "hk.yaml"
     path.write_text(

@@ -26,14 +26,6 @@ REQUESTS_MINUTE_KEY = asset_key(REQUESTS_MINUTE)
 
 
 @pytest.fixture
-def instance(tmp_path):
-    home = tmp_path / "dagster_home"
-    home.mkdir()
-    with dg.instance_for_test(temp_dir=str(home)) as test_instance:
-        yield test_instance
-
-
-@pytest.fixture
 def config_file(tmp_path) -> str:
     path = tmp_path / "hk.yaml"
     path.write_text(

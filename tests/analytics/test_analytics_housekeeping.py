@@ -496,14 +496,6 @@ def test_table_stats_of_a_missing_table_are_refused_naming_the_policy(sqlite_url
 # The Dagster shell
 
 
-@pytest.fixture
-def instance(tmp_path):
-    home = tmp_path / "dagster_home"
-    home.mkdir()
-    with dg.instance_for_test(temp_dir=str(home)) as test_instance:
-        yield test_instance
-
-
 def test_the_assets_materialise_through_dagster_and_the_sensor_follows_the_history(
     app_url, tmp_path, instance, monkeypatch
 ):

@@ -22,14 +22,6 @@ from housekeeping.history import RunHistory, RunStatus
 from tests.support.app_tables import count, create_revoked_tokens
 
 
-@pytest.fixture
-def instance(tmp_path):
-    home = tmp_path / "dagster_home"
-    home.mkdir()
-    with dg.instance_for_test(temp_dir=str(home)) as test_instance:
-        yield test_instance
-
-
 def write_config(tmp_path, **overrides) -> str:
     config = {
         "state_database_url": f"sqlite:///{tmp_path / 'state.db'}",
