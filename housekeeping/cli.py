@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from pathlib import Path
@@ -169,6 +170,11 @@ def config_check(config_file, database_url, sections):
         live = None
     else:
         db.table_names()
+    try:
+        for line in _check_own_databases(settings):
+            click.echo(f"ok    {line}")
+    except HkError as exc:
+        problems.append(str(exc))
     if "policies" in sections and live is not None:
         problems += _check_policies(live, settings)
     for section in sections:
@@ -187,6 +193,45 @@ def config_check(config_file, database_url, sections):
         f"config OK ({', '.join(sections)}): {len(settings.policies)} policies against "
         f"{db.describe()}"
     )
+
+
+def _check_own_databases(config) -> list[str]:
+    """The product's own databases (run history, alert store) answer, or ConfigError naming the
+    key: every run and `hk status` needs them. Nothing is created: a SQLite file is made by the
+    first run, and a server is only connected to. An `alerts:` section that does not parse is
+    left to its own check. Returns one line per database."""
+    import sqlalchemy as sa
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    from analytics.alerts.settings import alerts_settings
+    from housekeeping.database import make_engine, redact_url
+
+    urls = {"state_database_url": config.state_database_url}
+    with contextlib.suppress(HkError):
+        urls["alerts.database_url"] = alerts_settings(config).database_url
+    lines = []
+    for key, url in urls.items():
+        try:
+            parsed = make_url(url)
+        except ArgumentError:
+            raise ConfigError(f"{key}: not a SQLAlchemy URL: {redact_url(url)}") from None
+        if parsed.get_backend_name() == "sqlite":
+            lines.append(f"{key}: {redact_url(parsed)} (a SQLite file; the first run creates it)")
+            continue
+        engine = make_engine(parsed)
+        try:
+            with engine.connect() as connection:
+                connection.execute(sa.text("SELECT 1"))
+        except sa.exc.SQLAlchemyError as exc:
+            cause = getattr(exc, "orig", None) or exc
+            raise ConfigError(
+                f"{key}: cannot connect to {redact_url(engine.url)}: {first_line(cause)}"
+            ) from None
+        finally:
+            engine.dispose()
+        lines.append(f"{key}: {redact_url(engine.url)} answers")
+    return lines
 
 
 def _check_policies(db: AppDatabase, settings) -> list[str]:
@@ -256,11 +301,12 @@ def demo(tokens, requests, days):
 
     # Everything that can be wrong is found before the first side effect (the seed): the config,
     # the definitions built from it, DAGSTER_HOME and its instance, the application database.
-    load_config()
+    config = load_config()
     from housekeeping.definitions import defs
     from housekeeping.defs.assets import policy_asset_key
 
     instance = open_instance()
+    _check_own_databases(config)
     url = _default_database_url()
     db = AppDatabase(url)
     if "revoked_tokens" not in db.table_names():

@@ -203,12 +203,22 @@ def config_path() -> Path:
 def load_config(path: str | os.PathLike[str] | None = None) -> HousekeepingConfig:
     """Load and validate the config file (default: $HK_CONFIG, else ./hk.yaml)."""
     file = Path(path) if path is not None else config_path()
+    named_by = "" if path is not None or "HK_CONFIG" not in os.environ else " (HK_CONFIG)"
     try:
-        text = file.read_text()
+        text = file.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError(
-            f"config file {file} not found (set HK_CONFIG or pass --config)"
+            f"config file {file}{named_by} not found (set HK_CONFIG or pass --config)"
         ) from None
+    except IsADirectoryError:
+        raise ConfigError(f"config file {file}{named_by} is a directory, not a file") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"config file {file}{named_by} is not UTF-8 text (byte {exc.start}: "
+            f"{exc.object[exc.start : exc.start + 1]!r})"
+        ) from None
+    except OSError as exc:
+        raise ConfigError(f"config file {file}{named_by} cannot be read: {exc.strerror}") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:

@@ -234,3 +234,43 @@ def test_page_ranges_on_sqlite_fails_the_check_naming_the_key(sqlite_url, tmp_pa
     assert "policies.request_logs.strategy: page_ranges walks PostgreSQL's table pages" in (
         result.output
     )
+
+
+def test_a_config_path_that_is_a_directory_or_not_utf8_is_named_in_one_line(tmp_path):
+    garbled = tmp_path / "garbled.yaml"
+    garbled.write_bytes(b'owner: "\xff\xfe"\n')
+    for path, message in [
+        (tmp_path, f"config file {tmp_path} (HK_CONFIG) is a directory, not a file"),
+        (garbled, f"config file {garbled} (HK_CONFIG) is not UTF-8 text (byte 8"),
+    ]:
+        result = CliRunner().invoke(main, ["status"], env={"HK_CONFIG": str(path)})
+
+        assert result.exit_code == 1
+        assert result.output.startswith(f"Error: {message}")
+        assert "unexpected error" not in result.output
+
+
+def test_an_unreachable_state_database_fails_the_check_and_the_demo_seeds_nothing(
+    tmp_path, monkeypatch
+):
+    unreachable = "postgresql://postgres@127.0.0.1:1/x"
+    data = shipped_config(tmp_path)
+    data["state_database_url"] = unreachable
+    app = tmp_path / "app.db"
+
+    result = check(tmp_path, f"sqlite:///{app}", data, "--section", "alerts")
+
+    assert result.exit_code == 1
+    assert "error state_database_url: cannot connect to postgresql" in result.output
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    (home / "dagster.yaml").write_text((REPO / "deploy" / "dagster.demo.yaml").read_text())
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    monkeypatch.setenv("HK_CONFIG", str(tmp_path / "hk.yaml"))
+    monkeypatch.setenv("DATABASE_URL", f"sqlite:///{app}")
+
+    demo = CliRunner().invoke(main, ["demo"])
+
+    assert demo.exit_code == 1
+    assert "state_database_url: cannot connect to postgresql" in demo.output
+    assert not app.exists()
