@@ -25,10 +25,9 @@ from analytics.extract import (
     TimeRange,
     check_source,
     rows_without,
-    stream_rows,
 )
 from analytics.publish import RollupStore
-from analytics.rollups.cleaned_up import Cleanup, archived_rows, load_with_archive
+from analytics.rollups.cleaned_up import Cleanup, load_with_archive, stream_with_archive
 from analytics.rollups.engine import (
     RollupResult,
     day_bounds,
@@ -82,7 +81,6 @@ def refresh_api_usage(
         source = check_source(db, source)
     start, end = day_bounds(day, timezone)
     where = [TimeRange("ts", start, end)]
-    archived = archived_rows(db, config, source, where)
     aliases = [
         "ts",
         "service",
@@ -92,10 +90,7 @@ def refresh_api_usage(
         "cost_usd",
         "success",
     ]
-    if archived is not None:
-        source = archived.source_with_keys(db, source)
-        aliases += archived.key_aliases
-    stream = stream_rows(db, source, aliases, where)
+    source, stream, archived = stream_with_archive(db, config, source, aliases, where)
     response = "CAST(response_time_ms AS DOUBLE)"
     buckets = f"list({bucket_sql(response)})"
     with duckdb_session(store.root / ".tmp") as connection:

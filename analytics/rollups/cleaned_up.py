@@ -39,6 +39,7 @@ from analytics.extract import (
     SourceError,
     TimeRange,
     check_source,
+    stream_rows,
 )
 from analytics.rollups.engine import conversion_failure, load_stream, timestamp_literal
 from housekeeping.archive import ArchiveError, LocalArchiveStore, TableArchive
@@ -226,6 +227,25 @@ def archived_rows(
     keys = primary_key(db, config, source.table)
     files = archive_files(cleanup, source, where) if keys else []
     return ArchivedRows(tuple(files), keys) if files else None
+
+
+def stream_with_archive(
+    db: AppDatabase,
+    config: HousekeepingConfig | None,
+    source: Source,
+    aliases: Sequence[str],
+    where: Sequence[TimeRange],
+    archive_where: Sequence[TimeRange] | None = None,
+) -> tuple[Source, RowStream, ArchivedRows | None]:
+    """The live rows of ``where`` as a stream, and what of the archive to add to them (rows in
+    ``archive_where``, default ``where``): the source carries the key columns then, and the
+    stream them too, as ``load_with_archive`` expects. Returns (source, stream, archived)."""
+    archived = archived_rows(db, config, source, where if archive_where is None else archive_where)
+    aliases = list(aliases)
+    if archived is not None:
+        source = archived.source_with_keys(db, source)
+        aliases += archived.key_aliases
+    return source, stream_rows(db, source, aliases, where), archived
 
 
 def unreadable_archive(source: Source, files: Sequence[Path], error: duckdb.Error) -> SourceError:

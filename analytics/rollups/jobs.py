@@ -37,10 +37,9 @@ from analytics.extract import (
     TimeRange,
     check_source,
     rows_without,
-    stream_rows,
 )
 from analytics.publish import RollupStore
-from analytics.rollups.cleaned_up import Cleanup, archived_rows, load_with_archive
+from analytics.rollups.cleaned_up import Cleanup, load_with_archive, stream_with_archive
 from analytics.rollups.engine import (
     HOUR,
     RollupResult,
@@ -107,12 +106,8 @@ def refresh_jobs(
     live = [TimeRange("created_at", None, end)]
     # Archived jobs are finished; one that finished before the range touches none of its hours.
     archive_where = [*live, TimeRange("finished_at", start, None)]
-    archived = archived_rows(db, config, source, archive_where)
     aliases = ["queue", "name", "status", "created_at", "started_at", "finished_at", "attempts"]
-    if archived is not None:
-        source = archived.source_with_keys(db, source)
-        aliases += archived.key_aliases
-    stream = stream_rows(db, source, aliases, live)
+    source, stream, archived = stream_with_archive(db, config, source, aliases, live, archive_where)
     stuck_seconds = int(settings.stuck_after.total_seconds())
     duration = "date_diff('millisecond', started_at, finished_at)"
     snapshot_at = f"least(h.hour + INTERVAL 1 HOUR, {timestamp_literal(now.astimezone(UTC))})"

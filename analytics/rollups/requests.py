@@ -19,10 +19,9 @@ from analytics.extract import (
     TimeRange,
     check_source,
     rows_without,
-    stream_rows,
 )
 from analytics.publish import RollupStore
-from analytics.rollups.cleaned_up import Cleanup, archived_rows, load_with_archive
+from analytics.rollups.cleaned_up import Cleanup, load_with_archive, stream_with_archive
 from analytics.rollups.engine import (
     MINUTE,
     RollupResult,
@@ -84,12 +83,8 @@ def refresh_requests(
     if check:
         source = check_source(db, source)
     where = [TimeRange("ts", start, end)]
-    archived = archived_rows(db, config, source, where)
     aliases = ["ts", "route", "method", "status_code", "duration_ms"]
-    if archived is not None:
-        source = archived.source_with_keys(db, source)
-        aliases += archived.key_aliases
-    stream = stream_rows(db, source, aliases, where)
+    source, stream, archived = stream_with_archive(db, config, source, aliases, where)
     with duckdb_session(store.root / ".tmp") as connection:
         duration = "CAST(duration_ms AS DOUBLE)"
         # While the stream is read, one DuckDB thread aggregates and the prefetch thread decodes
