@@ -16,18 +16,23 @@ from croniter import croniter
 
 from analytics.alerts.backtest import backtest
 from analytics.alerts.catalog import GroupBy, unit_of
-from analytics.alerts.delivery import deliver
+from analytics.alerts.delivery import DeliveryReport
 from analytics.alerts.messages import format_value
 from analytics.alerts.model import AlertState
 from analytics.alerts.rule_tests import load_rule_test, run_rule_test
 from analytics.alerts.rules import RulePack, load_rules
-from analytics.alerts.service import AlertRuntime, evaluate_and_deliver
+from analytics.alerts.service import AlertRuntime, deliver_outbox, evaluate_and_deliver
 from analytics.alerts.settings import alerts_settings
 from analytics.alerts.slack import sender_from_environment
 from housekeeping.cli_options import config_option, positive_duration
 from housekeeping.config import HealthConfig, config_path, load_config
 from housekeeping.config_types import format_duration
 from housekeeping.history import HealthStatus, RunHistory
+
+# `hk alerts evaluate` / `deliver` exit statuses (1: a config or store error, 2: usage).
+EXIT_EVALUATION = 3  # a rule could not be evaluated
+EXIT_DELIVERY = 4  # the delivery stopped: Slack refused or did not answer; the outbox waits
+EXIT_BOTH = 5
 
 
 def _when(value: datetime | None) -> str:
@@ -237,10 +242,21 @@ def alerts_unsilence(silence_id: int, config_file: str | None) -> None:
     click.echo(f"silence #{silence_id} removed")
 
 
+def _delivery_lines(report: DeliveryReport) -> None:
+    for error in report.channel_errors:
+        click.echo(f"failed: {error}", err=True)
+    for note in report.notes:
+        click.echo(f"note: {note}", err=True)
+
+
 @alerts.command("evaluate")
 @config_option
 def alerts_evaluate(config_file: str | None) -> None:
-    """Evaluate every rule now, as the sensor does, and send what it produces."""
+    """Evaluate every rule now, as the sensor does, and send what it produces.
+
+    Exit status: 0 all evaluated and sent; 3 a rule could not be evaluated; 4 the delivery
+    stopped (Slack; the notifications wait in the outbox); 5 both; 1 the config or the store.
+    """
     runtime = AlertRuntime.load(config_file)
     sender = sender_from_environment(click.echo)
     click.echo(f"sending through: {sender.description}")
@@ -252,22 +268,42 @@ def alerts_evaluate(config_file: str | None) -> None:
         f"{delivery.sent} sent, {delivery.waiting} waiting"
     )
     for rule, error in report.errors.items():
-        click.echo(f"rule {rule} could not be evaluated: {error}", err=True)
+        click.echo(f"evaluation: rule {rule} could not be evaluated: {error}", err=True)
+    _delivery_lines(delivery)
     if delivery.error:
-        raise click.ClickException(f"delivery stopped: {delivery.error}")
+        click.echo(f"delivery stopped: {delivery.error}", err=True)
+    status = (
+        EXIT_BOTH
+        if report.errors and delivery.error
+        else EXIT_EVALUATION
+        if report.errors
+        else EXIT_DELIVERY
+        if delivery.error
+        else 0
+    )
+    if status:
+        raise SystemExit(status)
 
 
 @alerts.command("deliver")
+@click.option(
+    "--respect-backoff",
+    is_flag=True,
+    help="Leave messages waiting out a retry backoff or Retry-After (as the sensor does); "
+    "default: try them now.",
+)
 @config_option
-def alerts_deliver(config_file: str | None) -> None:
-    """Send the notifications waiting in the outbox now."""
+def alerts_deliver(respect_backoff: bool, config_file: str | None) -> None:
+    """Send the notifications waiting in the outbox now (exit 4 when the delivery stopped)."""
     runtime = AlertRuntime.load(config_file)
     sender = sender_from_environment(click.echo)
-    report = deliver(runtime.store, sender, runtime.settings)
+    report = deliver_outbox(runtime, sender, respect_backoff=respect_backoff)
     runtime.close()
     click.echo(f"{report.sent} sent in {report.messages} messages, {report.waiting} waiting")
+    _delivery_lines(report)
     if report.error:
-        raise click.ClickException(f"delivery stopped: {report.error}")
+        click.echo(f"delivery stopped: {report.error}", err=True)
+        raise SystemExit(EXIT_DELIVERY)
 
 
 # --- hk status ----------------------------------------------------------------------------

@@ -2,7 +2,9 @@
 
 - ``evaluate_and_deliver``: every rule once (evaluate.py), then drain the outbox (delivery.py);
   rules that failed to evaluate become one SYSTEM notification each per day;
-- ``notify_run_failure``: one notification per failed Dagster run (not per retry);
+- ``deliver_outbox``: drain the outbox with the messages' details (a policy's last error);
+- ``notify_run_failure``: one notification per failed Dagster run (not per retry), naming the
+  failing step and the first line of its error;
 - ``watch_evaluation``: the evaluation's heartbeat, checked by another sensor, so an alert sensor
   that keeps failing is itself an alert;
 - ``deliver_daily_summary``: the last 24 h summary through the outbox, with its chart;
@@ -11,17 +13,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import sqlalchemy as sa
 
+from analytics.alerts.catalog import BUILTIN_METRICS, GroupBy, Source
 from analytics.alerts.delivery import DeliveryReport, deliver
 from analytics.alerts.evaluate import EvaluationReport, evaluate_rules
 from analytics.alerts.messages import (
     SUMMARY_CHART_TITLE,
     evaluation_late_message,
+    first_error_line,
     rule_error_message,
     run_failure_message,
 )
@@ -84,7 +89,13 @@ class AlertRuntime:
         )
 
     def system_notification(
-        self, group: str, title: str, text: str, now: datetime, run_id: str | None = None
+        self,
+        group: str,
+        title: str,
+        text: str,
+        now: datetime,
+        run_id: str | None = None,
+        labels: dict[str, str] | None = None,
     ) -> Notification:
         severity = Severity.HIGH
         return Notification(
@@ -96,7 +107,55 @@ class AlertRuntime:
             text=text,
             evaluated_at=now,
             run_id=run_id,
+            labels=labels or {},
         )
+
+
+class MessageDetails:
+    """The extra lines of a notification's message (delivery.deliver's ``details``): for a
+    housekeeping-health alert that is not resolved, the policy's last error (first line, secrets
+    redacted) from the run history, opened on first use; ``close`` releases it."""
+
+    def __init__(self, config: HousekeepingConfig) -> None:
+        self.config = config
+        self.history: RunHistory | None = None
+
+    def __call__(self, notification: Notification) -> Sequence[str]:
+        spec = BUILTIN_METRICS.get(notification.labels.get("metric", ""))
+        policy = notification.labels.get(GroupBy.POLICY.value)
+        if (
+            spec is None
+            or spec.source not in (Source.POLICY_HEALTH, Source.POLICY_FAILURES)
+            or not policy
+            or notification.kind is NotificationKind.RESOLVED
+        ):
+            return ()
+        if self.history is None:
+            self.history = RunHistory.from_config(self.config)
+        error = self.history.health(policy).last_error
+        return (f"Last error of {policy}: {first_error_line(error)}",) if error else ()
+
+    def close(self) -> None:
+        if self.history is not None:
+            self.history.dispose()
+
+
+def deliver_outbox(
+    runtime: AlertRuntime, sender: Sender, respect_backoff: bool = True
+) -> DeliveryReport:
+    """Send what waits in the outbox (delivery.deliver) with the messages' details;
+    ``respect_backoff=False`` tries rows waiting out a retry backoff now."""
+    details = MessageDetails(runtime.config)
+    try:
+        return deliver(
+            runtime.store,
+            sender,
+            runtime.settings,
+            respect_backoff=respect_backoff,
+            details=details,
+        )
+    finally:
+        details.close()
 
 
 def app_database_answers() -> bool:
@@ -132,7 +191,7 @@ def evaluate_and_deliver(
                 conn, [notification], now=now, dedupe_key=f"rule_error:{rule}:{now.date()}"
             )
     runtime.store.beat(EVALUATION_HEARTBEAT, now, f"{report.rules} rules, {report.groups} groups")
-    return report, deliver(runtime.store, sender, runtime.settings)
+    return report, deliver_outbox(runtime, sender)
 
 
 def notify_run_failure(
@@ -142,12 +201,23 @@ def notify_run_failure(
     root_run_id: str | None,
     job_name: str,
     error: str,
+    step: str | None = None,
     now: datetime | None = None,
 ) -> bool:
-    """Store one notification for a failed run (retries of one run share it); True if new."""
+    """Store one notification for a failed run (retries of one run share it); True if new.
+
+    ``step`` is the failing step's key and ``error`` its error (else the run's failure
+    message); the message carries the step, the error's first line (secrets redacted) and a
+    link to the run.
+    """
     now = now or datetime.now(UTC)
+    labels = {"job": job_name, **({"step": step} if step else {})}
     notification = runtime.system_notification(
-        f"job:{job_name}", *run_failure_message(job_name, run_id, error), now, run_id=run_id
+        f"job:{job_name}",
+        *run_failure_message(job_name, run_id, error, step),
+        now,
+        run_id=run_id,
+        labels=labels,
     )
     with runtime.store.transaction() as conn:
         added = runtime.store.enqueue(
@@ -208,7 +278,7 @@ def deliver_daily_summary(
             now=now,
             dedupe_key=f"summary:{summary.end.date()}",
         )
-    delivery = deliver(runtime.store, sender, runtime.settings)
+    delivery = deliver_outbox(runtime, sender)
     chart_path = runtime.analytics.root_path / "summaries" / f"{summary.end:%Y-%m-%d}.png"
     chart_path.parent.mkdir(parents=True, exist_ok=True)
     chart = render_chart(summary)

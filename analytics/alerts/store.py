@@ -8,6 +8,7 @@ outbox rows in id order and marks each one sent only after Slack accepted it.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -134,6 +135,23 @@ class OutboxRow:
     sent_at: datetime | None
     slack_channel: str | None
     slack_ts: str | None
+    created_at: datetime | None = None
+    payload_digest: str = ""
+
+    @property
+    def notification_id(self) -> str:
+        """The id Slack posts carry in their metadata: the row id and a digest of its content
+        (so two alert databases posting to one channel never share one)."""
+        return f"{self.id}-{self.payload_digest}"
+
+
+@dataclass(frozen=True)
+class Episode:
+    """What was sent of one alert since it last started firing (store.episode)."""
+
+    since: datetime | None  # the FIRING notification's evaluation (None: none stored)
+    # (Slack channel id, ts of the latest message there), one per channel, first posted first
+    posts: list[tuple[str, str]]
 
 
 def notification_to_json(notification: Notification) -> str:
@@ -313,6 +331,8 @@ class AlertStore:
             sent_at=utc(row["sent_at"]),
             slack_channel=row["slack_channel"],
             slack_ts=row["slack_ts"],
+            created_at=utc(row["created_at"]),
+            payload_digest=hashlib.sha256(row["payload"].encode()).hexdigest()[:12],
         )
 
     def pending(self, limit: int = 500) -> list[OutboxRow]:
@@ -334,9 +354,27 @@ class AlertStore:
         with self.engine.connect() as conn:
             return [self._row(row) for row in conn.execute(query).mappings()]
 
+    def mark_attempt(self, ids: Sequence[int]) -> None:
+        """Count an attempt BEFORE it is made: a row with attempts > 0 that is still pending may
+        have reached Slack (an unknown outcome, or a crash right after the post), so its next
+        attempt first looks for it (delivery.py)."""
+        with self.transaction() as conn:
+            conn.execute(
+                outbox.update()
+                .where(outbox.c.id.in_(list(ids)))
+                .values(attempts=outbox.c.attempts + 1)
+            )
+
     def mark_sent(
-        self, ids: Sequence[int], now: datetime, slack_channel: str | None, slack_ts: str | None
+        self,
+        ids: Sequence[int],
+        now: datetime,
+        slack_channel: str | None,
+        slack_ts: str | None,
+        note: str | None = None,
     ) -> None:
+        """Sent at ``now`` as (channel id, ts); ``note`` says how, when not as rendered (a
+        plain-text fallback, a post found in Slack's history)."""
         with self.transaction() as conn:
             conn.execute(
                 outbox.update()
@@ -344,10 +382,9 @@ class AlertStore:
                 .values(
                     status=OutboxStatus.SENT.value,
                     sent_at=now,
-                    attempts=outbox.c.attempts + 1,
                     slack_channel=slack_channel,
                     slack_ts=slack_ts,
-                    last_error=None,
+                    last_error=note[:2000] if note else None,
                 )
             )
 
@@ -356,11 +393,7 @@ class AlertStore:
             conn.execute(
                 outbox.update()
                 .where(outbox.c.id.in_(list(ids)))
-                .values(
-                    attempts=outbox.c.attempts + 1,
-                    last_error=error[:2000],
-                    next_attempt_at=next_attempt_at,
-                )
+                .values(last_error=error[:2000], next_attempt_at=next_attempt_at)
             )
 
     def mark_failed(self, ids: Sequence[int], error: str) -> None:
@@ -368,31 +401,68 @@ class AlertStore:
             conn.execute(
                 outbox.update()
                 .where(outbox.c.id.in_(list(ids)))
-                .values(
-                    status=OutboxStatus.FAILED.value,
-                    attempts=outbox.c.attempts + 1,
-                    last_error=error[:2000],
-                )
+                .values(status=OutboxStatus.FAILED.value, last_error=error[:2000])
             )
 
-    def thread_of(self, key: AlertKey, before_id: int) -> tuple[str, str] | None:
-        """(Slack channel id, ts) of the latest sent FIRING message of ``key`` before a row."""
+    def channel_id(self, channel: str) -> str | None:
+        """The Slack id of ``channel`` (a #name) as an earlier answer gave it, or None."""
         query = (
-            sa.select(outbox.c.slack_channel, outbox.c.slack_ts)
+            sa.select(outbox.c.slack_channel)
             .where(
-                outbox.c.rule == key.rule,
-                outbox.c.group_key == key.group,
-                outbox.c.kind == NotificationKind.FIRING.value,
+                outbox.c.channel == channel,
                 outbox.c.status == OutboxStatus.SENT.value,
-                outbox.c.slack_ts.is_not(None),
-                outbox.c.id < before_id,
+                outbox.c.slack_channel.is_not(None),
+                # a threaded reply was sent to the thread's channel, not necessarily this one
+                outbox.c.kind != NotificationKind.RESOLVED.value,
             )
             .order_by(outbox.c.id.desc())
             .limit(1)
         )
         with self.engine.connect() as conn:
             row = conn.execute(query).first()
-        return (row[0], row[1]) if row is not None else None
+        return row[0] if row is not None else None
+
+    def episode(self, key: AlertKey, before_id: int) -> Episode:
+        """Since when ``key`` fires and where it was posted, as of outbox row ``before_id``:
+        from its latest FIRING row before that one, every sent FIRING / ESCALATED / STILL
+        FIRING message, the latest per Slack channel (a RESOLVED replies in each)."""
+        alerting = [
+            NotificationKind.FIRING.value,
+            NotificationKind.ESCALATED.value,
+            NotificationKind.RENOTIFY.value,
+        ]
+        with self.engine.connect() as conn:
+            start = conn.execute(
+                sa.select(outbox.c.id, outbox.c.evaluated_at)
+                .where(
+                    outbox.c.rule == key.rule,
+                    outbox.c.group_key == key.group,
+                    outbox.c.kind == NotificationKind.FIRING.value,
+                    outbox.c.id < before_id,
+                )
+                .order_by(outbox.c.id.desc())
+                .limit(1)
+            ).first()
+            if start is None:
+                return Episode(None, [])
+            rows = conn.execute(
+                sa.select(outbox.c.slack_channel, outbox.c.slack_ts)
+                .where(
+                    outbox.c.rule == key.rule,
+                    outbox.c.group_key == key.group,
+                    outbox.c.kind.in_(alerting),
+                    outbox.c.status == OutboxStatus.SENT.value,
+                    outbox.c.slack_channel.is_not(None),
+                    outbox.c.slack_ts.is_not(None),
+                    outbox.c.id >= start[0],
+                    outbox.c.id < before_id,
+                )
+                .order_by(outbox.c.id)
+            ).all()
+        latest: dict[str, str] = {}
+        for channel, ts in rows:
+            latest[channel] = ts  # dicts keep the first-seen order, values the latest
+        return Episode(utc(start[1]), list(latest.items()))
 
     # --- silences -----------------------------------------------------------------------
     def add_silence(

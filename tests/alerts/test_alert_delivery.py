@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from datetime import timedelta
 
 import pytest
 
-from analytics.alerts.catalog import Unit
+from analytics.alerts.catalog import unit_of
 from analytics.alerts.delivery import deliver
+from analytics.alerts.messages import rule_message
 from analytics.alerts.model import AlertKey, Notification, NotificationKind, Severity
 from analytics.alerts.slack import (
     ConsoleSender,
@@ -15,7 +17,7 @@ from analytics.alerts.slack import (
     SlackWebSender,
     sender_from_environment,
 )
-from tests.support.alert_support import T0, alert_settings_at, store_at
+from tests.support.alert_support import T0, alert_settings_at, pack, store_at
 from tests.support.fake_slack import FakeSlack, Scripted
 
 TOKEN = "xoxb-test-secret-token"
@@ -46,29 +48,60 @@ class Clock:
         self.now += timedelta(**kwargs)
 
 
+RULES = pack(
+    """
+rules:
+  - name: http_error_rate
+    metric: http_error_rate
+    window: 5m
+    thresholds: {high: {value: 0.05}, critical: {value: 0.10}}
+  - name: route_errors
+    metric: http_error_rate
+    group_by: route
+    window: 5m
+    thresholds: {high: {value: 0.05}, critical: {value: 0.10}}
+"""
+)
+
+
 def note(
-    rule="http_error_rate",
-    group="",
+    rule="route_errors",
+    group="/api/orders",
     kind=NotificationKind.FIRING,
     at=T0,
     channel="#alerts",
     value=0.2,
+    severity=Severity.CRITICAL,
 ):
+    """A notification as state.py makes it (its title and text from messages.rule_message)."""
+    spec = next(item for item in RULES.rules if item.name == rule)
+    key = AlertKey(rule, group)
+    title, text = rule_message(spec, key, kind, severity, value)
+    labels = {"metric": spec.metric, **({"route": group} if group else {})}
     return Notification(
-        key=AlertKey(rule, group),
+        key=key,
         kind=kind,
-        severity=Severity.CRITICAL,
+        severity=severity,
         channel=channel,
-        title=f"{kind.value} {rule} {group}",
-        text=f"{rule} {group} is {value}",
+        title=title,
+        text=text,
         evaluated_at=at,
         value=value,
-        threshold=0.1,
-        comparator=">",
-        window=timedelta(minutes=5),
-        labels={"metric": "http_error_rate"},
-        unit=Unit.RATIO,  # state.py takes it from the catalog
+        threshold=spec.threshold_value(severity),
+        comparator=spec.comparator.value,
+        window=spec.window,
+        labels=labels,
+        unit=unit_of(spec.metric),
     )
+
+
+def group_of(call):
+    """The route a posted message is about (its first line names it)."""
+    return re.search(r" on route (\S+) ", call.body["text"]).group(1)
+
+
+def first_lines(call, count=2):
+    return call.body["text"].split("\n")[:count]
 
 
 def enqueue(store, *notifications, now=T0):
@@ -96,10 +129,32 @@ def test_a_notification_is_posted_as_block_kit_with_a_fallback_and_marked_sent(
     assert call.method == "chat.postMessage" and call.body["channel"] == "#alerts"
     assert call.headers["authorization"] == f"Bearer {TOKEN}"
     blocks = call.body["blocks"]
-    assert blocks[0]["type"] == "header"
-    assert "20.0%" in str(blocks) and "10.0%" in str(blocks)  # value against threshold
-    assert "http://dagster.example:3000" in str(blocks)
-    assert call.body["text"] == "http_error_rate  is 0.2"
+    assert blocks[0] == {
+        "type": "header",
+        "text": {
+            "type": "plain_text",
+            "text": ":red_circle: FIRING [critical]: route_errors on route /api/orders is 20.0% "
+            "(> 10.0%)",
+            "emoji": True,
+        },
+    }
+    assert blocks[1]["text"]["text"] == (
+        "Since 12:00 UTC · Look at: <http://dagster.example:3000/assets/analytics/"
+        "requests_minute|asset analytics/requests_minute>"
+    )
+    assert blocks[-1]["elements"][0]["url"] == (
+        "http://dagster.example:3000/assets/analytics/requests_minute"
+    )
+    assert call.body["text"].split("\n") == [
+        "FIRING [critical]: route_errors on route /api/orders is 20.0% (&gt; 10.0%)",
+        "Since 12:00 UTC · Look at: <http://dagster.example:3000/assets/analytics/"
+        "requests_minute|asset analytics/requests_minute>",
+        "route_errors on route /api/orders: http_error_rate is 20.0% (&gt; 10.0%, window 5m)",
+    ]
+    assert call.body["metadata"] == {
+        "event_type": "hk_alert_notification",
+        "event_payload": {"notification_id": store.rows()[0].notification_id},
+    }
     (row,) = store.rows()
     assert row.status == "sent" and row.slack_ts
 
@@ -120,7 +175,7 @@ def test_slack_down_for_ten_minutes_then_everything_arrives_once_in_order(tmp_pa
         deliver(store, sender, settings, clock, clock.sleep)
         clock.advance(minutes=1)
 
-    groups = [call.body["text"].split()[1] for call in slack.posted()]
+    groups = [group_of(call) for call in slack.posted()]
     assert groups == [f"/r{minute}" for minute in range(10)]  # each once, in order
     assert store.pending() == []
     assert clock.slept == [1.0] * 9  # paced at one message a second per channel
@@ -130,7 +185,7 @@ def test_a_429_waits_for_retry_after_before_trying_again(tmp_path, slack):
     store, clock = store_at(tmp_path), Clock(T0)
     settings = alert_settings_at(tmp_path)
     sender = SlackWebSender(TOKEN, slack.base_url)
-    enqueue(store, note(group="a"), note(group="b", kind=NotificationKind.RESOLVED))
+    enqueue(store, note(group="/a"), note(group="/b", kind=NotificationKind.RESOLVED))
     slack.fail_next(Scripted(status=429, error="ratelimited", retry_after=30))
 
     first = deliver(store, sender, settings, clock, clock.sleep)
@@ -143,7 +198,9 @@ def test_a_429_waits_for_retry_after_before_trying_again(tmp_path, slack):
     assert first.sent == 0 and "rate limit" in first.error and "30 s" in first.error
     assert early.sent == 0 and calls_before_retry_after == 1  # not tried before Retry-After
     assert late.sent == 2
-    assert [call.body["text"].split()[1] for call in slack.posted()] == ["a", "b"]
+    # the first attempt may have been posted: it was looked up before posting again
+    assert [call.method for call in slack.calls].count("conversations.history") == 1
+    assert [group_of(call) for call in slack.posted()] == ["/a", "/b"]
 
 
 def test_server_errors_back_off_and_are_retried(tmp_path, slack):
@@ -159,7 +216,7 @@ def test_server_errors_back_off_and_are_retried(tmp_path, slack):
         clock.advance(seconds=30)
 
     assert [report.sent for report in reports].count(1) == 1
-    assert len(slack.posted()) == 1
+    assert len(slack.posted()) == 1 and len(slack.channel_messages("#alerts")) == 1
     (row,) = store.rows()
     assert row.status == "sent" and row.attempts == 3
 
@@ -169,7 +226,7 @@ def test_invalid_auth_is_a_clear_error_keeps_the_messages_and_does_not_hammer_sl
 ):
     store, clock = store_at(tmp_path), Clock(T0)
     settings = alert_settings_at(tmp_path)
-    enqueue(store, note(group="a"), note(group="b", kind=NotificationKind.RESOLVED))
+    enqueue(store, note(group="/a"), note(group="/b", kind=NotificationKind.RESOLVED))
     slack.fail_next(*[Scripted(status=200, error="invalid_auth")] * 20)
     sender = SlackWebSender(TOKEN, slack.base_url)
 
@@ -189,7 +246,7 @@ def test_invalid_auth_is_a_clear_error_keeps_the_messages_and_does_not_hammer_sl
 
 def test_an_unknown_channel_fails_its_messages_and_others_still_go_out(tmp_path, slack):
     store, clock = store_at(tmp_path), Clock(T0)
-    enqueue(store, note(group="a", channel="#gone"), note(group="b", channel="#alerts"))
+    enqueue(store, note(group="/a", channel="#gone"), note(group="/b", channel="#alerts"))
     slack.fail_next(Scripted(status=200, error="channel_not_found"))
 
     report = deliver(
@@ -257,10 +314,14 @@ def test_without_slack_notifications_print_to_the_console(tmp_path, monkeypatch)
     sender = sender_from_environment(lines.append)
     assert isinstance(sender, ConsoleSender) and "not configured" in sender.description
     store, clock = store_at(tmp_path), Clock(T0)
-    enqueue(store, note())
+    enqueue(store, note(group="/users/<int:id>"))
 
     assert deliver(store, sender, alert_settings_at(tmp_path), clock, clock.sleep).sent == 1
-    assert lines == ["[alert -> #alerts] http_error_rate  is 0.2"]
+    assert lines == [
+        "[alert -> #alerts] FIRING [critical]: route_errors on route /users/<int:id> is 20.0% "
+        "(> 10.0%)\nSince 12:00 UTC · Look at: asset analytics/requests_minute in Dagster\n"
+        "route_errors on route /users/<int:id>: http_error_rate is 20.0% (> 10.0%, window 5m)"
+    ]
 
 
 def test_a_hanging_slack_times_out_and_the_message_waits_for_the_next_tick(tmp_path, slack):

@@ -13,8 +13,8 @@ import json
 import dagster as dg
 
 from analytics.alerts.defs.resources import AlertsResource
-from analytics.alerts.delivery import deliver
 from analytics.alerts.service import (
+    deliver_outbox,
     evaluate_and_deliver,
     notify_run_failure,
     watch_evaluation,
@@ -77,17 +77,25 @@ def alert_run_failure_sensor(
     run = context.dagster_run
     if run.tags.get(WILL_RETRY_TAG) == "true":
         return dg.SkipReason(f"run {run.run_id} will be retried: alerting on the final attempt")
+    # The first failed step and its error say more than the run's "Steps failed: [...]".
+    step, error = None, context.failure_event.message or ""
+    for event in context.get_step_failure_events():
+        step_error = getattr(event.event_specific_data, "error", None)
+        step = event.step_key
+        if step_error is not None and step_error.message:
+            error = step_error.message
+        break
     runtime = alerts.runtime()
     try:
-        error = context.failure_event.message or ""
         added = notify_run_failure(
             runtime,
             run_id=run.run_id,
             root_run_id=run.root_run_id,
             job_name=run.job_name,
             error=error,
+            step=step,
         )
-        delivery = deliver(runtime.store, sender_from_environment(), runtime.settings)
+        delivery = deliver_outbox(runtime, sender_from_environment())
     finally:
         runtime.close()
     if delivery.error:
@@ -107,7 +115,7 @@ def alert_watchdog_sensor(alerts: AlertsResource) -> dg.SkipReason:
     try:
         if not watch_evaluation(runtime):
             return dg.SkipReason("rule evaluation is on time")
-        delivery = deliver(runtime.store, sender_from_environment(), runtime.settings)
+        delivery = deliver_outbox(runtime, sender_from_environment())
     finally:
         runtime.close()
     return dg.SkipReason(f"rule evaluation is late: alert stored, {delivery.sent} sent")
