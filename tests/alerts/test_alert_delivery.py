@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from datetime import timedelta
 
@@ -9,7 +10,9 @@ import pytest
 
 from analytics.alerts.catalog import unit_of
 from analytics.alerts.delivery import deliver
-from analytics.alerts.messages import rule_message
+from analytics.alerts.evaluate import evaluate_rules
+from analytics.alerts.messages import render, rule_message
+from analytics.alerts.metrics import MetricSource
 from analytics.alerts.model import AlertKey, Notification, NotificationKind, Severity
 from analytics.alerts.slack import (
     ConsoleSender,
@@ -17,8 +20,16 @@ from analytics.alerts.slack import (
     SlackWebSender,
     sender_from_environment,
 )
-from tests.support.alert_support import T0, alert_settings_at, pack, store_at
-from tests.support.fake_slack import FakeSlack, Scripted
+from tests.support.alert_support import (
+    T0,
+    alert_settings_at,
+    analytics_settings_at,
+    pack,
+    publish_minutes,
+    steady_traffic,
+    store_at,
+)
+from tests.support.fake_slack import FakeSlack, Scripted, block_problems
 
 TOKEN = "xoxb-test-secret-token"
 
@@ -334,3 +345,267 @@ def test_a_hanging_slack_times_out_and_the_message_waits_for_the_next_tick(tmp_p
 
     assert report.sent == 0 and "cannot reach Slack" in report.error
     assert len(store.pending()) == 1
+
+
+# --- exactly one message per notification (issue 12, item 1) --------------------------------
+def test_a_post_slack_accepts_but_answers_after_the_timeout_is_one_message_and_threads(
+    tmp_path, slack
+):
+    store, clock = store_at(tmp_path), Clock(T0)
+    settings = alert_settings_at(tmp_path)
+    sender = SlackWebSender(TOKEN, slack.base_url, timeout=1)
+    enqueue(store, note())
+    slack.fail_next(Scripted(accept_then_delay=2))  # posted, then answered after the timeout
+
+    lost = deliver(store, sender, settings, clock, clock.sleep)
+    clock.advance(minutes=1)
+    retried = deliver(store, sender, settings, clock, clock.sleep)
+    enqueue(store, note(kind=NotificationKind.RESOLVED, value=0.01, at=clock.now), now=clock.now)
+    resolved = deliver(store, sender, settings, clock, clock.sleep)
+
+    assert lost.sent == 0 and "timed out" in lost.error
+    assert retried.sent == 1 and retried.found == 1
+    firing, reply = slack.channel_messages("#alerts")  # exactly two messages reached Slack
+    assert firing.thread_ts is None and firing.text.startswith("FIRING [critical]: route_errors")
+    assert reply.thread_ts == firing.ts and reply.text.startswith("RESOLVED: route_errors")
+    first_row, second_row = store.rows()
+    assert (first_row.status, first_row.slack_ts, first_row.attempts) == ("sent", firing.ts, 2)
+    assert "found in Slack's history" in first_row.last_error
+    assert resolved.sent == 1 and second_row.slack_ts == reply.ts
+    methods = [call.method for call in slack.calls]
+    assert methods == [
+        "chat.postMessage",  # accepted, answer lost
+        "conversations.list",  # "#alerts" -> its id, to read its history
+        "conversations.history",  # found: not posted again
+        "chat.postMessage",  # the RESOLVED, in the thread
+    ]
+
+
+def test_a_resolved_reply_answered_after_the_timeout_is_one_reply(tmp_path, slack):
+    store, clock = store_at(tmp_path), Clock(T0)
+    settings = alert_settings_at(tmp_path)
+    sender = SlackWebSender(TOKEN, slack.base_url, timeout=1)
+    enqueue(store, note())
+    deliver(store, sender, settings, clock, clock.sleep)
+    enqueue(store, note(kind=NotificationKind.RESOLVED, value=0.01, at=clock.now), now=clock.now)
+    slack.fail_next(Scripted(accept_then_delay=2))
+
+    deliver(store, sender, settings, clock, clock.sleep)
+    clock.advance(minutes=1)
+    deliver(store, sender, settings, clock, clock.sleep)
+
+    firing, reply = slack.channel_messages("#alerts")
+    assert reply.thread_ts == firing.ts
+    assert [call.method for call in slack.calls][-1] == "conversations.replies"
+    assert [row.status for row in store.rows()] == ["sent", "sent"]
+
+
+def test_a_crash_between_the_post_and_marking_it_sent_does_not_post_twice(tmp_path, slack):
+    store, clock = store_at(tmp_path), Clock(T0)
+    settings = alert_settings_at(tmp_path)
+    sender = SlackWebSender(TOKEN, slack.base_url)
+    enqueue(store, note())
+    (row,) = store.pending()
+    # What a drain does up to the post, then the process dies: the row is never marked sent.
+    store.mark_attempt([row.id])
+    sender.send(render([row.notification]), None, row.notification_id)
+
+    restarted = deliver(store, SlackWebSender(TOKEN, slack.base_url), settings, clock, clock.sleep)
+
+    assert restarted.sent == 1 and restarted.found == 1
+    assert len(slack.channel_messages("#alerts")) == 1
+
+
+def test_without_the_history_scope_a_lost_answer_is_posted_again_and_the_outbox_says_why(
+    tmp_path, slack
+):
+    store, clock = store_at(tmp_path), Clock(T0)
+    settings = alert_settings_at(tmp_path)
+    sender = SlackWebSender(TOKEN, slack.base_url, timeout=1)
+    enqueue(store, note())
+    slack.fail_next(Scripted(accept_then_delay=2), Scripted(error="missing_scope"))
+
+    deliver(store, sender, settings, clock, clock.sleep)
+    clock.advance(minutes=1)
+    report = deliver(store, sender, settings, clock, clock.sleep)
+
+    # The documented duplicate window: no history to search, so it is posted again.
+    assert len(slack.channel_messages("#alerts")) == 2
+    assert report.sent == 1 and "channels:history" in report.notes[0]
+    assert "posted again without a look-up" in store.rows()[0].last_error
+
+
+# --- within Slack's limits, escaped, never dropped (issue 12, item 2) -----------------------
+ERROR_TEXT = (
+    'psycopg.errors.UniqueViolation: duplicate key value violates unique constraint "users_pkey" '
+    "DETAIL: Key (id)=(<int:id>) already exists & the batch was rolled back; "
+)
+LONG_ERROR = (ERROR_TEXT * 20)[:2339]
+
+
+def sql_rule_notifications(tmp_path):
+    """A real evaluation of a SQL rule whose group is a 2,339-character error text."""
+    analytics = analytics_settings_at(tmp_path)
+    publish_minutes(analytics, steady_traffic(T0, 10, errors=5))
+    rules = pack(
+        f"""
+rules:
+  - name: errors_by_message
+    sql: >
+      SELECT '{LONG_ERROR}' AS error, sum(status_5xx) FROM requests_minute
+      WHERE minute >= $window_start AND minute < $window_end
+    window: 5m
+    thresholds: {{high: {{value: 10}}}}
+"""
+    )
+    store = store_at(tmp_path)
+    with MetricSource(analytics.database_path, rollup_root=analytics.root_path) as metrics:
+        report = evaluate_rules(
+            rules, metrics, store, T0 + timedelta(minutes=10), dict.fromkeys(Severity, "#alerts")
+        )
+    return store, report
+
+
+def test_a_sql_rule_grouped_by_a_2339_character_error_text_is_delivered_within_limits(
+    tmp_path, slack
+):
+    store, evaluation = sql_rule_notifications(tmp_path)
+    (notification,) = evaluation.notifications
+    assert len(notification.key.group) == 2339
+    settings = alert_settings_at(tmp_path, default_channel="#alerts")
+    clock = Clock(T0 + timedelta(minutes=10))
+
+    report = deliver(store, SlackWebSender(TOKEN, slack.base_url), settings, clock, clock.sleep)
+
+    assert report.sent == 1 and report.plain_text == 0
+    (message,) = slack.channel_messages("#alerts")
+    assert block_problems(message.blocks) == []
+    header = message.blocks[0]["text"]["text"]
+    assert header == (
+        ":large_orange_circle: FIRING [high]: errors_by_message on group "
+        "psycopg.errors.UniqueViolation: duplicate key value violate… is 25 (> 10)"
+    )
+    (group,) = [
+        field["text"]
+        for block in message.blocks
+        for field in block.get("fields", [])
+        if field["text"].startswith("*Group*")
+    ]
+    assert len(group) == 2000 and group.endswith("…")
+    assert "(id)=(&lt;int:id&gt;) already exists &amp; the batch" in group
+    assert store.rows()[0].status == "sent"
+
+
+def test_a_route_with_angle_brackets_is_escaped_for_mrkdwn_and_kept_in_plain_text(tmp_path, slack):
+    store, clock = store_at(tmp_path), Clock(T0)
+    enqueue(store, note(group="/users/<int:id>&x"))
+
+    deliver(
+        store,
+        SlackWebSender(TOKEN, slack.base_url),
+        alert_settings_at(tmp_path),
+        clock,
+        clock.sleep,
+    )
+
+    (message,) = slack.channel_messages("#alerts")
+    assert message.text.split("\n")[0] == (
+        "FIRING [critical]: route_errors on route /users/&lt;int:id&gt;&amp;x is 20.0% (&gt; 10.0%)"
+    )
+    assert message.blocks[0]["text"]["text"] == (  # plain_text: shown as is
+        ":red_circle: FIRING [critical]: route_errors on route /users/<int:id>&x is 20.0% (> 10.0%)"
+    )
+    assert "<int:id>" not in json.dumps(message.blocks[1:])
+
+
+def test_a_layout_slack_refuses_is_sent_as_plain_text_instead_of_being_dropped(tmp_path, slack):
+    store, _ = sql_rule_notifications(tmp_path)
+    settings = alert_settings_at(tmp_path, default_channel="#alerts")
+    slack.refuse_blocks = True
+    clock = Clock(T0 + timedelta(minutes=10))
+
+    report = deliver(store, SlackWebSender(TOKEN, slack.base_url), settings, clock, clock.sleep)
+
+    assert report.sent == 1 and report.plain_text == 1 and report.failed == 0
+    refused, plain = [call for call in slack.calls if call.method == "chat.postMessage"]
+    assert refused.body["_error"] == "invalid_blocks" and "blocks" not in plain.body
+    (message,) = slack.channel_messages("#alerts")
+    assert message.blocks == [] and message.text.split("\n")[:2] == [
+        "FIRING [high]: errors_by_message on group psycopg.errors.UniqueViolation: duplicate "
+        "key value violate… is 25 (&gt; 10)",
+        "Since 12:10 UTC · Look at: sensor alert_rules_sensor in Dagster",
+    ]
+    (row,) = store.rows()
+    assert row.status == "sent"
+    assert row.last_error == "sent as plain text: Slack refused the message (invalid_blocks)"
+
+
+def test_a_burst_of_sixty_long_routes_stays_within_every_block_limit(tmp_path, slack):
+    store, clock = store_at(tmp_path), Clock(T0)
+    routes = [f"/api/v1/<tenant>/{'segment/' * 40}{index}" for index in range(60)]
+    enqueue(store, *[note(group=route) for route in routes])
+
+    report = deliver(
+        store,
+        SlackWebSender(TOKEN, slack.base_url),
+        alert_settings_at(tmp_path),
+        clock,
+        clock.sleep,
+    )
+
+    assert report.sent == 60 and report.messages == 1
+    (message,) = slack.channel_messages("#alerts")
+    assert block_problems(message.blocks) == []
+    assert message.text.split("\n")[0] == "FIRING [critical]: route_errors on 60 groups"
+    assert "… and 45 more" in message.text and "&lt;tenant&gt;" in message.text
+
+
+# --- an escalation is resolved in every channel (issue 12, item 9) --------------------------
+def test_an_escalated_alert_is_resolved_in_the_thread_of_each_channel_it_was_posted_to(
+    tmp_path, slack
+):
+    store, clock = store_at(tmp_path), Clock(T0)
+    settings = alert_settings_at(tmp_path)
+    sender = SlackWebSender(TOKEN, slack.base_url)
+    steps = [
+        note(severity=Severity.HIGH, value=0.07, channel="#alerts"),
+        note(
+            kind=NotificationKind.ESCALATED,
+            value=0.2,
+            channel="#oncall",
+            at=T0 + timedelta(minutes=5),
+        ),
+        note(
+            kind=NotificationKind.RESOLVED,
+            value=0.01,
+            channel="#oncall",
+            at=T0 + timedelta(minutes=30),
+        ),
+    ]
+    for step in steps:
+        clock.now = step.evaluated_at
+        enqueue(store, step, now=clock.now)
+        deliver(store, sender, settings, clock, clock.sleep)
+
+    firing, resolved_alerts = slack.channel_messages("#alerts")
+    escalated, resolved_oncall = slack.channel_messages("#oncall")
+    assert [call.body["channel"] for call in slack.posted()] == [
+        "#alerts",
+        "#oncall",
+        firing.channel,  # the resolution, in #alerts' thread first
+        escalated.channel,
+    ]
+    assert firing.thread_ts is None and escalated.thread_ts is None
+    assert resolved_alerts.thread_ts == firing.ts and resolved_oncall.thread_ts == escalated.ts
+    expected = [
+        "RESOLVED: route_errors on route /api/orders is now 1.0% (fired at critical &gt; 10.0%)",
+        "Fired 12:00 UTC, resolved 12:30 UTC after 30m · "
+        "Look at: asset analytics/requests_minute in Dagster",
+    ]
+    assert resolved_alerts.text.split("\n")[:2] == expected
+    assert resolved_oncall.text.split("\n")[:2] == expected
+    assert escalated.text.split("\n")[:2] == [
+        "ESCALATED [critical]: route_errors on route /api/orders is 20.0% (&gt; 10.0%)",
+        "Firing since 12:00 UTC (5m) · Look at: asset analytics/requests_minute in Dagster",
+    ]
+    assert [row.status for row in store.rows()] == ["sent", "sent", "sent"]

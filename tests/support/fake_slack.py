@@ -151,8 +151,9 @@ class FakeSlack:
         if isinstance(metadata, str):
             metadata = json.loads(metadata)
         with self._lock:
-            self._ts += 1
-            ts = f"{self._ts}.000100"
+            # Slack's ts: the post's wall-clock time in microseconds, unique per channel
+            self._ts = max(self._ts + 1, int(time.time() * 1_000_000))
+            ts = f"{self._ts // 1_000_000}.{self._ts % 1_000_000:06d}"
             message = Message(
                 _channel_id(body.get("channel", "")),
                 ts,
