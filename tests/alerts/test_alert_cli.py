@@ -112,7 +112,7 @@ def test_evaluate_without_slack_prints_to_the_console_and_says_so(tmp_path):
     code, output = hk("alerts", "evaluate", "--config", config)
     assert code == 0
     assert "Slack is not configured" in output
-    assert "[alert -> #alerts] http_error_rate: http_error_rate is 30.0%" in output
+    assert "[alert -> #alerts] FIRING [critical]: http_error_rate is 30.0% (> 10.0%)\n" in output
     assert "1 new notifications" in output and "1 sent" in output
 
 

@@ -85,9 +85,14 @@ def note(
     severity=Severity.CRITICAL,
 ):
     """A notification as state.py makes it (its title and text from messages.rule_message)."""
-    spec = next(item for item in RULES.rules if item.name == rule)
+    spec = next((item for item in RULES.rules if item.name == rule), RULES.rules[1])
     key = AlertKey(rule, group)
-    title, text = rule_message(spec, key, kind, severity, value)
+    if kind in (NotificationKind.RUN_FAILURE, NotificationKind.SYSTEM):
+        title, text = f"{kind.value} {rule}", f"{rule} {group}"
+    else:
+        title, text = rule_message(
+            spec.model_copy(update={"name": rule}), key, kind, severity, value
+        )
     labels = {"metric": spec.metric, **({"route": group} if group else {})}
     return Notification(
         key=key,

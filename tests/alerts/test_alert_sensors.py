@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 
 import dagster as dg
@@ -89,7 +90,10 @@ def test_the_alert_sensor_sends_one_message_per_transition_across_ticks(tmp_path
 
 @dg.op
 def explode():
-    raise RuntimeError("the disk is full")
+    raise RuntimeError(
+        "cannot archive to postgresql://archiver:s3cret-pw@db:5432/archive: the disk is full\n"
+        "second line of the error"
+    )
 
 
 @dg.job
@@ -97,7 +101,8 @@ def fragile_job():
     explode()
 
 
-def test_a_failed_run_alerts_once_even_if_the_sensor_sees_it_twice(tmp_path, slack):
+def test_a_failed_run_alerts_once_even_if_the_sensor_sees_it_twice(tmp_path, slack, monkeypatch):
+    monkeypatch.setenv("DAGSTER_WEBSERVER_URL", "http://dagster.example:3000")
     path = write_config(tmp_path)
     resources = {"alerts": AlertsResource(config_file=str(path))}
     with dg.instance_for_test() as instance:
@@ -120,7 +125,18 @@ def test_a_failed_run_alerts_once_even_if_the_sensor_sees_it_twice(tmp_path, sla
             alert_run_failure_sensor(context)
 
     (call,) = slack.posted()
-    assert "fragile_job" in call.body["text"] and result.run_id[:8] in call.body["text"]
+    (row,) = AlertStore(f"sqlite:///{tmp_path / 'alerts.db'}").rows()
+    run_time = row.notification.evaluated_at
+    assert call.body["text"].split("\n")[:2] == [
+        "FAILED: Dagster run of fragile_job at step explode: RuntimeError: cannot archive to "
+        "postgresql://archiver:***@db:5432/archive: the disk is full",
+        f"Failed at {run_time:%H:%M} UTC · Look at: "
+        f"<http://dagster.example:3000/runs/{result.run_id}|run {result.run_id[:8]}>",
+    ]
+    assert "s3cret" not in json.dumps(call.body) and "second line" not in json.dumps(call.body)
+    assert call.body["blocks"][-1]["elements"][0]["url"] == (
+        f"http://dagster.example:3000/runs/{result.run_id}"
+    )
 
 
 def test_a_stopped_evaluation_is_itself_an_alert(tmp_path, slack):

@@ -78,12 +78,16 @@ def alert_run_failure_sensor(
     if run.tags.get(WILL_RETRY_TAG) == "true":
         return dg.SkipReason(f"run {run.run_id} will be retried: alerting on the final attempt")
     # The first failed step and its error say more than the run's "Steps failed: [...]".
+    # Dagster wraps the op's exception ("Error occurred while executing op ..."): its innermost
+    # cause is what the code raised.
     step, error = None, context.failure_event.message or ""
     for event in context.get_step_failure_events():
-        step_error = getattr(event.event_specific_data, "error", None)
         step = event.step_key
-        if step_error is not None and step_error.message:
-            error = step_error.message
+        info = getattr(event.event_specific_data, "error", None)
+        while info is not None and info.cause is not None:
+            info = info.cause
+        if info is not None and info.message:
+            error = info.message
         break
     runtime = alerts.runtime()
     try:
