@@ -364,7 +364,8 @@ def _classify(exc: SlackApiError) -> Exception:
     if error in AUTH_ERRORS:
         return DeliveryError(
             f"Slack rejected the bot token ({error}): check SLACK_BOT_TOKEN and the app's scopes "
-            "(chat:write, files:write)"
+            "(chat:write, files:write, channels:history, groups:history, channels:read, "
+            "groups:read)"
         )
     if error in CHANNEL_ERRORS:
         return ChannelError(error)
