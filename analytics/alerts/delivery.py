@@ -122,7 +122,9 @@ def _post(
         try:
             result = sender.send(message, thread, notification_id)
         except MessageRejected as exc:
-            result = sender.send(message.without_blocks(), thread, notification_id)
+            # A refused metadata goes too: the fallback must not fail for the same reason.
+            tag = None if "metadata" in str(exc) else notification_id
+            result = sender.send(message.without_blocks(), thread, tag)
             report.plain_text += 1
             notes.append(f"sent as plain text: {exc}")
     return result[0], result[1], notes

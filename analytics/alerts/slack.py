@@ -23,7 +23,7 @@ import socket
 import urllib.error
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
-from typing import Any, Protocol
+from typing import Any
 
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError, SlackRequestError
@@ -84,10 +84,12 @@ class LookupUnavailable(HkError):
     """Slack's history cannot be searched for an earlier post (a missing scope, no channel id)."""
 
 
-class Sender(Protocol):
-    description: str
-    # Whether ``find`` can tell that a message was already posted (the Web API only).
-    finds_posts: bool
+class Sender:
+    """A transport. ``send`` posts one message; ``find`` tells whether an earlier attempt
+    posted it (the Web API only: ``finds_posts``)."""
+
+    description: str = ""
+    finds_posts = False
 
     def send(
         self,
@@ -96,6 +98,7 @@ class Sender(Protocol):
         notification_id: str | None = None,
     ) -> tuple[str, str]:
         """Send; return (channel id, ts) or ("", "") where the transport has none."""
+        raise NotImplementedError
 
     def find(
         self,
@@ -104,24 +107,12 @@ class Sender(Protocol):
         oldest: datetime,
         thread: tuple[str, str] | None = None,
     ) -> tuple[str, str] | None:
-        """(channel id, ts) of the post tagged ``notification_id`` since ``oldest``, or None."""
-
-
-class _NoLookup:
-    finds_posts = False
-
-    def find(
-        self,
-        channel: str,
-        notification_id: str,
-        oldest: datetime,
-        thread: tuple[str, str] | None = None,
-    ) -> tuple[str, str] | None:
-        """This transport keeps no history to search: never found."""
+        """(channel id, ts) of the post tagged ``notification_id`` since ``oldest``, or None
+        (always None for a transport that keeps no history to search)."""
         return None
 
 
-class ConsoleSender(_NoLookup):
+class ConsoleSender(Sender):
     description = "console (Slack is not configured: set SLACK_BOT_TOKEN or SLACK_WEBHOOK_URL)"
 
     def __init__(self, write: Callable[[str], None] = print) -> None:
@@ -137,7 +128,7 @@ class ConsoleSender(_NoLookup):
         return "", ""
 
 
-class SlackWebSender:
+class SlackWebSender(Sender):
     """chat.postMessage through slack-sdk's WebClient; resolved messages reply in the thread."""
 
     finds_posts = True
@@ -289,7 +280,7 @@ class SlackWebSender:
             raise TransientError(f"cannot upload to Slack: {_describe_connection(exc)}") from None
 
 
-class SlackWebhookSender(_NoLookup):
+class SlackWebhookSender(Sender):
     """An incoming webhook: one fixed channel, no threads, no history (no exactly-once)."""
 
     description = "Slack incoming webhook"

@@ -120,6 +120,17 @@ def first_lines(call, count=2):
     return call.body["text"].split("\n")[:count]
 
 
+def drain(tmp_path, slack, store, clock):
+    """One drain of ``store`` through the Web API to the fake Slack, on ``clock``."""
+    return deliver(
+        store,
+        SlackWebSender(TOKEN, slack.base_url),
+        alert_settings_at(tmp_path),
+        clock,
+        clock.sleep,
+    )
+
+
 def enqueue(store, *notifications, now=T0):
     with store.transaction() as conn:
         store.enqueue(conn, notifications, now=now)
@@ -132,13 +143,7 @@ def test_a_notification_is_posted_as_block_kit_with_a_fallback_and_marked_sent(
     store, clock = store_at(tmp_path), Clock(T0)
     enqueue(store, note())
 
-    report = deliver(
-        store,
-        SlackWebSender(TOKEN, slack.base_url),
-        alert_settings_at(tmp_path),
-        clock,
-        clock.sleep,
-    )
+    report = drain(tmp_path, slack, store, clock)
 
     assert report.sent == 1 and report.waiting == 0 and report.error is None
     (call,) = slack.posted()
@@ -265,13 +270,7 @@ def test_an_unknown_channel_fails_its_messages_and_others_still_go_out(tmp_path,
     enqueue(store, note(group="/a", channel="#gone"), note(group="/b", channel="#alerts"))
     slack.fail_next(Scripted(status=200, error="channel_not_found"))
 
-    report = deliver(
-        store,
-        SlackWebSender(TOKEN, slack.base_url),
-        alert_settings_at(tmp_path),
-        clock,
-        clock.sleep,
-    )
+    report = drain(tmp_path, slack, store, clock)
 
     assert report.sent == 1 and report.failed == 1
     assert "#gone" in report.channel_errors[0] and "channel_not_found" in report.channel_errors[0]
@@ -297,13 +296,7 @@ def test_a_burst_of_one_rules_firings_in_one_tick_is_one_message(tmp_path, slack
     store, clock = store_at(tmp_path), Clock(T0)
     enqueue(store, *[note(rule="route_errors", group=f"/r{index}") for index in range(20)])
 
-    report = deliver(
-        store,
-        SlackWebSender(TOKEN, slack.base_url),
-        alert_settings_at(tmp_path),
-        clock,
-        clock.sleep,
-    )
+    report = drain(tmp_path, slack, store, clock)
 
     assert report.sent == 20 and report.messages == 1
     (call,) = slack.posted()
@@ -505,13 +498,7 @@ def test_a_route_with_angle_brackets_is_escaped_for_mrkdwn_and_kept_in_plain_tex
     store, clock = store_at(tmp_path), Clock(T0)
     enqueue(store, note(group="/users/<int:id>&x"))
 
-    deliver(
-        store,
-        SlackWebSender(TOKEN, slack.base_url),
-        alert_settings_at(tmp_path),
-        clock,
-        clock.sleep,
-    )
+    drain(tmp_path, slack, store, clock)
 
     (message,) = slack.channel_messages("#alerts")
     assert message.text.split("\n")[0] == (
@@ -550,13 +537,7 @@ def test_a_burst_of_sixty_long_routes_stays_within_every_block_limit(tmp_path, s
     routes = [f"/api/v1/<tenant>/{'segment/' * 40}{index}" for index in range(60)]
     enqueue(store, *[note(group=route) for route in routes])
 
-    report = deliver(
-        store,
-        SlackWebSender(TOKEN, slack.base_url),
-        alert_settings_at(tmp_path),
-        clock,
-        clock.sleep,
-    )
+    report = drain(tmp_path, slack, store, clock)
 
     assert report.sent == 60 and report.messages == 1
     (message,) = slack.channel_messages("#alerts")

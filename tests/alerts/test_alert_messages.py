@@ -16,7 +16,7 @@ from analytics.alerts.slack import SlackWebSender
 from analytics.alerts.store import AlertStore
 from housekeeping.history import PolicyRun, RunHistory, RunStatus
 from tests.alerts.test_alert_cli import hk, setup
-from tests.alerts.test_alert_delivery import TOKEN, Clock, enqueue, note
+from tests.alerts.test_alert_delivery import TOKEN, Clock, drain, enqueue, note
 from tests.support.alert_support import (
     T0,
     Minute,
@@ -88,13 +88,7 @@ def test_a_rule_without_data_says_so_in_its_first_line(tmp_path, slack):
     store, clock = store_at(tmp_path), Clock(T0)
     enqueue(store, note(group="", rule="http_error_rate", value=None))
 
-    deliver(
-        store,
-        SlackWebSender(TOKEN, slack.base_url),
-        alert_settings_at(tmp_path),
-        clock,
-        clock.sleep,
-    )
+    drain(tmp_path, slack, store, clock)
 
     (message,) = slack.channel_messages("#alerts")
     assert lines(message) == [
