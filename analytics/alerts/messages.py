@@ -27,6 +27,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
+from urllib.parse import quote
 
 from analytics.alerts.catalog import BUILTIN_METRICS, GroupBy, Source, Unit, unit_of
 from analytics.alerts.model import AlertKey, Notification, NotificationKind, Severity
@@ -263,7 +264,7 @@ def dagster_target(notification: Notification) -> tuple[str, str]:
     if spec is not None and spec.source in (Source.POLICY_HEALTH, Source.POLICY_FAILURES):
         policy = labels.get(GroupBy.POLICY.value) or notification.key.group
         if policy:
-            return f"asset housekeeping/{policy}", f"/assets/housekeeping/{policy}"
+            return f"asset housekeeping/{policy}", f"/assets/housekeeping/{quote(policy)}"
     if spec is not None and spec.source in _SOURCE_ASSET:
         path = "/".join(_SOURCE_ASSET[spec.source])
         return f"asset {path}", f"/assets/{path}"
@@ -275,10 +276,10 @@ def _look_at(notification: Notification, webserver_url: str | None) -> tuple[str
     what, path = dagster_target(notification)
     if webserver_url:
         return (
-            f"Look at: <{webserver_url}{path}|{what}>",
+            f"Look at: <{webserver_url}{path}|{escape(what)}>",
             f"Look at: {what} ({webserver_url}{path})",
         )
-    return f"Look at: {what} in Dagster", f"Look at: {what} in Dagster"
+    return f"Look at: {escape(what)} in Dagster", f"Look at: {what} in Dagster"
 
 
 def _at(moment: datetime, reference: datetime) -> str:
