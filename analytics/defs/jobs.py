@@ -19,7 +19,8 @@ def build_rollup_job(rollup: RollupAsset, settings: AnalyticsSettings, timezone:
     """The job that materializes ``rollup``'s datasets (a partition, or a range of them)."""
     return dg.define_asset_job(
         rollup.job,
-        selection=dg.AssetSelection.assets(*rollup.keys),
+        # The alert checks on these assets are reported by the alert sensor, not run here.
+        selection=dg.AssetSelection.assets(*rollup.keys).without_checks(),
         partitions_def=partitions_for(rollup.partitioning, settings, timezone),
         description=rollup.job_description,
     )
