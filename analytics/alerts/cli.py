@@ -28,6 +28,7 @@ from housekeeping.cli_options import config_option, positive_duration
 from housekeeping.config import HealthConfig, config_path, load_config
 from housekeeping.config_types import format_duration
 from housekeeping.history import HealthStatus, RunHistory
+from housekeeping.policy_kinds import PolicyKind
 
 
 def _when(value: datetime | None) -> str:
@@ -281,20 +282,31 @@ def _iso(value: datetime | None) -> str | None:
 @click.option("--json", "as_json", is_flag=True, help="JSON, shaped like /admin/cleanup-metrics.")
 @config_option
 def status(as_json: bool, config_file: str | None) -> None:
-    """Health of every housekeeping policy and every alert that is not ok."""
+    """Health of every housekeeping policy and every alert that is not ok.
+
+    Every policy of the config, then every other one the run history has runs of (the Dagster
+    run-history purge, a policy since removed): the same list as the daily summary. A token
+    policy (kind ``expired``) counts ``totalTokensDeleted``; the others ``totalRowsDeleted``.
+    """
     runtime = AlertRuntime.load(config_file)
     config = runtime.config
     history = RunHistory.from_config(config)
     now = datetime.now(UTC)
     policies = {}
     statuses: dict[str, HealthStatus] = {}
-    for name, policy in config.policies.items():
+    names = [
+        *config.policies,
+        *(name for name in history.policies() if name not in config.policies),
+    ]
+    for name in names:
+        policy = config.policies.get(name)
         health = history.health(name)
         statuses[name] = health.status
         next_run = None
-        if policy.schedule:
+        if policy is not None and policy.schedule:
             local = now.astimezone(ZoneInfo(config.timezone))
             next_run = croniter(policy.schedule, local).get_next(datetime)
+        tokens = policy is not None and policy.kind is PolicyKind.EXPIRED
         policies[name] = {
             "metrics": {
                 "lastRun": _iso(health.last_run),
@@ -303,7 +315,7 @@ def status(as_json: bool, config_file: str | None) -> None:
                 "totalRuns": health.total_runs,
                 "successfulRuns": health.successful_runs,
                 "failedRuns": health.failed_runs,
-                "totalTokensDeleted": health.total_deleted,
+                ("totalTokensDeleted" if tokens else "totalRowsDeleted"): health.total_deleted,
                 "averageCleanupMs": (
                     round(health.average_duration_ms)
                     if health.average_duration_ms is not None
@@ -341,7 +353,8 @@ def status(as_json: bool, config_file: str | None) -> None:
         average = metrics["averageCleanupMs"]
         click.echo(
             f"  {name:<22} {item['status']:<9} runs {metrics['totalRuns']:>4} "
-            f"(failed {metrics['failedRuns']}), deleted {metrics['totalTokensDeleted']:,}, "
+            f"(failed {metrics['failedRuns']}), deleted "
+            f"{metrics.get('totalTokensDeleted', metrics.get('totalRowsDeleted', 0)):,}, "
             f"avg {average if average is not None else '-'} ms, "
             f"last success {metrics['lastSuccess'] or '-'}, next {item['nextScheduledRun'] or '-'}"
         )

@@ -125,7 +125,13 @@ def test_status_json_has_the_cleanup_metrics_shape(tmp_path):
                 "table": "revoked_tokens",
                 "cutoff_column": "expires_at",
                 "schedule": "0 3 * * *",
-            }
+            },
+            "request_logs": {
+                "kind": "age",
+                "table": "request_logs",
+                "cutoff_column": "ts",
+                "retention": "30d",
+            },
         },
     )
     history = RunHistory(f"sqlite:///{tmp_path / 'state.db'}")
@@ -143,6 +149,17 @@ def test_status_json_has_the_cleanup_metrics_shape(tmp_path):
                 error="connection refused" if status is RunStatus.FAILED else None,
             )
         )
+    history.record(
+        PolicyRun(
+            policy="dagster_run_history",
+            table_name="dagster runs",
+            status=RunStatus.SUCCESS,
+            started_at=start,
+            finished_at=start + timedelta(seconds=1),
+            deleted=7,
+            duration_ms=10.0,
+        )
+    )
     history.dispose()
 
     code, output = hk("status", "--json", "--config", config)
@@ -163,8 +180,17 @@ def test_status_json_has_the_cleanup_metrics_shape(tmp_path):
         "lastRunSkippedLocked": 0,
     }
     assert item["nextScheduledRun"].endswith("T03:00:00.000Z")
+    # A log policy counts rows; a policy only the history knows (the run-history purge) is listed
+    # as the daily summary lists it.
+    policies = json.loads(output)["policies"]
+    assert set(policies) == {"revoked_tokens", "request_logs", "dagster_run_history"}
+    assert list(policies)[-1] == "dagster_run_history"
+    assert "totalRowsDeleted" in policies["request_logs"]["metrics"]
+    assert "totalTokensDeleted" not in policies["request_logs"]["metrics"]
+    assert policies["dagster_run_history"]["metrics"]["totalRowsDeleted"] == 7
     code, text = hk("status", "--config", config)
     assert "revoked_tokens" in text and "degraded" in text and "connection refused" in text
+    assert "dagster_run_history" in text and "deleted 7" in text
 
 
 def test_backtest_lists_what_the_rules_would_have_sent(tmp_path):
