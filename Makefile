@@ -22,7 +22,10 @@ $(DEMO_HOME)/dagster.yaml: deploy/dagster.demo.yaml
 demo: install $(DEMO_HOME)/dagster.yaml
 	$(DEMO_ENV) $(BIN)/hk demo
 
+# The UI on the demo, with live traffic (hk demo traffic) started and stopped with it.
 dev: install $(DEMO_HOME)/dagster.yaml
+	$(DEMO_ENV) $(BIN)/hk demo traffic & traffic=$$!; \
+	trap 'kill $$traffic 2>/dev/null' EXIT INT TERM; \
 	$(DEMO_ENV) $(BIN)/dagster dev --host 127.0.0.1 --port 3000 -w workspace.yaml
 
 test: install

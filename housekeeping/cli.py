@@ -586,8 +586,37 @@ def demo_traffic(interval: str, rate: float) -> None:
     signal.signal(signal.SIGTERM, stop)
     with contextlib.suppress(KeyboardInterrupt):
         run_live(
-            _default_database_url(), step, rate, report=click.echo, stop=lambda: stopping["now"]
+            _default_database_url(),
+            step,
+            rate,
+            report=click.echo,
+            stop=lambda: stopping["now"],
+            caught_up=_publish_current_hour,
         )
+
+
+def _publish_current_hour() -> None:
+    """The current hour's rollups refreshed once, as the freshness sensor does every minute: a
+    demo started after a pause is not "stale" (or silent) while the daemon's sensors start."""
+    from datetime import UTC, datetime
+
+    from analytics.freshness import FreshnessCursor, refresh_recent, refresh_recent_jobs
+    from analytics.publish import RollupStore
+    from analytics.settings import analytics_settings
+    from analytics.views import publish_rollup_views
+
+    config = load_config()
+    settings = analytics_settings(config)
+    store = RollupStore(settings.root_path, settings.database_path)
+    publish_rollup_views(store, settings.day_timezone(config), settings.budgets)
+    db = AppDatabase(_default_database_url())
+    try:
+        now = db.clock()
+        outcome = refresh_recent(db, store, settings, FreshnessCursor(), now)
+        jobs = refresh_recent_jobs(db, store, settings, now)
+    finally:
+        db.dispose()
+    click.echo(f"published the current hour: {outcome.summary()}; {jobs}")
 
 
 @demo.command("incident")

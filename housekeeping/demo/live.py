@@ -289,8 +289,10 @@ def run_live(
     report: Callable[[str], None] = print,
     stop: Callable[[], bool] = lambda: False,
     seed: int | None = None,
+    caught_up: Callable[[], None] = lambda: None,
 ) -> None:
-    """Catch up, then append the rows of every ``interval`` until ``stop()`` (or SIGINT)."""
+    """Catch up (then call ``caught_up()``), then append the rows of every ``interval`` until
+    ``stop()`` (or SIGINT)."""
     rng = np.random.default_rng(seed)
     db = LiveDatabase(url)
     try:
@@ -301,6 +303,7 @@ def run_live(
             f"({written['request_logs']:,} requests); now {rate:g} requests/min every "
             f"{interval.total_seconds():g} s"
         )
+        caught_up()
         last = now
         while not stop():
             time.sleep(interval.total_seconds())
