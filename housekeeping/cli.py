@@ -598,7 +598,6 @@ def demo_traffic(interval: str, rate: float) -> None:
 def _publish_current_hour() -> None:
     """The current hour's rollups refreshed once, as the freshness sensor does every minute: a
     demo started after a pause is not "stale" (or silent) while the daemon's sensors start."""
-    from datetime import UTC, datetime
 
     from analytics.freshness import FreshnessCursor, refresh_recent, refresh_recent_jobs
     from analytics.publish import RollupStore
