@@ -3,7 +3,10 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 DEMO_HOME := $(CURDIR)/var/dagster_home
-DEMO_ENV := DAGSTER_HOME=$(DEMO_HOME) HK_CONFIG=$(CURDIR)/hk.yaml
+# hk demo writes the day its first rollup starts there: the demo's partitions start with its data.
+DEMO_PARTITIONS_START = $(shell cat $(CURDIR)/var/partitions_start 2>/dev/null)
+DEMO_ENV = DAGSTER_HOME=$(DEMO_HOME) HK_CONFIG=$(CURDIR)/hk.yaml \
+	$(if $(DEMO_PARTITIONS_START),HK_PARTITIONS_START=$(DEMO_PARTITIONS_START))
 
 .PHONY: install demo dev test lint bench-cleanup bench-rollup bench-rules clean
 

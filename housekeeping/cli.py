@@ -320,6 +320,7 @@ def demo(ctx, tokens, requests, days):
         click.echo(_describe_seed(summary))
     db.dispose()
     incident = _demo_live_traffic(url)
+    _demo_partitions_start()
 
     history = RunHistory.from_config(config)
     never_cleaned = not history.policies()
@@ -451,6 +452,18 @@ def _demo_rollups(defs, instance) -> bool:
         f" (or open {settings.database_path} read-only with DuckDB)"
     )
     return True
+
+
+def _demo_partitions_start() -> None:
+    """Write var/partitions_start once: the day the demo's first rollup (the last 24 h) starts.
+    The Makefile passes it as HK_PARTITIONS_START, which hk.yaml reads, so the UI's partitions
+    start with the demo's data and "missing" means missing."""
+    from datetime import UTC, datetime, timedelta
+
+    marker = Path("var") / "partitions_start"
+    if not marker.exists():
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.write_text(f"{(datetime.now(UTC) - timedelta(hours=24)).date().isoformat()}\n")
 
 
 def _demo_live_traffic(url: str):
