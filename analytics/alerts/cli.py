@@ -79,20 +79,49 @@ def rules_check(rule_file: str | None, config_file: str | None) -> None:
 @click.option("--since", default="30d", show_default=True, help="How far back to replay.")
 @click.option("--rule", "rule_names", multiple=True, help="Only this rule (repeatable).")
 @click.option("--step", default="1m", show_default=True, help="Time between two evaluations.")
+@click.option(
+    "--until",
+    "until_text",
+    default=None,
+    help="Replay up to this moment (ISO, UTC without an offset; default: now), e.g. where the "
+    "data ends, so no-data alerts after it are not reported.",
+)
+@click.option(
+    "--rules",
+    "rule_file",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Replay this rule file (e.g. a changed copy of the pack) instead of the config's.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 @config_option
 def rules_backtest(
-    since: str, rule_names: tuple[str, ...], step: str, as_json: bool, config_file: str | None
+    since: str,
+    rule_names: tuple[str, ...],
+    step: str,
+    until_text: str | None,
+    rule_file: str | None,
+    as_json: bool,
+    config_file: str | None,
 ) -> None:
-    """Replay the rules over the rollup history and list the notifications they would send."""
-    runtime = AlertRuntime.load(config_file)
-    pack = runtime.rules.select(list(rule_names))
+    """Replay the rules over the rollup history (``--since`` before ``--until``) and list the
+    notifications they would send."""
+    from analytics.cli import parse_moment
+
     until = datetime.now(UTC).replace(second=0, microsecond=0)
+    if until_text is not None:
+        until = parse_moment(until_text, "--until", ZoneInfo("UTC")).astimezone(UTC)
+    start = until - positive_duration(since, "--since")
+    runtime = AlertRuntime.load(config_file)
+    pack = runtime.rules
+    if rule_file is not None:
+        pack = _load_rule_file(rule_file, config_file)[1]
+    pack = pack.select(list(rule_names))
     result = backtest(
         pack,
         runtime.analytics.database_path,
         RunHistory.from_config(runtime.config),
-        until - positive_duration(since, "--since"),
+        start,
         until,
         positive_duration(step, "--step"),
         runtime.settings.channel_for(),

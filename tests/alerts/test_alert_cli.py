@@ -217,3 +217,34 @@ def test_backtest_lists_what_the_rules_would_have_sent(tmp_path):
 
     code, output = hk("rules", "backtest", "--since", "1h", "--rule", "nope", "--config", config)
     assert code == 1 and "unknown rule nope" in output
+
+
+def test_backtest_until_ends_the_replay_and_rules_replays_another_file(tmp_path):
+    config = setup(tmp_path)
+    now = datetime.now(UTC).replace(second=0, microsecond=0)
+    start = now - timedelta(minutes=60)
+    publish_minutes(
+        analytics_settings_at(tmp_path),
+        [
+            Minute(start + timedelta(minutes=offset), errors=30 if 20 <= offset < 30 else 0)
+            for offset in range(60)
+        ],
+    )
+    until = (start + timedelta(minutes=30)).replace(tzinfo=None).isoformat(timespec="minutes")
+    code, output = hk(
+        "rules", "backtest", "--since", "30m", "--until", until, "--json", "--config", config
+    )
+    assert code == 0, output
+    kinds = [item["kind"] for item in json.loads(output)["notifications"]]
+    assert kinds == ["firing", "escalated"]  # the resolution comes after --until
+
+    lenient = tmp_path / "lenient.yaml"
+    lenient.write_text(RULES.replace("0.02", "0.5").replace("0.10", "0.9"))
+    code, output = hk(
+        "rules", "backtest", "--since", "1h", "--rules", str(lenient), "--json", "--config", config
+    )
+    assert code == 0, output
+    assert json.loads(output)["notifications"] == []
+
+    code, output = hk("rules", "backtest", "--until", "yesterday", "--config", config)
+    assert code == 2 and "--until" in output
