@@ -205,6 +205,74 @@ _APPLICATION_ERRORS = np.array([1, 2, 3])  # what a plain 500 is made of
 _ERROR_FOR_STATUS = {502: 4, 503: 5, 504: 6}
 
 
+def _ordinary_status(rng: np.random.Generator, endpoint: np.ndarray) -> np.ndarray:
+    """Status codes of ordinary traffic (about 0.25 % 5xx), consistent with each method."""
+    status = _STATUS_CODES[choice(rng, _STATUS_WEIGHTS, len(endpoint))]
+    status[endpoint == _HEALTH] = 200
+    status[(status == 304) & ~_IS_GET[endpoint]] = 200
+    status[(status == 200) & _IS_POST[endpoint]] = 201
+    status[(status == 200) & _IS_DELETE[endpoint]] = 204
+    return status
+
+
+def _request_tables(
+    rng: np.random.Generator,
+    ts: np.ndarray,
+    endpoint: np.ndarray,
+    status: np.ndarray,
+    duration: np.ndarray,
+    users: int,
+    burst: np.ndarray | None = None,
+) -> tuple[pa.Table, pa.Table | None]:
+    """The request logs (no ids) of ``ts`` (µs) and the error logs of their 5xx (None without
+    any); ``burst`` marks the error burst's rows, whose errors are the burst's own."""
+    rows = len(ts)
+    health = endpoint == _HEALTH
+    is_429 = status == 429
+    duration[is_429] = 3.0 * np.exp(0.4 * rng.standard_normal(int(is_429.sum())))
+
+    anonymous = (rng.random(rows) < 0.25) | health
+    user_ids = skewed_user_ids(rng, rows, users)
+    agent = choice(rng, _USER_AGENT_WEIGHTS, rows)
+    agent[health] = _KUBE_PROBE
+    request_ids = uuid4_strings(rng, rows)
+    routes = pick(_ROUTES, endpoint)
+
+    errors = None
+    failed = status >= 500
+    if failed.any():
+        error_kind = _APPLICATION_ERRORS[rng.integers(0, len(_APPLICATION_ERRORS), rows)]
+        for code, kind in _ERROR_FOR_STATUS.items():
+            error_kind[status == code] = kind
+        if burst is not None:
+            error_kind[burst] = 0
+        kinds = error_kind[failed]
+        errors = pa.table(
+            {
+                "request_id": request_ids.filter(pa.array(failed)),
+                "ts": timestamps(ts[failed]),
+                "route": routes.filter(pa.array(failed)),
+                "error_name": pick(_ERROR_NAMES, kinds),
+                "message": pick(_ERROR_MESSAGES, kinds),
+                "stack": pick(_ERROR_STACKS, kinds),
+            }
+        )
+    requests = pa.table(
+        {
+            "request_id": request_ids,
+            "ts": timestamps(ts),
+            "method": pick(_METHODS, endpoint),
+            "route": routes,
+            "status_code": pa.array(status.astype(np.int32)),
+            "duration_ms": pa.array(np.round(duration, 3)),
+            "ip": ips_for(rng, user_ids, anonymous),
+            "user_id": pa.array(user_ids, mask=anonymous),
+            "user_agent": pick(_USER_AGENTS, agent),
+        }
+    )
+    return requests, errors
+
+
 def _request_batches(plan: Plan, error_batches: list[pa.Table]) -> Iterator[pa.Table]:
     """Request logs; the 5xx rows' error logs are appended to ``error_batches`` (ids unset)."""
     rng = plan.rng("request_logs")
@@ -219,11 +287,7 @@ def _request_batches(plan: Plan, error_batches: list[pa.Table]) -> Iterator[pa.T
         endpoint[burst] = _BURST_ENDPOINT
         health = endpoint == _HEALTH
 
-        status = _STATUS_CODES[choice(rng, _STATUS_WEIGHTS, rows)]
-        status[health] = 200
-        status[(status == 304) & ~_IS_GET[endpoint]] = 200
-        status[(status == 200) & _IS_POST[endpoint]] = 201
-        status[(status == 200) & _IS_DELETE[endpoint]] = 204
+        status = _ordinary_status(rng, endpoint)
         status[burst] = _BURST_STATUS_CODES[choice(rng, _BURST_STATUS_WEIGHTS, int(burst.sum()))]
         throttled = rate_limited.mask(ts) & (rng.random(rows) < _RATE_LIMIT_SHARE) & ~health
         status[throttled] = 429
@@ -234,50 +298,13 @@ def _request_batches(plan: Plan, error_batches: list[pa.Table]) -> Iterator[pa.T
         duration[tail] += 1000.0 * (1.0 + np.minimum(rng.pareto(1.5, int(tail.sum())), 29.0))
         slow = slow_period.mask(ts)
         duration[slow] = _SLOW_MEDIAN_MS * np.exp(0.6 * rng.standard_normal(int(slow.sum())))
-        is_429 = status == 429
-        duration[is_429] = 3.0 * np.exp(0.4 * rng.standard_normal(int(is_429.sum())))
 
-        anonymous = (rng.random(rows) < 0.25) | health
-        user_ids = skewed_user_ids(rng, rows, plan.users)
-        agent = choice(rng, _USER_AGENT_WEIGHTS, rows)
-        agent[health] = _KUBE_PROBE
-        request_ids = uuid4_strings(rng, rows)
-        routes = pick(_ROUTES, endpoint)
-
-        failed = status >= 500
-        if failed.any():
-            error_kind = _APPLICATION_ERRORS[rng.integers(0, len(_APPLICATION_ERRORS), rows)]
-            for code, kind in _ERROR_FOR_STATUS.items():
-                error_kind[status == code] = kind
-            error_kind[burst] = 0
-            kinds = error_kind[failed]
-            error_batches.append(
-                pa.table(
-                    {
-                        "request_id": request_ids.filter(pa.array(failed)),
-                        "ts": timestamps(ts[failed]),
-                        "route": routes.filter(pa.array(failed)),
-                        "error_name": pick(_ERROR_NAMES, kinds),
-                        "message": pick(_ERROR_MESSAGES, kinds),
-                        "stack": pick(_ERROR_STACKS, kinds),
-                    }
-                )
-            )
-
-        yield pa.table(
-            {
-                "id": ids(first_row, rows),
-                "request_id": request_ids,
-                "ts": timestamps(ts),
-                "method": pick(_METHODS, endpoint),
-                "route": routes,
-                "status_code": pa.array(status.astype(np.int32)),
-                "duration_ms": pa.array(np.round(duration, 3)),
-                "ip": ips_for(rng, user_ids, anonymous),
-                "user_id": pa.array(user_ids, mask=anonymous),
-                "user_agent": pick(_USER_AGENTS, agent),
-            }
+        requests, errors = _request_tables(
+            rng, ts, endpoint, status, duration, plan.users, burst=burst
         )
+        if errors is not None:
+            error_batches.append(errors)
+        yield requests.add_column(0, "id", ids(first_row, rows))
 
 
 def _number_rows(batches: list[pa.Table]) -> list[pa.Table]:
@@ -501,6 +528,16 @@ def _api_usage_batches(plan: Plan) -> Iterator[pa.Table]:
 LIVE_INCIDENT_KINDS = ("error-burst", "slow", "outage", "stuck-job")
 # Share of the requests an error burst turns into 5xx (all routes, or the one route given).
 _LIVE_ERROR_SHARE = 0.3
+_NO_ERRORS = pa.table(
+    {
+        "request_id": pa.array([], pa.string()),
+        "ts": pa.array([], pa.timestamp("us")),
+        "route": pa.array([], pa.string()),
+        "error_name": pa.array([], pa.string()),
+        "message": pa.array([], pa.string()),
+        "stack": pa.array([], pa.string()),
+    }
+)
 
 
 def live_rows(
@@ -525,18 +562,12 @@ def live_rows(
     ts = np.sort(rng.integers(start_us, max(end_us, start_us + 1), rows))
     endpoint = choice(rng, _ENDPOINT_WEIGHTS, rows)
     health = endpoint == _HEALTH
-    status = _STATUS_CODES[choice(rng, _STATUS_WEIGHTS, rows)]
-    status[health] = 200
-    status[(status == 304) & ~_IS_GET[endpoint]] = 200
-    status[(status == 200) & _IS_POST[endpoint]] = 201
-    status[(status == 200) & _IS_DELETE[endpoint]] = 204
+    status = _ordinary_status(rng, endpoint)
     duration = _MEDIAN_MS[endpoint] * np.exp(0.65 * rng.standard_normal(rows))
-    routes = pick(_ROUTES, endpoint)
-    route_names = np.array(routes.to_pylist(), dtype=object)
     for kind, route, first_us, last_us in incidents:
         hit = (ts >= first_us) & (ts < last_us) & ~health
         if route is not None:
-            hit &= route_names == route
+            hit &= endpoint == live_routes().index(route)
         if kind == "error-burst":
             hit &= rng.random(rows) < _LIVE_ERROR_SHARE
             status[hit] = _BURST_STATUS_CODES[choice(rng, _BURST_STATUS_WEIGHTS, int(hit.sum()))]
@@ -544,42 +575,10 @@ def live_rows(
             duration[hit] = _SLOW_MEDIAN_MS * np.exp(0.6 * rng.standard_normal(int(hit.sum())))
         elif kind == "outage":
             status[hit] = 503
-    is_429 = status == 429
-    duration[is_429] = 3.0 * np.exp(0.4 * rng.standard_normal(int(is_429.sum())))
-    anonymous = (rng.random(rows) < 0.25) | health
-    user_ids = skewed_user_ids(rng, rows, users)
-    agent = choice(rng, _USER_AGENT_WEIGHTS, rows)
-    agent[health] = _KUBE_PROBE
-    request_ids = uuid4_strings(rng, rows)
-    failed = status >= 500
-    error_kind = _APPLICATION_ERRORS[rng.integers(0, len(_APPLICATION_ERRORS), rows)]
-    for code, kind_index in _ERROR_FOR_STATUS.items():
-        error_kind[status == code] = kind_index
-    kinds = error_kind[failed]
+    requests, errors = _request_tables(rng, ts, endpoint, status, duration, users)
     tables = {
-        "request_logs": pa.table(
-            {
-                "request_id": request_ids,
-                "ts": timestamps(ts),
-                "method": pick(_METHODS, endpoint),
-                "route": routes,
-                "status_code": pa.array(status.astype(np.int32)),
-                "duration_ms": pa.array(np.round(duration, 3)),
-                "ip": ips_for(rng, user_ids, anonymous),
-                "user_id": pa.array(user_ids, mask=anonymous),
-                "user_agent": pick(_USER_AGENTS, agent),
-            }
-        ),
-        "error_logs": pa.table(
-            {
-                "request_id": request_ids.filter(pa.array(failed)),
-                "ts": timestamps(ts[failed]),
-                "route": routes.filter(pa.array(failed)),
-                "error_name": pick(_ERROR_NAMES, kinds),
-                "message": pick(_ERROR_MESSAGES, kinds),
-                "stack": pick(_ERROR_STACKS, kinds),
-            }
-        ),
+        "request_logs": requests,
+        "error_logs": errors if errors is not None else _NO_ERRORS,
     }
     jobs = int(rng.poisson(requests_per_minute / 20 * minutes)) if minutes else 0
     created = np.sort(rng.integers(start_us, max(end_us, start_us + 1), jobs))
