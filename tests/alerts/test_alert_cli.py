@@ -193,8 +193,8 @@ def test_status_json_has_the_cleanup_metrics_shape(tmp_path):
     assert "dagster_run_history" in text and "deleted 7" in text
 
 
-def test_backtest_lists_what_the_rules_would_have_sent(tmp_path):
-    config = setup(tmp_path)
+def publish_error_hour(tmp_path):
+    """The last hour of minutes, 30 % errors from its minute 20 to 30; its start."""
     now = datetime.now(UTC).replace(second=0, microsecond=0)
     start = now - timedelta(minutes=60)
     publish_minutes(
@@ -204,6 +204,12 @@ def test_backtest_lists_what_the_rules_would_have_sent(tmp_path):
             for offset in range(60)
         ],
     )
+    return start
+
+
+def test_backtest_lists_what_the_rules_would_have_sent(tmp_path):
+    config = setup(tmp_path)
+    start = publish_error_hour(tmp_path)
     code, output = hk("rules", "backtest", "--since", "1h", "--json", "--config", config)
     assert code == 0
     result = json.loads(output)
@@ -221,15 +227,7 @@ def test_backtest_lists_what_the_rules_would_have_sent(tmp_path):
 
 def test_backtest_until_ends_the_replay_and_rules_replays_another_file(tmp_path):
     config = setup(tmp_path)
-    now = datetime.now(UTC).replace(second=0, microsecond=0)
-    start = now - timedelta(minutes=60)
-    publish_minutes(
-        analytics_settings_at(tmp_path),
-        [
-            Minute(start + timedelta(minutes=offset), errors=30 if 20 <= offset < 30 else 0)
-            for offset in range(60)
-        ],
-    )
+    start = publish_error_hour(tmp_path)
     until = (start + timedelta(minutes=30)).replace(tzinfo=None).isoformat(timespec="minutes")
     code, output = hk(
         "rules", "backtest", "--since", "30m", "--until", until, "--json", "--config", config

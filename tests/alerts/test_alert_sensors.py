@@ -68,12 +68,17 @@ rules:
 """
 
 
-def test_the_alert_sensor_sends_one_message_per_transition_across_ticks(tmp_path, slack):
+def burst_with_immediate_rules(tmp_path):
+    """An error burst now, a config whose rule file fires at once: (config path, settings)."""
     rules = tmp_path / "rules.yaml"
     rules.write_text(IMMEDIATE_RULES)
     path = write_config(tmp_path, rules_file=str(rules))
     error_burst_now(tmp_path)
-    settings = alerts_settings(load_config(path))
+    return path, alerts_settings(load_config(path))
+
+
+def test_the_alert_sensor_sends_one_message_per_transition_across_ticks(tmp_path, slack):
+    path, settings = burst_with_immediate_rules(tmp_path)
     sensor = build_alert_sensor(settings)
     resources = {"alerts": AlertsResource(config_file=str(path))}
 
@@ -105,11 +110,7 @@ def check_results(instance, key):
 
 
 def test_the_alert_sensor_reports_each_rules_state_as_its_datasets_asset_check(tmp_path, slack):
-    rules = tmp_path / "rules.yaml"
-    rules.write_text(IMMEDIATE_RULES)
-    path = write_config(tmp_path, rules_file=str(rules))
-    error_burst_now(tmp_path)
-    settings = alerts_settings(load_config(path))
+    path, settings = burst_with_immediate_rules(tmp_path)
     sensor = build_alert_sensor(settings)
     resources = {"alerts": AlertsResource(config_file=str(path))}
     rule = settings.load_rules(load_config(path).health).rules[0]
@@ -145,11 +146,7 @@ def test_the_alert_sensor_reports_each_rules_state_as_its_datasets_asset_check(t
 
 
 def test_an_alert_check_run_from_the_ui_reports_the_stored_state(tmp_path, slack):
-    rules = tmp_path / "rules.yaml"
-    rules.write_text(IMMEDIATE_RULES)
-    path = write_config(tmp_path, rules_file=str(rules))
-    error_burst_now(tmp_path)
-    settings = alerts_settings(load_config(path))
+    path, settings = burst_with_immediate_rules(tmp_path)
     pack = settings.load_rules(load_config(path).health)
     resources = {"alerts": AlertsResource(config_file=str(path))}
     key = check_key(pack.rules[0])
