@@ -1,9 +1,9 @@
 """Backtest speed: the shipped rule pack replayed minute by minute over `make bench-rules` data.
 
-    make bench-backtest   # or: .venv/bin/python bench/bench_backtest.py [--days 2] [--full]
+    make bench-backtest   # or: .venv/bin/python bench/bench_backtest.py [--days 1] [--full]
 
 The target (issue 13): `hk rules backtest --since 30d` over the default pack on 100 routes x 30
-days of minute rollups within 30 s (`--full`; the default, 2 days, runs in about a minute). The
+days of minute rollups within 30 s (`--full`; the default, 1 day, runs in a few minutes today). The
 baseline, measured in the same run on the same files, is one sensor evaluation of the same pack
 (evaluate_rules, states written) times the number of steps: what a replay costs if every step
 is a full evaluation. This is a report, not a test: it exits 0 on FAIL too.
@@ -37,7 +37,7 @@ TARGET_SECONDS_FOR_30_DAYS = 30.0
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--days", type=int, default=2, help="Days replayed (default 2).")
+    parser.add_argument("--days", type=int, default=1, help="Days replayed (default 1).")
     parser.add_argument("--full", action="store_true", help="The full size: 30 days.")
     parser.add_argument("--routes", type=int, default=100)
     parser.add_argument("--repeat", type=int, default=3, help="Single evaluations timed.")

@@ -62,23 +62,22 @@ def test_every_asset_job_schedule_and_sensor_explains_itself():
         assert sensor.default_status == dg.DefaultSensorStatus.RUNNING
 
 
-def test_runs_say_what_launched_them():
+def test_runs_say_what_launched_them(instance):
     """Manual launches carry the jobs' own tag; schedules and sensors override it on their runs."""
     defs = build_definitions(load_config(ROOT / "hk.yaml"), str(ROOT / "hk.yaml"))
     repository = defs.get_repository_def()
     for job in repository.get_all_jobs():
         if not job.name.startswith("__"):
             assert job.tags.get(LAUNCHED_BY_TAG) == "manual", job.name
-    with dg.instance_for_test() as instance:
-        for schedule in repository.schedule_defs:
-            context = dg.build_schedule_context(
-                instance=instance,
-                scheduled_execution_time=datetime(2026, 11, 20, 0, 5, tzinfo=UTC),
-                repository_def=repository,
-            )
-            data = schedule.evaluate_tick(context)
-            for request in data.run_requests or []:
-                assert request.tags.get(LAUNCHED_BY_TAG) == "schedule", schedule.name
+    # The conftest instance: its directory outlives the test, as Dagster's load context expects.
+    for schedule in repository.schedule_defs:
+        context = dg.build_schedule_context(
+            instance=instance,
+            scheduled_execution_time=datetime(2026, 11, 20, 0, 5, tzinfo=UTC),
+            repository_def=repository,
+        )
+        for request in schedule.evaluate_tick(context).run_requests or []:
+            assert request.tags.get(LAUNCHED_BY_TAG) == "schedule", schedule.name
     assert repository.get_schedule_def("daily_summary_schedule").tags[LAUNCHED_BY_TAG] == "schedule"
 
 
