@@ -3,9 +3,12 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 DEMO_HOME := $(CURDIR)/var/dagster_home
-DEMO_ENV := DAGSTER_HOME=$(DEMO_HOME) HK_CONFIG=$(CURDIR)/hk.yaml
+# hk demo writes the day its first rollup starts there: the demo's partitions start with its data.
+DEMO_PARTITIONS_START = $(shell cat $(CURDIR)/var/partitions_start 2>/dev/null)
+DEMO_ENV = DAGSTER_HOME=$(DEMO_HOME) HK_CONFIG=$(CURDIR)/hk.yaml \
+	$(if $(DEMO_PARTITIONS_START),HK_PARTITIONS_START=$(DEMO_PARTITIONS_START))
 
-.PHONY: install demo dev test lint bench-cleanup bench-rollup bench-rules clean
+.PHONY: install demo dev test lint bench-cleanup bench-rollup bench-rules bench-backtest clean
 
 install: $(VENV)/.installed
 
@@ -22,7 +25,10 @@ $(DEMO_HOME)/dagster.yaml: deploy/dagster.demo.yaml
 demo: install $(DEMO_HOME)/dagster.yaml
 	$(DEMO_ENV) $(BIN)/hk demo
 
+# The UI on the demo, with live traffic (hk demo traffic) started and stopped with it.
 dev: install $(DEMO_HOME)/dagster.yaml
+	$(DEMO_ENV) $(BIN)/hk demo traffic & traffic=$$!; \
+	trap 'kill $$traffic 2>/dev/null' EXIT INT TERM; \
 	$(DEMO_ENV) $(BIN)/dagster dev --host 127.0.0.1 --port 3000 -w workspace.yaml
 
 test: install
@@ -40,6 +46,9 @@ bench-rollup: install
 
 bench-rules: install
 	$(BIN)/python bench/bench_rules.py
+
+bench-backtest: install
+	$(BIN)/python bench/bench_backtest.py
 
 clean:
 	rm -rf var .pytest_cache

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -289,12 +290,16 @@ def _cutoff_reading(name, checked) -> str:
     )
 
 
-@main.command()
+@main.group(invoke_without_command=True)
 @click.option("--tokens", default=20_000, show_default=True)
 @click.option("--requests", default=100_000, show_default=True)
 @click.option("--days", default=120, show_default=True)
-def demo(tokens, requests, days):
-    """Seed the demo database (first time), run the housekeeping job once through Dagster, report."""
+@click.pass_context
+def demo(ctx, tokens, requests, days):
+    """Seed the demo database (first time), add the last 2 h of live traffic (with an incident
+    when the last 24 h have none), run the housekeeping job once through Dagster, report."""
+    if ctx.invoked_subcommand is not None:
+        return
     from housekeeping.dagster_runs import open_instance
     from housekeeping.demo.seed import seed_database
     from housekeeping.history import RunHistory
@@ -314,16 +319,26 @@ def demo(tokens, requests, days):
         summary = seed_database(url, tokens=tokens, requests=requests, days=days, progress=True)
         click.echo(_describe_seed(summary))
     db.dispose()
+    incident = _demo_live_traffic(url)
+    _demo_partitions_start()
 
-    click.echo(
-        "Running housekeeping_job through Dagster (this first run on a never-cleaned database "
-        "sets allow_large_delete)..."
-    )
+    history = RunHistory.from_config(config)
+    never_cleaned = not history.policies()
+    history.dispose()
+    if never_cleaned:
+        click.echo(
+            "Running housekeeping_job through Dagster (this first run on a never-cleaned "
+            "database sets allow_large_delete)..."
+        )
+    else:
+        click.echo("Running housekeeping_job through Dagster (the database was cleaned before)...")
     first_run_config = {
         # The report below says what happened; the step-by-step log is in the UI (make dev).
         "loggers": {"console": {"config": {"log_level": "WARNING"}}},
         "ops": {
-            policy_asset_key(name).to_python_identifier(): {"config": {"allow_large_delete": True}}
+            policy_asset_key(name).to_python_identifier(): {
+                "config": {"allow_large_delete": never_cleaned}
+            }
             for name in load_config().policies
         },
     }
@@ -357,6 +372,7 @@ def demo(tokens, requests, days):
         click.echo(f"  {name:<22} {health.status:<9} {warnings}")
     history.dispose()
     rolled_up = _demo_rollups(defs, instance)
+    _demo_lifecycle(incident)
     _demo_alerts()
     click.echo("")
     click.echo("Open the Dagster UI on this demo with: make dev  (http://127.0.0.1:3000)")
@@ -438,6 +454,103 @@ def _demo_rollups(defs, instance) -> bool:
     return True
 
 
+def _demo_partitions_start() -> None:
+    """Write var/partitions_start once: the day the demo's first rollup (the last 24 h) starts.
+    The Makefile passes it as HK_PARTITIONS_START, which hk.yaml reads, so the UI's partitions
+    start with the demo's data and "missing" means missing."""
+    from datetime import UTC, datetime, timedelta
+
+    marker = Path("var") / "partitions_start"
+    if not marker.exists():
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.write_text(f"{(datetime.now(UTC) - timedelta(hours=24)).date().isoformat()}\n")
+
+
+def _demo_live_traffic(url: str):
+    """The last 2 h of live traffic (hk demo traffic's rows), with a 20-minute error burst
+    ending 40 minutes ago when the last 24 h hold no injected incident; that incident."""
+    from datetime import UTC, datetime, timedelta
+
+    import numpy as np
+
+    from housekeeping.demo.live import MAX_CATCH_UP, LiveDatabase, LiveIncident, write_traffic
+
+    now = datetime.now(UTC).replace(microsecond=0)
+    live = LiveDatabase(url)
+    try:
+        recent = [i for i in live.incidents(now - timedelta(hours=24)) if i.kind != "stuck-job"]
+        rng = np.random.default_rng()
+        if recent:
+            incident = recent[-1]
+            newest = live.newest_request() or now - MAX_CATCH_UP
+            start = max(newest, now - MAX_CATCH_UP)
+        else:
+            start = now - MAX_CATCH_UP
+            burst = (now - timedelta(minutes=60)).replace(second=0)
+            incident = LiveIncident("error-burst", None, burst, burst + timedelta(minutes=20))
+            live.add_incident(incident)
+        live.finish_jobs(now - timedelta(minutes=30), now, set())
+        written = write_traffic(live, rng, start, now)
+    finally:
+        live.close()
+    click.echo(
+        f"Live traffic: {written['request_logs']:,} requests since {start:%H:%M} UTC (as "
+        f"`hk demo traffic` writes them); incident in the last 24 h: {incident.kind} "
+        f"{incident.start:%H:%M}-{incident.end:%H:%M} UTC"
+    )
+    return incident
+
+
+def _demo_lifecycle(incident) -> None:
+    """The rules replayed minute by minute over the incident (hk rules backtest): its lifecycle,
+    FIRING ... RESOLVED, with the minute of each notification."""
+    from datetime import UTC, datetime, timedelta
+
+    from analytics.alerts.backtest import backtest
+    from analytics.alerts.messages import format_value
+    from analytics.alerts.service import AlertRuntime
+    from housekeeping.history import RunHistory
+
+    runtime = AlertRuntime.load()
+    # Until 30 minutes after the incident: enough for the window to clear and the alert to resolve.
+    now = datetime.now(UTC).replace(second=0, microsecond=0)
+    until = min(now, incident.end.replace(second=0, microsecond=0) + timedelta(minutes=30))
+    since = max(incident.start - timedelta(minutes=15), now - timedelta(hours=24))
+    try:
+        result = backtest(
+            runtime.rules,
+            runtime.analytics.database_path,
+            RunHistory.from_config(runtime.config),
+            since,
+            until,
+            timedelta(minutes=1),
+            runtime.settings.channel_for(),
+            rollup_root=runtime.analytics.root_path,
+        )
+    finally:
+        runtime.close()
+    click.echo("")
+    click.echo(
+        f"The incident's lifecycle ({incident.kind} from {incident.start:%H:%M} to "
+        f"{incident.end:%H:%M} UTC), the rules replayed minute by minute "
+        f"from {since:%H:%M} to {until:%H:%M}:"
+    )
+    if not result.notifications:
+        click.echo("  no notification")
+    for notification in result.notifications:
+        group = f" [{notification.key.group}]" if notification.key.group else ""
+        value = (
+            f" {format_value(notification.unit, notification.value)}"
+            if notification.value is not None
+            else ""
+        )
+        click.echo(
+            f"  {notification.evaluated_at:%H:%M}  {notification.kind.value.upper():<9} "
+            f"{(notification.severity.value if notification.severity else ''):<8} "
+            f"{notification.key.rule}{group}{value} -> {notification.channel or 'console'}"
+        )
+
+
 def _demo_alerts() -> None:
     """One evaluation of the alert rules, as the sensor runs it (the console stands in for Slack)."""
     from analytics.alerts.service import AlertRuntime, evaluate_and_deliver
@@ -456,6 +569,96 @@ def _demo_alerts() -> None:
         f"  {report.rules} rules, {report.groups} groups: {len(report.active)} not ok, "
         f"{len(report.notifications)} new notifications, {delivery.sent} sent "
         "(hk alerts list / hk status show them)"
+    )
+
+
+@demo.command("traffic")
+@click.option(
+    "--interval", default="5s", show_default=True, help="Time between two writes, e.g. 5s."
+)
+@click.option(
+    "--rate",
+    default=300.0,
+    show_default=True,
+    type=click.FloatRange(min=1.0),
+    help="Requests a minute (jobs: 1 per 20 requests, revoked tokens: 1 per 10).",
+)
+def demo_traffic(interval: str, rate: float) -> None:
+    """Keep the demo's application writing: catch up the gap since the last request (at most
+    2 h), then append request logs, error logs, jobs and revoked tokens every --interval, shaped
+    by the incidents `hk demo incident` records. Stops on Ctrl-C or SIGTERM (make dev starts and
+    stops it with the UI)."""
+    from housekeeping.demo.live import run_live
+
+    step = positive_duration(interval, "--interval")
+    stopping = {"now": False}
+
+    def stop(*_args) -> None:
+        stopping["now"] = True
+
+    signal.signal(signal.SIGTERM, stop)
+    with contextlib.suppress(KeyboardInterrupt):
+        run_live(
+            _default_database_url(),
+            step,
+            rate,
+            report=click.echo,
+            stop=lambda: stopping["now"],
+            caught_up=_publish_current_hour,
+        )
+
+
+def _publish_current_hour() -> None:
+    """The current hour's rollups refreshed once, as the freshness sensor does every minute: a
+    demo started after a pause is not "stale" (or silent) while the daemon's sensors start."""
+
+    from analytics.freshness import FreshnessCursor, refresh_recent, refresh_recent_jobs
+    from analytics.publish import RollupStore
+    from analytics.settings import analytics_settings
+    from analytics.views import publish_rollup_views
+
+    config = load_config()
+    settings = analytics_settings(config)
+    store = RollupStore(settings.root_path, settings.database_path)
+    publish_rollup_views(store, settings.day_timezone(config), settings.budgets)
+    db = AppDatabase(_default_database_url())
+    try:
+        now = db.clock()
+        outcome = refresh_recent(db, store, settings, FreshnessCursor(), now)
+        jobs = refresh_recent_jobs(db, store, settings, now)
+    finally:
+        db.dispose()
+    click.echo(f"published the current hour: {outcome.summary()}; {jobs}")
+
+
+@demo.command("incident")
+@click.argument("kind", type=click.Choice(["error-burst", "slow", "outage", "stuck-job"]))
+@click.option("--route", default=None, help="Only this route (default: every route).")
+@click.option("--for", "duration", default="10m", show_default=True, help="How long, e.g. 10m.")
+@config_option
+def demo_incident(kind: str, route: str | None, duration: str, config_file: str | None) -> None:
+    """Inject an incident into the live demo traffic (hk demo traffic / make dev), from now for
+    --for: error-burst (30 % 5xx), slow (about 1.8 s a request), outage (every request 503),
+    stuck-job (a job active for longer than analytics.stuck_after)."""
+    from datetime import UTC, datetime
+
+    from analytics.settings import analytics_settings
+    from housekeeping.demo.live import LiveDatabase, inject_incident, parse_incident
+
+    length = positive_duration(duration, "--for")
+    parse_incident(kind, route)
+    config = load_config(config_file)
+    stuck_after = analytics_settings(config, config_file or "config").stuck_after
+    live = LiveDatabase(_default_database_url())
+    try:
+        incident = inject_incident(live, kind, route, length, datetime.now(UTC), stuck_after)
+    finally:
+        live.close()
+    where = f" on {incident.route}" if incident.route else ""
+    click.echo(
+        f"{incident.kind}{where} from {incident.start:%H:%M:%S} to {incident.end:%H:%M:%S} UTC "
+        "injected: watch the asset checks in the UI (alert_* on analytics/requests_minute or "
+        "analytics/jobs_hourly), the alert_rules_sensor ticks and Slack (or the console)."
     )
 
 

@@ -39,6 +39,15 @@ FAILED_STATUSES = (dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED)
 _PLAIN_RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
 
 
+# The run tag that says what launched a run: manual (the UI, the Launchpad, `hk`), schedule,
+# sensor or backfill (`hk rollups backfill`). Filter the UI's runs list with
+# `hk/launched_by=manual` to see only the runs people started.
+LAUNCHED_BY_TAG = "hk/launched_by"
+MANUAL = {LAUNCHED_BY_TAG: "manual"}
+BY_SCHEDULE = {LAUNCHED_BY_TAG: "schedule"}
+BY_SENSOR = {LAUNCHED_BY_TAG: "sensor"}
+
+
 def open_instance() -> dg.DagsterInstance:
     """The Dagster instance of ``$DAGSTER_HOME``, for `hk` commands that run jobs in it.
 

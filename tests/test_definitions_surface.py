@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
 import dagster as dg
 
 from housekeeping.config import load_config
+from housekeeping.dagster_runs import LAUNCHED_BY_TAG
 from housekeeping.definitions import build_definitions
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -57,6 +59,25 @@ def test_every_asset_job_schedule_and_sensor_explains_itself():
     for sensor in repository.sensor_defs:
         assert sensor.description, f"sensor {sensor.name} has no description"
         assert sensor.default_status == dg.DefaultSensorStatus.RUNNING
+
+
+def test_runs_say_what_launched_them(instance):
+    """Manual launches carry the jobs' own tag; schedules and sensors override it on their runs."""
+    defs = build_definitions(load_config(ROOT / "hk.yaml"), str(ROOT / "hk.yaml"))
+    repository = defs.get_repository_def()
+    for job in repository.get_all_jobs():
+        if not job.name.startswith("__"):
+            assert job.tags.get(LAUNCHED_BY_TAG) == "manual", job.name
+    # The conftest instance: its directory outlives the test, as Dagster's load context expects.
+    for schedule in repository.schedule_defs:
+        context = dg.build_schedule_context(
+            instance=instance,
+            scheduled_execution_time=datetime(2026, 11, 20, 0, 5, tzinfo=UTC),
+            repository_def=repository,
+        )
+        for request in schedule.evaluate_tick(context).run_requests or []:
+            assert request.tags.get(LAUNCHED_BY_TAG) == "schedule", schedule.name
+    assert repository.get_schedule_def("daily_summary_schedule").tags[LAUNCHED_BY_TAG] == "schedule"
 
 
 def test_the_readme_lists_every_schedule_and_sensor_with_its_default_status():

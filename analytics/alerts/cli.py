@@ -28,6 +28,7 @@ from housekeeping.cli_options import config_option, positive_duration
 from housekeeping.config import HealthConfig, config_path, load_config
 from housekeeping.config_types import format_duration
 from housekeeping.history import HealthStatus, RunHistory
+from housekeeping.policy_kinds import PolicyKind
 
 # `hk alerts evaluate` / `deliver` exit statuses (1: a config or store error, 2: usage).
 EXIT_EVALUATION = 3  # a rule could not be evaluated
@@ -83,20 +84,49 @@ def rules_check(rule_file: str | None, config_file: str | None) -> None:
 @click.option("--since", default="30d", show_default=True, help="How far back to replay.")
 @click.option("--rule", "rule_names", multiple=True, help="Only this rule (repeatable).")
 @click.option("--step", default="1m", show_default=True, help="Time between two evaluations.")
+@click.option(
+    "--until",
+    "until_text",
+    default=None,
+    help="Replay up to this moment (ISO, UTC without an offset; default: now), e.g. where the "
+    "data ends, so no-data alerts after it are not reported.",
+)
+@click.option(
+    "--rules",
+    "rule_file",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Replay this rule file (e.g. a changed copy of the pack) instead of the config's.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 @config_option
 def rules_backtest(
-    since: str, rule_names: tuple[str, ...], step: str, as_json: bool, config_file: str | None
+    since: str,
+    rule_names: tuple[str, ...],
+    step: str,
+    until_text: str | None,
+    rule_file: str | None,
+    as_json: bool,
+    config_file: str | None,
 ) -> None:
-    """Replay the rules over the rollup history and list the notifications they would send."""
-    runtime = AlertRuntime.load(config_file)
-    pack = runtime.rules.select(list(rule_names))
+    """Replay the rules over the rollup history (``--since`` before ``--until``) and list the
+    notifications they would send."""
+    from analytics.cli import parse_moment
+
     until = datetime.now(UTC).replace(second=0, microsecond=0)
+    if until_text is not None:
+        until = parse_moment(until_text, "--until", ZoneInfo("UTC")).astimezone(UTC)
+    start = until - positive_duration(since, "--since")
+    runtime = AlertRuntime.load(config_file)
+    pack = runtime.rules
+    if rule_file is not None:
+        pack = _load_rule_file(rule_file, config_file)[1]
+    pack = pack.select(list(rule_names))
     result = backtest(
         pack,
         runtime.analytics.database_path,
         RunHistory.from_config(runtime.config),
-        until - positive_duration(since, "--since"),
+        start,
         until,
         positive_duration(step, "--step"),
         runtime.settings.channel_for(),
@@ -317,20 +347,31 @@ def _iso(value: datetime | None) -> str | None:
 @click.option("--json", "as_json", is_flag=True, help="JSON, shaped like /admin/cleanup-metrics.")
 @config_option
 def status(as_json: bool, config_file: str | None) -> None:
-    """Health of every housekeeping policy and every alert that is not ok."""
+    """Health of every housekeeping policy and every alert that is not ok.
+
+    Every policy of the config, then every other one the run history has runs of (the Dagster
+    run-history purge, a policy since removed): the same list as the daily summary. A token
+    policy (kind ``expired``) counts ``totalTokensDeleted``; the others ``totalRowsDeleted``.
+    """
     runtime = AlertRuntime.load(config_file)
     config = runtime.config
     history = RunHistory.from_config(config)
     now = datetime.now(UTC)
     policies = {}
     statuses: dict[str, HealthStatus] = {}
-    for name, policy in config.policies.items():
+    names = [
+        *config.policies,
+        *(name for name in history.policies() if name not in config.policies),
+    ]
+    for name in names:
+        policy = config.policies.get(name)
         health = history.health(name)
         statuses[name] = health.status
         next_run = None
-        if policy.schedule:
+        if policy is not None and policy.schedule:
             local = now.astimezone(ZoneInfo(config.timezone))
             next_run = croniter(policy.schedule, local).get_next(datetime)
+        tokens = policy is not None and policy.kind is PolicyKind.EXPIRED
         policies[name] = {
             "metrics": {
                 "lastRun": _iso(health.last_run),
@@ -339,7 +380,7 @@ def status(as_json: bool, config_file: str | None) -> None:
                 "totalRuns": health.total_runs,
                 "successfulRuns": health.successful_runs,
                 "failedRuns": health.failed_runs,
-                "totalTokensDeleted": health.total_deleted,
+                ("totalTokensDeleted" if tokens else "totalRowsDeleted"): health.total_deleted,
                 "averageCleanupMs": (
                     round(health.average_duration_ms)
                     if health.average_duration_ms is not None
@@ -377,7 +418,8 @@ def status(as_json: bool, config_file: str | None) -> None:
         average = metrics["averageCleanupMs"]
         click.echo(
             f"  {name:<22} {item['status']:<9} runs {metrics['totalRuns']:>4} "
-            f"(failed {metrics['failedRuns']}), deleted {metrics['totalTokensDeleted']:,}, "
+            f"(failed {metrics['failedRuns']}), deleted "
+            f"{metrics.get('totalTokensDeleted', metrics.get('totalRowsDeleted', 0)):,}, "
             f"avg {average if average is not None else '-'} ms, "
             f"last success {metrics['lastSuccess'] or '-'}, next {item['nextScheduledRun'] or '-'}"
         )

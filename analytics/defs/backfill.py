@@ -20,6 +20,7 @@ import dagster as dg
 from analytics.datasets import Dataset
 from analytics.defs.assets import ROLLUP_ASSETS, RollupAsset, asset_key
 from analytics.defs.partitions import Partitioning
+from housekeeping.dagster_runs import LAUNCHED_BY_TAG
 from housekeeping.errors import HkError, one_line
 
 BACKFILL_TAG = "hk/backfill"
@@ -124,7 +125,11 @@ def run_backfill(
     job = defs.resolve_job_def(plan.rollup.job)
     done: list[BackfillRun] = []
     for chunk in plan.chunks:
-        tags = {BACKFILL_TAG: plan.backfill_id, TRIGGER_TAG: "backfill"}
+        tags = {
+            BACKFILL_TAG: plan.backfill_id,
+            TRIGGER_TAG: "backfill",
+            LAUNCHED_BY_TAG: "backfill",
+        }
         partition_key = None
         if len(chunk) == 1:
             partition_key = chunk[0]

@@ -9,6 +9,7 @@ import dagster as dg
 from analytics.defs.assets import ROLLUP_ASSETS, RollupAsset
 from analytics.defs.partitions import partitions_for
 from analytics.settings import AnalyticsSettings
+from housekeeping.dagster_runs import MANUAL
 
 # What dg.define_asset_job returns. Dagster does not export that type (the job is resolved
 # against the assets when the Definitions are built).
@@ -19,7 +20,9 @@ def build_rollup_job(rollup: RollupAsset, settings: AnalyticsSettings, timezone:
     """The job that materializes ``rollup``'s datasets (a partition, or a range of them)."""
     return dg.define_asset_job(
         rollup.job,
-        selection=dg.AssetSelection.assets(*rollup.keys),
+        # The alert checks on these assets are reported by the alert sensor, not run here.
+        selection=dg.AssetSelection.assets(*rollup.keys).without_checks(),
+        tags=MANUAL,
         partitions_def=partitions_for(rollup.partitioning, settings, timezone),
         description=rollup.job_description,
     )

@@ -10,6 +10,7 @@ import dagster as dg
 from analytics.defs.assets import API_USAGE_DAILY_ASSET, TABLE_STATS_ASSET, TOKEN_REVOCATIONS_ASSET
 from analytics.defs.jobs import AssetJob
 from analytics.settings import AnalyticsSettings
+from housekeeping.dagster_runs import BY_SCHEDULE
 
 
 def today_and_first_hour_yesterday(
@@ -25,7 +26,9 @@ def today_and_first_hour_yesterday(
     if moment.hour == 0:
         days.insert(0, moment.date() - timedelta(days=1))
     return [
-        dg.RunRequest(run_key=f"{name}-{day}-{moment:%H%M}", partition_key=day.isoformat())
+        dg.RunRequest(
+            run_key=f"{name}-{day}-{moment:%H%M}", partition_key=day.isoformat(), tags=BY_SCHEDULE
+        )
         for day in days
         if day >= settings.partitions_start
     ]
@@ -69,7 +72,9 @@ def build_schedules(
         description="Hourly: a snapshot of every housekept table (rows, expired rows, size).",
     )
     def analytics_table_stats_schedule(context: dg.ScheduleEvaluationContext):
-        return dg.RunRequest(run_key=f"table-stats-{context.scheduled_execution_time:%Y%m%d%H%M}")
+        return dg.RunRequest(
+            run_key=f"table-stats-{context.scheduled_execution_time:%Y%m%d%H%M}", tags=BY_SCHEDULE
+        )
 
     return [
         analytics_api_usage_schedule,

@@ -24,6 +24,7 @@ from analytics.freshness import FreshnessCursor, refresh_recent, refresh_recent_
 from analytics.rollups.token_revocations import token_policies
 from analytics.settings import AnalyticsSettings
 from housekeeping.config import HousekeepingConfig
+from housekeeping.dagster_runs import BY_SENSOR
 from housekeeping.history import RunHistory
 
 FRESHNESS_SENSOR = "analytics_freshness_sensor"
@@ -65,7 +66,7 @@ def build_freshness_sensor(
             dg.RunRequest(
                 run_key=f"finalise-{hour_partition_key(hour)}",
                 partition_key=hour_partition_key(hour),
-                tags={"analytics/trigger": "finalise"},
+                tags={"analytics/trigger": "finalise", **BY_SENSOR},
             )
             for hour in outcome.hours_to_finalise
         ]
@@ -139,6 +140,7 @@ def build_housekeeping_history_sensor(
                 run_key=f"hk-runs-{day}-{last_id}",
                 job_name=runs_job.name,
                 partition_key=day.isoformat(),
+                tags=BY_SENSOR,
             )
             for day in sorted(valid)
         ]
@@ -147,10 +149,15 @@ def build_housekeeping_history_sensor(
                 run_key=f"tokens-{day}-{last_id}",
                 job_name=tokens_job.name,
                 partition_key=day.isoformat(),
+                tags=BY_SENSOR,
             )
             for day in sorted(token_days & valid)
         ]
-        requests.append(dg.RunRequest(run_key=f"hk-summary-{last_id}", job_name=summary_job.name))
+        requests.append(
+            dg.RunRequest(
+                run_key=f"hk-summary-{last_id}", job_name=summary_job.name, tags=BY_SENSOR
+            )
+        )
         context.log.info(f"{len(recorded)} new housekeeping run(s) up to id {last_id}")
         return dg.SensorResult(run_requests=requests, cursor=str(last_id))
 

@@ -75,8 +75,19 @@ def describe_policy(name: str, policy: PolicyConfig) -> str:
     return f"Deletes from `{policy.table}` {policy.rule()}, in short batched transactions.{archive}"
 
 
+def readable(value: float) -> float:
+    """``value`` rounded to what a person reads: 3 significant digits below 100, else one
+    decimal (``46.77551899999344`` -> ``46.8``, ``0.0123456`` -> ``0.0123``)."""
+    return round(value, 1) if abs(value) >= 100 else float(f"{value:.3g}")
+
+
 def _scalar_metadata(values: dict[str, Any]) -> dict[str, Any]:
-    return {key: value for key, value in values.items() if value is not None}
+    """The values that are set, floats rounded (``readable``); booleans and ints as they are."""
+    return {
+        key: readable(value) if isinstance(value, float) else value
+        for key, value in values.items()
+        if value is not None
+    }
 
 
 def build_policy_asset(

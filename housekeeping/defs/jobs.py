@@ -9,6 +9,7 @@ from typing import Any
 import dagster as dg
 
 from housekeeping.config import HousekeepingConfig
+from housekeeping.dagster_runs import MANUAL
 from housekeeping.defs.assets import DAGSTER_RUNS_ASSET, GROUP, policy_asset_key
 
 # What dg.define_asset_job returns: Dagster does not export its class (it is resolved later).
@@ -43,17 +44,20 @@ def build_jobs(config: HousekeepingConfig, checked: dict[str, dg.AssetKey]) -> H
     if config.dagster_runs.enabled:
         run_history = dg.define_asset_job(
             "dagster_run_history_job",
+            tags=MANUAL,
             selection=dg.AssetSelection.assets(DAGSTER_RUNS_ASSET),
             description="Purges old Dagster runs, event logs and compute logs.",
         )
     return HousekeepingJobs(
         everything=dg.define_asset_job(
             "housekeeping_job",
+            tags=MANUAL,
             selection=dg.AssetSelection.groups(GROUP),
             description="Every housekeeping policy and the Dagster run-history purge, once.",
         ),
         dry_run=dg.define_asset_job(
             "housekeeping_dry_run_job",
+            tags=MANUAL,
             selection=dg.AssetSelection.assets(*policy_keys),
             description=(
                 "Counts what every policy would delete, per table and cutoff; deletes nothing."
@@ -66,12 +70,14 @@ def build_jobs(config: HousekeepingConfig, checked: dict[str, dg.AssetKey]) -> H
         ),
         health=dg.define_asset_job(
             "housekeeping_health_job",
+            tags=MANUAL,
             selection=dg.AssetSelection.checks_for_assets(*checked.values()),
             description="Re-evaluates every policy's health checks from its run history.",
         ),
         per_policy={
             name: dg.define_asset_job(
                 f"{name}_job",
+                tags=MANUAL,
                 selection=dg.AssetSelection.assets(policy_asset_key(name)),
                 description=f"Runs the {name} policy alone.",
             )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dagster as dg
 
 from housekeeping.config import HousekeepingConfig
+from housekeeping.dagster_runs import BY_SCHEDULE
 from housekeeping.defs.jobs import HousekeepingJobs
 
 HEALTH_CHECK_CRON = "17 * * * *"
@@ -22,6 +23,7 @@ def build_schedules(
             cron_schedule=policy.schedule,
             execution_timezone=config.timezone,
             default_status=dg.DefaultScheduleStatus.RUNNING,
+            tags=BY_SCHEDULE,
             description=f"Runs the {name} policy ({policy.schedule}, {config.timezone}).",
         )
         for name, policy in config.policies.items()
@@ -35,6 +37,7 @@ def build_schedules(
                 cron_schedule=config.dagster_runs.schedule,
                 execution_timezone=config.timezone,
                 default_status=dg.DefaultScheduleStatus.RUNNING,
+                tags=BY_SCHEDULE,
                 description="Purges old Dagster runs, event logs and compute logs.",
             )
         )
@@ -45,6 +48,7 @@ def build_schedules(
             cron_schedule=HEALTH_CHECK_CRON,
             execution_timezone=config.timezone,
             default_status=dg.DefaultScheduleStatus.RUNNING,
+            tags=BY_SCHEDULE,
             description="Hourly re-evaluation of the health checks, so staleness shows too.",
         )
     )

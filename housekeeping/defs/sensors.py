@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dagster as dg
 
+from housekeeping.dagster_runs import BY_SENSOR
 from housekeeping.defs.jobs import HousekeepingJobs
 
 
@@ -19,6 +20,6 @@ def build_failure_health_sensor(jobs: HousekeepingJobs) -> dg.SensorDefinition:
         "shows at once.",
     )
     def failure_health_sensor(context: dg.RunFailureSensorContext) -> dg.RunRequest:
-        return dg.RunRequest(run_key=context.dagster_run.run_id)
+        return dg.RunRequest(run_key=context.dagster_run.run_id, tags=BY_SENSOR)
 
     return failure_health_sensor

@@ -205,6 +205,74 @@ _APPLICATION_ERRORS = np.array([1, 2, 3])  # what a plain 500 is made of
 _ERROR_FOR_STATUS = {502: 4, 503: 5, 504: 6}
 
 
+def _ordinary_status(rng: np.random.Generator, endpoint: np.ndarray) -> np.ndarray:
+    """Status codes of ordinary traffic (about 0.25 % 5xx), consistent with each method."""
+    status = _STATUS_CODES[choice(rng, _STATUS_WEIGHTS, len(endpoint))]
+    status[endpoint == _HEALTH] = 200
+    status[(status == 304) & ~_IS_GET[endpoint]] = 200
+    status[(status == 200) & _IS_POST[endpoint]] = 201
+    status[(status == 200) & _IS_DELETE[endpoint]] = 204
+    return status
+
+
+def _request_tables(
+    rng: np.random.Generator,
+    ts: np.ndarray,
+    endpoint: np.ndarray,
+    status: np.ndarray,
+    duration: np.ndarray,
+    users: int,
+    burst: np.ndarray | None = None,
+) -> tuple[pa.Table, pa.Table | None]:
+    """The request logs (no ids) of ``ts`` (µs) and the error logs of their 5xx (None without
+    any); ``burst`` marks the error burst's rows, whose errors are the burst's own."""
+    rows = len(ts)
+    health = endpoint == _HEALTH
+    is_429 = status == 429
+    duration[is_429] = 3.0 * np.exp(0.4 * rng.standard_normal(int(is_429.sum())))
+
+    anonymous = (rng.random(rows) < 0.25) | health
+    user_ids = skewed_user_ids(rng, rows, users)
+    agent = choice(rng, _USER_AGENT_WEIGHTS, rows)
+    agent[health] = _KUBE_PROBE
+    request_ids = uuid4_strings(rng, rows)
+    routes = pick(_ROUTES, endpoint)
+
+    errors = None
+    failed = status >= 500
+    if failed.any():
+        error_kind = _APPLICATION_ERRORS[rng.integers(0, len(_APPLICATION_ERRORS), rows)]
+        for code, kind in _ERROR_FOR_STATUS.items():
+            error_kind[status == code] = kind
+        if burst is not None:
+            error_kind[burst] = 0
+        kinds = error_kind[failed]
+        errors = pa.table(
+            {
+                "request_id": request_ids.filter(pa.array(failed)),
+                "ts": timestamps(ts[failed]),
+                "route": routes.filter(pa.array(failed)),
+                "error_name": pick(_ERROR_NAMES, kinds),
+                "message": pick(_ERROR_MESSAGES, kinds),
+                "stack": pick(_ERROR_STACKS, kinds),
+            }
+        )
+    requests = pa.table(
+        {
+            "request_id": request_ids,
+            "ts": timestamps(ts),
+            "method": pick(_METHODS, endpoint),
+            "route": routes,
+            "status_code": pa.array(status.astype(np.int32)),
+            "duration_ms": pa.array(np.round(duration, 3)),
+            "ip": ips_for(rng, user_ids, anonymous),
+            "user_id": pa.array(user_ids, mask=anonymous),
+            "user_agent": pick(_USER_AGENTS, agent),
+        }
+    )
+    return requests, errors
+
+
 def _request_batches(plan: Plan, error_batches: list[pa.Table]) -> Iterator[pa.Table]:
     """Request logs; the 5xx rows' error logs are appended to ``error_batches`` (ids unset)."""
     rng = plan.rng("request_logs")
@@ -219,11 +287,7 @@ def _request_batches(plan: Plan, error_batches: list[pa.Table]) -> Iterator[pa.T
         endpoint[burst] = _BURST_ENDPOINT
         health = endpoint == _HEALTH
 
-        status = _STATUS_CODES[choice(rng, _STATUS_WEIGHTS, rows)]
-        status[health] = 200
-        status[(status == 304) & ~_IS_GET[endpoint]] = 200
-        status[(status == 200) & _IS_POST[endpoint]] = 201
-        status[(status == 200) & _IS_DELETE[endpoint]] = 204
+        status = _ordinary_status(rng, endpoint)
         status[burst] = _BURST_STATUS_CODES[choice(rng, _BURST_STATUS_WEIGHTS, int(burst.sum()))]
         throttled = rate_limited.mask(ts) & (rng.random(rows) < _RATE_LIMIT_SHARE) & ~health
         status[throttled] = 429
@@ -234,50 +298,13 @@ def _request_batches(plan: Plan, error_batches: list[pa.Table]) -> Iterator[pa.T
         duration[tail] += 1000.0 * (1.0 + np.minimum(rng.pareto(1.5, int(tail.sum())), 29.0))
         slow = slow_period.mask(ts)
         duration[slow] = _SLOW_MEDIAN_MS * np.exp(0.6 * rng.standard_normal(int(slow.sum())))
-        is_429 = status == 429
-        duration[is_429] = 3.0 * np.exp(0.4 * rng.standard_normal(int(is_429.sum())))
 
-        anonymous = (rng.random(rows) < 0.25) | health
-        user_ids = skewed_user_ids(rng, rows, plan.users)
-        agent = choice(rng, _USER_AGENT_WEIGHTS, rows)
-        agent[health] = _KUBE_PROBE
-        request_ids = uuid4_strings(rng, rows)
-        routes = pick(_ROUTES, endpoint)
-
-        failed = status >= 500
-        if failed.any():
-            error_kind = _APPLICATION_ERRORS[rng.integers(0, len(_APPLICATION_ERRORS), rows)]
-            for code, kind in _ERROR_FOR_STATUS.items():
-                error_kind[status == code] = kind
-            error_kind[burst] = 0
-            kinds = error_kind[failed]
-            error_batches.append(
-                pa.table(
-                    {
-                        "request_id": request_ids.filter(pa.array(failed)),
-                        "ts": timestamps(ts[failed]),
-                        "route": routes.filter(pa.array(failed)),
-                        "error_name": pick(_ERROR_NAMES, kinds),
-                        "message": pick(_ERROR_MESSAGES, kinds),
-                        "stack": pick(_ERROR_STACKS, kinds),
-                    }
-                )
-            )
-
-        yield pa.table(
-            {
-                "id": ids(first_row, rows),
-                "request_id": request_ids,
-                "ts": timestamps(ts),
-                "method": pick(_METHODS, endpoint),
-                "route": routes,
-                "status_code": pa.array(status.astype(np.int32)),
-                "duration_ms": pa.array(np.round(duration, 3)),
-                "ip": ips_for(rng, user_ids, anonymous),
-                "user_id": pa.array(user_ids, mask=anonymous),
-                "user_agent": pick(_USER_AGENTS, agent),
-            }
+        requests, errors = _request_tables(
+            rng, ts, endpoint, status, duration, plan.users, burst=burst
         )
+        if errors is not None:
+            error_batches.append(errors)
+        yield requests.add_column(0, "id", ids(first_row, rows))
 
 
 def _number_rows(batches: list[pa.Table]) -> list[pa.Table]:
@@ -378,8 +405,13 @@ _JOB_ERRORS = pa.array([_JOB_ERRORS_BY_QUEUE[queue] for queue, _, _, _ in _JOB_K
 _WEBHOOKS = np.array([queue == "webhooks" for queue, _, _, _ in _JOB_KINDS])
 _STATUS_NAMES = pa.array(list(JOB_STATUSES))
 _WAITING, _ACTIVE, _COMPLETED, _FAILED, _DELAYED = range(len(JOB_STATUSES))
-_JOB_FAILURE_RATE = 0.01
+# Ordinary job failures are retried until they complete (attempts 2-3): the reference thresholds
+# warn on any job that fails for good, so on an ordinary day none does. Failures come from the
+# incidents (the failure streak, `hk demo incident`).
+_JOB_FAILURE_RATE = 0.0
 _ACTIVE_JOBS = 3
+# A job that is running at ``now`` started at most this long ago (the stuck job aside).
+_ACTIVE_WITHIN_US = 10 * MINUTE_US
 
 
 def _job_batches(plan: Plan, observed: Observed) -> Iterator[pa.Table]:
@@ -412,7 +444,8 @@ def _job_batches(plan: Plan, observed: Observed) -> Iterator[pa.Table]:
         # Jobs still running or not yet picked up at ``now``.
         status[finished > plan.now_us] = _ACTIVE
         status[started > plan.now_us] = _WAITING
-        status[(index >= first_active) & (index < first_backlog)] = _ACTIVE
+        recent = started >= plan.now_us - _ACTIVE_WITHIN_US
+        status[(index >= first_active) & (index < first_backlog) & recent] = _ACTIVE
         backlog_rows = index >= first_backlog
         status[backlog_rows] = np.where(rng.random(rows) < 0.67, _WAITING, _DELAYED)[backlog_rows]
         stuck = index == stuck_index
@@ -488,3 +521,103 @@ def _api_usage_batches(plan: Plan) -> Iterator[pa.Table]:
                 "success": pa.array(success),
             }
         )
+
+
+# --- live traffic -------------------------------------------------------------------------------
+# The kinds `hk demo incident` injects into the live traffic (housekeeping/demo/live.py).
+LIVE_INCIDENT_KINDS = ("error-burst", "slow", "outage", "stuck-job")
+# Share of the requests an error burst turns into 5xx (all routes, or the one route given).
+_LIVE_ERROR_SHARE = 0.3
+_NO_ERRORS = pa.table(
+    {
+        "request_id": pa.array([], pa.string()),
+        "ts": pa.array([], pa.timestamp("us")),
+        "route": pa.array([], pa.string()),
+        "error_name": pa.array([], pa.string()),
+        "message": pa.array([], pa.string()),
+        "stack": pa.array([], pa.string()),
+    }
+)
+
+
+def live_rows(
+    rng: np.random.Generator,
+    start_us: int,
+    end_us: int,
+    requests_per_minute: float,
+    incidents: Sequence[tuple[str, str | None, int, int]] = (),
+    users: int = 10_000,
+) -> dict[str, pa.Table]:
+    """The rows an application writes between ``start_us`` and ``end_us`` (µs), by table.
+
+    About ``requests_per_minute`` request logs a minute (Poisson), with the error logs of their
+    5xx, finished jobs (one per 20 requests, none failing) and revoked tokens (one per 10). Ids
+    are left to the database. ``incidents`` are ``(kind, route or None, start_us, end_us)`` of
+    LIVE_INCIDENT_KINDS: an error burst turns 30 % of the requests (of ``route``, or all) into
+    5xx, a slow period makes them take about 1.8 s, an outage answers all of them 503; a
+    stuck job is written by the caller (live.py), not here.
+    """
+    minutes = max(end_us - start_us, 0) / MINUTE_US
+    rows = int(rng.poisson(requests_per_minute * minutes)) if minutes else 0
+    ts = np.sort(rng.integers(start_us, max(end_us, start_us + 1), rows))
+    endpoint = choice(rng, _ENDPOINT_WEIGHTS, rows)
+    health = endpoint == _HEALTH
+    status = _ordinary_status(rng, endpoint)
+    duration = _MEDIAN_MS[endpoint] * np.exp(0.65 * rng.standard_normal(rows))
+    for kind, route, first_us, last_us in incidents:
+        hit = (ts >= first_us) & (ts < last_us) & ~health
+        if route is not None:
+            hit &= endpoint == live_routes().index(route)
+        if kind == "error-burst":
+            hit &= rng.random(rows) < _LIVE_ERROR_SHARE
+            status[hit] = _BURST_STATUS_CODES[choice(rng, _BURST_STATUS_WEIGHTS, int(hit.sum()))]
+        elif kind == "slow":
+            duration[hit] = _SLOW_MEDIAN_MS * np.exp(0.6 * rng.standard_normal(int(hit.sum())))
+        elif kind == "outage":
+            status[hit] = 503
+    requests, errors = _request_tables(rng, ts, endpoint, status, duration, users)
+    tables = {
+        "request_logs": requests,
+        "error_logs": errors if errors is not None else _NO_ERRORS,
+    }
+    jobs = int(rng.poisson(requests_per_minute / 20 * minutes)) if minutes else 0
+    created = np.sort(rng.integers(start_us, max(end_us, start_us + 1), jobs))
+    kind = choice(rng, [weight for _, _, weight, _ in _JOB_KINDS], jobs)
+    started = created + (1.5e6 * np.exp(0.8 * rng.standard_normal(jobs))).astype(np.int64)
+    run_us = (_JOB_RUN_US[kind] * np.exp(0.8 * rng.standard_normal(jobs))).astype(np.int64)
+    finished = np.minimum(started + run_us, end_us)
+    started = np.minimum(started, finished)
+    tables["jobs"] = pa.table(
+        {
+            "queue": pick(_JOB_QUEUES, kind),
+            "name": pick(_JOB_NAMES, kind),
+            "status": pa.array(["completed"] * jobs, pa.string()),
+            "created_at": timestamps(np.minimum(created, started)),
+            "started_at": timestamps(started),
+            "finished_at": timestamps(finished),
+            "attempts": pa.array(
+                np.array([1, 2])[choice(rng, [0.95, 0.05], jobs)].astype(np.int32)
+            ),
+            "error": pa.nulls(jobs, pa.string()),
+        }
+    )
+    tokens = int(rng.poisson(requests_per_minute / 10 * minutes)) if minutes else 0
+    revoked = np.sort(rng.integers(start_us, max(end_us, start_us + 1), tokens))
+    lifetimes = np.array([lifetime for lifetime, _ in _TOKEN_LIFETIMES_US], dtype=np.int64)
+    lifetime = lifetimes[choice(rng, [weight for _, weight in _TOKEN_LIFETIMES_US], tokens)]
+    tables["revoked_tokens"] = pa.table(
+        {
+            "user_id": pa.array(skewed_user_ids(rng, tokens, users)),
+            "token_hash": sha256_hex(rng, tokens),
+            "revoked_at": timestamps(revoked),
+            "expires_at": timestamps(
+                revoked + ((1.0 - rng.random(tokens)) * lifetime).astype(np.int64)
+            ),
+        }
+    )
+    return tables
+
+
+def live_routes() -> tuple[str, ...]:
+    """The routes the demo's traffic uses, most requested first."""
+    return tuple(route for _, route, _ in _ENDPOINTS)

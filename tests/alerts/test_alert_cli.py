@@ -125,7 +125,13 @@ def test_status_json_has_the_cleanup_metrics_shape(tmp_path):
                 "table": "revoked_tokens",
                 "cutoff_column": "expires_at",
                 "schedule": "0 3 * * *",
-            }
+            },
+            "request_logs": {
+                "kind": "age",
+                "table": "request_logs",
+                "cutoff_column": "ts",
+                "retention": "30d",
+            },
         },
     )
     history = RunHistory(f"sqlite:///{tmp_path / 'state.db'}")
@@ -143,6 +149,17 @@ def test_status_json_has_the_cleanup_metrics_shape(tmp_path):
                 error="connection refused" if status is RunStatus.FAILED else None,
             )
         )
+    history.record(
+        PolicyRun(
+            policy="dagster_run_history",
+            table_name="dagster runs",
+            status=RunStatus.SUCCESS,
+            started_at=start,
+            finished_at=start + timedelta(seconds=1),
+            deleted=7,
+            duration_ms=10.0,
+        )
+    )
     history.dispose()
 
     code, output = hk("status", "--json", "--config", config)
@@ -163,12 +180,21 @@ def test_status_json_has_the_cleanup_metrics_shape(tmp_path):
         "lastRunSkippedLocked": 0,
     }
     assert item["nextScheduledRun"].endswith("T03:00:00.000Z")
+    # A log policy counts rows; a policy only the history knows (the run-history purge) is listed
+    # as the daily summary lists it.
+    policies = json.loads(output)["policies"]
+    assert set(policies) == {"revoked_tokens", "request_logs", "dagster_run_history"}
+    assert list(policies)[-1] == "dagster_run_history"
+    assert "totalRowsDeleted" in policies["request_logs"]["metrics"]
+    assert "totalTokensDeleted" not in policies["request_logs"]["metrics"]
+    assert policies["dagster_run_history"]["metrics"]["totalRowsDeleted"] == 7
     code, text = hk("status", "--config", config)
     assert "revoked_tokens" in text and "degraded" in text and "connection refused" in text
+    assert "dagster_run_history" in text and "deleted 7" in text
 
 
-def test_backtest_lists_what_the_rules_would_have_sent(tmp_path):
-    config = setup(tmp_path)
+def publish_error_hour(tmp_path):
+    """The last hour of minutes, 30 % errors from its minute 20 to 30; its start."""
     now = datetime.now(UTC).replace(second=0, microsecond=0)
     start = now - timedelta(minutes=60)
     publish_minutes(
@@ -178,6 +204,12 @@ def test_backtest_lists_what_the_rules_would_have_sent(tmp_path):
             for offset in range(60)
         ],
     )
+    return start
+
+
+def test_backtest_lists_what_the_rules_would_have_sent(tmp_path):
+    config = setup(tmp_path)
+    start = publish_error_hour(tmp_path)
     code, output = hk("rules", "backtest", "--since", "1h", "--json", "--config", config)
     assert code == 0
     result = json.loads(output)
@@ -191,3 +223,26 @@ def test_backtest_lists_what_the_rules_would_have_sent(tmp_path):
 
     code, output = hk("rules", "backtest", "--since", "1h", "--rule", "nope", "--config", config)
     assert code == 1 and "unknown rule nope" in output
+
+
+def test_backtest_until_ends_the_replay_and_rules_replays_another_file(tmp_path):
+    config = setup(tmp_path)
+    start = publish_error_hour(tmp_path)
+    until = (start + timedelta(minutes=30)).replace(tzinfo=None).isoformat(timespec="minutes")
+    code, output = hk(
+        "rules", "backtest", "--since", "30m", "--until", until, "--json", "--config", config
+    )
+    assert code == 0, output
+    kinds = [item["kind"] for item in json.loads(output)["notifications"]]
+    assert kinds == ["firing", "escalated"]  # the resolution comes after --until
+
+    lenient = tmp_path / "lenient.yaml"
+    lenient.write_text(RULES.replace("0.02", "0.5").replace("0.10", "0.9"))
+    code, output = hk(
+        "rules", "backtest", "--since", "1h", "--rules", str(lenient), "--json", "--config", config
+    )
+    assert code == 0, output
+    assert json.loads(output)["notifications"] == []
+
+    code, output = hk("rules", "backtest", "--until", "yesterday", "--config", config)
+    assert code == 2 and "--until" in output

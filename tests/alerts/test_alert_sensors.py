@@ -9,6 +9,7 @@ import dagster as dg
 import pytest
 import yaml
 
+from analytics.alerts.defs.checks import build_alert_checks, check_key
 from analytics.alerts.defs.definitions import build_alerts_defs
 from analytics.alerts.defs.jobs import daily_summary_job
 from analytics.alerts.defs.resources import AlertsResource
@@ -68,12 +69,17 @@ rules:
 """
 
 
-def test_the_alert_sensor_sends_one_message_per_transition_across_ticks(tmp_path, slack):
+def burst_with_immediate_rules(tmp_path):
+    """An error burst now, a config whose rule file fires at once: (config path, settings)."""
     rules = tmp_path / "rules.yaml"
     rules.write_text(IMMEDIATE_RULES)
     path = write_config(tmp_path, rules_file=str(rules))
     error_burst_now(tmp_path)
-    settings = alerts_settings(load_config(path))
+    return path, alerts_settings(load_config(path))
+
+
+def test_the_alert_sensor_sends_one_message_per_transition_across_ticks(tmp_path, slack):
+    path, settings = burst_with_immediate_rules(tmp_path)
     sensor = build_alert_sensor(settings)
     resources = {"alerts": AlertsResource(config_file=str(path))}
 
@@ -86,6 +92,83 @@ def test_the_alert_sensor_sends_one_message_per_transition_across_ticks(tmp_path
     assert "1 sent" in first.skip_reason.skip_message
     assert "0 new notifications" in second.skip_reason.skip_message
     assert TOKEN not in first.skip_reason.skip_message
+
+
+def check_results(instance, key):
+    """The check's stored evaluations, oldest first, as (passed, severity, metadata)."""
+    records = instance.event_log_storage.get_asset_check_execution_history(key, limit=10)
+    return [
+        (
+            record.event.dagster_event.event_specific_data.passed,
+            record.event.dagster_event.event_specific_data.severity,
+            {
+                k: v.value
+                for k, v in record.event.dagster_event.event_specific_data.metadata.items()
+            },
+        )
+        for record in reversed(records)
+    ]
+
+
+def test_the_alert_sensor_reports_each_rules_state_as_its_datasets_asset_check(tmp_path, slack):
+    path, settings = burst_with_immediate_rules(tmp_path)
+    sensor = build_alert_sensor(settings)
+    resources = {"alerts": AlertsResource(config_file=str(path))}
+    rule = settings.load_rules(load_config(path).health).rules[0]
+    key = check_key(rule)
+
+    with dg.instance_for_test() as instance:
+        cursor = None
+        results = []
+        for step in ("burst", "unchanged", "recovered"):
+            if step == "recovered":
+                now = datetime.now(UTC).replace(second=0, microsecond=0)
+                healthy = [Minute(now - timedelta(minutes=m)) for m in range(0, 21)]
+                publish_minutes(analytics_settings_at(tmp_path), healthy)
+            context = dg.build_sensor_context(instance=instance, resources=resources, cursor=cursor)
+            result = sensor(context)
+            for event in result.asset_events:
+                instance.report_runless_asset_event(event)
+            cursor = result.cursor
+            results.append(result)
+        stored = check_results(instance, key)
+
+    assert key.asset_key == dg.AssetKey(["analytics", "requests_minute"])
+    assert key.name == "alert_http_error_rate"
+    assert [len(result.asset_events) for result in results] == [1, 0, 1]
+    assert "FIRING: http_error_rate critical" in results[0].skip_reason.skip_message
+    assert "FIRING" not in results[2].skip_reason.skip_message
+    (fired_passed, fired_severity, fired), (resolved_passed, _, resolved) = stored
+    assert not fired_passed and fired_severity is dg.AssetCheckSeverity.ERROR
+    assert fired["state"] == "firing" and fired["severity"] == "critical"
+    assert fired["value"] == "30.0%" and fired["threshold"] == "> 10.0%"
+    assert fired["since"].endswith("UTC")
+    assert resolved_passed and resolved["state"] == "resolved"
+
+
+def test_an_alert_check_run_from_the_ui_reports_the_stored_state(tmp_path, slack):
+    path, settings = burst_with_immediate_rules(tmp_path)
+    pack = settings.load_rules(load_config(path).health)
+    resources = {"alerts": AlertsResource(config_file=str(path))}
+    key = check_key(pack.rules[0])
+
+    @dg.asset(key=key.asset_key)
+    def requests_minute() -> None:
+        return None
+
+    with dg.instance_for_test() as instance:
+        build_alert_sensor(settings)(
+            dg.build_sensor_context(instance=instance, resources=resources)
+        )
+        result = dg.materialize(
+            [requests_minute, *build_alert_checks(pack)],
+            instance=instance,
+            resources=resources,
+            selection=dg.AssetSelection.checks(key),
+        )
+
+    (evaluation,) = result.get_asset_check_evaluations()
+    assert not evaluation.passed and evaluation.metadata["state"].value == "firing"
 
 
 @dg.op

@@ -92,6 +92,9 @@ def test_the_housekeeping_job_deletes_and_reports_metadata_and_health(tmp_path, 
     assert metadata["remaining_expired"] == 0
     assert metadata["archived_rows"] == metadata["deleted"]
     assert metadata["batches"] > 1
+    # Timings are rounded to what a person reads (3 significant digits, or one decimal).
+    floats = [value for value in metadata.values() if isinstance(value, float)]
+    assert floats and all(len(repr(value).split(".")[1]) <= 4 for value in floats)
     checks = {
         evaluation.check_name: evaluation
         for evaluation in result.get_asset_check_evaluations()

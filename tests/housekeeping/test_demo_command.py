@@ -50,9 +50,19 @@ def test_the_demo_seeds_cleans_rolls_up_and_evaluates_the_rules_and_can_run_agai
     assert "remaining expired 0" in out and "FAILED" not in out
     assert "last 24 h: " in out and "requests, error rate" in out
     assert "Alert rules (one evaluation" in out and "sending through: console" in out
+    # The last 24 h hold an injected error burst; the replay shows its whole lifecycle.
+    assert "never-cleaned database sets allow_large_delete" in out
+    assert "incident in the last 24 h: error-burst" in out
+    lifecycle = out.split("The incident's lifecycle")[1].split("Alert rules")[0]
+    assert "FIRING" in lifecycle and "http_error_rate" in lifecycle
+    assert lifecycle.index("FIRING") < lifecycle.index("RESOLVED")
     assert (tmp_path / "var" / "analytics" / "rollups.duckdb").exists()
     assert list((tmp_path / "var" / "archive" / "revoked_tokens").rglob("*.parquet"))
 
     assert second.returncode == 0, second.stdout + second.stderr
     assert "Seeding" not in second.stdout, "the second run reuses the demo database"
     assert ": SUCCESS" in second.stdout
+    assert "never-cleaned" not in second.stdout and "cleaned before" in second.stdout
+    # The same incident, not a second one: it is still in the last 24 h.
+    assert second.stdout.count("incident in the last 24 h: error-burst") == 1
+    assert out.split("incident in the last 24 h: ")[1].split("\n")[0] in second.stdout

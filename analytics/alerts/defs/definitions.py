@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dagster as dg
 
+from analytics.alerts.defs.checks import build_alert_checks
 from analytics.alerts.defs.jobs import daily_summary_job
 from analytics.alerts.defs.resources import RESOURCE_KEY, AlertsResource
 from analytics.alerts.defs.schedules import build_summary_schedule
@@ -21,14 +22,17 @@ from housekeeping.config import HousekeepingConfig
 
 
 def build_alerts_defs(config: HousekeepingConfig, config_file: str = "") -> dg.Definitions:
-    """The alerting jobs, schedule, sensors and resource for ``config`` (read from ``config_file``).
+    """The alerting jobs, schedule, sensors, resource and one asset check per rule (on the
+    analytics dataset it reads) for ``config`` (read from ``config_file``).
 
     Raises RulesError when the rule file does not load, and ConfigError for a bad ``alerts:``
     section: the code location fails to load with the message ``hk rules check`` prints.
     """
     settings = alerts_settings(config, config_file or "config")
-    settings.load_rules(config.health)  # fail the load on a bad rule file, with the same message
+    # Fails the load on a bad rule file, with the same message.
+    pack = settings.load_rules(config.health)
     return dg.Definitions(
+        asset_checks=build_alert_checks(pack),
         jobs=[daily_summary_job],
         schedules=[build_summary_schedule(settings, config.timezone)],
         sensors=[build_alert_sensor(settings), alert_run_failure_sensor, alert_watchdog_sensor],

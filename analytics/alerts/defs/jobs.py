@@ -9,6 +9,7 @@ import dagster as dg
 from analytics.alerts.defs.resources import AlertsResource
 from analytics.alerts.service import apply_history_retention, deliver_daily_summary
 from analytics.alerts.slack import sender_from_environment
+from housekeeping.dagster_runs import MANUAL
 
 
 @dg.op(
@@ -57,7 +58,7 @@ def purge_alert_history(context: dg.OpExecutionContext, alerts: AlertsResource) 
 @dg.job(
     description="Sends the daily summary of the last 24 h (cleanup, requests, jobs, alerts) with "
     "a chart of error rate and p95, then applies the alert history's retention.",
-    tags={"kind": "slack"},
+    tags={"kind": "slack", **MANUAL},
 )
 def daily_summary_job() -> None:
     send_daily_summary()

@@ -1,7 +1,9 @@
 """The alerting sensors: thin adapters over service.py.
 
 - ``alert_rules_sensor`` evaluates every rule and drains the outbox, every
-  ``alerts.evaluation_interval``; its cursor holds the last evaluation's counts.
+  ``alerts.evaluation_interval``; it reports each rule's state as its asset check (checks.py)
+  when the state changes or the dataset was materialized since, and its tick names what fires;
+  its cursor holds the last evaluation's counts and what each check last reported.
 - ``alert_run_failure_sensor`` stores one notification per failed run of this code location (not
   per retry) before trying to send it; Slack being down loses nothing, the next drain sends it.
 - ``alert_watchdog_sensor`` watches the rule evaluation's heartbeat, so an alert sensor that keeps
@@ -9,10 +11,14 @@
 """
 
 import json
+import time
+from collections.abc import Iterable
 
 import dagster as dg
 
+from analytics.alerts.defs.checks import RuleVerdict, check_evaluation, check_key, verdicts
 from analytics.alerts.defs.resources import AlertsResource
+from analytics.alerts.rules import RulePack
 from analytics.alerts.service import (
     deliver_outbox,
     evaluate_and_deliver,
@@ -47,8 +53,16 @@ def build_alert_sensor(settings: AlertsSettings) -> dg.SensorDefinition:
             context.log.error(f"alert delivery stopped: {delivery.error}")
         for error in delivery.channel_errors:
             context.log.error(error)
+        reported = json.loads(context.cursor or "{}").get("checks", {})
+        rule_verdicts = {
+            name: verdict
+            for name, verdict in verdicts(runtime.rules, evaluation.active.values()).items()
+            if name not in evaluation.errors
+        }
+        events, reported = check_events(context.instance, runtime.rules, rule_verdicts, reported)
         summary = (
-            f"{evaluation.rules} rules, {evaluation.groups} groups: "
+            f"{firing_headline(rule_verdicts.values())}{evaluation.rules} rules, "
+            f"{evaluation.groups} groups: "
             f"{len(evaluation.active)} not ok, {len(evaluation.notifications)} new notifications, "
             f"{delivery.sent} sent, {delivery.waiting} waiting"
             + (f"; delivery: {delivery.error}" if delivery.error else "")
@@ -58,11 +72,54 @@ def build_alert_sensor(settings: AlertsSettings) -> dg.SensorDefinition:
                 "evaluated_at": evaluation.evaluated_at.isoformat(),
                 "not_ok": len(evaluation.active),
                 "waiting": delivery.waiting,
+                "checks": reported,
             }
         )
-        return dg.SensorResult(skip_reason=summary, cursor=cursor)
+        return dg.SensorResult(skip_reason=summary, cursor=cursor, asset_events=events)
 
     return alert_rules_sensor
+
+
+def firing_headline(rule_verdicts: Iterable[RuleVerdict]) -> str:
+    """``FIRING: a critical, b high; PENDING: c. `` (empty when nothing is), for the tick."""
+    parts = []
+    for state in ("firing", "pending"):
+        names = [verdict.headline() for verdict in rule_verdicts if verdict.state == state]
+        if names:
+            parts.append(f"{state.upper()}: {', '.join(names)}")
+    return "; ".join(parts) + ". " if parts else ""
+
+
+def check_events(
+    instance: dg.DagsterInstance,
+    pack: RulePack,
+    rule_verdicts: dict[str, RuleVerdict],
+    reported: dict[str, list],
+) -> tuple[list[dg.AssetCheckEvaluation], dict[str, list]]:
+    """The check evaluations to report now, and the cursor's new ``checks`` entry.
+
+    ``reported`` maps a rule to ``[signature, unix time]`` of its last reported evaluation. A
+    rule is reported when its verdict's signature changed, or when its dataset was materialized
+    after that report: Dagster shows a check's result only while it is newer than the asset's
+    latest materialization, so a firing check would otherwise turn grey after the next run.
+    """
+    now = time.time()
+    latest: dict[dg.AssetKey, float] = {}
+    events, updated = [], dict(reported)
+    for rule in pack.rules:
+        verdict = rule_verdicts.get(rule.name)
+        if verdict is None:  # the rule failed to evaluate: its check keeps its last result
+            continue
+        asset = check_key(rule).asset_key
+        if asset not in latest:
+            entry = instance.get_latest_materialization_event(asset)
+            latest[asset] = entry.timestamp if entry is not None else 0.0
+        signature, at = (reported.get(rule.name) or ["", 0.0])[:2]
+        if signature == verdict.signature() and latest[asset] < at:
+            continue
+        events.append(check_evaluation(rule, verdict))
+        updated[rule.name] = [verdict.signature(), now]
+    return events, updated
 
 
 @dg.run_failure_sensor(
