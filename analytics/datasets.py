@@ -218,6 +218,26 @@ TABLE_STATS = Dataset(
 )
 
 
+LOG_INGEST_ERRORS = Dataset(
+    "log_ingest_errors",
+    "Lines read from log files per hour x file x reason (bad ones by what was wrong), for a "
+    "log-file source (analytics/logs/).",
+    (
+        Column("hour", "TIMESTAMP", "the UTC hour the lines were read in"),
+        Column("file", "VARCHAR", "the log file (its path when read)"),
+        Column(
+            "reason",
+            "VARCHAR",
+            "request, other (not a request line), or what made a line bad: malformed_json, "
+            "not_an_object, invalid_encoding, control_characters, line_too_long, "
+            "missing_timestamp, bad_timestamp, damaged_gzip",
+        ),
+        Column("lines", "BIGINT", "lines of that file and reason read in the hour"),
+        Column("bad", "BOOLEAN", "the reason makes the line bad (not counted in any rollup)"),
+    ),
+)
+
+
 def all_datasets() -> Sequence[Dataset]:
     """Every published dataset, in the order the views file defines them."""
     return (
@@ -229,4 +249,5 @@ def all_datasets() -> Sequence[Dataset]:
         TOKEN_REVOCATIONS_DAILY,
         TOKEN_REVOCATIONS_BY_USER,
         TABLE_STATS,
+        LOG_INGEST_ERRORS,
     )
