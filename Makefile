@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 DEMO_HOME := $(CURDIR)/var/dagster_home
 DEMO_ENV := DAGSTER_HOME=$(DEMO_HOME) HK_CONFIG=$(CURDIR)/hk.yaml
 
-.PHONY: install demo dev test lint bench-cleanup bench-rollup bench-rules clean
+.PHONY: install demo dev test lint bench-cleanup bench-rollup bench-rules bench-logs clean
 
 install: $(VENV)/.installed
 
@@ -43,3 +43,6 @@ bench-rules: install
 
 clean:
 	rm -rf var .pytest_cache
+
+bench-logs: install
+	$(BIN)/python bench/bench_logs.py

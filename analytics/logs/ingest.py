@@ -126,7 +126,7 @@ def route_sql(text: str) -> str:
         "WHEN regexp_full_match(s, '[0-9]{1,3}(\\.[0-9]{1,3}){3}') THEN ':ip' "
         "WHEN regexp_matches(s, '[0-9]') THEN ':id' ELSE s END"
     )
-    path = f"regexp_replace({text}, '[?#].*$', '')"
+    path = f"split_part(split_part({text}, '?', 1), '#', 1)"
     return (
         f"CASE WHEN regexp_matches({path}, '[0-9@]') "
         f"THEN array_to_string(list_transform(string_split({path}, '/'), lambda s: {segment}), '/') "
@@ -285,13 +285,14 @@ def _lines_sql(slices: list[Slice], source: JsonLinesSource) -> str:
     return f"""
         CREATE TEMP TABLE parsed AS
         WITH raw AS (
-            SELECT filename AS slice, line, TRY_CAST(line AS JSON) AS doc
+            SELECT filename AS slice, line
             FROM read_csv([{files}], columns = {{'line': 'VARCHAR'}}, header = false,
                 delim = E'\\x1f', quote = '', escape = '', new_line = '\\n',
                 auto_detect = false, filename = true, ignore_errors = true,
                 store_rejects = true, max_line_size = {source.max_line_bytes})
         ), fields AS (
-            SELECT slice, line, doc, json_extract_string(doc, [{path_list}]) AS v FROM raw
+            -- one parse a line; TRY: NULL for a line that is not JSON
+            SELECT slice, line, TRY(json_extract_string(line, [{path_list}])) AS v FROM raw
         ), typed AS (
             SELECT *, {
         timestamp_sql(value("timestamp"), mapping.timestamp_format, source.timezone)
@@ -302,7 +303,7 @@ def _lines_sql(slices: list[Slice], source: JsonLinesSource) -> str:
             slice,
             CASE
                 WHEN line IS NULL OR trim(line) = '' THEN 'blank'
-                WHEN doc IS NULL THEN 'malformed_json'
+                WHEN v IS NULL THEN 'malformed_json'
                 WHEN NOT starts_with(ltrim(line), '{{') THEN 'not_an_object'
                 WHEN NOT coalesce({selected}, false) THEN 'other'
                 WHEN {value("timestamp")} IS NULL THEN 'missing_timestamp'
@@ -383,6 +384,8 @@ def ingest_log_files(
         seq = manifest.next_seq
         hour = floor_hour(now).replace(tzinfo=None)
         with duckdb_session(directory / "tmp") as connection:
+            # Row order is whatever the parallel readers give; the staged file is sorted by ts.
+            connection.execute("SET preserve_insertion_order = false")
             damaged += _read(connection, slices, source)
             names = [(str(s.read), str(s.file)) for s in slices] or [("", "")]
             connection.execute("CREATE TEMP TABLE slice_files (slice VARCHAR, file VARCHAR)")

@@ -21,6 +21,8 @@ import duckdb
 import numpy as np
 import pytest
 
+from analytics.alerts.metrics import MetricSource
+from analytics.alerts.rules import load_rules
 from analytics.logs.generate import PRESET_NAMES, Request, other_line, request_lines
 from analytics.logs.ingest import ingest_log_files, source_directory
 from analytics.logs.manifest import LogSourceError
@@ -336,3 +338,21 @@ def test_a_source_without_format_or_fields_is_a_one_line_error(tmp_path):
         parse_analytics_settings(
             {"sources": {"request_logs": {"kind": "json_lines", "path": "/var/log/*.log"}}}
         )
+
+
+def test_the_default_rule_alerts_when_over_one_percent_of_a_files_lines_are_bad(tmp_path):
+    settings = settings_for(tmp_path, "pino")
+    store = make_store(settings)
+    (tmp_path / "logs").mkdir()
+    good, bad = tmp_path / "logs" / "access.log", tmp_path / "logs" / "access.log.1"
+    append(bad, lines_of("pino", make_requests(150, seed=2)) + b"{oops\n" * 3)  # 2 % bad
+    append(good, lines_of("pino", make_requests(400, seed=3)) + b"{oops\n" * 2)  # 0.5 % bad
+    now = datetime.now(UTC)
+    refresh(store, settings)
+    publish(store, settings)
+    rule = next(rule for rule in load_rules().rules if rule.name == "log_bad_lines")
+    with MetricSource(settings.database_path, rollup_root=settings.root_path) as metrics:
+        values = metrics.values(rule, now + timedelta(minutes=1))
+    assert values == {str(bad): pytest.approx(3 / 153), str(good): pytest.approx(2 / 402)}
+    firing = {file for file, value in values.items() if value > rule.thresholds["warning"].value}
+    assert firing == {str(bad)}
