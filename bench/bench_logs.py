@@ -70,8 +70,7 @@ def write_files(directory: Path, lines: int) -> list[Path]:
         name = "access.log" if number == FILES - 1 else f"access.log.{FILES - 1 - number}"
         gz = number < FILES // 2
         path = directory / (name + (".gz" if gz else ""))
-        opener = (lambda p: gzip.open(p, "wt", compresslevel=1)) if gz else (lambda p: open(p, "w"))
-        with opener(path) as handle:
+        with gzip.open(path, "wt", compresslevel=1) if gz else open(path, "w") as handle:
             block = []
             for index in range(number * per_file, (number + 1) * per_file):
                 block.append(line(index, start_ms + int(index * step)))
