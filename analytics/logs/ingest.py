@@ -6,8 +6,8 @@ copytruncate are recognised), and reads them all in one DuckDB query: DuckDB's C
 the lines (one VARCHAR column, no quoting, gzip decompressed by DuckDB) and its JSON functions
 parse each line once (``TRY_CAST(line AS JSON)``, ``json_extract_string`` of the mapped paths).
 No Python runs per line. The tick writes two Parquet files, the request rows
-(``staged/<seq>.parquet``: ts, route, method, status_code, duration_ms) and the line counts per
-file and reason (``lines/<seq>.parquet``), then replaces the manifest: a crash before that
+(``staged/<seq>.parquet``: slice, outcome, ts, route, method, status_code, duration_ms,
+error_name) and the line counts per file and reason (``lines/<seq>.parquet``), then replaces the manifest: a crash before that
 leaves files the next load deletes, so every line is staged exactly once.
 
 Bad lines never stop a tick; each is counted under its file and one reason:
@@ -63,6 +63,7 @@ STAGED_COLUMNS = (
     ("method", "VARCHAR"),
     ("status_code", "INTEGER"),
     ("duration_ms", "DOUBLE"),
+    ("error_name", "VARCHAR"),
 )
 LINE_COLUMNS = (
     ("hour", "TIMESTAMP"),
@@ -268,22 +269,38 @@ def _plan(
 
 
 def _lines_sql(slices: list[Slice], source: JsonLinesSource) -> str:
-    """SQL creating the temp table ``parsed``: one row per line read, its outcome and fields."""
+    """A SELECT of one row per line read: its slice, outcome and mapped fields (STAGED_COLUMNS).
+
+    Each line is parsed once (``json_extract_string`` of every mapped path); the outcome is
+    ``request`` (a line ``select`` picks), ``error`` (a line whose ``level`` is one of
+    ``error_levels``, not a request), ``other``, ``blank`` or a bad reason. ``error_name`` is
+    set on every error-level line (a request logged at error level is both).
+    """
     mapping = source.mapping
-    keys = ["timestamp", "route", "method", "status", "duration", "select"]
-    paths = [getattr(mapping, key) for key in keys]
-    index = {key: i + 1 for i, key in enumerate(keys)}
-    path_list = ", ".join(json_path(path) if path else "'$.\"\"'" for path in paths)
+    keys = ["timestamp", "route", "method", "status", "duration", "select", "error_name", "level"]
+    paths: list[str] = []
+    for key in keys:
+        path = getattr(mapping, key)
+        if path is not None and path not in paths:
+            paths.append(path)
+    path_list = ", ".join(json_path(path) for path in paths)
     files = ", ".join(sql_string(str(s.read)) for s in slices)
 
     def value(key: str) -> str:
-        return f"v[{index[key]}]" if getattr(mapping, key) else "NULL"
+        path = getattr(mapping, key)
+        return f"v[{paths.index(path) + 1}]" if path is not None else "NULL"
 
     selected = f"{value('select')} IS NOT NULL"
     if mapping.select_value is not None:
         selected += f" AND {value('select')} = {sql_string(mapping.select_value)}"
+    selected = f"coalesce({selected}, false)"
+    if mapping.level is not None and mapping.error_levels:
+        levels = ", ".join(sql_string(level) for level in mapping.error_levels)
+        is_error = f"coalesce({value('level')} IN ({levels}), false)"
+    else:
+        is_error = "false"
+    timestamp = timestamp_sql(value("timestamp"), mapping.timestamp_format, source.timezone)
     return f"""
-        CREATE TEMP TABLE parsed AS
         WITH raw AS (
             SELECT filename AS slice, line
             FROM read_csv([{files}], columns = {{'line': 'VARCHAR'}}, header = false,
@@ -294,40 +311,50 @@ def _lines_sql(slices: list[Slice], source: JsonLinesSource) -> str:
             -- one parse a line; TRY: NULL for a line that is not JSON
             SELECT slice, line, TRY(json_extract_string(line, [{path_list}])) AS v FROM raw
         ), typed AS (
-            SELECT *, {
-        timestamp_sql(value("timestamp"), mapping.timestamp_format, source.timezone)
-    } AS ts
+            SELECT *, {timestamp} AS ts, {selected} AS selected, {is_error} AS is_error
             FROM fields
         )
         SELECT
             slice,
             CASE
-                WHEN line IS NULL OR trim(line) = '' THEN 'blank'
-                WHEN v IS NULL THEN 'malformed_json'
+                WHEN v IS NULL THEN
+                    CASE WHEN line IS NULL OR trim(line) = '' THEN 'blank'
+                    ELSE 'malformed_json' END
+                WHEN selected OR is_error THEN
+                    CASE WHEN {value("timestamp")} IS NULL THEN 'missing_timestamp'
+                    WHEN ts IS NULL THEN 'bad_timestamp'
+                    WHEN selected THEN 'request'
+                    ELSE 'error' END
                 WHEN NOT starts_with(ltrim(line), '{{') THEN 'not_an_object'
-                WHEN NOT coalesce({selected}, false) THEN 'other'
-                WHEN {value("timestamp")} IS NULL THEN 'missing_timestamp'
-                WHEN ts IS NULL THEN 'bad_timestamp'
-                ELSE 'request'
+                ELSE 'other'
             END AS outcome,
             ts,
             {route_sql(value("route"))} AS route,
             upper({value("method")}) AS method,
             TRY_CAST(TRY_CAST({value("status")} AS DOUBLE) AS INTEGER) AS status_code,
-            {duration_ms_sql(value("duration"), mapping.duration_unit)} AS duration_ms
+            {duration_ms_sql(value("duration"), mapping.duration_unit)} AS duration_ms,
+            CASE WHEN is_error THEN coalesce(left({value("error_name")}, 100), '(unnamed)')
+            END AS error_name
         FROM typed
     """
 
 
-def _read(
-    connection: duckdb.DuckDBPyConnection, slices: list[Slice], source: JsonLinesSource
+def _stage(
+    connection: duckdb.DuckDBPyConnection,
+    slices: list[Slice],
+    source: JsonLinesSource,
+    target: Path,
 ) -> list[tuple[str, str]]:
-    """Parse the slices into ``parsed``; a .gz DuckDB cannot decompress is left out and returned
-    as damaged (the others are read again without it)."""
+    """Write the slices' lines to ``target`` (Parquet, STAGED_COLUMNS plus slice and outcome);
+    a .gz DuckDB cannot decompress is left out and returned as damaged (the others are read
+    again without it). Without slices the file holds no rows."""
     damaged: list[tuple[str, str]] = []
     while slices:
         try:
-            connection.execute(_lines_sql(slices, source))
+            connection.execute(
+                f"COPY ({_lines_sql(slices, source)}) TO {sql_string(str(target))} "
+                "(FORMAT parquet, COMPRESSION zstd)"
+            )
             return damaged
         except duckdb.Error:
             bad = next(
@@ -338,9 +365,10 @@ def _read(
                 raise
             damaged.append((str(bad.file), "damaged_gzip"))
             slices.remove(bad)
+    columns = ", ".join(f"NULL::{kind} AS {name}" for name, kind in STAGED_COLUMNS)
     connection.execute(
-        "CREATE TEMP TABLE parsed (slice VARCHAR, outcome VARCHAR, ts TIMESTAMP, route VARCHAR, "
-        "method VARCHAR, status_code INTEGER, duration_ms DOUBLE)"
+        f"COPY (SELECT NULL::VARCHAR AS slice, NULL::VARCHAR AS outcome, {columns} WHERE false) "
+        f"TO {sql_string(str(target))} (FORMAT parquet)"
     )
     return damaged
 
@@ -384,9 +412,11 @@ def ingest_log_files(
         seq = manifest.next_seq
         hour = floor_hour(now).replace(tzinfo=None)
         with duckdb_session(directory / "tmp") as connection:
-            # Row order is whatever the parallel readers give; the staged file is sorted by ts.
+            # Row order is whatever the parallel readers give (lines of a file stay near each
+            # other, so each row group's ts range stays narrow for the readers' pruning).
             connection.execute("SET preserve_insertion_order = false")
-            damaged += _read(connection, slices, source)
+            staged = store.staged_file(seq)
+            damaged += _stage(connection, slices, source, staged)
             names = [(str(s.read), str(s.file)) for s in slices] or [("", "")]
             connection.execute("CREATE TEMP TABLE slice_files (slice VARCHAR, file VARCHAR)")
             connection.executemany("INSERT INTO slice_files VALUES (?, ?)", names)
@@ -411,7 +441,8 @@ def ingest_log_files(
                     sum(lines)::BIGINT AS lines
                 FROM (
                     SELECT f.file, p.outcome AS reason, count(*) AS lines
-                    FROM parsed p JOIN slice_files f ON f.slice = p.slice
+                    FROM read_parquet({sql_string(str(staged))}) p
+                    JOIN slice_files f ON f.slice = p.slice
                     WHERE p.outcome <> 'blank' GROUP BY ALL
                     UNION ALL
                     SELECT file, CASE error_type {reject_case} ELSE 'malformed_json' END, count(*)
@@ -421,18 +452,13 @@ def ingest_log_files(
                 ) GROUP BY ALL
                 """
             )
-            staged = store.staged_file(seq)
-            columns = ", ".join(name for name, _ in STAGED_COLUMNS)
-            connection.execute(
-                f"COPY (SELECT {columns} FROM parsed WHERE outcome = 'request' ORDER BY ts) "
-                f"TO {sql_string(str(staged))} (FORMAT parquet, COMPRESSION zstd)"
-            )
             connection.execute(
                 f"COPY (SELECT * FROM line_counts ORDER BY file, reason) "
                 f"TO {sql_string(str(store.lines_file(seq)))} (FORMAT parquet)"
             )
             rows, low, high = connection.execute(
-                "SELECT count(*), min(ts), max(ts) FROM parsed WHERE outcome = 'request'"
+                f"SELECT count(*), min(ts), max(ts) FROM read_parquet({sql_string(str(staged))}) "
+                "WHERE outcome IN ('request', 'error')"
             ).fetchone()
             result.lines = dict(
                 connection.execute(

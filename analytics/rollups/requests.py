@@ -223,12 +223,13 @@ def refresh_requests_from_log_files(
         relation = (
             f"read_parquet({paths})"
             if files
-            else "(SELECT NULL::TIMESTAMP AS ts, NULL::VARCHAR AS route, NULL::VARCHAR AS method, "
-            "NULL::INTEGER AS status_code, NULL::DOUBLE AS duration_ms WHERE false)"
+            else "(SELECT NULL::VARCHAR AS outcome, NULL::TIMESTAMP AS ts, NULL::VARCHAR AS route, "
+            "NULL::VARCHAR AS method, NULL::INTEGER AS status_code, NULL::DOUBLE AS duration_ms "
+            "WHERE false)"
         )
         connection.execute(
-            f"CREATE TEMP VIEW source_rows AS SELECT * FROM {relation} "
-            f"WHERE ts >= {timestamp_literal(start)} AND ts < {timestamp_literal(end)}"
+            f"CREATE TEMP VIEW source_rows AS SELECT * FROM {relation} WHERE outcome = 'request' "
+            f"AND ts >= {timestamp_literal(start)} AND ts < {timestamp_literal(end)}"
         )
         connection.execute(MINUTE_GROUPS_SQL)
         rows_read, kept, partitions, rows_written, preview = _publish_minutes(
