@@ -169,11 +169,13 @@ def duration_ms_sql(text: str, unit: str) -> str:
         f"WHEN {sql_string(suffix)} THEN {factor}" for suffix, factor in _UNIT_MS.items()
     )
     pattern = "'^\\s*([0-9]*\\.?[0-9]+)\\s*([a-zµ]*)\\s*$'"
+    # CASE, not coalesce: the regular expressions run only for values that are not numbers.
     return (
-        f"coalesce(TRY_CAST({text} AS DOUBLE) * {_UNIT_MS[unit]}, "
-        f"TRY_CAST(regexp_extract({text}, {pattern}, 1) AS DOUBLE) * "
+        f"CASE WHEN TRY_CAST({text} AS DOUBLE) IS NOT NULL "
+        f"THEN TRY_CAST({text} AS DOUBLE) * {_UNIT_MS[unit]} "
+        f"ELSE TRY_CAST(regexp_extract({text}, {pattern}, 1) AS DOUBLE) * "
         f"CASE regexp_extract({text}, {pattern}, 2) {factors} "
-        f"WHEN '' THEN {_UNIT_MS[unit]} END)"
+        f"WHEN '' THEN {_UNIT_MS[unit]} END END"
     )
 
 

@@ -129,9 +129,9 @@ def route_sql(text: str) -> str:
     )
     path = f"split_part(split_part({text}, '?', 1), '#', 1)"
     return (
-        f"CASE WHEN regexp_matches({path}, '[0-9@]') "
+        f"CASE WHEN regexp_matches({text}, '[0-9@?#]') "
         f"THEN array_to_string(list_transform(string_split({path}, '/'), lambda s: {segment}), '/') "
-        f"ELSE {path} END"
+        f"ELSE {text} END"
     )
 
 
@@ -302,10 +302,10 @@ def _lines_sql(slices: list[Slice], source: JsonLinesSource) -> str:
     timestamp = timestamp_sql(value("timestamp"), mapping.timestamp_format, source.timezone)
     return f"""
         WITH raw AS (
-            SELECT filename AS slice, line
+            SELECT file_index AS slice, line
             FROM read_csv([{files}], columns = {{'line': 'VARCHAR'}}, header = false,
                 delim = E'\\x1f', quote = '', escape = '', new_line = '\\n',
-                auto_detect = false, filename = true, ignore_errors = true,
+                auto_detect = false, ignore_errors = true,
                 store_rejects = true, max_line_size = {source.max_line_bytes})
         ), fields AS (
             -- one parse a line; TRY: NULL for a line that is not JSON
@@ -367,7 +367,7 @@ def _stage(
             slices.remove(bad)
     columns = ", ".join(f"NULL::{kind} AS {name}" for name, kind in STAGED_COLUMNS)
     connection.execute(
-        f"COPY (SELECT NULL::VARCHAR AS slice, NULL::VARCHAR AS outcome, {columns} WHERE false) "
+        f"COPY (SELECT NULL::BIGINT AS slice, NULL::VARCHAR AS outcome, {columns} WHERE false) "
         f"TO {sql_string(str(target))} (FORMAT parquet)"
     )
     return damaged
@@ -417,13 +417,16 @@ def ingest_log_files(
             connection.execute("SET preserve_insertion_order = false")
             staged = store.staged_file(seq)
             damaged += _stage(connection, slices, source, staged)
-            names = [(str(s.read), str(s.file)) for s in slices] or [("", "")]
-            connection.execute("CREATE TEMP TABLE slice_files (slice VARCHAR, file VARCHAR)")
-            connection.executemany("INSERT INTO slice_files VALUES (?, ?)", names)
+            # The staged rows name their slice by its place in the list read (file_index).
+            names = [(i, str(s.read), str(s.file)) for i, s in enumerate(slices)] or [(0, "", "")]
+            connection.execute(
+                "CREATE TEMP TABLE slice_files (slice BIGINT, path VARCHAR, file VARCHAR)"
+            )
+            connection.executemany("INSERT INTO slice_files VALUES (?, ?, ?)", names)
             rejects = (
                 "SELECT f.file, e.error_type FROM reject_errors e "
                 "JOIN reject_scans s USING (scan_id, file_id) JOIN slice_files f "
-                "ON f.slice = s.file_path"
+                "ON f.path = s.file_path"
                 if slices
                 else "SELECT NULL::VARCHAR AS file, NULL::VARCHAR AS error_type WHERE false"
             )
