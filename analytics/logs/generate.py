@@ -119,3 +119,53 @@ def other_line(preset: str, moment: datetime) -> str:
     if preset == "bunyan":
         return json.dumps({"name": "api", "level": 30, "msg": "ready", "time": _iso(moment)})
     return json.dumps({"type": "startup", "timestamp": _iso(moment), "message": "ready"})
+
+
+def error_line(preset: str, moment: datetime, url: str, name: str, message: str) -> str:
+    """An error-level line of ``preset``'s shape: the error's name, message and stack, the
+    request's URL and the personal fields real error logs carry."""
+    stack = f"{name}: {message}\n    at handler (/app/src/routes.js:42:13)"
+    if preset == "pino":
+        return json.dumps(
+            {
+                "level": 50,
+                "time": round(moment.timestamp() * 1000),
+                "req": {"method": "POST", "url": url, "remoteAddress": "203.0.113.7"},
+                "err": {"type": name, "message": message, "stack": stack},
+                "msg": message,
+            }
+        )
+    if preset == "winston":
+        return json.dumps(
+            {
+                "level": "error",
+                "message": message,
+                "timestamp": _iso(moment),
+                "meta": {"req": {"method": "POST", "url": url}},
+                "error": {"name": name, "message": message, "stack": stack},
+            }
+        )
+    if preset == "bunyan":
+        return json.dumps(
+            {
+                "name": "api",
+                "level": 50,
+                "time": _iso(moment),
+                "req": {"method": "POST", "url": url},
+                "err": {"name": name, "message": message, "stack": stack},
+                "msg": message,
+            }
+        )
+    return json.dumps(
+        {
+            "type": "error",
+            "requestId": "550e8400",
+            "timestamp": _iso(moment),
+            "method": "POST",
+            "url": url,
+            "ip": "203.0.113.7",
+            "userId": "user-48213",
+            "error": {"name": name, "message": message, "stack": stack},
+            "body": {"email": "jane.doe@example.com"},
+        }
+    )

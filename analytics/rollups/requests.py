@@ -20,6 +20,7 @@ from analytics.extract import (
     check_source,
     rows_without,
 )
+from analytics.logs.errors import refresh_log_errors
 from analytics.logs.ingest import (
     ingest_log_files,
     publish_line_counts,
@@ -204,7 +205,8 @@ def refresh_requests_from_log_files(
     """The minute rollups of ``[start, end)`` from a ``json_lines`` source (analytics/logs/).
 
     First one ingest tick stages the lines not read before (exactly once, bad lines counted in
-    ``log_ingest_errors``, whose partition of the tick's hour is republished); then the staged
+    ``log_ingest_errors``, whose partition of the tick's hour is republished) and the error
+    lines of the range's hours are republished (``log_errors_hourly``); then the staged
     rows of the range are grouped exactly as rows of a table are (MINUTE_GROUPS_SQL). A late
     line lands in its own minute when its hour is refreshed again (the freshness sensor's
     overlap, or the hour's finalising run after ``late_row_grace``). ``rows_without_timestamp``
@@ -217,6 +219,7 @@ def refresh_requests_from_log_files(
     ingested = ingest_log_files(directory, source, now)
     if ingested.seq is not None:
         publish_line_counts(store, directory, now or datetime.now(UTC))
+    refresh_log_errors(store, start, end)
     files = staged_files(directory, start, end)
     with duckdb_session(store.root / ".tmp") as connection:
         paths = "[" + ", ".join(sql_string(str(path)) for path in files) + "]"

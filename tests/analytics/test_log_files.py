@@ -23,7 +23,7 @@ import pytest
 
 from analytics.alerts.metrics import MetricSource
 from analytics.alerts.rules import load_rules
-from analytics.logs.generate import PRESET_NAMES, Request, other_line, request_lines
+from analytics.logs.generate import PRESET_NAMES, Request, error_line, other_line, request_lines
 from analytics.logs.ingest import ingest_log_files, source_directory
 from analytics.logs.manifest import LogSourceError
 from analytics.rollups.requests import refresh_requests
@@ -356,3 +356,62 @@ def test_the_default_rule_alerts_when_over_one_percent_of_a_files_lines_are_bad(
     assert values == {str(bad): pytest.approx(3 / 153), str(good): pytest.approx(2 / 402)}
     firing = {file for file, value in values.items() if value > rule.thresholds["warning"].value}
     assert firing == {str(bad)}
+
+
+@pytest.mark.parametrize("preset", PRESET_NAMES)
+def test_error_lines_per_hour_route_and_name_without_messages_and_the_spike_rule(tmp_path, preset):
+    settings = settings_for(tmp_path, preset)
+    store = make_store(settings)
+    (tmp_path / "logs").mkdir()
+    secret = "Message content is required for jane.doe@example.com"
+    lines = [
+        error_line(
+            preset, START + timedelta(seconds=i), "/api/chat/messages", "ValidationError", secret
+        )
+        for i in range(12)
+    ]
+    lines += [
+        error_line(
+            preset, START + H + timedelta(seconds=i), "/api/users/user-7?x=1", "DbError", secret
+        )
+        for i in range(3)
+    ]
+    requests = make_requests(200, seed=11)
+    append(tmp_path / "logs" / "access.log", ("\n".join(lines) + "\n").encode())
+    append(tmp_path / "logs" / "access.log", lines_of(preset, requests))
+    refresh(store, settings)
+    publish(store, settings)
+
+    errors = query(
+        settings,
+        "SELECT hour, route, error_name, sum(errors)::BIGINT AS n FROM log_errors_hourly "
+        "GROUP BY ALL ORDER BY hour, route, error_name",
+    )
+    hour = START.replace(tzinfo=None)
+    expected = [
+        (hour, "/api/chat/messages", "ValidationError", 12),
+        (hour + H, "/api/users/:id", "DbError", 3),
+    ]
+    # pino and winston log 5xx requests at error level: those count too, by their route
+    server_errors = Counter(
+        (r.ts.replace(minute=0, second=0, microsecond=0, tzinfo=None), published_route(r.url))
+        for r in requests
+        if r.status >= 500
+    )
+    if preset in ("pino", "winston"):
+        expected += [(h, route, "(unnamed)", n) for (h, route), n in server_errors.items()]
+    assert sorted(map(tuple, errors.itertuples(index=False))) == sorted(expected)
+    # the requests are still counted once, the error lines are not requests
+    assert int(query(settings, "SELECT sum(requests) AS n FROM requests_minute").n[0]) == 200
+    for path in (tmp_path / "analytics").rglob("*.parquet"):
+        dumped = json.dumps(
+            duckdb.sql(f"SELECT * FROM read_parquet('{path}')").fetchall(), default=str
+        )
+        assert "Message content" not in dumped and "routes.js" not in dumped, path
+
+    rule = next(rule for rule in load_rules().rules if rule.name == "log_error_spike")
+    with MetricSource(settings.database_path, rollup_root=settings.root_path) as metrics:
+        values = metrics.values(rule, START + H + timedelta(minutes=30))
+    firing = {group for group, value in values.items() if value > rule.thresholds["high"].value}
+    assert "/api/chat/messages ValidationError" in firing
+    assert values["/api/users/:id DbError"] == 3 and "/api/users/:id DbError" not in firing
