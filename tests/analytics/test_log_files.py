@@ -20,16 +20,21 @@ from pathlib import Path
 import duckdb
 import numpy as np
 import pytest
+from click.testing import CliRunner
 
 from analytics.alerts.metrics import MetricSource
 from analytics.alerts.rules import load_rules
 from analytics.logs.generate import PRESET_NAMES, Request, error_line, other_line, request_lines
 from analytics.logs.ingest import ingest_log_files, source_directory
 from analytics.logs.manifest import LogSourceError
+from analytics.logs.seed import write_log_files
 from analytics.rollups.requests import refresh_requests
 from analytics.settings import parse_analytics_settings
 from analytics.sketch import PERCENTILES, RELATIVE_ACCURACY
-from tests.support.analytics_data import make_store, publish, query
+from housekeeping.cli import main
+from housekeeping.database import AppDatabase
+from housekeeping.demo.seed import seed_database
+from tests.support.analytics_data import make_settings, make_store, publish, query
 
 START = datetime(2026, 11, 19, 10, tzinfo=UTC)
 H = timedelta(hours=1)
@@ -415,3 +420,58 @@ def test_error_lines_per_hour_route_and_name_without_messages_and_the_spike_rule
     firing = {group for group, value in values.items() if value > rule.thresholds["high"].value}
     assert "/api/chat/messages ValidationError" in firing
     assert values["/api/users/:id DbError"] == 3 and "/api/users/:id DbError" not in firing
+
+
+def test_hk_seed_log_files_writes_the_same_traffic_as_the_tables(tmp_path, sqlite_url):
+    now = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
+    runner = CliRunner()
+    result = runner.invoke(
+        main,
+        ["seed", "--log-files", str(tmp_path / "logs"), "--requests", "4000", "--days", "2"],
+    )
+    assert result.exit_code == 0, result.output
+    assert "pino/, winston/, reference/" in result.output
+    again = runner.invoke(main, ["seed", "--log-files", str(tmp_path / "logs")])
+    assert again.exit_code == 1 and "already holds access.log files" in again.output
+
+    written = write_log_files(tmp_path / "fixed", requests=3000, days=2, seed=7, now=now)
+    seed_database(sqlite_url, tokens=10, requests=3000, days=2, seed=7, now=now)
+    db = AppDatabase(sqlite_url)
+    table_settings = make_settings(tmp_path / "from_table")
+    table_store = make_store(table_settings)
+    start, end = now - timedelta(days=3), now + H
+    start = start.replace(minute=0)
+    refresh_requests(db, table_store, table_settings, start, end)
+    publish(table_store, table_settings)
+    expected = query(
+        table_settings,
+        "SELECT minute, route, method, requests, status_2xx, status_4xx, status_5xx "
+        "FROM requests_minute ORDER BY ALL",
+    )
+    assert int(expected.requests.sum()) == written.requests == 3000
+    for shape in ("pino", "winston", "reference"):
+        settings = parse_analytics_settings(
+            {
+                "root": str(tmp_path / shape / "analytics"),
+                "database": str(tmp_path / shape / "analytics" / "rollups.duckdb"),
+                "sources": {
+                    "request_logs": {
+                        "kind": "json_lines",
+                        "path": str(tmp_path / "fixed" / shape / "access.log*"),
+                        "format": shape,
+                        "settle": "0s",
+                    }
+                },
+            }
+        )
+        store = make_store(settings)
+        refresh_requests(None, store, settings, start, end)
+        publish(store, settings)
+        got = query(
+            settings,
+            "SELECT minute, route, method, requests, status_2xx, status_4xx, status_5xx "
+            "FROM requests_minute ORDER BY ALL",
+        )
+        assert got.equals(expected), shape
+        errors = query(settings, "SELECT sum(errors)::BIGINT AS n FROM log_errors_hourly").n[0]
+        assert errors >= written.errors, shape  # every error log line (and 5xx pino/winston)
