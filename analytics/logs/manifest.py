@@ -21,17 +21,16 @@ on the next load, so a crash between the two writes re-reads the same bytes, onc
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import gzip
 import hashlib
 import json
 import os
-import time
 import zlib
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from analytics.publish import exclusive_lock
 from housekeeping.errors import HkError
 
 FINGERPRINT_BYTES = 4096
@@ -123,23 +122,15 @@ class ManifestStore:
         """One ingesting process at a time (the freshness sensor and a partition run may meet)."""
         for folder in (self.directory, self.staged, self.lines, self.tmp):
             folder.mkdir(parents=True, exist_ok=True)
-        with open(self.directory / "ingest.lock", "a+") as handle:
-            deadline = time.monotonic() + wait_seconds
-            while True:
-                try:
-                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if time.monotonic() > deadline:
-                        raise LogSourceError(
-                            f"{self.directory}: another process has been reading these log files "
-                            f"for over {wait_seconds:.0f} s"
-                        ) from None
-                    time.sleep(0.2)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+        with exclusive_lock(
+            self.directory / "ingest.lock",
+            wait_seconds,
+            lambda: LogSourceError(
+                f"{self.directory}: another process has been reading these log files for over "
+                f"{wait_seconds:.0f} s"
+            ),
+        ):
+            yield
 
     def load(self) -> Manifest:
         """The manifest (empty when none yet); staged files it does not list are deleted."""

@@ -48,7 +48,7 @@ BAD_LINES = {
 }
 
 
-def settings_for(tmp_path: Path, preset: str, **source):
+def settings_for(tmp_path: Path, preset: str | None, **source):
     return parse_analytics_settings(
         {
             "root": str(tmp_path / "analytics"),
@@ -236,28 +236,20 @@ def test_nothing_personal_reaches_the_staged_rows_or_the_rollups(tmp_path):
 
 
 def test_a_field_mapping_with_epoch_seconds_and_text_durations(tmp_path):
-    settings = parse_analytics_settings(
-        {
-            "root": str(tmp_path / "analytics"),
-            "database": str(tmp_path / "analytics" / "rollups.duckdb"),
-            "sources": {
-                "request_logs": {
-                    "kind": "json_lines",
-                    "path": str(tmp_path / "logs" / "*.jsonl"),
-                    "fields": {
-                        "timestamp": "at",
-                        "timestamp_format": "epoch_s",
-                        "route": "http.path",
-                        "method": "http.verb",
-                        "status": "http.code",
-                        "duration": "took",
-                        "duration_unit": "s",
-                        "select": "http.code",
-                    },
-                    "settle": "0s",
-                }
-            },
-        }
+    settings = settings_for(
+        tmp_path,
+        None,
+        path=str(tmp_path / "logs" / "*.jsonl"),
+        fields={
+            "timestamp": "at",
+            "timestamp_format": "epoch_s",
+            "route": "http.path",
+            "method": "http.verb",
+            "status": "http.code",
+            "duration": "took",
+            "duration_unit": "s",
+            "select": "http.code",
+        },
     )
     store = make_store(settings)
     (tmp_path / "logs").mkdir()
@@ -450,19 +442,8 @@ def test_hk_seed_log_files_writes_the_same_traffic_as_the_tables(tmp_path, sqlit
     )
     assert int(expected.requests.sum()) == written.requests == 3000
     for shape in ("pino", "winston", "reference"):
-        settings = parse_analytics_settings(
-            {
-                "root": str(tmp_path / shape / "analytics"),
-                "database": str(tmp_path / shape / "analytics" / "rollups.duckdb"),
-                "sources": {
-                    "request_logs": {
-                        "kind": "json_lines",
-                        "path": str(tmp_path / "fixed" / shape / "access.log*"),
-                        "format": shape,
-                        "settle": "0s",
-                    }
-                },
-            }
+        settings = settings_for(
+            tmp_path / shape, shape, path=str(tmp_path / "fixed" / shape / "access.log*")
         )
         store = make_store(settings)
         refresh_requests(None, store, settings, start, end)
