@@ -185,6 +185,7 @@ def _plan(
     by_identity = {(s.device, s.inode): s for s in manifest.streams.values() if s.complete}
     candidates: dict[str, list[_Candidate]] = {}
     damaged: list[tuple[str, str]] = []
+    damaged_states: dict[str, StreamState] = {}
     for path in log_files(source):
         stat = path.stat()
         compressed = is_gzip(path)
@@ -201,6 +202,17 @@ def _plan(
         except GZIP_ERRORS:
             if now - stat.st_mtime >= settle:
                 damaged.append((str(path), "damaged_gzip"))
+                # Remembered by identity: counted once, not again while the file is unchanged.
+                damaged_states[f"damaged:{stat.st_dev}:{stat.st_ino}"] = StreamState(
+                    path=str(path),
+                    device=stat.st_dev,
+                    inode=stat.st_ino,
+                    size=stat.st_size,
+                    mtime=stat.st_mtime,
+                    compressed=True,
+                    complete=True,
+                    failed="damaged_gzip",
+                )
             continue
         except OSError as exc:
             raise LogSourceError(f"cannot read log file {path} ({exc.strerror})") from None
@@ -209,7 +221,7 @@ def _plan(
         candidates.setdefault(fingerprint(head), []).append(_Candidate(path, stat, compressed))
 
     slices: list[Slice] = []
-    states: dict[str, StreamState] = {}
+    states: dict[str, StreamState] = dict(damaged_states)
     # The file written last may be in the middle of a line even when quiet for a while.
     newest = max((c.stat.st_mtime for f in candidates.values() for c in f), default=0.0)
     for key, found in candidates.items():

@@ -456,3 +456,21 @@ def test_hk_seed_log_files_writes_the_same_traffic_as_the_tables(tmp_path, sqlit
         assert got.equals(expected), shape
         errors = query(settings, "SELECT sum(errors)::BIGINT AS n FROM log_errors_hourly").n[0]
         assert errors >= written.errors, shape  # every error log line (and 5xx pino/winston)
+
+
+def test_a_damaged_gzip_is_counted_once_and_the_other_files_still_read(tmp_path):
+    settings = settings_for(tmp_path, "bunyan")
+    store = make_store(settings)
+    (tmp_path / "logs").mkdir()
+    requests = make_requests(300, seed=13)
+    append(tmp_path / "logs" / "access.log", lines_of("bunyan", requests[:200]))
+    whole = gzip.compress(lines_of("bunyan", requests[200:]))
+    (tmp_path / "logs" / "access.log.1.gz").write_bytes(whole)
+    (tmp_path / "logs" / "access.log.2.gz").write_bytes(whole[: len(whole) // 2])  # cut short
+    (tmp_path / "logs" / "access.log.3.gz").write_bytes(b"\x1f\x8b\x08\x00garbage")
+    refresh(store, settings)
+    refresh(store, settings)
+    assert_published_exactly(settings, store, requests)
+    assert bad_line_counts(settings) == {"damaged_gzip": 0}
+    damaged = query(settings, "SELECT file FROM log_ingest_errors WHERE bad ORDER BY file").file
+    assert list(damaged) == [str(tmp_path / "logs" / f"access.log.{n}.gz") for n in (2, 3)]
