@@ -24,6 +24,7 @@ from click.testing import CliRunner
 
 from analytics.alerts.metrics import MetricSource
 from analytics.alerts.rules import load_rules
+from analytics.config_check import check_analytics
 from analytics.logs.generate import PRESET_NAMES, Request, error_line, other_line, request_lines
 from analytics.logs.ingest import ingest_log_files, source_directory
 from analytics.logs.manifest import LogSourceError
@@ -32,6 +33,7 @@ from analytics.rollups.requests import refresh_requests
 from analytics.settings import parse_analytics_settings
 from analytics.sketch import PERCENTILES, RELATIVE_ACCURACY
 from housekeeping.cli import main
+from housekeeping.config import load_config
 from housekeeping.database import AppDatabase
 from housekeeping.demo.seed import seed_database
 from tests.support.analytics_data import make_settings, make_store, publish, query
@@ -474,3 +476,26 @@ def test_a_damaged_gzip_is_counted_once_and_the_other_files_still_read(tmp_path)
     assert bad_line_counts(settings) == {"damaged_gzip": 0}
     damaged = query(settings, "SELECT file FROM log_ingest_errors WHERE bad ORDER BY file").file
     assert list(damaged) == [str(tmp_path / "logs" / f"access.log.{n}.gz") for n in (2, 3)]
+
+
+def test_config_check_counts_the_log_files_or_names_the_missing_directory(tmp_path):
+    (tmp_path / "logs").mkdir()
+    append(tmp_path / "logs" / "access.log", b"{}\n")
+    append(tmp_path / "logs" / "access.log.1.gz", gzip.compress(b"{}\n"))
+
+    def check(path: Path):
+        config_file = tmp_path / "hk.yaml"
+        source = {"kind": "json_lines", "path": str(path), "format": "pino"}
+        config_file.write_text(json.dumps({"analytics": {"sources": {"request_logs": source}}}))
+        return check_analytics(None, load_config(str(config_file)), str(config_file))
+
+    found = check(tmp_path / "logs" / "access.log*")
+    assert found.problems == []
+    assert found.ok == [
+        f"analytics.sources.request_logs: 2 log file(s) match {tmp_path}/logs/access.log*"
+    ]
+    missing = check(tmp_path / "nowhere" / "*.log")
+    assert missing.problems == [
+        f"analytics.sources.request_logs.path: {tmp_path}/nowhere is not a directory "
+        f"({tmp_path}/nowhere/*.log)"
+    ]
