@@ -102,9 +102,10 @@ def instance_check(home, connect_timeout):
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @click.option(
     "--log-files",
-    type=click.Path(file_okay=False, path_type=Path),
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
     default=None,
-    help="Write the requests and error logs as JSON-lines files under this directory instead "
+    help="Write the requests and error logs as JSON-lines files under this (existing) directory "
+    "instead "
     "(pino, winston and reference shapes, rotated daily); no database is touched.",
 )
 def seed(

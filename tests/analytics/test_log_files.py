@@ -419,6 +419,9 @@ def test_error_lines_per_hour_route_and_name_without_messages_and_the_spike_rule
 def test_hk_seed_log_files_writes_the_same_traffic_as_the_tables(tmp_path, sqlite_url):
     now = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
     runner = CliRunner()
+    missing = runner.invoke(main, ["seed", "--log-files", str(tmp_path / "logs")])
+    assert missing.exit_code == 2 and "does not exist" in missing.output
+    (tmp_path / "logs").mkdir()
     result = runner.invoke(
         main,
         ["seed", "--log-files", str(tmp_path / "logs"), "--requests", "4000", "--days", "2"],
