@@ -8,7 +8,7 @@ DEMO_PARTITIONS_START = $(shell cat $(CURDIR)/var/partitions_start 2>/dev/null)
 DEMO_ENV = DAGSTER_HOME=$(DEMO_HOME) HK_CONFIG=$(CURDIR)/hk.yaml \
 	$(if $(DEMO_PARTITIONS_START),HK_PARTITIONS_START=$(DEMO_PARTITIONS_START))
 
-.PHONY: install demo dev test lint bench-cleanup bench-rollup bench-rules bench-backtest clean
+.PHONY: install demo dev test lint bench-cleanup bench-rollup bench-rules bench-backtest bench-logs clean
 
 install: $(VENV)/.installed
 
@@ -52,3 +52,6 @@ bench-backtest: install
 
 clean:
 	rm -rf var .pytest_cache
+
+bench-logs: install
+	$(BIN)/python bench/bench_logs.py

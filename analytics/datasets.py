@@ -218,6 +218,40 @@ TABLE_STATS = Dataset(
 )
 
 
+LOG_INGEST_ERRORS = Dataset(
+    "log_ingest_errors",
+    "Lines read from log files per hour x file x reason (bad ones by what was wrong), for a "
+    "log-file source (analytics/logs/).",
+    (
+        Column("hour", "TIMESTAMP", "the UTC hour the lines were read in"),
+        Column("file", "VARCHAR", "the log file (its path when read)"),
+        Column(
+            "reason",
+            "VARCHAR",
+            "request, error (an error-level line), other (neither), or what made a line bad: "
+            "malformed_json, "
+            "not_an_object, invalid_encoding, control_characters, line_too_long, "
+            "missing_timestamp, bad_timestamp, damaged_gzip",
+        ),
+        Column("lines", "BIGINT", "lines of that file and reason read in the hour"),
+        Column("bad", "BOOLEAN", "the reason makes the line bad (not counted in any rollup)"),
+    ),
+)
+
+
+LOG_ERRORS_HOURLY = Dataset(
+    "log_errors_hourly",
+    "Error-level log lines per hour x route x error name, for a log-file source (never the "
+    "message or the stack).",
+    (
+        Column("hour", "TIMESTAMP", "start of the hour (UTC)"),
+        Column("route", "VARCHAR", "the route of the request that failed, (none) without one"),
+        Column("error_name", "VARCHAR", "the error's name or type (ValidationError), (unnamed)"),
+        Column("errors", "BIGINT", "error lines in the hour"),
+    ),
+)
+
+
 def all_datasets() -> Sequence[Dataset]:
     """Every published dataset, in the order the views file defines them."""
     return (
@@ -229,4 +263,6 @@ def all_datasets() -> Sequence[Dataset]:
         TOKEN_REVOCATIONS_DAILY,
         TOKEN_REVOCATIONS_BY_USER,
         TABLE_STATS,
+        LOG_INGEST_ERRORS,
+        LOG_ERRORS_HOURLY,
     )

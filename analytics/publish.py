@@ -31,7 +31,7 @@ import shutil
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
@@ -69,6 +69,28 @@ def _fsync_directory(path: Path) -> None:
         os.fsync(descriptor)
     finally:
         os.close(descriptor)
+
+
+@contextmanager
+def exclusive_lock(
+    path: Path, wait_seconds: float, error: Callable[[], Exception]
+) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``path`` (created) across processes; raises ``error()``
+    when another process held it for ``wait_seconds``."""
+    with open(path, "a+") as handle:
+        deadline = time.monotonic() + wait_seconds
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise error() from None
+                time.sleep(0.05)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 class RollupStore:
@@ -126,23 +148,15 @@ class RollupStore:
         """Exclusive right to rewrite ``dataset``'s partitions (across processes)."""
         locks = self.root / ".locks"
         locks.mkdir(parents=True, exist_ok=True)
-        with open(locks / f"{dataset}.lock", "a+") as handle:
-            deadline = time.monotonic() + wait_seconds
-            while True:
-                try:
-                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if time.monotonic() >= deadline:
-                        raise PublishError(
-                            f"another process has been writing {dataset} for over "
-                            f"{wait_seconds:.0f} s (lock {locks / f'{dataset}.lock'})"
-                        ) from None
-                    time.sleep(0.05)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+        with exclusive_lock(
+            locks / f"{dataset}.lock",
+            wait_seconds,
+            lambda: PublishError(
+                f"another process has been writing {dataset} for over "
+                f"{wait_seconds:.0f} s (lock {locks / f'{dataset}.lock'})"
+            ),
+        ):
+            yield
 
     def replace_partition(
         self, connection: duckdb.DuckDBPyConnection, dataset: str, key: str, select: str

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 from datetime import date, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Discriminator, Field, Tag, model_validator
 
+from analytics.logs.formats import FieldMapping, PresetName, resolved_mapping
 from housekeeping.config import HousekeepingConfig, parse_section
 from housekeeping.config_types import (
     Identifier,
@@ -82,8 +83,55 @@ class RevokedTokensSource(TableSection):
     expires_at: Identifier = "expires_at"
 
 
+class JsonLinesSource(StrictModel):
+    """Requests read from JSON-lines log files instead of a table (analytics/logs/).
+
+    ``path`` is a glob (``/var/log/app/access.log*``: rotated and ``.gz`` files included);
+    ``format`` a preset (analytics/logs/formats.py) and/or ``fields`` a mapping laid over it.
+    """
+
+    kind: Literal["json_lines"]
+    path: str = Field(min_length=1)
+    format: PresetName | None = None
+    fields: FieldMapping | None = None
+    # The zone of ISO timestamps written without an offset.
+    timezone: TimeZone = "UTC"
+    # A longer line is counted as bad (line_too_long), never parsed.
+    max_line_bytes: int = Field(default=1 << 20, ge=1024, le=64 << 20)
+    # A file modified this recently may still be written (a .gz being compressed): wait for it.
+    settle: NonNegativeDuration = timedelta(seconds=60)
+
+    @model_validator(mode="after")
+    def _mapped(self) -> JsonLinesSource:
+        if self.format is None and self.fields is None:
+            raise ValueError("set format (pino, winston, bunyan, reference) or fields")
+        mapping = resolved_mapping(self.format, self.fields)
+        missing = [key for key in ("timestamp", "route", "select") if getattr(mapping, key) is None]
+        if missing:
+            raise ValueError(f"fields: set {', '.join(missing)} (no format preset gives them)")
+        return self
+
+    @property
+    def mapping(self) -> FieldMapping:
+        """The preset with ``fields`` laid over it."""
+        return resolved_mapping(self.format, self.fields)
+
+
+def _request_source_kind(value: Any) -> str:
+    kind = (
+        value.get("kind", "table") if isinstance(value, dict) else getattr(value, "kind", "table")
+    )
+    return "json_lines" if kind == "json_lines" else "table"
+
+
+RequestSource = Annotated[
+    Annotated[RequestLogsSource, Tag("table")] | Annotated[JsonLinesSource, Tag("json_lines")],
+    Discriminator(_request_source_kind),
+]
+
+
 class SourcesSettings(StrictModel):
-    request_logs: RequestLogsSource = RequestLogsSource()
+    request_logs: RequestSource = RequestLogsSource()
     jobs: JobsSource = JobsSource()
     api_usage: ApiUsageSource = ApiUsageSource()
     revoked_tokens: RevokedTokensSource = RevokedTokensSource()

@@ -101,9 +101,38 @@ def instance_check(home, connect_timeout):
     help="PostgreSQL only: create request_logs range-partitioned by day.",
 )
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-def seed(database_url, tokens, requests, days, random_seed, reset, partitioned_request_logs, quiet):
+@click.option(
+    "--log-files",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=None,
+    help="Write the requests and error logs as JSON-lines files under this (existing) directory "
+    "instead "
+    "(pino, winston and reference shapes, rotated daily); no database is touched.",
+)
+def seed(
+    database_url,
+    tokens,
+    requests,
+    days,
+    random_seed,
+    reset,
+    partitioned_request_logs,
+    quiet,
+    log_files,
+):
     """Create the reference schema and fill it with realistic generated data."""
     from housekeeping.demo.seed import seed_database
+
+    if log_files is not None:
+        from analytics.logs.seed import write_log_files
+
+        written = write_log_files(log_files, requests=requests, days=days, seed=random_seed)
+        click.echo(
+            f"wrote {written.requests:,} requests and {written.errors:,} error lines in "
+            f"{written.files} files under {log_files} (pino/, winston/, reference/; "
+            f"{written.start:%Y-%m-%d %H:%M} .. {written.now:%Y-%m-%d %H:%M} UTC)"
+        )
+        return
 
     summary = seed_database(
         database_url or _default_database_url(),

@@ -63,7 +63,7 @@ def test_rules_check_lists_the_rules_or_names_the_problem(tmp_path):
     )
 
     code, output = hk("rules", "check")  # the shipped default pack
-    assert code == 0 and "18 rules" in output
+    assert code == 0 and "20 rules" in output
 
 
 def test_silence_list_and_unsilence(tmp_path):

@@ -1,0 +1,568 @@
+"""Reading JSON-lines log files into staged request rows, exactly once (manifest.py).
+
+One *tick* (``ingest_log_files``) takes the ingest lock, loads the manifest, finds for every file
+of the source's glob the bytes not yet read (manifest.py says how rotation, compression and
+copytruncate are recognised), and reads them all in one DuckDB query: DuckDB's CSV reader splits
+the lines (one VARCHAR column, no quoting, gzip decompressed by DuckDB) and its JSON functions
+parse each line once (``TRY_CAST(line AS JSON)``, ``json_extract_string`` of the mapped paths).
+No Python runs per line. The tick writes two Parquet files, the request rows
+(``staged/<seq>.parquet``: slice, outcome, ts, route, method, status_code, duration_ms,
+error_name) and the line counts per file and reason (``lines/<seq>.parquet``), then replaces the manifest: a crash before that
+leaves files the next load deletes, so every line is staged exactly once.
+
+Bad lines never stop a tick; each is counted under its file and one reason:
+
+- ``malformed_json``: not JSON; ``not_an_object``: JSON but not an object (``[1,2]``, ``42``);
+- ``invalid_encoding``: not UTF-8 (a binary blob); ``control_characters``: a raw control
+  character a JSON line cannot hold; ``line_too_long``: longer than ``max_line_bytes``;
+- ``missing_timestamp``, ``bad_timestamp``: a request line (per ``select``) without a usable one;
+- ``damaged_gzip``: a ``.gz`` that does not decompress (counted once, as 0 lines).
+
+The other outcomes are ``request`` and ``other`` (a line that is not a request: a start-up
+message, a job log), and blank lines, which are not counted. Only the mapped fields are kept:
+IP addresses, user ids, e-mails and messages in a line are never staged, and ``route`` loses its
+query string and any path segment that is an e-mail, an IP address or an id (``route_sql``).
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import duckdb
+
+from analytics.datasets import LOG_INGEST_ERRORS
+from analytics.logs.formats import duration_ms_sql, json_path, timestamp_sql
+from analytics.logs.manifest import (
+    GZIP_ERRORS,
+    Chunk,
+    LogSourceError,
+    Manifest,
+    ManifestStore,
+    StreamState,
+    copy_range,
+    fingerprint,
+    first_line,
+    gunzip_from,
+    gzip_isize,
+    is_gzip,
+    last_newline_end,
+)
+from analytics.publish import RollupStore, hour_key
+from analytics.rollups.engine import duckdb_session, floor_hour, replace_dataset_partition
+from analytics.settings import JsonLinesSource
+from housekeeping.sql import sql_string
+
+STAGED_COLUMNS = (
+    ("ts", "TIMESTAMP"),
+    ("route", "VARCHAR"),
+    ("method", "VARCHAR"),
+    ("status_code", "INTEGER"),
+    ("duration_ms", "DOUBLE"),
+    ("error_name", "VARCHAR"),
+)
+LINE_COLUMNS = (
+    ("hour", "TIMESTAMP"),
+    ("file", "VARCHAR"),
+    ("reason", "VARCHAR"),
+    ("lines", "BIGINT"),
+)
+BAD_REASONS = (
+    "malformed_json",
+    "not_an_object",
+    "invalid_encoding",
+    "control_characters",
+    "line_too_long",
+    "missing_timestamp",
+    "bad_timestamp",
+    "damaged_gzip",
+)
+# DuckDB's CSV reject types -> our reasons.
+_REJECT_REASONS = {
+    "INVALID ENCODING": "invalid_encoding",
+    "LINE SIZE OVER MAXIMUM": "line_too_long",
+    "TOO MANY COLUMNS": "control_characters",
+}
+
+
+@dataclass(frozen=True)
+class Slice:
+    """Bytes of one log file to read this tick: ``read`` is the file DuckDB opens (the log file
+    itself, or a copy of its new bytes under tmp/), ``file`` the log file's path."""
+
+    read: Path
+    file: Path
+
+
+@dataclass
+class IngestResult:
+    """What one tick read: files with new bytes, lines by outcome (``request``, ``other``, each
+    bad reason), staged request rows, the staged chunk's UTC time span and seconds taken."""
+
+    files_read: int = 0
+    lines: dict[str, int] = field(default_factory=dict)
+    rows_staged: int = 0
+    seq: int | None = None
+    seconds: float = 0.0
+
+    @property
+    def bad_lines(self) -> int:
+        return sum(count for reason, count in self.lines.items() if reason in BAD_REASONS)
+
+
+def route_sql(text: str) -> str:
+    """SQL: a URL as a route for the rollups, with nothing personal left in it.
+
+    The query string and fragment go; a path segment that is an e-mail becomes ``:email``, an
+    IPv4 address ``:ip``, and any other holding a digit (user-12345, 2025-10-20, a UUID) ``:id``,
+    except an API version (``v1``). ``/api/v1/users/user-12?email=a@b.c`` -> ``/api/v1/users/:id``.
+    """
+    segment = (
+        "CASE WHEN regexp_full_match(s, 'v[0-9]+') THEN s "
+        "WHEN contains(s, '@') THEN ':email' "
+        "WHEN regexp_full_match(s, '[0-9]{1,3}(\\.[0-9]{1,3}){3}') THEN ':ip' "
+        "WHEN regexp_matches(s, '[0-9]') THEN ':id' ELSE s END"
+    )
+    path = f"split_part(split_part({text}, '?', 1), '#', 1)"
+    return (
+        f"CASE WHEN regexp_matches({text}, '[0-9@?#]') "
+        f"THEN array_to_string(list_transform(string_split({path}, '/'), lambda s: {segment}), '/') "
+        f"ELSE {text} END"
+    )
+
+
+def source_directory(root: Path, name: str = "request_logs") -> Path:
+    """Where a log source keeps its manifest and staged rows: ``<analytics root>/.logs/<name>``."""
+    return root / ".logs" / name
+
+
+def log_files(source: JsonLinesSource) -> list[Path]:
+    """The regular files ``source.path`` matches, sorted; ``LogSourceError`` naming the
+    directory or file when one cannot be read (a missing directory too)."""
+    pattern = os.path.expanduser(source.path)
+    folder = Path(pattern).parent
+    while glob.has_magic(str(folder)):
+        folder = folder.parent
+    if not folder.is_dir():
+        raise LogSourceError(
+            f"analytics.sources.request_logs.path: {folder} is not a directory ({source.path})"
+        )
+    if not os.access(folder, os.R_OK | os.X_OK):
+        raise LogSourceError(
+            f"analytics.sources.request_logs.path: cannot read directory {folder} "
+            "(permission denied)"
+        )
+    files = []
+    for name in sorted(glob.glob(pattern)):
+        path = Path(name)
+        if path.is_symlink() and not path.exists():
+            raise LogSourceError(f"cannot read log file {path} (a symbolic link to nothing)")
+        if not path.is_file():
+            continue
+        if not os.access(path, os.R_OK):
+            raise LogSourceError(f"cannot read log file {path} (permission denied)")
+        files.append(path)
+    return files
+
+
+@dataclass
+class _Candidate:
+    path: Path
+    stat: os.stat_result
+    compressed: bool
+
+
+def _plan(
+    manifest: Manifest, store: ManifestStore, source: JsonLinesSource, now: float
+) -> tuple[list[Slice], dict[str, StreamState], list[tuple[str, str]]]:
+    """The slices to read, the stream states once they are read, and damaged files (path,
+    reason)."""
+    settle = source.settle.total_seconds()
+    by_identity = {(s.device, s.inode): s for s in manifest.streams.values() if s.complete}
+    candidates: dict[str, list[_Candidate]] = {}
+    damaged: list[tuple[str, str]] = []
+    damaged_states: dict[str, StreamState] = {}
+    for path in log_files(source):
+        stat = path.stat()
+        compressed = is_gzip(path)
+        known = by_identity.get((stat.st_dev, stat.st_ino))
+        if (
+            compressed
+            and known is not None
+            and known.size == stat.st_size
+            and known.mtime == stat.st_mtime
+        ):
+            continue  # a .gz read to its end, unchanged since
+        try:
+            head = first_line(path)
+        except GZIP_ERRORS:
+            if now - stat.st_mtime >= settle:
+                damaged.append((str(path), "damaged_gzip"))
+                # Remembered by identity: counted once, not again while the file is unchanged.
+                damaged_states[f"damaged:{stat.st_dev}:{stat.st_ino}"] = StreamState(
+                    path=str(path),
+                    device=stat.st_dev,
+                    inode=stat.st_ino,
+                    size=stat.st_size,
+                    mtime=stat.st_mtime,
+                    compressed=True,
+                    complete=True,
+                    failed="damaged_gzip",
+                )
+            continue
+        except OSError as exc:
+            raise LogSourceError(f"cannot read log file {path} ({exc.strerror})") from None
+        if head is None:
+            continue
+        candidates.setdefault(fingerprint(head), []).append(_Candidate(path, stat, compressed))
+
+    slices: list[Slice] = []
+    states: dict[str, StreamState] = dict(damaged_states)
+    # The file written last may be in the middle of a line even when quiet for a while.
+    newest = max((c.stat.st_mtime for f in candidates.values() for c in f), default=0.0)
+    for key, found in candidates.items():
+        # The plain file while it exists (a .gz beside it may still be being written), else the
+        # largest.
+        best = min(found, key=lambda c: (c.compressed, -c.stat.st_size))
+        old = manifest.streams.get(key, StreamState())
+        state = StreamState(
+            offset=old.offset,
+            path=str(best.path),
+            device=best.stat.st_dev,
+            inode=best.stat.st_ino,
+            size=best.stat.st_size,
+            mtime=best.stat.st_mtime,
+            compressed=best.compressed,
+        )
+        settled = now - best.stat.st_mtime >= settle
+        target = store.tmp / f"{len(slices):06d}.jsonl"
+        if not best.compressed:
+            if best.stat.st_size < state.offset:
+                state.offset = 0  # rewritten with the same first line: new content
+            end = last_newline_end(best.path, state.offset, best.stat.st_size)
+            unterminated = end < best.stat.st_size and settled and best.stat.st_mtime < newest
+            if unterminated:
+                # a rotated, quiet file's last line, written without a newline
+                end = best.stat.st_size
+            if end > state.offset:
+                copy_range(best.path, target, state.offset, end)
+                if unterminated:
+                    with open(target, "ab") as handle:
+                        handle.write(b"\n")
+                slices.append(Slice(target, best.path))
+                state.offset = end
+        else:
+            isize = gzip_isize(best.path)
+            if state.offset > 0 and state.offset % (1 << 32) == isize:
+                state.complete = True
+            elif not settled:
+                continue  # may still be being compressed; the next tick reads it
+            elif state.offset == 0:
+                slices.append(Slice(best.path, best.path))  # DuckDB decompresses it
+                state.offset = isize
+                state.complete = True
+            else:
+                try:
+                    state.offset = gunzip_from(best.path, target, state.offset)
+                except GZIP_ERRORS:
+                    damaged.append((str(best.path), "damaged_gzip"))
+                    state.complete = True
+                    state.failed = "damaged_gzip"
+                    states[key] = state
+                    continue
+                slices.append(Slice(target, best.path))
+                state.complete = True
+        states[key] = state
+    return slices, states, damaged
+
+
+def _lines_sql(slices: list[Slice], source: JsonLinesSource) -> str:
+    """A SELECT of one row per line read: its slice, outcome and mapped fields (STAGED_COLUMNS).
+
+    Each line is parsed once (``json_extract_string`` of every mapped path); the outcome is
+    ``request`` (a line ``select`` picks), ``error`` (a line whose ``level`` is one of
+    ``error_levels``, not a request), ``other``, ``blank`` or a bad reason. ``error_name`` is
+    set on every error-level line (a request logged at error level is both).
+    """
+    mapping = source.mapping
+    keys = ["timestamp", "route", "method", "status", "duration", "select", "error_name", "level"]
+    paths: list[str] = []
+    for key in keys:
+        path = getattr(mapping, key)
+        if path is not None and path not in paths:
+            paths.append(path)
+    path_list = ", ".join(json_path(path) for path in paths)
+    files = ", ".join(sql_string(str(s.read)) for s in slices)
+
+    def value(key: str) -> str:
+        path = getattr(mapping, key)
+        return f"v[{paths.index(path) + 1}]" if path is not None else "NULL"
+
+    selected = f"{value('select')} IS NOT NULL"
+    if mapping.select_value is not None:
+        selected += f" AND {value('select')} = {sql_string(mapping.select_value)}"
+    selected = f"coalesce({selected}, false)"
+    if mapping.level is not None and mapping.error_levels:
+        levels = ", ".join(sql_string(level) for level in mapping.error_levels)
+        is_error = f"coalesce({value('level')} IN ({levels}), false)"
+    else:
+        is_error = "false"
+    timestamp = timestamp_sql(value("timestamp"), mapping.timestamp_format, source.timezone)
+    return f"""
+        WITH raw AS (
+            SELECT file_index AS slice, line
+            FROM read_csv([{files}], columns = {{'line': 'VARCHAR'}}, header = false,
+                delim = E'\\x1f', quote = '', escape = '', new_line = '\\n',
+                auto_detect = false, ignore_errors = true,
+                store_rejects = true, max_line_size = {source.max_line_bytes})
+        ), fields AS (
+            -- one parse a line; TRY: NULL for a line that is not JSON
+            SELECT slice, line, TRY(json_extract_string(line, [{path_list}])) AS v FROM raw
+        ), typed AS (
+            SELECT *, {timestamp} AS ts, {selected} AS selected, {is_error} AS is_error
+            FROM fields
+        )
+        SELECT
+            slice,
+            CASE
+                WHEN v IS NULL THEN
+                    CASE WHEN line IS NULL OR trim(line) = '' THEN 'blank'
+                    ELSE 'malformed_json' END
+                WHEN selected OR is_error THEN
+                    CASE WHEN {value("timestamp")} IS NULL THEN 'missing_timestamp'
+                    WHEN ts IS NULL THEN 'bad_timestamp'
+                    WHEN selected THEN 'request'
+                    ELSE 'error' END
+                WHEN NOT starts_with(ltrim(line), '{{') THEN 'not_an_object'
+                ELSE 'other'
+            END AS outcome,
+            ts,
+            {route_sql(value("route"))} AS route,
+            upper({value("method")}) AS method,
+            TRY_CAST(TRY_CAST({value("status")} AS DOUBLE) AS INTEGER) AS status_code,
+            {duration_ms_sql(value("duration"), mapping.duration_unit)} AS duration_ms,
+            CASE WHEN is_error THEN coalesce(left({value("error_name")}, 100), '(unnamed)')
+            END AS error_name
+        FROM typed
+    """
+
+
+def _stage(
+    connection: duckdb.DuckDBPyConnection,
+    slices: list[Slice],
+    source: JsonLinesSource,
+    target: Path,
+) -> list[tuple[str, str]]:
+    """Write the slices' lines to ``target`` (Parquet, STAGED_COLUMNS plus slice and outcome);
+    a .gz DuckDB cannot decompress is left out and returned as damaged (the others are read
+    again without it). Without slices the file holds no rows."""
+    damaged: list[tuple[str, str]] = []
+    while slices:
+        try:
+            connection.execute(
+                f"COPY ({_lines_sql(slices, source)}) TO {sql_string(str(target))} "
+                "(FORMAT parquet, COMPRESSION zstd)"
+            )
+            return damaged
+        except duckdb.Error:
+            bad = next(
+                (s for s in slices if is_gzip(s.read) and not _gzip_readable(connection, s)),
+                None,
+            )
+            if bad is None:
+                raise
+            damaged.append((str(bad.file), "damaged_gzip"))
+            slices.remove(bad)
+    columns = ", ".join(f"NULL::{kind} AS {name}" for name, kind in STAGED_COLUMNS)
+    connection.execute(
+        f"COPY (SELECT NULL::BIGINT AS slice, NULL::VARCHAR AS outcome, {columns} WHERE false) "
+        f"TO {sql_string(str(target))} (FORMAT parquet)"
+    )
+    return damaged
+
+
+def _gzip_readable(connection: duckdb.DuckDBPyConnection, piece: Slice) -> bool:
+    try:
+        connection.execute(
+            f"SELECT count(*) FROM read_csv({sql_string(str(piece.read))}, "
+            "columns = {'line': 'VARCHAR'}, header = false, delim = E'\\x1f', quote = '', "
+            "escape = '', auto_detect = false, ignore_errors = true)"
+        ).fetchone()
+        return True
+    except duckdb.Error:
+        return False
+
+
+def ingest_log_files(
+    directory: Path, source: JsonLinesSource, now: datetime | None = None
+) -> IngestResult:
+    """Stage the lines of ``source``'s files not staged before; one tick, exactly once.
+
+    ``directory``: the source's state (``source_directory``). ``now`` (default: the clock) is
+    the tick's instant: a file modified within ``source.settle`` of it may still be written, and
+    its line counts are filed under its UTC hour. Raises ``LogSourceError`` for a directory or
+    file that cannot be read (nothing is written then); bad lines are counted, never raised.
+    """
+    started = time.perf_counter()
+    now = (now or datetime.now(UTC)).astimezone(UTC)
+    store = ManifestStore(directory)
+    result = IngestResult()
+    with store.locked():
+        manifest = store.load()
+        slices, states, damaged = _plan(manifest, store, source, now.timestamp())
+        if (
+            not slices
+            and not damaged
+            and all(manifest.streams.get(key) == state for key, state in states.items())
+        ):
+            result.seconds = time.perf_counter() - started
+            return result
+        seq = manifest.next_seq
+        hour = floor_hour(now).replace(tzinfo=None)
+        with duckdb_session(directory / "tmp") as connection:
+            # Row order is whatever the parallel readers give (lines of a file stay near each
+            # other, so each row group's ts range stays narrow for the readers' pruning).
+            connection.execute("SET preserve_insertion_order = false")
+            staged = store.staged_file(seq)
+            damaged += _stage(connection, slices, source, staged)
+            # The staged rows name their slice by its place in the list read (file_index).
+            names = [(i, str(s.read), str(s.file)) for i, s in enumerate(slices)] or [(0, "", "")]
+            connection.execute(
+                "CREATE TEMP TABLE slice_files (slice BIGINT, path VARCHAR, file VARCHAR)"
+            )
+            connection.executemany("INSERT INTO slice_files VALUES (?, ?, ?)", names)
+            rejects = (
+                "SELECT f.file, e.error_type FROM reject_errors e "
+                "JOIN reject_scans s USING (scan_id, file_id) JOIN slice_files f "
+                "ON f.path = s.file_path"
+                if slices
+                else "SELECT NULL::VARCHAR AS file, NULL::VARCHAR AS error_type WHERE false"
+            )
+            reject_case = " ".join(
+                f"WHEN {sql_string(kind)} THEN {sql_string(reason)}"
+                for kind, reason in _REJECT_REASONS.items()
+            )
+            connection.execute("CREATE TEMP TABLE damaged (file VARCHAR, reason VARCHAR)")
+            if damaged:
+                connection.executemany("INSERT INTO damaged VALUES (?, ?)", damaged)
+            connection.execute(
+                f"""
+                CREATE TEMP TABLE line_counts AS
+                SELECT {sql_string(hour.isoformat(sep=" "))}::TIMESTAMP AS hour, file, reason,
+                    sum(lines)::BIGINT AS lines
+                FROM (
+                    SELECT f.file, p.outcome AS reason, count(*) AS lines
+                    FROM read_parquet({sql_string(str(staged))}) p
+                    JOIN slice_files f ON f.slice = p.slice
+                    WHERE p.outcome <> 'blank' GROUP BY ALL
+                    UNION ALL
+                    SELECT file, CASE error_type {reject_case} ELSE 'malformed_json' END, count(*)
+                    FROM ({rejects}) GROUP BY ALL
+                    UNION ALL
+                    SELECT file, reason, 0 FROM damaged
+                ) GROUP BY ALL
+                """
+            )
+            connection.execute(
+                f"COPY (SELECT * FROM line_counts ORDER BY file, reason) "
+                f"TO {sql_string(str(store.lines_file(seq)))} (FORMAT parquet)"
+            )
+            rows, low, high = connection.execute(
+                f"SELECT count(*), min(ts), max(ts) FROM read_parquet({sql_string(str(staged))}) "
+                "WHERE outcome IN ('request', 'error')"
+            ).fetchone()
+            result.lines = dict(
+                connection.execute(
+                    "SELECT reason, sum(lines)::BIGINT FROM line_counts GROUP BY ALL"
+                ).fetchall()
+            )
+        for key, state in states.items():
+            manifest.streams[key] = state
+        for path, reason in damaged:
+            for state in manifest.streams.values():
+                if state.path == path:
+                    state.complete, state.failed = True, reason
+        manifest.chunks.append(
+            Chunk(
+                seq,
+                int(rows),
+                low.isoformat() if low else "",
+                high.isoformat() if high else "",
+                hour.isoformat(),
+            )
+        )
+        manifest.next_seq = seq + 1
+        store.save(manifest)
+        for piece in slices:
+            if piece.read.parent == store.tmp:
+                piece.read.unlink(missing_ok=True)
+    result.files_read = len({s.file for s in slices})
+    result.rows_staged = int(rows)
+    result.seq = seq
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def staged_files(directory: Path, start: datetime, end: datetime) -> list[Path]:
+    """The staged row files that can hold rows of ``[start, end)`` (by each chunk's span)."""
+    store = ManifestStore(directory)
+    path = directory / "manifest.json"
+    if not path.exists():
+        return []
+    manifest = Manifest.from_json(path.read_text())
+    low, high = start.astimezone(UTC).replace(tzinfo=None), end.astimezone(UTC).replace(tzinfo=None)
+    files = []
+    for chunk in manifest.chunks:
+        if not chunk.rows:
+            continue
+        if (
+            datetime.fromisoformat(chunk.ts_max) < low
+            or datetime.fromisoformat(chunk.ts_min) >= high
+        ):
+            continue
+        files.append(store.staged_file(chunk.seq))
+    return files
+
+
+def line_count_files(directory: Path) -> list[Path]:
+    """Every tick's line counts (``lines/<seq>.parquet``) the manifest lists."""
+    path = directory / "manifest.json"
+    if not path.exists():
+        return []
+    store = ManifestStore(directory)
+    manifest = Manifest.from_json(path.read_text())
+    return [store.lines_file(chunk.seq) for chunk in manifest.chunks]
+
+
+def publish_line_counts(store: RollupStore, directory: Path, hour: datetime) -> str | None:
+    """Publish the ``log_ingest_errors`` partition of the UTC ``hour`` (every tick of that hour
+    summed per file and reason); returns its key, or None when no tick ran in the hour."""
+    path = directory / "manifest.json"
+    if not path.exists():
+        return None
+    manifest = Manifest.from_json(path.read_text())
+    wanted = floor_hour(hour).replace(tzinfo=None).isoformat()
+    files = [
+        ManifestStore(directory).lines_file(chunk.seq)
+        for chunk in manifest.chunks
+        if chunk.hour == wanted
+    ]
+    if not files:
+        return None
+    key = hour_key(floor_hour(hour))
+    paths = "[" + ", ".join(sql_string(str(file)) for file in files) + "]"
+    bad = ", ".join(sql_string(reason) for reason in BAD_REASONS)
+    with duckdb_session(store.root / ".tmp") as connection:
+        connection.execute(
+            f"CREATE TEMP TABLE counts AS SELECT {LOG_INGEST_ERRORS.select_list()} FROM ("
+            f"SELECT hour, file, reason, sum(lines) AS lines, reason IN ({bad}) AS bad "
+            f"FROM read_parquet({paths}) GROUP BY ALL)"
+        )
+        replace_dataset_partition(
+            connection, store, LOG_INGEST_ERRORS, key, "counts", "file, reason"
+        )
+    return key
