@@ -10,6 +10,12 @@ metric computes is data in catalog.py; this module runs it, by the metric's sour
 Windows cover whole minutes: a window of 5 minutes evaluated at 12:07:30 covers 12:02 to 12:07
 (the minute in progress is not complete yet). A metric returns ``None`` when it has no data at all
 (the views file or the dataset does not exist yet): the rule's no-data policy decides.
+
+A request window is read over the part the rollups cover: from the first published request
+minute on. A 1-hour rate evaluated 5 minutes after the rollups started is requests / 300 s, not
+requests / 3,600 s; a rule with ``require_full_window`` has no data until the whole window is
+covered, and before the first published minute no request rule has data. A rule's
+``min_requests`` leaves out the groups with fewer requests in the window (they have no data).
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import duckdb
 from analytics.alerts.catalog import BUILTIN_METRICS, GroupBy, MetricSpec, Source
 from analytics.datasets import REQUESTS_MINUTE
 from analytics.publish import RollupStore, existing_partition_files, hour_key
+from analytics.sandbox import QueryError
 from analytics.sandbox import open_rollups, rollup_store, run_reading
 from analytics.views import request_stat_macros
 from housekeeping.history import RunHistory, RunStatus
@@ -33,6 +40,13 @@ if TYPE_CHECKING:
     from analytics.alerts.rules import Rule
 
 GroupValues = dict[str, float]
+# DuckDB's type names (cursor.description) of the values a SQL rule may return.
+_NUMERIC_TYPES = frozenset(
+    {
+        "TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "UTINYINT", "USMALLINT",
+        "UINTEGER", "UBIGINT", "UHUGEINT", "FLOAT", "DOUBLE", "BOOLEAN", "NUMBER",
+    }
+)  # fmt: skip
 _PARAMETER = re.compile(r"\$([a-z_]+)")
 
 
@@ -77,6 +91,8 @@ class MetricSource:
         self._cache: dict[tuple[Any, ...], GroupValues | None] = {}
         self._hour_cache: dict[tuple[Any, ...], GroupValues] = {}
         self._probe_result: bool | None = None
+        # The first published request minute (naive UTC); False: not looked up yet.
+        self._first_minute: datetime | None | bool = False
 
     def close(self) -> None:
         if self._connection is not None:
@@ -88,6 +104,7 @@ class MetricSource:
             self._requests_span = None
         self._cache.clear()
         self._probe_result = None
+        self._first_minute = False
 
     def prepare(self, rules: Sequence[Rule], first: datetime, last: datetime) -> None:
         """Read, once, the request minutes that evaluations from ``first`` to ``last`` need.
@@ -173,7 +190,15 @@ class MetricSource:
 
     def values(self, rule: Rule, now: datetime) -> GroupValues | None:
         """The rule's metric for each group at ``now``; None when there is no data at all."""
-        key = (rule.metric, rule.sql, rule.group_by, rule.window, now)
+        key = (
+            rule.metric,
+            rule.sql,
+            rule.group_by,
+            rule.window,
+            rule.require_full_window,
+            rule.min_requests,
+            now,
+        )
         if key not in self._cache:
             self._cache[key] = self._compute(rule, now)
         return self._cache[key]
@@ -184,13 +209,31 @@ class MetricSource:
         assert rule.metric is not None
         spec = BUILTIN_METRICS[rule.metric]
         if spec.source is Source.REQUEST_MINUTES:
-            return self._requests(spec, rule.group_by, rule.window, now)
+            values = self._requests(spec, rule.group_by, rule.window, now, rule.require_full_window)
+            if values is None or rule.min_requests is None:
+                return values
+            counts = self._requests(
+                BUILTIN_METRICS["http_requests"],
+                rule.group_by,
+                rule.window,
+                now,
+                rule.require_full_window,
+            )
+            return {
+                group: value
+                for group, value in values.items()
+                if (counts or {}).get(group, 0.0) >= rule.min_requests
+            }
         if spec.source is Source.JOB_HOURS:
             return self._jobs(spec, rule.group_by, rule.window, now)
         if spec.source is Source.API_USAGE_MONTH:
             month = now.astimezone(UTC).date().replace(day=1)
             return self._grouped(spec, self._query(spec.sql[rule.group_by], {"month": month}))
-        if spec.source in (Source.POLICY_HEALTH, Source.POLICY_FAILURES):
+        if spec.source in (
+            Source.POLICY_HEALTH,
+            Source.POLICY_FAILURES,
+            Source.POLICY_UNRECOVERED_FAILURES,
+        ):
             return self._housekeeping(spec, rule.window, now)
         if spec.source is Source.APP_DATABASE:
             if self.database_probe is None:
@@ -201,16 +244,31 @@ class MetricSource:
         return self._rollup_lag(spec, now)
 
     def _sql(self, sql: str, window: timedelta, now: datetime) -> GroupValues | None:
+        """A SQL rule's ``(group, value)`` rows (or one ``value`` column) as values per group.
+
+        Binds the ``$window_start``/``$window_end`` the query names (the window's whole minutes,
+        naive UTC). Raises QueryError when the result has another number of columns or a value
+        column that is not a number (``hk rules check`` runs this very method).
+        """
         start, end = window_bounds(now, window)
-        rows = self._query(sql, {"window_start": start, "window_end": end}, user_sql=True)
-        if rows is None:
+        connection = self._duck()
+        if connection is None:
             return None
+        try:
+            cursor = run_reading(connection, sql, {"window_start": start, "window_end": end})
+        except duckdb.CatalogException:
+            return None  # the dataset is not published yet
+        description = cursor.description or []
+        if len(description) not in (1, 2):
+            raise QueryError(
+                f"returns {len(description)} columns: give (group, value) or one value column"
+            )
+        name, kind = description[-1][0], str(description[-1][1])
+        if kind not in _NUMERIC_TYPES:
+            raise QueryError(f"value column {name!r} is {kind}, not a number")
         result: GroupValues = {}
-        for row in rows:
-            if len(row) == 1:
-                group, value = "", row[0]
-            else:
-                group, value = row[0], row[1]
+        for row in cursor.fetchall():
+            group, value = ("", row[0]) if len(row) == 1 else (row[0], row[1])
             if value is not None:
                 result["" if group is None else str(group)] = float(value)
         return result
@@ -226,14 +284,55 @@ class MetricSource:
             result[""] = 0.0  # published, but nothing at all in the window
         return result
 
+    def first_request_minute(self) -> datetime | None:
+        """The first published request minute (naive UTC), read once per MetricSource: where
+        the rollups' coverage starts. None when no request minute is published."""
+        if self._first_minute is False:
+            self._first_minute = self._read_first_minute()
+        return self._first_minute  # type: ignore[return-value]
+
+    def _read_first_minute(self) -> datetime | None:
+        connection = self._duck()
+        if connection is None:
+            return None
+        if self.rollup_root is not None:
+            # The oldest hour's file answers; the view would scan every published hour.
+            store = RollupStore(self.rollup_root, Path(self.views_database or ""))
+            keys = store.partition_keys(REQUESTS_MINUTE.name)
+            oldest = store.existing_partition(REQUESTS_MINUTE.name, min(keys)) if keys else None
+            if oldest is None:
+                return None
+            rows = connection.execute(
+                "SELECT min(minute) FROM read_parquet($file)", {"file": str(oldest)}
+            ).fetchall()
+        else:
+            rows = self._query("SELECT min(minute) FROM requests_minute", {})
+        return rows[0][0] if rows else None
+
     def _requests(
-        self, spec: MetricSpec, group_by: GroupBy, window: timedelta, now: datetime
+        self,
+        spec: MetricSpec,
+        group_by: GroupBy,
+        window: timedelta,
+        now: datetime,
+        require_full_window: bool = False,
     ) -> GroupValues | None:
         start, end = window_bounds(now, window)
+        first = self.first_request_minute()
+        covered = start if first is None else max(start, first)
+        if first is None:
+            # Nothing published yet: the view answers (no data, or a published empty dataset).
+            pass
+        elif covered >= end or (require_full_window and covered > start):
+            return None  # the rollups do not cover (enough of) the window yet
         sql = spec.sql[group_by]
         parameters = _bound(
             sql,
-            {"start": start, "end": end, "window_seconds": max(window.total_seconds(), 60.0)},
+            {
+                "start": covered,
+                "end": end,
+                "window_seconds": max((end - covered).total_seconds(), 60.0),
+            },
         )
         span = self._requests_span
         if self._requests_memory is not None and span and span[0] <= start and end <= span[1]:
@@ -275,7 +374,12 @@ class MetricSource:
             runs = [run for run in self.history.recent(policy, limit=500) if run.finished_at <= now]
             if not runs:
                 continue
-            if spec.source is Source.POLICY_FAILURES:
+            if spec.source is Source.POLICY_UNRECOVERED_FAILURES and (
+                runs[0].status is not RunStatus.FAILED
+            ):
+                result[policy] = 0.0  # healthy again: the newest run did not fail
+                continue
+            if spec.source in (Source.POLICY_FAILURES, Source.POLICY_UNRECOVERED_FAILURES):
                 since = now - window
                 result[policy] = float(
                     sum(
@@ -292,11 +396,18 @@ class MetricSource:
         return result
 
     def _rollup_lag(self, spec: MetricSpec, now: datetime) -> GroupValues | None:
-        rows = self._query(spec.sql[GroupBy.NONE], {})
+        _, end = window_bounds(now, timedelta(0))
+        # Minutes before ``end`` only: a replay must not see minutes published after ``now``.
+        span = self._requests_span
+        if self._requests_memory is not None and span and span[0] < end <= span[1]:
+            rows = self._requests_memory.execute(spec.sql[GroupBy.NONE], {"end": end}).fetchall()
+            if rows[0][0] is None:
+                rows = self._query(spec.sql[GroupBy.NONE], {"end": end})
+        else:
+            rows = self._query(spec.sql[GroupBy.NONE], {"end": end})
         if rows is None or rows[0][0] is None:
             return None
         newest: datetime = rows[0][0]
-        _, end = window_bounds(now, timedelta(0))
         # The newest minute ends one minute after its start.
         lag = (end - (newest + timedelta(minutes=1))).total_seconds() / 60
         return {"": max(0.0, lag)}

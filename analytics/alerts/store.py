@@ -46,7 +46,12 @@ alert_states = sa.Table(
     sa.Column("last_notified_at", TS),
     sa.Column("updated_at", TS),
     sa.Column("breach_since", sa.Text, nullable=False, default="{}"),
+    # Added after the first release (_add_missing_columns adds them to older alert databases).
+    sa.Column("no_data_since", TS),
+    sa.Column("unannounced", sa.String(20)),  # a NotificationKind a silence held back
 )
+# Columns added to hk_alert_states since it was first created; existing rows get NULL.
+_ADDED_STATE_COLUMNS = ("no_data_since", "unannounced")
 
 outbox = sa.Table(
     "hk_alert_outbox",
@@ -203,6 +208,7 @@ class AlertStore:
             on_sqlite_connect=_sqlite_pragmas,
         )
         self.description = redact_url(self.engine.url)
+        _add_missing_columns(self.engine)
 
     def dispose(self) -> None:
         self.engine.dispose()
@@ -235,6 +241,8 @@ class AlertStore:
                     Severity(name): datetime.fromisoformat(at)
                     for name, at in json.loads(row["breach_since"] or "{}").items()
                 },
+                no_data_since=utc(row["no_data_since"]),
+                unannounced=NotificationKind(row["unannounced"]) if row["unannounced"] else None,
             )
         return records
 
@@ -257,6 +265,8 @@ class AlertStore:
                 "breach_since": json.dumps(
                     {severity.value: at.isoformat() for severity, at in record.breach_since.items()}
                 ),
+                "no_data_since": record.no_data_since,
+                "unannounced": record.unannounced.value if record.unannounced else None,
             }
             for record in records
             if not _is_idle(record)
@@ -466,6 +476,30 @@ def _silence(row: Any) -> Silence:
         reason=row["reason"],
         created_by=row["created_by"],
     )
+
+
+def _add_missing_columns(engine: sa.Engine) -> None:
+    """Brings an existing ``hk_alert_states`` up to the columns this version writes.
+
+    Another process may add the same column at the same moment (the sensor and a CLI command);
+    its column is as good as ours.
+    """
+
+    def columns() -> set[str]:
+        with engine.connect() as conn:
+            return {column["name"] for column in sa.inspect(conn).get_columns(alert_states.name)}
+
+    present = columns()
+    for name in _ADDED_STATE_COLUMNS:
+        if name in present:
+            continue
+        definition = sa.schema.CreateColumn(alert_states.c[name]).compile(dialect=engine.dialect)
+        try:
+            with engine.begin() as conn:
+                conn.execute(sa.text(f"ALTER TABLE {alert_states.name} ADD COLUMN {definition}"))
+        except sa.exc.DBAPIError:
+            if name not in columns():
+                raise
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
