@@ -57,12 +57,15 @@ def advance_rule(
     previous: dict[AlertKey, AlertRecord],
     now: datetime,
     channel_for: dict[Severity, str],
+    low_volume: set[str] | frozenset[str] = frozenset(),
 ) -> tuple[list[AlertRecord], list[Notification]]:
     """Every group of one rule through the state machine: groups seen now or remembered.
 
+    ``low_volume``: the groups under the rule's ``min_requests`` (``MetricSource.low_volume``).
+
     ``values`` is the metric per group (None: the metric has no data at all). A remembered group
-    missing from ``values`` has no data, except for a count (``zero_when_empty`` in catalog.py,
-    no ``min_requests`` guard): its source answered, so nothing counted is 0, an observed value.
+    missing from ``values`` has no data, except for a count (``zero_when_empty`` in catalog.py):
+    its source answered, so nothing counted is 0, an observed value.
     """
     keys = {key for key in previous if key.rule == rule.name}
     if values is not None:
@@ -73,14 +76,15 @@ def advance_rule(
         values is not None
         and rule.metric is not None
         and BUILTIN_METRICS[rule.metric].zero_when_empty
-        and rule.min_requests is None
     )
     records, notifications = [], []
     for key in sorted(keys):
         value = values.get(key.group) if values is not None else None
         if value is None and counted:
             value = 0.0
-        record, produced = advance(rule, previous.get(key), key, value, now, channel_for)
+        record, produced = advance(
+            rule, previous.get(key), key, value, now, channel_for, key.group in low_volume
+        )
         records.append(record)
         notifications.extend(produced)
     return records, notifications
@@ -136,6 +140,7 @@ def evaluate_rules(
     channels = channel_for or {}
     # Metrics first, outside the transaction: the store's lock is held only for the writes.
     values: dict[str, dict[str, float] | None] = {}
+    quiet: dict[str, set[str]] = {}
     try:
         metrics.prepare(pack.rules, now, now)
     except METRIC_ERRORS as exc:
@@ -143,6 +148,7 @@ def evaluate_rules(
     for rule in pack.rules:
         try:
             values[rule.name] = metrics.values(rule, now)
+            quiet[rule.name] = metrics.low_volume(rule, now)
         except METRIC_ERRORS as exc:
             report.errors[rule.name] = f"{type(exc).__name__}: {str(exc).splitlines()[0]}"
     names = [rule.name for rule in pack.rules if rule.name not in report.errors]
@@ -153,7 +159,9 @@ def evaluate_rules(
         for rule in pack.rules:
             if rule.name in report.errors:
                 continue
-            rule_records, produced = advance_rule(rule, values[rule.name], previous, now, channels)
+            rule_records, produced = advance_rule(
+                rule, values[rule.name], previous, now, channels, quiet[rule.name]
+            )
             report.groups += len(rule_records)
             for record in rule_records:
                 own = [item for item in produced if item.key == record.key]

@@ -14,8 +14,8 @@ Windows cover whole minutes: a window of 5 minutes evaluated at 12:07:30 covers 
 A request window is read over the part the rollups cover: from the first published request
 minute on. A 1-hour rate evaluated 5 minutes after the rollups started is requests / 300 s, not
 requests / 3,600 s; a rule with ``require_full_window`` has no data until the whole window is
-covered, and before the first published minute no request rule has data. A rule's
-``min_requests`` leaves out the groups with fewer requests in the window (they have no data).
+covered, and before the first published minute no request rule has data. ``low_volume`` names
+the groups under a rule's ``min_requests`` (see state.py for what their values may do).
 """
 
 from __future__ import annotations
@@ -203,27 +203,28 @@ class MetricSource:
             self._cache[key] = self._compute(rule, now)
         return self._cache[key]
 
+    def low_volume(self, rule: Rule, now: datetime) -> set[str]:
+        """The groups with fewer than the rule's ``min_requests`` requests in its window at
+        ``now`` (empty without the guard): their values may resolve an alert, never start one."""
+        if rule.min_requests is None:
+            return set()
+        counts = self._requests(
+            BUILTIN_METRICS["http_requests"],
+            rule.group_by,
+            rule.window,
+            now,
+            rule.require_full_window,
+        )
+        values = self.values(rule, now) or {}
+        return {group for group in values if (counts or {}).get(group, 0.0) < rule.min_requests}
+
     def _compute(self, rule: Rule, now: datetime) -> GroupValues | None:
         if rule.sql is not None:
             return self._sql(rule.sql, rule.window, now)
         assert rule.metric is not None
         spec = BUILTIN_METRICS[rule.metric]
         if spec.source is Source.REQUEST_MINUTES:
-            values = self._requests(spec, rule.group_by, rule.window, now, rule.require_full_window)
-            if values is None or rule.min_requests is None:
-                return values
-            counts = self._requests(
-                BUILTIN_METRICS["http_requests"],
-                rule.group_by,
-                rule.window,
-                now,
-                rule.require_full_window,
-            )
-            return {
-                group: value
-                for group, value in values.items()
-                if (counts or {}).get(group, 0.0) >= rule.min_requests
-            }
+            return self._requests(spec, rule.group_by, rule.window, now, rule.require_full_window)
         if spec.source is Source.JOB_HOURS:
             return self._jobs(spec, rule.group_by, rule.window, now)
         if spec.source is Source.API_USAGE_MONTH:

@@ -31,7 +31,9 @@ from analytics.alerts.model import (
 from analytics.alerts.rules import NoData, Rule
 
 
-def _breaching(rule: Rule, value: float | None) -> list[Severity]:
+def _breaching(rule: Rule, value: float | None, low_volume: bool = False) -> list[Severity]:
+    if low_volume:
+        return []
     if value is None:
         return [rule.no_data_severity] if rule.no_data is NoData.ALERT else []
     return [
@@ -65,6 +67,7 @@ def advance(
     value: float | None,
     now: datetime,
     channel_for: dict[Severity, str] | None = None,
+    low_volume: bool = False,
 ) -> tuple[AlertRecord, list[Notification]]:
     """The next state of ``key`` after observing ``value`` at ``now`` (None: no data).
 
@@ -72,8 +75,27 @@ def advance(
     a firing alert stays firing (and renotifies), its ``no_data_since`` set to the first such
     evaluation, which its notifications name; only a value past the recovery threshold
     resolves it.
+
+    ``low_volume``: the group had fewer requests than the rule's ``min_requests``. Its value
+    never breaches (a quiet route does not fire or flap), but it is observed: past the recovery
+    threshold it resolves a firing alert; not past it, the alert stays as it is.
     """
     previous = record or AlertRecord(key=key)
+    if (
+        low_volume
+        and value is not None
+        and previous.state is AlertState.FIRING
+        and not rule.recovered(value)
+    ):
+        new = replace(previous, updated_at=now, last_value=value, no_data_since=None)
+        if not _renotify_due(rule, previous, now):
+            return new, []
+        assert previous.severity is not None
+        new.last_notified_at = now
+        kind = NotificationKind.RENOTIFY
+        return new, [
+            _notification(rule, key, kind, previous.severity, value, now, channel_for or {})
+        ]
     if value is None and rule.no_data is NoData.KEEP:
         new = replace(previous, updated_at=now, no_data_since=previous.no_data_since or now)
         if previous.state is not AlertState.FIRING or not _renotify_due(rule, previous, now):
@@ -86,7 +108,7 @@ def advance(
         )
         return new, [notification]
 
-    breaching = _breaching(rule, value)
+    breaching = _breaching(rule, value, low_volume)
     breach_since = {severity: previous.breach_since.get(severity, now) for severity in breaching}
     active = _active(rule, breach_since, now)
     new = replace(
