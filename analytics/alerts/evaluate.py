@@ -26,8 +26,7 @@ from analytics.alerts.model import (
 )
 from analytics.alerts.rules import NoData, Rule, RulePack
 from analytics.alerts.state import advance, announce
-from analytics.alerts.store import Silence
-from analytics.alerts.store import AlertStore
+from analytics.alerts.store import AlertStore, Silence
 from analytics.publish import PublishError
 from analytics.sandbox import QueryError
 

@@ -31,9 +31,9 @@ import duckdb
 from analytics.alerts.catalog import BUILTIN_METRICS, GroupBy, MetricSpec, Source
 from analytics.datasets import REQUESTS_MINUTE
 from analytics.publish import RollupStore, existing_partition_files, hour_key
-from analytics.sandbox import QueryError
-from analytics.sandbox import open_rollups, rollup_store, run_reading
+from analytics.sandbox import QueryError, open_rollups, rollup_store, run_reading
 from analytics.views import request_stat_macros
+from housekeeping.errors import first_line
 from housekeeping.history import RunHistory, RunStatus
 
 if TYPE_CHECKING:
@@ -44,7 +44,7 @@ GroupValues = dict[str, float]
 _NUMERIC_TYPES = frozenset(
     {
         "TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "UTINYINT", "USMALLINT",
-        "UINTEGER", "UBIGINT", "UHUGEINT", "FLOAT", "DOUBLE", "BOOLEAN", "NUMBER",
+        "UINTEGER", "UBIGINT", "UHUGEINT", "FLOAT", "DOUBLE", "DECIMAL", "BOOLEAN", "NUMBER",
     }
 )  # fmt: skip
 _PARAMETER = re.compile(r"\$([a-z_]+)")
@@ -174,16 +174,11 @@ class MetricSource:
             self._connection = open_rollups(store, timezone="UTC")
         return self._connection
 
-    def _query(
-        self, sql: str, params: dict[str, Any], user_sql: bool = False
-    ) -> list[tuple[Any, ...]] | None:
+    def _query(self, sql: str, params: dict[str, Any]) -> list[tuple[Any, ...]] | None:
         connection = self._duck()
         if connection is None:
             return None
         try:
-            if user_sql:
-                # A rule's own SQL: only reading statements, checked by DuckDB's parser.
-                return run_reading(connection, sql, params).fetchall()
             return connection.execute(sql, params).fetchall()
         except duckdb.CatalogException:
             return None  # the dataset is not published yet
@@ -244,7 +239,16 @@ class MetricSource:
             return {"": 1.0 if self._probe_result else 0.0}
         return self._rollup_lag(spec, now)
 
-    def _sql(self, sql: str, window: timedelta, now: datetime) -> GroupValues | None:
+    def check_sql(self, rule: Rule, now: datetime) -> GroupValues | None:
+        """Run a SQL rule as its evaluation does (same binding, same sandbox), for ``hk rules
+        check``: also a name the published catalog lacks (which an evaluation takes for a dataset
+        not published yet) raises QueryError. Raises what the evaluation raises otherwise."""
+        assert rule.sql is not None
+        return self._sql(rule.sql, rule.window, now, strict=True)
+
+    def _sql(
+        self, sql: str, window: timedelta, now: datetime, strict: bool = False
+    ) -> GroupValues | None:
         """A SQL rule's ``(group, value)`` rows (or one ``value`` column) as values per group.
 
         Binds the ``$window_start``/``$window_end`` the query names (the window's whole minutes,
@@ -257,7 +261,9 @@ class MetricSource:
             return None
         try:
             cursor = run_reading(connection, sql, {"window_start": start, "window_end": end})
-        except duckdb.CatalogException:
+        except duckdb.CatalogException as exc:
+            if strict:
+                raise QueryError(first_line(exc)) from None
             return None  # the dataset is not published yet
         description = cursor.description or []
         if len(description) not in (1, 2):
@@ -265,7 +271,7 @@ class MetricSource:
                 f"returns {len(description)} columns: give (group, value) or one value column"
             )
         name, kind = description[-1][0], str(description[-1][1])
-        if kind not in _NUMERIC_TYPES:
+        if kind.split("(")[0] not in _NUMERIC_TYPES:
             raise QueryError(f"value column {name!r} is {kind}, not a number")
         result: GroupValues = {}
         for row in cursor.fetchall():

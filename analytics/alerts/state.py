@@ -103,8 +103,14 @@ def advance(
         assert previous.severity is not None
         new.last_notified_at = now
         notification = _notification(
-            rule, key, NotificationKind.RENOTIFY, previous.severity, None, now,
-            channel_for or {}, new.no_data_since,
+            rule,
+            key,
+            NotificationKind.RENOTIFY,
+            previous.severity,
+            None,
+            now,
+            channel_for or {},
+            new.no_data_since,
         )
         return new, [notification]
 
@@ -150,9 +156,7 @@ def advance(
         )
 
     notifications = [
-        _notification(
-            rule, key, kind, severity, value, now, channel_for or {}, new.no_data_since
-        )
+        _notification(rule, key, kind, severity, value, now, channel_for or {}, new.no_data_since)
         for kind, severity in notify
     ]
     if notifications:
@@ -169,7 +173,13 @@ def announce(
     assert record.severity is not None and record.unannounced is not None
     value = None if record.no_data_since is not None else record.last_value
     return _notification(
-        rule, record.key, record.unannounced, record.severity, value, now, channel_for or {},
+        rule,
+        record.key,
+        record.unannounced,
+        record.severity,
+        value,
+        now,
+        channel_for or {},
         record.no_data_since,
     )
 

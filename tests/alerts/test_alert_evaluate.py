@@ -204,3 +204,107 @@ rules:
     assert str(secret) in report.errors["reads_a_secret"]
     [fired] = report.notifications
     assert (fired.key.rule, fired.value) == ("requests_seen", 500)
+
+
+LOW_TRAFFIC = """
+rules:
+  - name: low_traffic
+    metric: http_request_rate
+    comparator: "<"
+    window: 1h
+    thresholds:
+      warning: {value: 1.0}
+"""
+
+
+def test_a_window_the_rollups_cover_in_part_is_evaluated_over_the_covered_part(tmp_path):
+    """Issue 12, item 4: 5 minutes of 100 requests/min under a 1-hour window are 1.67/s."""
+    settings = analytics_settings_at(tmp_path)
+    publish_minutes(settings, steady_traffic(T0, 5))
+    store = store_at(tmp_path)
+    rules = pack(LOW_TRAFFIC)
+    full = pack(LOW_TRAFFIC.replace("window: 1h", "window: 1h\n    require_full_window: true"))
+
+    with MetricSource(settings.database_path, rollup_root=settings.root_path) as metrics:
+        value = metrics.values(rules.rules[0], T0 + 5 * MINUTE)[""]
+        assert round(value, 2) == 1.67  # 500 requests / 300 s, not / 3,600 s (0.139)
+        # before the first published minute nothing is covered: no data
+        assert metrics.values(rules.rules[0], T0) is None
+        # require_full_window: no data until the rollups cover the whole hour
+        assert metrics.values(full.rules[0], T0 + 5 * MINUTE) is None
+
+    report = evaluate(settings, store, rules, T0 + 5 * MINUTE)
+    assert report.notifications == [] and report.active == {}
+
+
+def test_require_full_window_evaluates_once_the_whole_window_is_covered(tmp_path):
+    settings = analytics_settings_at(tmp_path)
+    publish_minutes(settings, steady_traffic(T0, 70, requests=30))
+    rule = pack(
+        LOW_TRAFFIC.replace("window: 1h", "window: 1h\n    require_full_window: true")
+    ).rules[0]
+
+    with MetricSource(settings.database_path, rollup_root=settings.root_path) as metrics:
+        assert metrics.values(rule, T0 + 59 * MINUTE) is None
+        assert metrics.values(rule, T0 + 60 * MINUTE) == {"": 0.5}  # 1,800 requests / 3,600 s
+
+
+def test_a_route_under_min_requests_never_fires_but_its_clean_value_resolves(tmp_path):
+    settings = analytics_settings_at(tmp_path)
+    minutes = steady_traffic(T0, 40, route="/api/orders")
+    # /api/admin: 3 requests a minute, 1 of them 5xx (33 %), always under 50 per 5 minutes
+    minutes += steady_traffic(T0, 40, route="/api/admin", requests=3, errors=1)
+    # /api/pay: 20 a minute with 5 errors until minute 20, then 3 clean requests a minute
+    minutes += [
+        Minute(T0 + offset * MINUTE, route="/api/pay", requests=20 if offset < 20 else 3,
+               errors=5 if offset < 20 else 0)
+        for offset in range(40)
+    ]  # fmt: skip
+    publish_minutes(settings, minutes)
+    store = store_at(tmp_path)
+    rules = pack(
+        """
+rules:
+  - name: route_errors
+    metric: http_error_rate
+    group_by: route
+    comparator: ">"
+    window: 5m
+    min_requests: 50
+    thresholds:
+      high: {value: 0.05}
+"""
+    )
+    sent = []
+    for offset in range(5, 40):
+        sent += [
+            (offset, item.key.group, item.kind)
+            for item in evaluate(settings, store, rules, T0 + offset * MINUTE).notifications
+        ]
+
+    assert sent == [
+        (5, "/api/pay", NotificationKind.FIRING),
+        # the window holds 15 clean requests at 25m: few, but observed past the threshold
+        (25, "/api/pay", NotificationKind.RESOLVED),
+    ]
+
+
+def test_a_sql_rule_gets_only_the_window_parameters_it_names(tmp_path):
+    settings = analytics_settings_at(tmp_path)
+    publish_minutes(settings, steady_traffic(T0, 10))
+    rules = pack(
+        """
+rules:
+  - name: no_parameters
+    sql: "SELECT route, count(*) FROM requests_minute WHERE route <> ';' GROUP BY route"
+    thresholds:
+      warning: {value: 1000}
+  - name: one_parameter
+    sql: SELECT sum(requests) FROM requests_minute WHERE minute < $window_end
+    thresholds:
+      warning: {value: 100000}
+"""
+    )
+    with MetricSource(settings.database_path, rollup_root=settings.root_path) as metrics:
+        assert metrics.values(rules.rules[0], T0 + 10 * MINUTE) == {"/api/orders": 10.0}
+        assert metrics.values(rules.rules[1], T0 + 5 * MINUTE) == {"": 500.0}
