@@ -12,9 +12,11 @@ Windows cover whole minutes: a window of 5 minutes evaluated at 12:07:30 covers 
 (the views file or the dataset does not exist yet): the rule's no-data policy decides.
 
 A request window is read over the part the rollups cover: from the first published request
-minute on. A 1-hour rate evaluated 5 minutes after the rollups started is requests / 300 s, not
-requests / 3,600 s; a rule with ``require_full_window`` has no data until the whole window is
-covered, and before the first published minute no request rule has data. ``low_volume`` names
+minute on, in hours whose partition is published (the rollup job writes every hour it runs for,
+an empty one too; a missing hour was never rolled up). A 1-hour rate evaluated 5 minutes after
+the rollups started is requests / 300 s, not requests / 3,600 s; a rule with
+``require_full_window`` has no data until the whole window is covered, and a window with nothing
+covered (before the first minute, or days the pipeline did not run) has no data. ``low_volume`` names
 the groups under a rule's ``min_requests`` (see state.py for what their values may do).
 """
 
@@ -93,6 +95,8 @@ class MetricSource:
         self._probe_result: bool | None = None
         # The first published request minute (naive UTC); False: not looked up yet.
         self._first_minute: datetime | None | bool = False
+        # The hour keys of the published request partitions (None: not known, all count).
+        self._hours: set[str] | None | bool = False
 
     def close(self) -> None:
         if self._connection is not None:
@@ -105,6 +109,7 @@ class MetricSource:
         self._cache.clear()
         self._probe_result = None
         self._first_minute = False
+        self._hours = False
 
     def prepare(self, rules: Sequence[Rule], first: datetime, last: datetime) -> None:
         """Read, once, the request minutes that evaluations from ``first`` to ``last`` need.
@@ -316,6 +321,28 @@ class MetricSource:
             rows = self._query("SELECT min(minute) FROM requests_minute", {})
         return rows[0][0] if rows else None
 
+    def _covered_seconds(self, start: datetime, end: datetime) -> float:
+        """Seconds of ``[start, end)`` (naive UTC) in hours whose request partition is published.
+
+        The rollup job writes every hour it processes, an empty one too: an hour without a
+        partition was never rolled up (the pipeline was off), which is not the same as an hour
+        without traffic."""
+        if self._hours is False:
+            self._hours = None
+            if self.rollup_root is not None and self.views_database is not None:
+                store = RollupStore(self.rollup_root, Path(self.views_database))
+                self._hours = set(store.partition_keys(REQUESTS_MINUTE.name))
+        hours = self._hours
+        if hours is None:
+            return (end - start).total_seconds()
+        seconds = 0.0
+        hour = start.replace(minute=0, second=0, microsecond=0)
+        while hour < end:
+            if hour_key(hour.replace(tzinfo=UTC)) in hours:  # type: ignore[operator]
+                seconds += (min(end, hour + timedelta(hours=1)) - max(start, hour)).total_seconds()
+            hour += timedelta(hours=1)
+        return seconds
+
     def _requests(
         self,
         spec: MetricSpec,
@@ -327,19 +354,15 @@ class MetricSource:
         start, end = window_bounds(now, window)
         first = self.first_request_minute()
         covered = start if first is None else max(start, first)
-        if first is None:
-            # Nothing published yet: the view answers (no data, or a published empty dataset).
-            pass
-        elif covered >= end or (require_full_window and covered > start):
-            return None  # the rollups do not cover (enough of) the window yet
+        seconds = (end - start).total_seconds()
+        if first is not None:
+            # Nothing published yet (first None): the view answers (no data, or none counted).
+            seconds = self._covered_seconds(covered, end) if covered < end else 0.0
+            if seconds <= 0 or (require_full_window and seconds < window.total_seconds()):
+                return None  # the rollups do not cover (enough of) the window
         sql = spec.sql[group_by]
         parameters = _bound(
-            sql,
-            {
-                "start": covered,
-                "end": end,
-                "window_seconds": max((end - covered).total_seconds(), 60.0),
-            },
+            sql, {"start": covered, "end": end, "window_seconds": max(seconds, 60.0)}
         )
         span = self._requests_span
         if self._requests_memory is not None and span and span[0] <= start and end <= span[1]:

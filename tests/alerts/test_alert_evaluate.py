@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+from analytics.alerts.backtest import backtest
 from analytics.alerts.evaluate import evaluate_rules
 from analytics.alerts.metrics import MetricSource
 from analytics.alerts.model import AlertKey, AlertState, NotificationKind, Severity
+from analytics.alerts.rules import load_rules
 from tests.support.alert_support import (
     T0,
     Minute,
@@ -308,3 +310,125 @@ rules:
     with MetricSource(settings.database_path, rollup_root=settings.root_path) as metrics:
         assert metrics.values(rules.rules[0], T0 + 10 * MINUTE) == {"/api/orders": 10.0}
         assert metrics.values(rules.rules[1], T0 + 5 * MINUTE) == {"": 500.0}
+
+
+def test_unsilencing_a_firing_alert_sends_its_current_state(tmp_path):
+    """Issue 12, item 6: silence, let it fire and escalate, unsilence: one FIRING at critical."""
+    settings = analytics_settings_at(tmp_path)
+    minutes = steady_traffic(T0, 60)
+    minutes = [
+        Minute(item.minute, errors=3 if 10 <= offset < 20 else 20 if offset >= 20 else 0)
+        for offset, item in enumerate(minutes)
+    ]
+    publish_minutes(settings, minutes)
+    store = store_at(tmp_path)
+    rules = pack(
+        """
+rules:
+  - name: errors
+    metric: http_error_rate
+    window: 1m
+    thresholds:
+      warning: {value: 0.02}
+      critical: {value: 0.10}
+"""
+    )
+    silence = store.add_silence("errors", None, T0, T0 + timedelta(hours=1), "deploy", "me")
+    kinds = []
+    for offset in range(5, 40):
+        now = T0 + offset * MINUTE
+        if offset == 30:
+            store.remove_silence(silence)
+        report = evaluate(settings, store, rules, now)
+        kinds += [(offset, item.kind, item.severity) for item in report.notifications]
+        kinds += [(offset, "held", item.kind) for item in report.silenced]
+
+    assert kinds == [
+        (11, "held", NotificationKind.FIRING),  # warning while silenced
+        (21, "held", NotificationKind.ESCALATED),  # critical while silenced
+        (30, NotificationKind.FIRING, Severity.CRITICAL),  # unsilenced: the current state
+    ]
+
+
+def test_an_alert_that_fired_and_resolved_under_a_silence_sends_nothing_after_it(tmp_path):
+    settings = analytics_settings_at(tmp_path)
+    publish_minutes(
+        settings,
+        [
+            Minute(T0 + offset * MINUTE, errors=20 if 10 <= offset < 15 else 0)
+            for offset in range(40)
+        ],
+    )
+    store = store_at(tmp_path)
+    rules = pack(
+        """
+rules:
+  - name: errors
+    metric: http_error_rate
+    window: 1m
+    thresholds:
+      critical: {value: 0.10}
+"""
+    )
+    store.add_silence("errors", None, T0, T0 + 20 * MINUTE, "deploy", "me")  # expires at 20
+    sent, held = [], []
+    for offset in range(5, 40):
+        report = evaluate(settings, store, rules, T0 + offset * MINUTE)
+        sent += [(offset, item.kind) for item in report.notifications]
+        held += [(offset, item.kind) for item in report.silenced]
+    assert held == [(11, NotificationKind.FIRING), (16, NotificationKind.RESOLVED)]
+    assert sent == []  # nothing to announce once the silence expired: it is over
+
+
+def test_a_silence_that_expires_while_the_alert_fires_sends_the_firing(tmp_path):
+    settings = analytics_settings_at(tmp_path)
+    publish_minutes(
+        settings,
+        [Minute(T0 + offset * MINUTE, errors=20 if offset >= 10 else 0) for offset in range(40)],
+    )
+    store = store_at(tmp_path)
+    rules = pack(
+        """
+rules:
+  - name: errors
+    metric: http_error_rate
+    window: 1m
+    thresholds:
+      critical: {value: 0.10}
+"""
+    )
+    store.add_silence("errors", None, T0, T0 + 20 * MINUTE, "deploy", "me")
+    sent = []
+    for offset in range(5, 40):
+        report = evaluate(settings, store, rules, T0 + offset * MINUTE)
+        sent += [(offset, item.kind, item.value) for item in report.notifications]
+    assert sent == [(20, NotificationKind.FIRING, 0.2)]
+
+
+def test_days_without_rollups_do_not_renotify_a_critical_every_hour(tmp_path):
+    """Issue 12, item 7: the backtest over days the pipeline did not run (no partitions), and
+    over days before the rollups started, pages nobody hourly; the stale rollups are one alert."""
+    settings = analytics_settings_at(tmp_path)
+    gap_start, gap_end = T0 + timedelta(hours=2), T0 + timedelta(days=3)
+    publish_minutes(
+        settings,
+        steady_traffic(T0, 120) + steady_traffic(gap_end, 120),  # 2 h, 3 days nothing, 2 h
+    )
+    result = backtest(
+        load_rules(),
+        settings.database_path,
+        None,
+        T0 - timedelta(days=2),  # two days before the first published minute
+        gap_end + timedelta(hours=2),
+        timedelta(minutes=15),
+        rollup_root=settings.root_path,
+    )
+    sent = [(item.evaluated_at, item.key.rule, item.kind) for item in result.notifications]
+    assert result.errors == {}
+    assert all(item.severity is not Severity.CRITICAL for item in result.notifications), sent
+    stale = [(at, kind) for at, rule, kind in sent if rule == "rollups_stale"]
+    assert [kind for _, kind in stale] == (
+        [NotificationKind.FIRING] + [NotificationKind.RENOTIFY] * 17 + [NotificationKind.RESOLVED]
+    )
+    assert gap_start < stale[0][0] <= gap_start + timedelta(minutes=15)  # lag > 10 min
+    assert [rule for _, rule, _ in sent if rule != "rollups_stale"] == []
