@@ -432,3 +432,37 @@ def test_days_without_rollups_do_not_renotify_a_critical_every_hour(tmp_path):
     )
     assert gap_start < stale[0][0] <= gap_start + timedelta(minutes=15)  # lag > 10 min
     assert [rule for _, rule, _ in sent if rule != "rollups_stale"] == []
+
+
+def test_an_alert_database_of_the_previous_version_gets_the_new_state_columns(tmp_path):
+    import sqlalchemy as sa
+
+    url = f"sqlite:///{tmp_path / 'alerts.db'}"
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:  # hk_alert_states as the first release created it
+        conn.execute(
+            sa.text(
+                "CREATE TABLE hk_alert_states (rule VARCHAR(200) NOT NULL, group_key VARCHAR(500)"
+                " NOT NULL, state VARCHAR(20) NOT NULL, severity VARCHAR(20), pending_since "
+                "DATETIME, firing_since DATETIME, last_value FLOAT, last_notified_at DATETIME, "
+                "updated_at DATETIME, breach_since TEXT NOT NULL, PRIMARY KEY (rule, group_key))"
+            )
+        )
+        conn.execute(
+            sa.text(
+                "INSERT INTO hk_alert_states VALUES ('errors', '', 'firing', 'critical', NULL, "
+                "'2026-11-20 12:00:00', 0.2, '2026-11-20 12:00:00', '2026-11-20 12:00:00', '{}')"
+            )
+        )
+    engine.dispose()
+
+    store = store_at(tmp_path)
+    with store.transaction() as conn:
+        record = store.load_states(conn)[AlertKey("errors", "")]
+        assert record.state is AlertState.FIRING and record.unannounced is None
+        record.no_data_since = T0
+        record.unannounced = NotificationKind.FIRING
+        store.save_states(conn, [record], ["errors"])
+    with store.transaction() as conn:
+        again = store.load_states(conn)[AlertKey("errors", "")]
+    assert again.no_data_since == T0 and again.unannounced is NotificationKind.FIRING
