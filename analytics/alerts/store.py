@@ -27,7 +27,7 @@ from analytics.alerts.model import (
     OutboxStatus,
     Severity,
 )
-from housekeeping.database import open_own_database, redact_url
+from housekeeping.database import add_missing_columns, open_own_database, redact_url
 from housekeeping.errors import HkError
 
 metadata = sa.MetaData()
@@ -46,7 +46,7 @@ alert_states = sa.Table(
     sa.Column("last_notified_at", TS),
     sa.Column("updated_at", TS),
     sa.Column("breach_since", sa.Text, nullable=False, default="{}"),
-    # Added after the first release (_add_missing_columns adds them to older alert databases).
+    # Added after the first release (add_missing_columns adds them to older alert databases).
     sa.Column("no_data_since", TS),
     sa.Column("unannounced", sa.String(20)),  # a NotificationKind a silence held back
 )
@@ -208,7 +208,7 @@ class AlertStore:
             on_sqlite_connect=_sqlite_pragmas,
         )
         self.description = redact_url(self.engine.url)
-        _add_missing_columns(self.engine)
+        add_missing_columns(self.engine, alert_states, _ADDED_STATE_COLUMNS)
 
     def dispose(self) -> None:
         self.engine.dispose()
@@ -476,30 +476,6 @@ def _silence(row: Any) -> Silence:
         reason=row["reason"],
         created_by=row["created_by"],
     )
-
-
-def _add_missing_columns(engine: sa.Engine) -> None:
-    """Brings an existing ``hk_alert_states`` up to the columns this version writes.
-
-    Another process may add the same column at the same moment (the sensor and a CLI command);
-    its column is as good as ours.
-    """
-
-    def columns() -> set[str]:
-        with engine.connect() as conn:
-            return {column["name"] for column in sa.inspect(conn).get_columns(alert_states.name)}
-
-    present = columns()
-    for name in _ADDED_STATE_COLUMNS:
-        if name in present:
-            continue
-        definition = sa.schema.CreateColumn(alert_states.c[name]).compile(dialect=engine.dialect)
-        try:
-            with engine.begin() as conn:
-                conn.execute(sa.text(f"ALTER TABLE {alert_states.name} ADD COLUMN {definition}"))
-        except sa.exc.DBAPIError:
-            if name not in columns():
-                raise
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

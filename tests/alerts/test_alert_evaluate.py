@@ -350,18 +350,8 @@ rules:
     ]
 
 
-def test_an_alert_that_fired_and_resolved_under_a_silence_sends_nothing_after_it(tmp_path):
-    settings = analytics_settings_at(tmp_path)
-    publish_minutes(
-        settings,
-        [
-            Minute(T0 + offset * MINUTE, errors=20 if 10 <= offset < 15 else 0)
-            for offset in range(40)
-        ],
-    )
-    store = store_at(tmp_path)
-    rules = pack(
-        """
+CRITICAL_ERRORS = pack(
+    """
 rules:
   - name: errors
     metric: http_error_rate
@@ -369,39 +359,35 @@ rules:
     thresholds:
       critical: {value: 0.10}
 """
+)
+
+
+def silenced_until_minute_20(tmp_path, errors):
+    """Replay minutes 5-39 of 100 requests a minute with ``errors(minute)`` 5xx, under a silence
+    of every group of CRITICAL_ERRORS that expires at minute 20: (sent, held) per minute."""
+    settings = analytics_settings_at(tmp_path)
+    publish_minutes(
+        settings, [Minute(T0 + offset * MINUTE, errors=errors(offset)) for offset in range(40)]
     )
-    store.add_silence("errors", None, T0, T0 + 20 * MINUTE, "deploy", "me")  # expires at 20
+    store = store_at(tmp_path)
+    store.add_silence("errors", None, T0, T0 + 20 * MINUTE, "deploy", "me")
     sent, held = [], []
     for offset in range(5, 40):
-        report = evaluate(settings, store, rules, T0 + offset * MINUTE)
-        sent += [(offset, item.kind) for item in report.notifications]
+        report = evaluate(settings, store, CRITICAL_ERRORS, T0 + offset * MINUTE)
+        sent += [(offset, item.kind, item.value) for item in report.notifications]
         held += [(offset, item.kind) for item in report.silenced]
+    return sent, held
+
+
+def test_an_alert_that_fired_and_resolved_under_a_silence_sends_nothing_after_it(tmp_path):
+    sent, held = silenced_until_minute_20(tmp_path, lambda minute: 20 if 10 <= minute < 15 else 0)
     assert held == [(11, NotificationKind.FIRING), (16, NotificationKind.RESOLVED)]
     assert sent == []  # nothing to announce once the silence expired: it is over
 
 
 def test_a_silence_that_expires_while_the_alert_fires_sends_the_firing(tmp_path):
-    settings = analytics_settings_at(tmp_path)
-    publish_minutes(
-        settings,
-        [Minute(T0 + offset * MINUTE, errors=20 if offset >= 10 else 0) for offset in range(40)],
-    )
-    store = store_at(tmp_path)
-    rules = pack(
-        """
-rules:
-  - name: errors
-    metric: http_error_rate
-    window: 1m
-    thresholds:
-      critical: {value: 0.10}
-"""
-    )
-    store.add_silence("errors", None, T0, T0 + 20 * MINUTE, "deploy", "me")
-    sent = []
-    for offset in range(5, 40):
-        report = evaluate(settings, store, rules, T0 + offset * MINUTE)
-        sent += [(offset, item.kind, item.value) for item in report.notifications]
+    sent, held = silenced_until_minute_20(tmp_path, lambda minute: 20 if minute >= 10 else 0)
+    assert held == [(11, NotificationKind.FIRING)]
     assert sent == [(20, NotificationKind.FIRING, 0.2)]
 
 
