@@ -16,8 +16,9 @@ minute on, in hours whose partition is published (the rollup job writes every ho
 an empty one too; a missing hour was never rolled up). A 1-hour rate evaluated 5 minutes after
 the rollups started is requests / 300 s, not requests / 3,600 s; a rule with
 ``require_full_window`` has no data until the whole window is covered, and a window with nothing
-covered (before the first minute, or days the pipeline did not run) has no data. ``low_volume`` names
-the groups under a rule's ``min_requests`` (see state.py for what their values may do).
+covered (before the first minute, or days the pipeline did not run) has no data.
+``low_volume`` names the groups under a rule's ``min_requests`` (state.py: what their values
+may do).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ import duckdb
 
 from analytics.alerts.catalog import BUILTIN_METRICS, GroupBy, MetricSpec, Source
 from analytics.datasets import REQUESTS_MINUTE
-from analytics.publish import RollupStore, existing_partition_files, hour_key
+from analytics.publish import HOUR_FILE_FORMAT, RollupStore, existing_partition_files, hour_key
 from analytics.sandbox import QueryError, open_rollups, rollup_store, run_reading
 from analytics.views import request_stat_macros
 from housekeeping.errors import first_line
@@ -317,8 +318,11 @@ class MetricSource:
             rows = connection.execute(
                 "SELECT min(minute) FROM read_parquet($file)", {"file": str(oldest)}
             ).fetchall()
-        else:
-            rows = self._query("SELECT min(minute) FROM requests_minute", {})
+            if rows[0][0] is None:
+                # An empty hour: rolled up, nothing logged. Covered from its start.
+                return datetime.strptime(min(keys), HOUR_FILE_FORMAT)
+            return rows[0][0]
+        rows = self._query("SELECT min(minute) FROM requests_minute", {})
         return rows[0][0] if rows else None
 
     def _covered_seconds(self, start: datetime, end: datetime) -> float:
