@@ -7,7 +7,7 @@ through ADBC so deleted rows arrive as Arrow without a per-row Python loop.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -123,6 +123,31 @@ def open_own_database(
             f"{key}: cannot open the {what} {redact_url(engine.url)}: {first_line(cause)}"
         ) from None
     return engine
+
+
+def add_missing_columns(engine: sa.Engine, table: sa.Table, names: Sequence[str]) -> None:
+    """Brings an existing ``table`` up to the columns ``names`` this version added to it
+    (``ALTER TABLE ... ADD COLUMN`` with the column's definition; existing rows get its default).
+
+    Another process may add the same column at the same moment (a sensor and a run starting
+    together); its column is as good as ours.
+    """
+
+    def columns() -> set[str]:
+        with engine.connect() as conn:
+            return {column["name"] for column in sa.inspect(conn).get_columns(table.name)}
+
+    present = columns()
+    for name in names:
+        if name in present:
+            continue
+        definition = sa.schema.CreateColumn(table.c[name]).compile(dialect=engine.dialect)
+        try:
+            with engine.begin() as conn:
+                conn.execute(sa.text(f"ALTER TABLE {table.name} ADD COLUMN {definition}"))
+        except DBAPIError:
+            if name not in columns():
+                raise
 
 
 def timeout_ms(value: timedelta) -> int:

@@ -18,7 +18,7 @@ from enum import StrEnum
 import sqlalchemy as sa
 
 from housekeeping.config import HealthConfig, HousekeepingConfig
-from housekeeping.database import open_own_database, redact_url
+from housekeeping.database import add_missing_columns, open_own_database, redact_url
 from housekeeping.errors import HkError
 
 metadata = sa.MetaData()
@@ -40,35 +40,12 @@ policy_runs = sa.Table(
     sa.Column("duration_ms", sa.Float, nullable=False, default=0.0),
     sa.Column("error", sa.Text, nullable=True),
     sa.Column("dagster_run_id", sa.String(64), nullable=True),
-    # Added after the first release: _add_missing_columns adds it to older state databases.
+    # Added after the first release: add_missing_columns adds it to older state databases.
     sa.Column("skipped_locked", sa.BigInteger, nullable=False, default=0, server_default="0"),
 )
 
 # Columns added to hk_policy_runs since it was first created; existing rows get the default.
 _ADDED_COLUMNS = ("skipped_locked",)
-
-
-def _add_missing_columns(engine: sa.Engine) -> None:
-    """Brings an existing ``hk_policy_runs`` up to the columns this version writes.
-
-    Another process may add the same column at the same moment (a sensor and a run starting
-    together); its column is as good as ours.
-    """
-    for name in _ADDED_COLUMNS:
-        if name in _policy_run_columns(engine):
-            continue
-        definition = sa.schema.CreateColumn(policy_runs.c[name]).compile(dialect=engine.dialect)
-        try:
-            with engine.begin() as conn:
-                conn.execute(sa.text(f"ALTER TABLE {policy_runs.name} ADD COLUMN {definition}"))
-        except sa.exc.DBAPIError:
-            if name not in _policy_run_columns(engine):
-                raise
-
-
-def _policy_run_columns(engine: sa.Engine) -> set[str]:
-    with engine.connect() as conn:
-        return {column["name"] for column in sa.inspect(conn).get_columns(policy_runs.name)}
 
 
 class RunStatus(StrEnum):
@@ -199,7 +176,7 @@ class RunHistory:
             error=StateDatabaseError,
         )
         self.description = redact_url(self.engine.url)
-        _add_missing_columns(self.engine)
+        add_missing_columns(self.engine, policy_runs, _ADDED_COLUMNS)
 
     @classmethod
     def from_config(cls, config: HousekeepingConfig) -> RunHistory:

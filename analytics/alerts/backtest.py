@@ -108,10 +108,13 @@ def backtest(
                     continue
                 try:
                     values = metrics.values(rule, now)
+                    quiet = metrics.low_volume(rule, now)
                 except METRIC_ERRORS as exc:
                     errors[rule.name] = f"{type(exc).__name__}: {str(exc).splitlines()[0]}"
                     continue
-                records, produced = advance_rule(rule, values, states, now, channel_for or {})
+                records, produced = advance_rule(
+                    rule, values, states, now, channel_for or {}, quiet
+                )
                 for key in [key for key in states if key.rule == rule.name]:
                     del states[key]
                 states.update({record.key: record for record in records})

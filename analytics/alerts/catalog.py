@@ -68,9 +68,13 @@ class Source(StrEnum):
     POLICY_HEALTH = "policy_health"
     # The housekeeping run history: failed runs of each policy finished within the window.
     POLICY_FAILURES = "policy_failures"
+    # As POLICY_FAILURES while the policy's newest run failed; 0 once a run did not fail (the
+    # policy is healthy again), so an alert on it resolves then, not when the window has passed.
+    POLICY_UNRECOVERED_FAILURES = "policy_unrecovered_failures"
     # A trivial query on the application database.
     APP_DATABASE = "app_database"
-    # Minutes since the end of the newest published request minute; SQL returns that minute.
+    # Minutes since the end of the newest published request minute; SQL returns that minute
+    # among those before $end (the evaluation's minute, naive UTC: a replay sees no later one).
     ROLLUP_LAG = "rollup_lag"
 
 
@@ -243,6 +247,14 @@ BUILTIN_METRICS: dict[str, MetricSpec] = {
             Source.POLICY_FAILURES,
             (GroupBy.POLICY,),
         ),
+        MetricSpec(
+            "cleanup_unrecovered_failed_runs",
+            "failed housekeeping runs in the window while the newest run failed (0 once one "
+            "does not)",
+            Unit.COUNT,
+            Source.POLICY_UNRECOVERED_FAILURES,
+            (GroupBy.POLICY,),
+        ),
         _health(
             "cleanup_zero_deleted_runs",
             "successful runs in a row that deleted nothing",
@@ -267,7 +279,7 @@ BUILTIN_METRICS: dict[str, MetricSpec] = {
             "minutes since the newest published request minute",
             Unit.MINUTES,
             Source.ROLLUP_LAG,
-            {GroupBy.NONE: "SELECT max(minute) FROM requests_minute"},
+            {GroupBy.NONE: "SELECT max(minute) FROM requests_minute WHERE minute < $end"},
         ),
     )
 }

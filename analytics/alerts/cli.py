@@ -6,9 +6,12 @@ the sensor runs (and sends through the same outbox); `hk rules backtest` replays
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import json
-from datetime import UTC, datetime
+import tempfile
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import click
@@ -17,16 +20,22 @@ from croniter import croniter
 from analytics.alerts.backtest import backtest
 from analytics.alerts.catalog import GroupBy, unit_of
 from analytics.alerts.delivery import DeliveryReport
+from analytics.alerts.evaluate import METRIC_ERRORS
 from analytics.alerts.messages import format_value
+from analytics.alerts.metrics import MetricSource
 from analytics.alerts.model import AlertState
 from analytics.alerts.rule_tests import load_rule_test, run_rule_test
-from analytics.alerts.rules import RulePack, load_rules
+from analytics.alerts.rules import Rule, RulePack, load_rules
 from analytics.alerts.service import AlertRuntime, deliver_outbox, evaluate_and_deliver
 from analytics.alerts.settings import alerts_settings
 from analytics.alerts.slack import sender_from_environment
+from analytics.publish import RollupStore
+from analytics.settings import analytics_settings, parse_analytics_settings
+from analytics.views import publish_rollup_views
 from housekeeping.cli_options import config_option, positive_duration
-from housekeeping.config import HealthConfig, config_path, load_config
+from housekeeping.config import HealthConfig, HousekeepingConfig, config_path, load_config
 from housekeeping.config_types import format_duration
+from housekeeping.errors import first_line
 from housekeeping.history import HealthStatus, RunHistory
 from housekeeping.policy_kinds import PolicyKind
 
@@ -49,6 +58,13 @@ def rules() -> None:
 def _load_rule_file(
     rule_file: str | None, config_file: str | None
 ) -> tuple[str | None, RulePack, HealthConfig]:
+    rule_file, pack, health, _ = _load_rule_file_and_config(rule_file, config_file)
+    return rule_file, pack, health
+
+
+def _load_rule_file_and_config(
+    rule_file: str | None, config_file: str | None
+) -> tuple[str | None, RulePack, HealthConfig, HousekeepingConfig | None]:
     """The rule file given, else alerts.rules_file of the config (None: the shipped pack), and
     the config's health: section its health.<key> thresholds were read from."""
     # The config's health: section fills health.<key> thresholds; a rule file checked on
@@ -59,15 +75,52 @@ def _load_rule_file(
     if rule_file is None:
         rule_file = alerts_settings(config, config_file or "config").rules_file
     health = config.health if config else HealthConfig()
-    return rule_file, load_rules(rule_file, health), health
+    return rule_file, load_rules(rule_file, health), health, config
+
+
+def _sql_rule_problems(pack: RulePack, config: HousekeepingConfig | None) -> list[str]:
+    """Every SQL rule run once, now, exactly as its evaluation runs it (MetricSource: the same
+    parameters, the same sandbox) against the published views of the config's analytics:
+    section, or, before anything is published, against empty views published in a scratch
+    directory. One line per rule that would fail to evaluate."""
+    sql_rules = [rule for rule in pack.rules if rule.sql is not None]
+    if not sql_rules:
+        return []
+    analytics = analytics_settings(config) if config else parse_analytics_settings({})
+    now = datetime.now(UTC)
+    with tempfile.TemporaryDirectory(prefix="hk-rules-check-") as scratch:
+        database, root = analytics.database_path, analytics.root_path
+        if not database.exists():
+            root = Path(scratch)
+            database = root / "views.duckdb"
+            publish_rollup_views(RollupStore(root, database), config.timezone if config else "UTC")
+        problems = []
+        with MetricSource(database, rollup_root=root) as metrics:
+            for rule in sql_rules:
+                try:
+                    metrics.check_sql(rule, now)
+                except METRIC_ERRORS as exc:
+                    problems.append(f"rule {rule.name}: sql: {first_line(exc)}")
+    return problems
 
 
 @rules.command("check")
 @click.argument("rule_file", required=False, type=click.Path(dir_okay=False))
 @config_option
 def rules_check(rule_file: str | None, config_file: str | None) -> None:
-    """Validate a rule file (default: alerts.rules_file, else the shipped default pack)."""
-    rule_file, pack, _ = _load_rule_file(rule_file, config_file)
+    """Validate a rule file (default: alerts.rules_file, else the shipped default pack).
+
+    Every SQL rule also runs once against the published views, as its evaluation runs it: OK
+    means every rule will evaluate."""
+    rule_file, pack, _, config = _load_rule_file_and_config(rule_file, config_file)
+    problems = _sql_rule_problems(pack, config)
+    if problems:
+        where = rule_file or "the default rule pack"
+        for problem in problems:
+            click.echo(f"{where}: {problem}", err=True)
+        raise click.ClickException(
+            f"{len(problems)} SQL rules of {where} would fail at every evaluation"
+        )
     click.echo(f"OK: {len(pack.rules)} rules in {rule_file or 'the default rule pack'}")
     for rule in pack.rules:
         conditions = "; ".join(
@@ -198,6 +251,7 @@ def alerts_list(outbox: bool, config_file: str | None) -> None:
     with runtime.store.transaction() as conn:
         states = runtime.store.load_states(conn)
     active = [record for record in states.values() if record.state is not AlertState.OK]
+    silences = runtime.store.list_silences(now)
     click.echo(f"Alerts not ok: {len(active)}")
     for record in sorted(active, key=lambda record: record.key):
         severity = record.severity.value if record.severity else "-"
@@ -205,12 +259,16 @@ def alerts_list(outbox: bool, config_file: str | None) -> None:
             (rule.metric for rule in runtime.rules.rules if rule.name == record.key.rule), None
         )
         since = record.firing_since or record.pending_since
+        value = format_value(unit_of(metric), record.last_value)
+        if record.no_data_since is not None:
+            value = f"no data since {_when(record.no_data_since)}"
+        silenced = next((item for item in silences if item.matches(record.key, now)), None)
+        mark = f"  SILENCED by #{silenced.id} until {_when(silenced.ends_at)}" if silenced else ""
         click.echo(
             f"  {record.state.value:<8} {severity:<8} {record.key.rule}"
             f"{' [' + record.key.group + ']' if record.key.group else ''}  "
-            f"value {format_value(unit_of(metric), record.last_value)}  since {_when(since)}"
+            f"value {value}  since {_when(since)}{mark}"
         )
-    silences = runtime.store.list_silences(now)
     click.echo(f"Silences: {len(silences)}")
     for silence in silences:
         click.echo(
@@ -242,13 +300,11 @@ def alerts_silence(
     """Stop notifications of RULE (states still change) for a while."""
     length = positive_duration(duration, "--for")
     runtime = AlertRuntime.load(config_file)
-    if rule not in {item.name for item in runtime.rules.rules}:
-        known = ", ".join(sorted(item.name for item in runtime.rules.rules))
+    try:
+        _check_silence(runtime, rule, group, length, reason)
+    except click.BadParameter:
         runtime.close()
-        raise click.BadParameter(f"unknown rule {rule!r} (rules: {known})", param_hint="RULE")
-    if not reason.strip():
-        runtime.close()
-        raise click.BadParameter("give a reason", param_hint="--reason")
+        raise
     now = datetime.now(UTC)
     silence_id = runtime.store.add_silence(
         rule, group, now, now + length, reason.strip(), getpass.getuser()
@@ -259,6 +315,52 @@ def alerts_silence(
     )
 
 
+def _check_silence(
+    runtime: AlertRuntime, name: str, group: str | None, length: timedelta, reason: str
+) -> None:
+    """Raises click.BadParameter for a silence that would silence nothing or too long: an
+    unknown rule, ``--group`` on an ungrouped rule or naming a group the rule has neither in
+    its states nor in its metric now, ``--for`` over ``alerts.max_silence``, no reason."""
+    rule = next((item for item in runtime.rules.rules if item.name == name), None)
+    if rule is None:
+        known = ", ".join(sorted(item.name for item in runtime.rules.rules))
+        raise click.BadParameter(f"unknown rule {name!r} (rules: {known})", param_hint="RULE")
+    if length > runtime.settings.max_silence:
+        raise click.BadParameter(
+            f"{format_duration(length)} is longer than alerts.max_silence "
+            f"({format_duration(runtime.settings.max_silence)})",
+            param_hint="--for",
+        )
+    if not reason.strip():
+        raise click.BadParameter("give a reason", param_hint="--reason")
+    if group is None:
+        return
+    if rule.group_by is GroupBy.NONE and rule.sql is None:
+        raise click.BadParameter(
+            f"rule {name} is not grouped (no group_by): silence it without --group",
+            param_hint="--group",
+        )
+    groups = _known_groups(runtime, rule)
+    if group not in groups:
+        shown = ", ".join(sorted(groups)[:10]) or "none"
+        more = f" and {len(groups) - 10} more" if len(groups) > 10 else ""
+        raise click.BadParameter(
+            f"rule {name} has no group {group!r} (its groups now: {shown}{more})",
+            param_hint="--group",
+        )
+
+
+def _known_groups(runtime: AlertRuntime, rule: Rule) -> set[str]:
+    """The groups of ``rule`` in the alert states and in its metric now (None of a metric that
+    cannot be computed now adds nothing)."""
+    with runtime.store.transaction() as conn:
+        groups = {key.group for key in runtime.store.load_states(conn, [rule.name])}
+    with runtime.metric_source() as metrics, contextlib.suppress(*METRIC_ERRORS):
+        groups.update(metrics.values(rule, datetime.now(UTC)) or {})
+    groups.discard("")
+    return groups
+
+
 @alerts.command("unsilence")
 @click.argument("silence_id", type=int)
 @config_option
@@ -266,10 +368,25 @@ def alerts_unsilence(silence_id: int, config_file: str | None) -> None:
     """End silence SILENCE_ID now."""
     runtime = AlertRuntime.load(config_file)
     removed = runtime.store.remove_silence(silence_id)
-    runtime.close()
     if not removed:
+        runtime.close()
         raise click.ClickException(f"no silence #{silence_id} (see hk alerts list)")
+    with runtime.store.transaction() as conn:
+        held = [
+            record
+            for record in runtime.store.load_states(conn).values()
+            if record.state is AlertState.FIRING and record.unannounced is not None
+        ]
+    runtime.close()
     click.echo(f"silence #{silence_id} removed")
+    if held:
+        # The evaluation sends them (the sensor's next tick, or hk alerts evaluate), unless
+        # another silence still covers them.
+        names = ", ".join(
+            f"{record.key.rule}{' [' + record.key.group + ']' if record.key.group else ''}"
+            for record in sorted(held, key=lambda record: record.key)
+        )
+        click.echo(f"firing while silenced, sent at the next evaluation: {names}")
 
 
 def _delivery_lines(report: DeliveryReport) -> None:

@@ -8,17 +8,25 @@ reported; the other rules are evaluated as usual.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 import duckdb
 import sqlalchemy as sa
 
+from analytics.alerts.catalog import BUILTIN_METRICS
 from analytics.alerts.metrics import MetricSource
-from analytics.alerts.model import AlertKey, AlertRecord, AlertState, Notification, Severity
+from analytics.alerts.model import (
+    AlertKey,
+    AlertRecord,
+    AlertState,
+    Notification,
+    NotificationKind,
+    Severity,
+)
 from analytics.alerts.rules import NoData, Rule, RulePack
-from analytics.alerts.state import advance
-from analytics.alerts.store import AlertStore
+from analytics.alerts.state import advance, announce
+from analytics.alerts.store import AlertStore, Silence
 from analytics.publish import PublishError
 from analytics.sandbox import QueryError
 
@@ -48,20 +56,76 @@ def advance_rule(
     previous: dict[AlertKey, AlertRecord],
     now: datetime,
     channel_for: dict[Severity, str],
+    low_volume: set[str] | frozenset[str] = frozenset(),
 ) -> tuple[list[AlertRecord], list[Notification]]:
-    """Every group of one rule through the state machine: groups seen now or remembered."""
+    """Every group of one rule through the state machine: groups seen now or remembered.
+
+    ``low_volume``: the groups under the rule's ``min_requests`` (``MetricSource.low_volume``).
+
+    ``values`` is the metric per group (None: the metric has no data at all). A remembered group
+    missing from ``values`` has no data, except for a count (``zero_when_empty`` in catalog.py):
+    its source answered, so nothing counted is 0, an observed value.
+    """
     keys = {key for key in previous if key.rule == rule.name}
     if values is not None:
         keys.update(AlertKey(rule.name, group) for group in values)
     elif rule.no_data is NoData.ALERT:
         keys.add(AlertKey(rule.name, ""))
+    counted = (
+        values is not None
+        and rule.metric is not None
+        and BUILTIN_METRICS[rule.metric].zero_when_empty
+    )
     records, notifications = [], []
     for key in sorted(keys):
         value = values.get(key.group) if values is not None else None
-        record, produced = advance(rule, previous.get(key), key, value, now, channel_for)
+        if value is None and counted:
+            value = 0.0
+        record, produced = advance(
+            rule, previous.get(key), key, value, now, channel_for, key.group in low_volume
+        )
         records.append(record)
         notifications.extend(produced)
     return records, notifications
+
+
+_ANNOUNCING = (NotificationKind.FIRING, NotificationKind.ESCALATED)
+
+
+def apply_silences(
+    rule: Rule,
+    record: AlertRecord,
+    produced: list[Notification],
+    silences: list[Silence],
+    now: datetime,
+    channel_for: dict[Severity, str],
+) -> tuple[list[Notification], list[Notification]]:
+    """Which of ``produced`` (one alert's notifications of this evaluation) go out, and which a
+    silence holds back: ``(sent, held)``. Updates ``record.unannounced``.
+
+    A held FIRING or ESCALATED is remembered on the record; once no silence covers the alert
+    (unsilenced, or expired) while it still fires, that notification goes out at the alert's
+    current severity, so the channel learns of an alert that fired during a silence. A RESOLVED
+    of an alert nobody heard of (its FIRING held back) is not sent.
+    """
+    if any(silence.matches(record.key, now) for silence in silences):
+        for item in produced:
+            if item.kind in _ANNOUNCING and record.unannounced is not NotificationKind.FIRING:
+                record.unannounced = item.kind
+        if record.state is not AlertState.FIRING:
+            record.unannounced = None
+        return [], produced
+    unannounced, record.unannounced = record.unannounced, None
+    if unannounced is None:
+        return produced, []
+    if record.state is AlertState.FIRING:
+        # One message with the current state instead of a RENOTIFY or ESCALATED nobody can place.
+        held = [item for item in produced if item.kind is not NotificationKind.FIRING]
+        record.last_notified_at = now
+        return [announce(rule, replace(record, unannounced=unannounced), now, channel_for)], held
+    if unannounced is NotificationKind.FIRING:
+        return [], produced  # resolved before anyone heard it fire
+    return produced, []
 
 
 def evaluate_rules(
@@ -75,6 +139,7 @@ def evaluate_rules(
     channels = channel_for or {}
     # Metrics first, outside the transaction: the store's lock is held only for the writes.
     values: dict[str, dict[str, float] | None] = {}
+    quiet: dict[str, set[str]] = {}
     try:
         metrics.prepare(pack.rules, now, now)
     except METRIC_ERRORS as exc:
@@ -82,6 +147,7 @@ def evaluate_rules(
     for rule in pack.rules:
         try:
             values[rule.name] = metrics.values(rule, now)
+            quiet[rule.name] = metrics.low_volume(rule, now)
         except METRIC_ERRORS as exc:
             report.errors[rule.name] = f"{type(exc).__name__}: {str(exc).splitlines()[0]}"
     names = [rule.name for rule in pack.rules if rule.name not in report.errors]
@@ -92,14 +158,16 @@ def evaluate_rules(
         for rule in pack.rules:
             if rule.name in report.errors:
                 continue
-            rule_records, produced = advance_rule(rule, values[rule.name], previous, now, channels)
-            records.extend(rule_records)
+            rule_records, produced = advance_rule(
+                rule, values[rule.name], previous, now, channels, quiet[rule.name]
+            )
             report.groups += len(rule_records)
-            for notification in produced:
-                if any(silence.matches(notification.key, now) for silence in silences):
-                    report.silenced.append(notification)
-                else:
-                    report.notifications.append(notification)
+            for record in rule_records:
+                own = [item for item in produced if item.key == record.key]
+                sent, held = apply_silences(rule, record, own, silences, now, channels)
+                report.notifications.extend(sent)
+                report.silenced.extend(held)
+            records.extend(rule_records)
         store.save_states(conn, records, names)
         store.enqueue(conn, report.notifications, now=now)
     report.active = {record.key: record for record in records if record.state is not AlertState.OK}

@@ -10,6 +10,15 @@ metric computes is data in catalog.py; this module runs it, by the metric's sour
 Windows cover whole minutes: a window of 5 minutes evaluated at 12:07:30 covers 12:02 to 12:07
 (the minute in progress is not complete yet). A metric returns ``None`` when it has no data at all
 (the views file or the dataset does not exist yet): the rule's no-data policy decides.
+
+A request window is read over the part the rollups cover: from the first published request
+minute on, in hours whose partition is published (the rollup job writes every hour it runs for,
+an empty one too; a missing hour was never rolled up). A 1-hour rate evaluated 5 minutes after
+the rollups started is requests / 300 s, not requests / 3,600 s; a rule with
+``require_full_window`` has no data until the whole window is covered, and a window with nothing
+covered (before the first minute, or days the pipeline did not run) has no data.
+``low_volume`` names the groups under a rule's ``min_requests`` (state.py: what their values
+may do).
 """
 
 from __future__ import annotations
@@ -24,15 +33,23 @@ import duckdb
 
 from analytics.alerts.catalog import BUILTIN_METRICS, GroupBy, MetricSpec, Source
 from analytics.datasets import REQUESTS_MINUTE
-from analytics.publish import RollupStore, existing_partition_files, hour_key
-from analytics.sandbox import open_rollups, rollup_store, run_reading
+from analytics.publish import HOUR_FILE_FORMAT, RollupStore, existing_partition_files, hour_key
+from analytics.sandbox import QueryError, open_rollups, rollup_store, run_reading
 from analytics.views import request_stat_macros
+from housekeeping.errors import first_line
 from housekeeping.history import RunHistory, RunStatus
 
 if TYPE_CHECKING:
     from analytics.alerts.rules import Rule
 
 GroupValues = dict[str, float]
+# DuckDB's type names (cursor.description) of the values a SQL rule may return.
+_NUMERIC_TYPES = frozenset(
+    {
+        "TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "UTINYINT", "USMALLINT",
+        "UINTEGER", "UBIGINT", "UHUGEINT", "FLOAT", "DOUBLE", "DECIMAL", "BOOLEAN", "NUMBER",
+    }
+)  # fmt: skip
 _PARAMETER = re.compile(r"\$([a-z_]+)")
 
 
@@ -77,6 +94,10 @@ class MetricSource:
         self._cache: dict[tuple[Any, ...], GroupValues | None] = {}
         self._hour_cache: dict[tuple[Any, ...], GroupValues] = {}
         self._probe_result: bool | None = None
+        # The first published request minute (naive UTC); False: not looked up yet.
+        self._first_minute: datetime | None | bool = False
+        # The hour keys of the published request partitions (None: not known, all count).
+        self._hours: set[str] | None | bool = False
 
     def close(self) -> None:
         if self._connection is not None:
@@ -88,6 +109,8 @@ class MetricSource:
             self._requests_span = None
         self._cache.clear()
         self._probe_result = None
+        self._first_minute = False
+        self._hours = False
 
     def prepare(self, rules: Sequence[Rule], first: datetime, last: datetime) -> None:
         """Read, once, the request minutes that evaluations from ``first`` to ``last`` need.
@@ -157,26 +180,44 @@ class MetricSource:
             self._connection = open_rollups(store, timezone="UTC")
         return self._connection
 
-    def _query(
-        self, sql: str, params: dict[str, Any], user_sql: bool = False
-    ) -> list[tuple[Any, ...]] | None:
+    def _query(self, sql: str, params: dict[str, Any]) -> list[tuple[Any, ...]] | None:
         connection = self._duck()
         if connection is None:
             return None
         try:
-            if user_sql:
-                # A rule's own SQL: only reading statements, checked by DuckDB's parser.
-                return run_reading(connection, sql, params).fetchall()
             return connection.execute(sql, params).fetchall()
         except duckdb.CatalogException:
             return None  # the dataset is not published yet
 
     def values(self, rule: Rule, now: datetime) -> GroupValues | None:
         """The rule's metric for each group at ``now``; None when there is no data at all."""
-        key = (rule.metric, rule.sql, rule.group_by, rule.window, now)
+        key = (
+            rule.metric,
+            rule.sql,
+            rule.group_by,
+            rule.window,
+            rule.require_full_window,
+            rule.min_requests,
+            now,
+        )
         if key not in self._cache:
             self._cache[key] = self._compute(rule, now)
         return self._cache[key]
+
+    def low_volume(self, rule: Rule, now: datetime) -> set[str]:
+        """The groups with fewer than the rule's ``min_requests`` requests in its window at
+        ``now`` (empty without the guard): their values may resolve an alert, never start one."""
+        if rule.min_requests is None:
+            return set()
+        counts = self._requests(
+            BUILTIN_METRICS["http_requests"],
+            rule.group_by,
+            rule.window,
+            now,
+            rule.require_full_window,
+        )
+        values = self.values(rule, now) or {}
+        return {group for group in values if (counts or {}).get(group, 0.0) < rule.min_requests}
 
     def _compute(self, rule: Rule, now: datetime) -> GroupValues | None:
         if rule.sql is not None:
@@ -184,13 +225,17 @@ class MetricSource:
         assert rule.metric is not None
         spec = BUILTIN_METRICS[rule.metric]
         if spec.source is Source.REQUEST_MINUTES:
-            return self._requests(spec, rule.group_by, rule.window, now)
+            return self._requests(spec, rule.group_by, rule.window, now, rule.require_full_window)
         if spec.source is Source.JOB_HOURS:
             return self._jobs(spec, rule.group_by, rule.window, now)
         if spec.source is Source.API_USAGE_MONTH:
             month = now.astimezone(UTC).date().replace(day=1)
             return self._grouped(spec, self._query(spec.sql[rule.group_by], {"month": month}))
-        if spec.source in (Source.POLICY_HEALTH, Source.POLICY_FAILURES):
+        if spec.source in (
+            Source.POLICY_HEALTH,
+            Source.POLICY_FAILURES,
+            Source.POLICY_UNRECOVERED_FAILURES,
+        ):
             return self._housekeeping(spec, rule.window, now)
         if spec.source is Source.APP_DATABASE:
             if self.database_probe is None:
@@ -200,17 +245,43 @@ class MetricSource:
             return {"": 1.0 if self._probe_result else 0.0}
         return self._rollup_lag(spec, now)
 
-    def _sql(self, sql: str, window: timedelta, now: datetime) -> GroupValues | None:
+    def check_sql(self, rule: Rule, now: datetime) -> GroupValues | None:
+        """Run a SQL rule as its evaluation does (same binding, same sandbox), for ``hk rules
+        check``: also a name the published catalog lacks (which an evaluation takes for a dataset
+        not published yet) raises QueryError. Raises what the evaluation raises otherwise."""
+        assert rule.sql is not None
+        return self._sql(rule.sql, rule.window, now, strict=True)
+
+    def _sql(
+        self, sql: str, window: timedelta, now: datetime, strict: bool = False
+    ) -> GroupValues | None:
+        """A SQL rule's ``(group, value)`` rows (or one ``value`` column) as values per group.
+
+        Binds the ``$window_start``/``$window_end`` the query names (the window's whole minutes,
+        naive UTC). Raises QueryError when the result has another number of columns or a value
+        column that is not a number (``hk rules check`` runs this very method).
+        """
         start, end = window_bounds(now, window)
-        rows = self._query(sql, {"window_start": start, "window_end": end}, user_sql=True)
-        if rows is None:
+        connection = self._duck()
+        if connection is None:
             return None
+        try:
+            cursor = run_reading(connection, sql, {"window_start": start, "window_end": end})
+        except duckdb.CatalogException as exc:
+            if strict:
+                raise QueryError(first_line(exc)) from None
+            return None  # the dataset is not published yet
+        description = cursor.description or []
+        if len(description) not in (1, 2):
+            raise QueryError(
+                f"returns {len(description)} columns: give (group, value) or one value column"
+            )
+        name, kind = description[-1][0], str(description[-1][1])
+        if kind.split("(")[0] not in _NUMERIC_TYPES:
+            raise QueryError(f"value column {name!r} is {kind}, not a number")
         result: GroupValues = {}
-        for row in rows:
-            if len(row) == 1:
-                group, value = "", row[0]
-            else:
-                group, value = row[0], row[1]
+        for row in cursor.fetchall():
+            group, value = ("", row[0]) if len(row) == 1 else (row[0], row[1])
             if value is not None:
                 result["" if group is None else str(group)] = float(value)
         return result
@@ -226,14 +297,76 @@ class MetricSource:
             result[""] = 0.0  # published, but nothing at all in the window
         return result
 
+    def first_request_minute(self) -> datetime | None:
+        """The first published request minute (naive UTC), read once per MetricSource: where
+        the rollups' coverage starts. None when no request minute is published."""
+        if self._first_minute is False:
+            self._first_minute = self._read_first_minute()
+        return self._first_minute  # type: ignore[return-value]
+
+    def _read_first_minute(self) -> datetime | None:
+        connection = self._duck()
+        if connection is None:
+            return None
+        if self.rollup_root is not None:
+            # The oldest hour's file answers; the view would scan every published hour.
+            store = RollupStore(self.rollup_root, Path(self.views_database or ""))
+            keys = store.partition_keys(REQUESTS_MINUTE.name)
+            oldest = store.existing_partition(REQUESTS_MINUTE.name, min(keys)) if keys else None
+            if oldest is None:
+                return None
+            rows = connection.execute(
+                "SELECT min(minute) FROM read_parquet($file)", {"file": str(oldest)}
+            ).fetchall()
+            if rows[0][0] is None:
+                # An empty hour: rolled up, nothing logged. Covered from its start.
+                return datetime.strptime(min(keys), HOUR_FILE_FORMAT)
+            return rows[0][0]
+        rows = self._query("SELECT min(minute) FROM requests_minute", {})
+        return rows[0][0] if rows else None
+
+    def _covered_seconds(self, start: datetime, end: datetime) -> float:
+        """Seconds of ``[start, end)`` (naive UTC) in hours whose request partition is published.
+
+        The rollup job writes every hour it processes, an empty one too: an hour without a
+        partition was never rolled up (the pipeline was off), which is not the same as an hour
+        without traffic."""
+        if self._hours is False:
+            self._hours = None
+            if self.rollup_root is not None and self.views_database is not None:
+                store = RollupStore(self.rollup_root, Path(self.views_database))
+                self._hours = set(store.partition_keys(REQUESTS_MINUTE.name))
+        hours = self._hours
+        if hours is None:
+            return (end - start).total_seconds()
+        seconds = 0.0
+        hour = start.replace(minute=0, second=0, microsecond=0)
+        while hour < end:
+            if hour_key(hour.replace(tzinfo=UTC)) in hours:  # type: ignore[operator]
+                seconds += (min(end, hour + timedelta(hours=1)) - max(start, hour)).total_seconds()
+            hour += timedelta(hours=1)
+        return seconds
+
     def _requests(
-        self, spec: MetricSpec, group_by: GroupBy, window: timedelta, now: datetime
+        self,
+        spec: MetricSpec,
+        group_by: GroupBy,
+        window: timedelta,
+        now: datetime,
+        require_full_window: bool = False,
     ) -> GroupValues | None:
         start, end = window_bounds(now, window)
+        first = self.first_request_minute()
+        covered = start if first is None else max(start, first)
+        seconds = (end - start).total_seconds()
+        if first is not None:
+            # Nothing published yet (first None): the view answers (no data, or none counted).
+            seconds = self._covered_seconds(covered, end) if covered < end else 0.0
+            if seconds <= 0 or (require_full_window and seconds < window.total_seconds()):
+                return None  # the rollups do not cover (enough of) the window
         sql = spec.sql[group_by]
         parameters = _bound(
-            sql,
-            {"start": start, "end": end, "window_seconds": max(window.total_seconds(), 60.0)},
+            sql, {"start": covered, "end": end, "window_seconds": max(seconds, 60.0)}
         )
         span = self._requests_span
         if self._requests_memory is not None and span and span[0] <= start and end <= span[1]:
@@ -275,7 +408,12 @@ class MetricSource:
             runs = [run for run in self.history.recent(policy, limit=500) if run.finished_at <= now]
             if not runs:
                 continue
-            if spec.source is Source.POLICY_FAILURES:
+            if spec.source is Source.POLICY_UNRECOVERED_FAILURES and (
+                runs[0].status is not RunStatus.FAILED
+            ):
+                result[policy] = 0.0  # healthy again: the newest run did not fail
+                continue
+            if spec.source in (Source.POLICY_FAILURES, Source.POLICY_UNRECOVERED_FAILURES):
                 since = now - window
                 result[policy] = float(
                     sum(
@@ -292,11 +430,18 @@ class MetricSource:
         return result
 
     def _rollup_lag(self, spec: MetricSpec, now: datetime) -> GroupValues | None:
-        rows = self._query(spec.sql[GroupBy.NONE], {})
+        _, end = window_bounds(now, timedelta(0))
+        # Minutes before ``end`` only: a replay must not see minutes published after ``now``.
+        span = self._requests_span
+        if self._requests_memory is not None and span and span[0] < end <= span[1]:
+            rows = self._requests_memory.execute(spec.sql[GroupBy.NONE], {"end": end}).fetchall()
+            if rows[0][0] is None:
+                rows = self._query(spec.sql[GroupBy.NONE], {"end": end})
+        else:
+            rows = self._query(spec.sql[GroupBy.NONE], {"end": end})
         if rows is None or rows[0][0] is None:
             return None
         newest: datetime = rows[0][0]
-        _, end = window_bounds(now, timedelta(0))
         # The newest minute ends one minute after its start.
         lag = (end - (newest + timedelta(minutes=1))).total_seconds() / 60
         return {"": max(0.0, lag)}

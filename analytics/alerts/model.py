@@ -74,6 +74,11 @@ class AlertRecord:
     updated_at: datetime | None = None
     # Since when each severity's threshold has held without a break (its `for` counts from here).
     breach_since: dict[Severity, datetime] = field(default_factory=dict)
+    # The first evaluation without data while the rule's no_data is ``keep`` (None: data now).
+    no_data_since: datetime | None = None
+    # A silence held back the notification of the newest change: FIRING (nobody heard of this
+    # alert) or ESCALATED (heard at a lower severity); sent once no silence covers it.
+    unannounced: NotificationKind | None = None
 
 
 @dataclass(frozen=True)

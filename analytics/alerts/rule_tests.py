@@ -226,12 +226,23 @@ def load_rule_test(path: str | Path) -> RuleTestCase:
     return parse_rule_test(data, str(file))
 
 
-def publish_request_minutes(store: RollupStore, minutes: Iterable[RequestMinute]) -> None:
-    """Publish ``minutes`` as the requests_minute dataset (one file per hour) behind the views."""
+def publish_request_minutes(
+    store: RollupStore, minutes: Iterable[RequestMinute], every_hour: bool = False
+) -> None:
+    """Publish ``minutes`` as the requests_minute dataset (one file per hour) behind the views.
+
+    ``every_hour``: also an empty file for each hour without a minute between the first and the
+    last, as the rollup job writes them (the pipeline ran; the application logged nothing).
+    """
     publish_rollup_views(store, "UTC")
     by_hour: dict[datetime, list[RequestMinute]] = {}
     for row in minutes:
         by_hour.setdefault(row.minute.replace(minute=0, second=0, microsecond=0), []).append(row)
+    if every_hour and by_hour:
+        hour, last = min(by_hour), max(by_hour)
+        while hour < last:
+            by_hour.setdefault(hour, [])
+            hour += timedelta(hours=1)
     with duckdb.connect() as connection:
         for hour, items in by_hour.items():
             table = pa.table(
@@ -331,7 +342,7 @@ def run_rule_test(
             return run_rule_test(pack, case, Path(scratch), source, health)
     start = case.start.astimezone(UTC)
     store = RollupStore(workdir / "analytics", workdir / "analytics" / "rollups.duckdb")
-    publish_request_minutes(store, _minutes(case, start))
+    publish_request_minutes(store, _minutes(case, start), every_hour=True)
     history = RunHistory(f"sqlite:///{workdir / 'state.db'}", health)
     try:
         _record_history(history, case, start)

@@ -20,7 +20,7 @@ from typing import Annotated, Any
 import yaml
 from pydantic import Field, ValidationError, model_validator
 
-from analytics.alerts.catalog import BUILTIN_METRICS, GroupBy
+from analytics.alerts.catalog import BUILTIN_METRICS, GroupBy, Source
 from analytics.alerts.model import Severity
 from housekeeping.config import HealthConfig
 from housekeeping.config_types import (
@@ -64,8 +64,14 @@ class Comparator(StrEnum):
 
 
 class NoData(StrEnum):
+    """What an evaluation without a value does (docs/alerts.md, "No data").
+
+    The default is KEEP: an all-clear must mean the condition was observed to end, so a firing
+    alert whose data stops stays firing (its messages say since when there is no data).
+    """
+
+    KEEP = "keep"  # no data changes nothing: a firing alert stays firing (the default)
     OK = "ok"  # no data counts as healthy: a firing alert resolves
-    KEEP = "keep"  # no data changes nothing: the alert keeps its state
     ALERT = "alert"  # no data is itself a problem, at ``no_data_severity``
 
 
@@ -86,8 +92,15 @@ class Rule(StrictModel):
     for_: NonNegativeDuration = Field(default=timedelta(0), alias="for")
     window: PositiveDuration = timedelta(minutes=5)
     recovery: float | None = None
-    no_data: NoData = NoData.OK
+    no_data: NoData = NoData.KEEP
     no_data_severity: Severity = Severity.CRITICAL
+    # A window the rollups cover only in part (they started less than a window ago): False
+    # evaluates it over the covered part (a rate divides by the covered seconds); True gives no
+    # data until the whole window is covered. Request metrics only (the others read no minutes).
+    require_full_window: bool = False
+    # Request metrics: a group (a route, or all traffic) with fewer requests than this in the
+    # window has no data, so a quiet route's 1 error in 3 requests does not fire.
+    min_requests: Annotated[int, Field(ge=1)] | None = None
     renotify: PositiveDuration | None = timedelta(hours=4)
     channels: dict[Severity, Channel] = Field(default_factory=dict)
     labels: dict[str, str] = Field(default_factory=dict)
@@ -108,6 +121,12 @@ class Rule(StrictModel):
                     f"group_by: metric {self.metric} cannot be grouped by "
                     f"{self.group_by.value!r} (allowed: {allowed})"
                 )
+        if self.min_requests is not None and (
+            self.metric is None or BUILTIN_METRICS[self.metric].source is not Source.REQUEST_MINUTES
+        ):
+            raise ValueError(
+                "min_requests: only request metrics (http_*) have a request count per window"
+            )
         if self.sql is not None:
             # DuckDB's own parser decides (the evaluation runs it sandboxed, analytics/sandbox.py).
             # Imported here: the state machine loads rules without loading DuckDB.

@@ -40,6 +40,8 @@ class AlertsSettings(StrictModel):
     min_interval_per_channel: PositiveDuration = timedelta(seconds=1)
     # Longest wait between two attempts to send the same message (backoff doubles up to it).
     max_retry_interval: PositiveDuration = timedelta(minutes=5)
+    # The longest silence `hk alerts silence --for` accepts (a forgotten silence hides outages).
+    max_silence: PositiveDuration = timedelta(days=30)
     # Sent notifications and expired silences are deleted after this long.
     history_retention: PositiveDuration = timedelta(days=30)
     summary: SummarySettings = SummarySettings()

@@ -8,13 +8,15 @@ the new record with the notifications the transition calls for:
 - the first active severity makes the alert FIRING (one FIRING notification); a higher severity
   later is an ESCALATED notification; while firing, a RENOTIFY goes out every ``renotify``;
 - a firing alert RESOLVES only once the value is past the recovery threshold (hysteresis), so a
-  value wobbling around the threshold does not flap; the next evaluation returns it to OK.
+  value wobbling around the threshold does not flap; the next evaluation returns it to OK;
+- no data (``value`` None) follows the rule's ``no_data``: ``keep`` (the default) changes no
+  state, so missing data never resolves a firing alert; ``ok`` resolves it; ``alert`` breaches.
 """
 
 from __future__ import annotations
 
 from dataclasses import replace
-from datetime import datetime
+from datetime import UTC, datetime
 
 from analytics.alerts.catalog import unit_of
 from analytics.alerts.messages import rule_message
@@ -29,7 +31,9 @@ from analytics.alerts.model import (
 from analytics.alerts.rules import NoData, Rule
 
 
-def _breaching(rule: Rule, value: float | None) -> list[Severity]:
+def _breaching(rule: Rule, value: float | None, low_volume: bool = False) -> list[Severity]:
+    if low_volume:
+        return []
     if value is None:
         return [rule.no_data_severity] if rule.no_data is NoData.ALERT else []
     return [
@@ -48,6 +52,14 @@ def _active(rule: Rule, breach_since: dict[Severity, datetime], now: datetime) -
     return max(active, key=lambda severity: severity.rank) if active else None
 
 
+def _renotify_due(rule: Rule, previous: AlertRecord, now: datetime) -> bool:
+    return (
+        rule.renotify is not None
+        and previous.last_notified_at is not None
+        and now - previous.last_notified_at >= rule.renotify
+    )
+
+
 def advance(
     rule: Rule,
     record: AlertRecord | None,
@@ -55,16 +67,63 @@ def advance(
     value: float | None,
     now: datetime,
     channel_for: dict[Severity, str] | None = None,
+    low_volume: bool = False,
 ) -> tuple[AlertRecord, list[Notification]]:
-    """The next state of ``key`` after observing ``value`` at ``now``."""
-    previous = record or AlertRecord(key=key)
-    if value is None and rule.no_data is NoData.KEEP:
-        return replace(previous, updated_at=now), []
+    """The next state of ``key`` after observing ``value`` at ``now`` (None: no data).
 
-    breaching = _breaching(rule, value)
+    With the rule's ``no_data: keep`` (the default) an evaluation without data changes nothing:
+    a firing alert stays firing (and renotifies), its ``no_data_since`` set to the first such
+    evaluation, which its notifications name; only a value past the recovery threshold
+    resolves it.
+
+    ``low_volume``: the group had fewer requests than the rule's ``min_requests``. Its value
+    never breaches (a quiet route does not fire or flap), but it is observed: past the recovery
+    threshold it resolves a firing alert; not past it, the alert stays as it is.
+    """
+    previous = record or AlertRecord(key=key)
+    if (
+        low_volume
+        and value is not None
+        and previous.state is AlertState.FIRING
+        and not rule.recovered(value)
+    ):
+        new = replace(previous, updated_at=now, last_value=value, no_data_since=None)
+        if not _renotify_due(rule, previous, now):
+            return new, []
+        assert previous.severity is not None
+        new.last_notified_at = now
+        kind = NotificationKind.RENOTIFY
+        return new, [
+            _notification(rule, key, kind, previous.severity, value, now, channel_for or {})
+        ]
+    if value is None and rule.no_data is NoData.KEEP:
+        new = replace(previous, updated_at=now, no_data_since=previous.no_data_since or now)
+        if previous.state is not AlertState.FIRING or not _renotify_due(rule, previous, now):
+            return new, []
+        assert previous.severity is not None
+        new.last_notified_at = now
+        notification = _notification(
+            rule,
+            key,
+            NotificationKind.RENOTIFY,
+            previous.severity,
+            None,
+            now,
+            channel_for or {},
+            new.no_data_since,
+        )
+        return new, [notification]
+
+    breaching = _breaching(rule, value, low_volume)
     breach_since = {severity: previous.breach_since.get(severity, now) for severity in breaching}
     active = _active(rule, breach_since, now)
-    new = replace(previous, breach_since=breach_since, last_value=value, updated_at=now)
+    new = replace(
+        previous,
+        breach_since=breach_since,
+        last_value=value,
+        updated_at=now,
+        no_data_since=None if value is not None else previous.no_data_since or now,
+    )
     notify: list[tuple[NotificationKind, Severity]] = []
 
     if previous.state is AlertState.FIRING:
@@ -78,11 +137,7 @@ def advance(
         elif active is not None and active.rank > previous.severity.rank:
             new.severity = active
             notify.append((NotificationKind.ESCALATED, active))
-        elif (
-            rule.renotify is not None
-            and previous.last_notified_at is not None
-            and now - previous.last_notified_at >= rule.renotify
-        ):
+        elif _renotify_due(rule, previous, now):
             notify.append((NotificationKind.RENOTIFY, previous.severity))
     elif active is not None:
         new.state, new.severity, new.firing_since = AlertState.FIRING, active, now
@@ -101,12 +156,32 @@ def advance(
         )
 
     notifications = [
-        _notification(rule, key, kind, severity, value, now, channel_for or {})
+        _notification(rule, key, kind, severity, value, now, channel_for or {}, new.no_data_since)
         for kind, severity in notify
     ]
     if notifications:
         new.last_notified_at = now
     return new, notifications
+
+
+def announce(
+    rule: Rule, record: AlertRecord, now: datetime, channel_for: dict[Severity, str] | None = None
+) -> Notification:
+    """The held-back notification of a firing ``record`` (``record.unannounced``: FIRING or
+    ESCALATED) at its current severity and value: what a silence kept from the channel, sent
+    once no silence covers the alert any more."""
+    assert record.severity is not None and record.unannounced is not None
+    value = None if record.no_data_since is not None else record.last_value
+    return _notification(
+        rule,
+        record.key,
+        record.unannounced,
+        record.severity,
+        value,
+        now,
+        channel_for or {},
+        record.no_data_since,
+    )
 
 
 def _notification(
@@ -117,9 +192,13 @@ def _notification(
     value: float | None,
     now: datetime,
     channel_for: dict[Severity, str],
+    no_data_since: datetime | None = None,
 ) -> Notification:
     title, text = rule_message(rule, key, kind, severity, value)
     labels = dict(rule.labels)
+    if value is None and no_data_since is not None:
+        # Messages show labels: a firing alert without data says since when (docs/alerts.md).
+        labels["no_data_since"] = no_data_since.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
     if rule.metric:
         labels.setdefault("metric", rule.metric)
     if key.group:

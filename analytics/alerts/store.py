@@ -28,7 +28,7 @@ from analytics.alerts.model import (
     OutboxStatus,
     Severity,
 )
-from housekeeping.database import open_own_database, redact_url
+from housekeeping.database import add_missing_columns, open_own_database, redact_url
 from housekeeping.errors import HkError
 
 metadata = sa.MetaData()
@@ -47,7 +47,12 @@ alert_states = sa.Table(
     sa.Column("last_notified_at", TS),
     sa.Column("updated_at", TS),
     sa.Column("breach_since", sa.Text, nullable=False, default="{}"),
+    # Added after the first release (add_missing_columns adds them to older alert databases).
+    sa.Column("no_data_since", TS),
+    sa.Column("unannounced", sa.String(20)),  # a NotificationKind a silence held back
 )
+# Columns added to hk_alert_states since it was first created; existing rows get NULL.
+_ADDED_STATE_COLUMNS = ("no_data_since", "unannounced")
 
 outbox = sa.Table(
     "hk_alert_outbox",
@@ -221,6 +226,7 @@ class AlertStore:
             on_sqlite_connect=_sqlite_pragmas,
         )
         self.description = redact_url(self.engine.url)
+        add_missing_columns(self.engine, alert_states, _ADDED_STATE_COLUMNS)
 
     def dispose(self) -> None:
         self.engine.dispose()
@@ -253,6 +259,8 @@ class AlertStore:
                     Severity(name): datetime.fromisoformat(at)
                     for name, at in json.loads(row["breach_since"] or "{}").items()
                 },
+                no_data_since=utc(row["no_data_since"]),
+                unannounced=NotificationKind(row["unannounced"]) if row["unannounced"] else None,
             )
         return records
 
@@ -275,6 +283,8 @@ class AlertStore:
                 "breach_since": json.dumps(
                     {severity.value: at.isoformat() for severity, at in record.breach_since.items()}
                 ),
+                "no_data_since": record.no_data_since,
+                "unannounced": record.unannounced.value if record.unannounced else None,
             }
             for record in records
             if not _is_idle(record)

@@ -246,3 +246,151 @@ def test_backtest_until_ends_the_replay_and_rules_replays_another_file(tmp_path)
 
     code, output = hk("rules", "backtest", "--until", "yesterday", "--config", config)
     assert code == 2 and "--until" in output
+
+
+SQL_RULES = """
+rules:
+  - name: policy_failures
+    sql: SELECT policy, consecutive_failures FROM housekeeping_summary
+    group_by: policy
+    thresholds:
+      warning: {value: 1}
+  - name: semicolon_in_a_literal
+    sql: "SELECT route, count(*) FROM requests_minute WHERE route <> ';' GROUP BY route"
+    thresholds:
+      warning: {value: 1000}
+"""
+
+
+def test_rules_check_runs_every_sql_rule_as_the_evaluation_does(tmp_path):
+    """Issue 12, item 5: OK means it will evaluate; what would fail is refused, named."""
+    config = setup(tmp_path, rules=SQL_RULES)
+    code, output = hk("rules", "check", "--config", config)  # nothing published yet
+    assert code == 0, output
+    assert "OK: 2 rules" in output
+
+    publish_minutes(
+        analytics_settings_at(tmp_path), [Minute(datetime(2026, 11, 20, 12, 0, tzinfo=UTC))]
+    )
+    code, output = hk("rules", "check", "--config", config)  # against the published views
+    assert code == 0 and "OK: 2 rules" in output
+
+    broken = (
+        SQL_RULES
+        + """
+  - name: unknown_column
+    sql: SELECT route, sum(errors) FROM requests_minute GROUP BY route
+    thresholds:
+      warning: {value: 1}
+  - name: text_value
+    sql: SELECT policy, status FROM housekeeping_summary
+    thresholds:
+      warning: {value: 1}
+  - name: unknown_view
+    sql: SELECT 1 FROM housekeping_summary
+    thresholds:
+      warning: {value: 1}
+"""
+    )
+    config = setup(tmp_path, rules=broken)
+    code, output = hk("rules", "check", "--config", config)
+    assert code == 1
+    lines = output.strip().splitlines()
+    assert len(lines) == 4, output
+    assert (
+        'rule unknown_column: sql: Binder Error: Referenced column "errors" not found' in lines[0]
+    )
+    assert "rule text_value: sql: value column 'status' is VARCHAR, not a number" in lines[1]
+    assert "rule unknown_view: sql: Catalog Error: Table with name housekeping_summary" in lines[2]
+    assert (
+        lines[3]
+        == f"Error: 3 SQL rules of {tmp_path / 'rules.yaml'} would fail at every evaluation"
+    )
+
+
+GROUPED = (
+    RULES
+    + """
+  - name: route_errors
+    metric: http_error_rate
+    group_by: route
+    window: 5m
+    thresholds:
+      high: {value: 0.05}
+"""
+)
+
+
+def test_silences_that_would_silence_nothing_or_too_long_are_refused(tmp_path):
+    """Issue 12, item 6: an unknown group, --group on an ungrouped rule, over max_silence."""
+    config = setup(tmp_path, rules=GROUPED)
+    now = datetime.now(UTC).replace(second=0, microsecond=0)
+    publish_minutes(
+        analytics_settings_at(tmp_path),
+        [Minute(now - timedelta(minutes=offset), route="/api/orders") for offset in range(1, 4)],
+    )
+    cases = [
+        (
+            ["route_errors", "--group", "/api/ordrs"],
+            "rule route_errors has no group '/api/ordrs' (its groups now: /api/orders)",
+        ),
+        (
+            ["http_error_rate", "--group", "/api/orders"],
+            "rule http_error_rate is not grouped (no group_by): silence it without --group",
+        ),
+        (["route_errors", "--for", "31d"], "31d is longer than alerts.max_silence (30d)"),
+    ]
+    for arguments, message in cases:
+        if "--for" not in arguments:
+            arguments = [*arguments, "--for", "2h"]
+        code, output = hk("alerts", "silence", *arguments, "--reason", "x", "--config", config)
+        assert code == 2 and message in " ".join(output.split()), (arguments, output)
+    assert "Silences: 0" in hk("alerts", "list", "--config", config)[1]
+
+    code, output = hk(
+        "alerts", "silence", "route_errors", "--group", "/api/orders", "--for", "30d",
+        "--reason", "known", "--config", config,
+    )  # fmt: skip
+    assert code == 0, output
+
+
+def test_max_silence_is_a_config_key(tmp_path):
+    config = setup(tmp_path)
+    path = tmp_path / "hk.yaml"
+    data = yaml.safe_load(path.read_text())
+    data["alerts"]["max_silence"] = "4h"
+    path.write_text(yaml.safe_dump(data))
+    code, output = hk(
+        "alerts", "silence", "http_error_rate", "--for", "5h", "--reason", "x", "--config", config
+    )
+    assert code == 2 and "5h is longer than alerts.max_silence (4h)" in output
+
+
+def test_alerts_list_marks_silenced_alerts_and_unsilence_says_what_goes_out(tmp_path):
+    config = setup(tmp_path, rules=RULES.replace("for: 2m", "for: 0s"))
+    now = datetime.now(UTC).replace(second=0, microsecond=0)
+    publish_minutes(
+        analytics_settings_at(tmp_path),
+        [Minute(now - timedelta(minutes=offset), errors=30) for offset in range(1, 11)],
+    )
+    code, _ = hk(
+        "alerts", "silence", "http_error_rate", "--for", "2h", "--reason", "deploy",
+        "--config", config,
+    )  # fmt: skip
+    assert code == 0
+    code, output = hk("alerts", "evaluate", "--config", config)
+    assert code == 0 and "0 new notifications (1 silenced)" in output
+
+    code, output = hk("alerts", "list", "--config", config)
+    line = next(line for line in output.splitlines() if "http_error_rate  value" in line)
+    assert line.split()[:3] == ["firing", "critical", "http_error_rate"]
+    assert "SILENCED by #1 until" in line
+
+    code, output = hk("alerts", "unsilence", "1", "--config", config)
+    assert code == 0
+    assert "firing while silenced, sent at the next evaluation: http_error_rate" in output
+    code, output = hk("alerts", "evaluate", "--config", config)
+    assert code == 0 and "1 new notifications (0 silenced)" in output
+    assert "[alert -> #alerts] http_error_rate: http_error_rate is 30.0%" in output
+    code, output = hk("alerts", "list", "--config", config)
+    assert "SILENCED" not in output

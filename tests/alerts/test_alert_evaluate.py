@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+from analytics.alerts.backtest import backtest
 from analytics.alerts.evaluate import evaluate_rules
 from analytics.alerts.metrics import MetricSource
 from analytics.alerts.model import AlertKey, AlertState, NotificationKind, Severity
+from analytics.alerts.rules import load_rules
 from tests.support.alert_support import (
     T0,
     Minute,
@@ -204,3 +206,249 @@ rules:
     assert str(secret) in report.errors["reads_a_secret"]
     [fired] = report.notifications
     assert (fired.key.rule, fired.value) == ("requests_seen", 500)
+
+
+LOW_TRAFFIC = """
+rules:
+  - name: low_traffic
+    metric: http_request_rate
+    comparator: "<"
+    window: 1h
+    thresholds:
+      warning: {value: 1.0}
+"""
+
+
+def test_a_window_the_rollups_cover_in_part_is_evaluated_over_the_covered_part(tmp_path):
+    """Issue 12, item 4: 5 minutes of 100 requests/min under a 1-hour window are 1.67/s."""
+    settings = analytics_settings_at(tmp_path)
+    publish_minutes(settings, steady_traffic(T0, 5))
+    store = store_at(tmp_path)
+    rules = pack(LOW_TRAFFIC)
+    full = pack(LOW_TRAFFIC.replace("window: 1h", "window: 1h\n    require_full_window: true"))
+
+    with MetricSource(settings.database_path, rollup_root=settings.root_path) as metrics:
+        value = metrics.values(rules.rules[0], T0 + 5 * MINUTE)[""]
+        assert round(value, 2) == 1.67  # 500 requests / 300 s, not / 3,600 s (0.139)
+        # before the first published minute nothing is covered: no data
+        assert metrics.values(rules.rules[0], T0) is None
+        # require_full_window: no data until the rollups cover the whole hour
+        assert metrics.values(full.rules[0], T0 + 5 * MINUTE) is None
+
+    report = evaluate(settings, store, rules, T0 + 5 * MINUTE)
+    assert report.notifications == [] and report.active == {}
+
+
+def test_require_full_window_evaluates_once_the_whole_window_is_covered(tmp_path):
+    settings = analytics_settings_at(tmp_path)
+    publish_minutes(settings, steady_traffic(T0, 70, requests=30))
+    rule = pack(
+        LOW_TRAFFIC.replace("window: 1h", "window: 1h\n    require_full_window: true")
+    ).rules[0]
+
+    with MetricSource(settings.database_path, rollup_root=settings.root_path) as metrics:
+        assert metrics.values(rule, T0 + 59 * MINUTE) is None
+        assert metrics.values(rule, T0 + 60 * MINUTE) == {"": 0.5}  # 1,800 requests / 3,600 s
+
+
+def test_a_route_under_min_requests_never_fires_but_its_clean_value_resolves(tmp_path):
+    settings = analytics_settings_at(tmp_path)
+    minutes = steady_traffic(T0, 40, route="/api/orders")
+    # /api/admin: 3 requests a minute, 1 of them 5xx (33 %), always under 50 per 5 minutes
+    minutes += steady_traffic(T0, 40, route="/api/admin", requests=3, errors=1)
+    # /api/pay: 20 a minute with 5 errors until minute 20, then 3 clean requests a minute
+    minutes += [
+        Minute(T0 + offset * MINUTE, route="/api/pay", requests=20 if offset < 20 else 3,
+               errors=5 if offset < 20 else 0)
+        for offset in range(40)
+    ]  # fmt: skip
+    publish_minutes(settings, minutes)
+    store = store_at(tmp_path)
+    rules = pack(
+        """
+rules:
+  - name: route_errors
+    metric: http_error_rate
+    group_by: route
+    comparator: ">"
+    window: 5m
+    min_requests: 50
+    thresholds:
+      high: {value: 0.05}
+"""
+    )
+    sent = []
+    for offset in range(5, 40):
+        sent += [
+            (offset, item.key.group, item.kind)
+            for item in evaluate(settings, store, rules, T0 + offset * MINUTE).notifications
+        ]
+
+    assert sent == [
+        (5, "/api/pay", NotificationKind.FIRING),
+        # the window holds 15 clean requests at 25m: few, but observed past the threshold
+        (25, "/api/pay", NotificationKind.RESOLVED),
+    ]
+
+
+def test_a_sql_rule_gets_only_the_window_parameters_it_names(tmp_path):
+    settings = analytics_settings_at(tmp_path)
+    publish_minutes(settings, steady_traffic(T0, 10))
+    rules = pack(
+        """
+rules:
+  - name: no_parameters
+    sql: "SELECT route, count(*) FROM requests_minute WHERE route <> ';' GROUP BY route"
+    thresholds:
+      warning: {value: 1000}
+  - name: one_parameter
+    sql: SELECT sum(requests) FROM requests_minute WHERE minute < $window_end
+    thresholds:
+      warning: {value: 100000}
+"""
+    )
+    with MetricSource(settings.database_path, rollup_root=settings.root_path) as metrics:
+        assert metrics.values(rules.rules[0], T0 + 10 * MINUTE) == {"/api/orders": 10.0}
+        assert metrics.values(rules.rules[1], T0 + 5 * MINUTE) == {"": 500.0}
+
+
+def test_unsilencing_a_firing_alert_sends_its_current_state(tmp_path):
+    """Issue 12, item 6: silence, let it fire and escalate, unsilence: one FIRING at critical."""
+    settings = analytics_settings_at(tmp_path)
+    minutes = steady_traffic(T0, 60)
+    minutes = [
+        Minute(item.minute, errors=3 if 10 <= offset < 20 else 20 if offset >= 20 else 0)
+        for offset, item in enumerate(minutes)
+    ]
+    publish_minutes(settings, minutes)
+    store = store_at(tmp_path)
+    rules = pack(
+        """
+rules:
+  - name: errors
+    metric: http_error_rate
+    window: 1m
+    thresholds:
+      warning: {value: 0.02}
+      critical: {value: 0.10}
+"""
+    )
+    silence = store.add_silence("errors", None, T0, T0 + timedelta(hours=1), "deploy", "me")
+    kinds = []
+    for offset in range(5, 40):
+        now = T0 + offset * MINUTE
+        if offset == 30:
+            store.remove_silence(silence)
+        report = evaluate(settings, store, rules, now)
+        kinds += [(offset, item.kind, item.severity) for item in report.notifications]
+        kinds += [(offset, "held", item.kind) for item in report.silenced]
+
+    assert kinds == [
+        (11, "held", NotificationKind.FIRING),  # warning while silenced
+        (21, "held", NotificationKind.ESCALATED),  # critical while silenced
+        (30, NotificationKind.FIRING, Severity.CRITICAL),  # unsilenced: the current state
+    ]
+
+
+CRITICAL_ERRORS = pack(
+    """
+rules:
+  - name: errors
+    metric: http_error_rate
+    window: 1m
+    thresholds:
+      critical: {value: 0.10}
+"""
+)
+
+
+def silenced_until_minute_20(tmp_path, errors):
+    """Replay minutes 5-39 of 100 requests a minute with ``errors(minute)`` 5xx, under a silence
+    of every group of CRITICAL_ERRORS that expires at minute 20: (sent, held) per minute."""
+    settings = analytics_settings_at(tmp_path)
+    publish_minutes(
+        settings, [Minute(T0 + offset * MINUTE, errors=errors(offset)) for offset in range(40)]
+    )
+    store = store_at(tmp_path)
+    store.add_silence("errors", None, T0, T0 + 20 * MINUTE, "deploy", "me")
+    sent, held = [], []
+    for offset in range(5, 40):
+        report = evaluate(settings, store, CRITICAL_ERRORS, T0 + offset * MINUTE)
+        sent += [(offset, item.kind, item.value) for item in report.notifications]
+        held += [(offset, item.kind) for item in report.silenced]
+    return sent, held
+
+
+def test_an_alert_that_fired_and_resolved_under_a_silence_sends_nothing_after_it(tmp_path):
+    sent, held = silenced_until_minute_20(tmp_path, lambda minute: 20 if 10 <= minute < 15 else 0)
+    assert held == [(11, NotificationKind.FIRING), (16, NotificationKind.RESOLVED)]
+    assert sent == []  # nothing to announce once the silence expired: it is over
+
+
+def test_a_silence_that_expires_while_the_alert_fires_sends_the_firing(tmp_path):
+    sent, held = silenced_until_minute_20(tmp_path, lambda minute: 20 if minute >= 10 else 0)
+    assert held == [(11, NotificationKind.FIRING)]
+    assert sent == [(20, NotificationKind.FIRING, 0.2)]
+
+
+def test_days_without_rollups_do_not_renotify_a_critical_every_hour(tmp_path):
+    """Issue 12, item 7: the backtest over days the pipeline did not run (no partitions), and
+    over days before the rollups started, pages nobody hourly; the stale rollups are one alert."""
+    settings = analytics_settings_at(tmp_path)
+    gap_start, gap_end = T0 + timedelta(hours=2), T0 + timedelta(days=3)
+    publish_minutes(
+        settings,
+        steady_traffic(T0, 120) + steady_traffic(gap_end, 120),  # 2 h, 3 days nothing, 2 h
+    )
+    result = backtest(
+        load_rules(),
+        settings.database_path,
+        None,
+        T0 - timedelta(days=2),  # two days before the first published minute
+        gap_end + timedelta(hours=2),
+        timedelta(minutes=15),
+        rollup_root=settings.root_path,
+    )
+    sent = [(item.evaluated_at, item.key.rule, item.kind) for item in result.notifications]
+    assert result.errors == {}
+    assert all(item.severity is not Severity.CRITICAL for item in result.notifications), sent
+    stale = [(at, kind) for at, rule, kind in sent if rule == "rollups_stale"]
+    assert [kind for _, kind in stale] == (
+        [NotificationKind.FIRING] + [NotificationKind.RENOTIFY] * 17 + [NotificationKind.RESOLVED]
+    )
+    assert gap_start < stale[0][0] <= gap_start + timedelta(minutes=15)  # lag > 10 min
+    assert [rule for _, rule, _ in sent if rule != "rollups_stale"] == []
+
+
+def test_an_alert_database_of_the_previous_version_gets_the_new_state_columns(tmp_path):
+    import sqlalchemy as sa
+
+    url = f"sqlite:///{tmp_path / 'alerts.db'}"
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:  # hk_alert_states as the first release created it
+        conn.execute(
+            sa.text(
+                "CREATE TABLE hk_alert_states (rule VARCHAR(200) NOT NULL, group_key VARCHAR(500)"
+                " NOT NULL, state VARCHAR(20) NOT NULL, severity VARCHAR(20), pending_since "
+                "DATETIME, firing_since DATETIME, last_value FLOAT, last_notified_at DATETIME, "
+                "updated_at DATETIME, breach_since TEXT NOT NULL, PRIMARY KEY (rule, group_key))"
+            )
+        )
+        conn.execute(
+            sa.text(
+                "INSERT INTO hk_alert_states VALUES ('errors', '', 'firing', 'critical', NULL, "
+                "'2026-11-20 12:00:00', 0.2, '2026-11-20 12:00:00', '2026-11-20 12:00:00', '{}')"
+            )
+        )
+    engine.dispose()
+
+    store = store_at(tmp_path)
+    with store.transaction() as conn:
+        record = store.load_states(conn)[AlertKey("errors", "")]
+        assert record.state is AlertState.FIRING and record.unannounced is None
+        record.no_data_since = T0
+        record.unannounced = NotificationKind.FIRING
+        store.save_states(conn, [record], ["errors"])
+    with store.transaction() as conn:
+        again = store.load_states(conn)[AlertKey("errors", "")]
+    assert again.no_data_since == T0 and again.unannounced is NotificationKind.FIRING

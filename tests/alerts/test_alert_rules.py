@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from analytics.alerts.model import Severity
-from analytics.alerts.rules import RulesError, load_rules
+from analytics.alerts.rules import NoData, RulesError, load_rules
 
 GOOD = """
 rules:
@@ -52,6 +52,9 @@ def test_a_valid_rule_file_loads_with_its_durations_and_thresholds(tmp_path):
             "channels.critical",
         ),
         (("name: http_error_rate", "name: Http-Error"), "name"),
+        (("window: 5m", "window: 5m\n    min_requests: 0"), "min_requests"),
+        (("window: 5m", "window: 5m\n    no_data: keep_state"), "no_data"),
+        (("window: 5m", "window: 5m\n    require_full_window: maybe"), "require_full_window"),
     ],
 )
 def test_a_bad_rule_is_refused_with_a_message_naming_the_file_rule_and_key(
@@ -140,3 +143,19 @@ def test_the_default_pack_holds_the_product_default_thresholds():
         ), name
     window = next(rule for rule in pack.rules if rule.name == "http_no_requests").window
     assert window.total_seconds() == minutes(15)
+
+
+def test_a_request_guard_belongs_to_request_metrics_only(tmp_path):
+    text = GOOD.replace("metric: http_error_rate", "metric: jobs_failed").replace(
+        "window: 5m", "window: 1h\n    min_requests: 50"
+    )
+    with pytest.raises(RulesError, match="min_requests: only request metrics"):
+        load_rules(write(tmp_path, text))
+
+
+def test_no_data_keeps_the_state_and_partial_windows_are_evaluated_by_default(tmp_path):
+    """Issue 12, items 3 and 4: the documented defaults, for every rule of the shipped pack."""
+    rule = load_rules(write(tmp_path, GOOD)).rules[0]
+    assert rule.no_data is NoData.KEEP
+    assert rule.require_full_window is False and rule.min_requests is None
+    assert all(rule.no_data is NoData.KEEP for rule in load_rules().rules)

@@ -62,10 +62,11 @@ def replay(settings, since, until, history=None):
 
 def requests_alerts(notifications):
     return [
-        (item.key.rule, item.kind.value, item.severity.value)
+        (item.key.rule + (f"[{item.key.group}]" if item.key.group else ""), item.kind.value,
+         item.severity.value)
         for item in notifications
         if item.key.rule.startswith("http_")
-    ]
+    ]  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -75,12 +76,25 @@ def requests_alerts(notifications):
             IncidentKind.ERROR_BURST,
             [
                 ("http_error_rate", "firing", "critical"),
+                # the per-route rule names the route (issue 12, item 7a)
+                ("http_route_error_rate[/api/v1/payments]", "firing", "high"),
                 ("http_error_rate", "resolved", "critical"),
+                ("http_route_error_rate[/api/v1/payments]", "resolved", "high"),
             ],
         ),
         (
             IncidentKind.SLOW_PERIOD,
-            [("http_latency_p95", "firing", "high"), ("http_latency_p95", "resolved", "high")],
+            [
+                ("http_latency_p95", "firing", "high"),
+                # the whole application is slow: every route with 50+ requests in 5 minutes
+                ("http_route_latency_p95[/api/v1/users/:id]", "firing", "high"),
+                ("http_route_latency_p95[/health]", "firing", "high"),
+                ("http_route_latency_p95[/api/v1/orders]", "firing", "high"),
+                ("http_latency_p95", "resolved", "high"),
+                ("http_route_latency_p95[/api/v1/orders]", "resolved", "high"),
+                ("http_route_latency_p95[/api/v1/users/:id]", "resolved", "high"),
+                ("http_route_latency_p95[/health]", "resolved", "high"),
+            ],
         ),
         (
             IncidentKind.TRAFFIC_GAP,

@@ -95,7 +95,7 @@ def test_resolving_needs_the_value_past_the_recovery_threshold():
 
 
 def test_no_data_follows_the_rule_policy():
-    ok = run(ERROR_RATE, [0.2] * 6 + [None])
+    ok = run(ERROR_RATE.model_copy(update={"no_data": NoData.OK}), [0.2] * 6 + [None])
     assert kinds(ok)[-1][1] is NotificationKind.RESOLVED
 
     keep = run(ERROR_RATE.model_copy(update={"no_data": NoData.KEEP}), [0.2] * 6 + [None] * 3)
@@ -127,3 +127,32 @@ def test_the_state_machine_loads_no_database_driver_no_dagster_and_no_deleter():
     heavy = ("sqlalchemy", "duckdb", "adbc", "dagster")
     housekeeping = {"housekeeping.deletion", "housekeeping.policies", "housekeeping.history"}
     assert [name for name in loaded if name.startswith(heavy) or name in housekeeping] == []
+
+
+def test_missing_data_never_resolves_a_firing_alert_by_default():
+    """Issue 12, item 3: keep is the default; the alert stays firing and says since when."""
+    assert ERROR_RATE.no_data is NoData.KEEP
+    # critical from minute 5, no data from minute 10 for 2 hours, then a clean value
+    steps = run(ERROR_RATE, [0.2] * 10 + [None] * 120 + [0.0])
+
+    assert kinds(steps) == [
+        (5, NotificationKind.FIRING, Severity.CRITICAL),
+        (65, NotificationKind.RENOTIFY, Severity.CRITICAL),
+        (125, NotificationKind.RENOTIFY, Severity.CRITICAL),
+        (130, NotificationKind.RESOLVED, Severity.CRITICAL),
+    ]
+    assert all(record.state is AlertState.FIRING for record, _ in steps[10:130])
+    assert steps[129][0].no_data_since == T0 + 10 * MINUTE
+    renotify = steps[65][1][0]
+    assert renotify.value is None
+    assert renotify.labels["no_data_since"] == (T0 + 10 * MINUTE).strftime("%Y-%m-%d %H:%M UTC")
+    assert steps[130][0].no_data_since is None  # observed again
+    assert "no_data_since" not in steps[130][1][0].labels
+
+
+def test_no_data_leaves_an_ok_or_pending_alert_as_it_is():
+    quiet = run(ERROR_RATE, [None] * 30)
+    assert kinds(quiet) == [] and quiet[-1][0].state is AlertState.OK
+
+    pending = run(ERROR_RATE, [0.03] * 3 + [None] * 3)
+    assert kinds(pending) == [] and pending[-1][0].state is AlertState.PENDING
