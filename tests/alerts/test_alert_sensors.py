@@ -9,7 +9,8 @@ import dagster as dg
 import pytest
 import yaml
 
-from analytics.alerts.defs.checks import build_alert_checks, check_key
+from analytics.alerts.catalog import Source
+from analytics.alerts.defs.checks import SOURCE_DATASETS, build_alert_checks, check_key
 from analytics.alerts.defs.definitions import build_alerts_defs
 from analytics.alerts.defs.jobs import daily_summary_job
 from analytics.alerts.defs.resources import AlertsResource
@@ -108,6 +109,11 @@ def check_results(instance, key):
         )
         for record in reversed(records)
     ]
+
+
+def test_every_metric_source_has_the_dataset_its_asset_check_sits_on():
+    """A new metric source without a dataset would break building the definitions."""
+    assert set(SOURCE_DATASETS) == set(Source)
 
 
 def test_the_alert_sensor_reports_each_rules_state_as_its_datasets_asset_check(tmp_path, slack):

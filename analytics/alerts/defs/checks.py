@@ -25,6 +25,8 @@ from analytics.datasets import (
     API_USAGE_DAILY,
     HOUSEKEEPING_RUNS,
     JOBS_HOURLY,
+    LOG_ERRORS_HOURLY,
+    LOG_INGEST_ERRORS,
     REQUESTS_MINUTE,
     TABLE_STATS,
     Dataset,
@@ -47,7 +49,15 @@ SOURCE_DATASETS: dict[Source, Dataset] = {
     Source.API_USAGE_MONTH: API_USAGE_DAILY,
     Source.POLICY_HEALTH: HOUSEKEEPING_RUNS,
     Source.POLICY_FAILURES: HOUSEKEEPING_RUNS,
+    Source.POLICY_UNRECOVERED_FAILURES: HOUSEKEEPING_RUNS,
     Source.APP_DATABASE: TABLE_STATS,
+}
+
+# Datasets with no asset of their own, and the asset whose materialization writes them: a log-file
+# source's line counts and error rollup are written by the request rollup that reads the files.
+WRITTEN_BY: dict[Dataset, Dataset] = {
+    LOG_INGEST_ERRORS: REQUESTS_MINUTE,
+    LOG_ERRORS_HOURLY: REQUESTS_MINUTE,
 }
 
 
@@ -58,7 +68,7 @@ def rule_dataset(rule: Rule) -> Dataset:
         return SOURCE_DATASETS[BUILTIN_METRICS[rule.metric].source]
     words = set(re.findall(r"[A-Za-z_][A-Za-z0-9_]*", rule.sql or ""))
     named = [dataset for dataset in all_datasets() if dataset.name in words]
-    return named[0] if named else REQUESTS_MINUTE
+    return WRITTEN_BY.get(named[0], named[0]) if named else REQUESTS_MINUTE
 
 
 def rule_asset_key(rule: Rule) -> dg.AssetKey:
