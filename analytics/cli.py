@@ -16,9 +16,10 @@ import click
 import duckdb
 
 from analytics.datasets import all_datasets
-from analytics.publish import PublishError, RollupStore, published_span
+from analytics.publish import RollupStore, published_span
 from analytics.sandbox import (
     QueryError,
+    newest_published,
     open_rollups,
     reading_statements,
     rollup_store,
@@ -172,28 +173,8 @@ def rollups_status(config_file: str | None) -> None:
 
 
 def _newest_data(store: RollupStore) -> dict[str, str]:
-    """The newest time in each published dataset's rows (its date and time columns)."""
-    try:
-        connection = open_rollups(store)
-    except PublishError:
-        return {}  # nothing published yet: the files say so
+    """The newest time in each published dataset's rows, as ``hk rollups status`` shows it."""
     newest = {}
-    with connection:
-        for dataset in all_datasets():
-            columns = [c.name for c in dataset.columns if c.type in ("TIMESTAMP", "DATE")]
-            if not columns:
-                continue
-            latest = ", ".join(f"max(CAST({name} AS TIMESTAMP))" for name in columns)
-            expression = latest if len(columns) == 1 else f"greatest({latest})"
-            try:
-                [(value,)] = connection.execute(
-                    f"SELECT {expression} FROM {dataset.name}"
-                ).fetchall()
-            except duckdb.Error:
-                continue  # a dataset the views file does not know yet
-            if value is not None:
-                dates_only = all(c.type == "DATE" for c in dataset.columns if c.name in columns)
-                newest[dataset.name] = (
-                    f"{value:%Y-%m-%d}" if dates_only else f"{value:%Y-%m-%d %H:%M:%S}"
-                )
+    for name, (value, dates_only) in newest_published(store).items():
+        newest[name] = f"{value:%Y-%m-%d}" if dates_only else f"{value:%Y-%m-%d %H:%M:%S}"
     return newest

@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 import sqlalchemy as sa
 
-from analytics.alerts.cli import alerts, rules, status
+from analytics.alerts.cli import alerts, metrics, rules, status
 from analytics.cli import parse_moment, query, rollups
 from housekeeping.cli_options import config_option, database_option, positive_duration
 from housekeeping.config import ConfigError, config_path, database_url, load_config
@@ -569,6 +569,7 @@ main.add_command(rollups)
 main.add_command(rules)
 main.add_command(alerts)
 main.add_command(status)
+main.add_command(metrics)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,8 @@ def leaf_commands(group: click.Group, prefix: str = "hk") -> dict[str, click.Com
         path = f"{prefix} {name}"
         if isinstance(command, click.Group):
             found.update(leaf_commands(command, path))
+            if command.invoke_without_command:  # `hk metrics` runs on its own too
+                found[path] = command
         else:
             found[path] = command
     return found
