@@ -26,7 +26,7 @@ from analytics.sandbox import (
     run_reading,
 )
 from analytics.settings import analytics_settings
-from housekeeping.cli_options import config_option
+from housekeeping.cli_options import config_option, positive_duration
 from housekeeping.config import load_config
 from housekeeping.errors import first_line
 
@@ -178,3 +178,44 @@ def _newest_data(store: RollupStore) -> dict[str, str]:
     for name, (value, dates_only) in newest_published(store).items():
         newest[name] = f"{value:%Y-%m-%d}" if dates_only else f"{value:%Y-%m-%d %H:%M:%S}"
     return newest
+
+
+# --- hk export --------------------------------------------------------------------------------
+@click.command("export")
+@click.argument("dataset")
+@click.option("--since", default=None, help="Only rows of this far back from now, e.g. 7d or 36h.")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["csv", "json", "parquet"]),
+    default="csv",
+    show_default=True,
+    help="csv (header line), json (one object per line) or parquet.",
+)
+@click.option(
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Write to this file (complete or not at all) instead of standard output.",
+)
+@config_option
+def export(
+    dataset: str, since: str | None, fmt: str, output: Path | None, config_file: str | None
+) -> None:
+    """Export a published dataset, streamed batch by batch (analytics/export.py).
+
+    Example: hk export requests_minute --since 7d --format parquet --output requests.parquet
+    """
+    from analytics.export import export_dataset, export_to_file, find_dataset
+
+    find_dataset(dataset)  # an unknown name needs no config
+    window = positive_duration(since, "--since") if since is not None else None
+    config = load_config(config_file)
+    settings = analytics_settings(config, config_file or "config")
+    store = RollupStore(settings.root_path, settings.database_path)
+    if output is None:
+        export_dataset(store, dataset, fmt, sys.stdout.buffer, since=window)
+        sys.stdout.buffer.flush()
+        return
+    rows = export_to_file(store, dataset, fmt, output, since=window)
+    click.echo(f"{rows} rows of {dataset} written to {output}", err=True)
