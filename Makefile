@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 DEMO_HOME := $(CURDIR)/var/dagster_home
 DEMO_ENV := DAGSTER_HOME=$(DEMO_HOME) HK_CONFIG=$(CURDIR)/hk.yaml
 
-.PHONY: install demo dev test lint bench-cleanup bench-rollup bench-rules clean
+.PHONY: install demo dev test lint bench-cleanup bench-rollup bench-rules clean bench-pg-health
 
 install: $(VENV)/.installed
 
@@ -40,6 +40,9 @@ bench-rollup: install
 
 bench-rules: install
 	$(BIN)/python bench/bench_rules.py
+
+bench-pg-health: install
+	$(BIN)/python bench/bench_pg_health.py
 
 clean:
 	rm -rf var .pytest_cache
