@@ -304,6 +304,24 @@ PG_STATEMENT_STATS = Dataset(
 )
 
 
+REQUEST_CLIENTS_MINUTE = Dataset(
+    "request_clients_minute",
+    "HTTP requests per minute x hashed client address x hashed user: the security signals "
+    "(rate-limited clients, busy users). Raw addresses and user ids are never stored.",
+    (
+        Column("minute", "TIMESTAMP", "start of the minute (UTC)"),
+        Column(
+            "client_hash",
+            "VARCHAR",
+            "sha256(key || client IP), hex (the token rollup's key); NULL without an address",
+        ),
+        Column("user_hash", "VARCHAR", "sha256(key || user id), hex; NULL for anonymous requests"),
+        Column("requests", "BIGINT", "requests in the minute"),
+        Column("rate_limited", "BIGINT", "of those, responses 429 (rate limited)"),
+    ),
+)
+
+
 def all_datasets() -> Sequence[Dataset]:
     """Every published dataset, in the order the views file defines them."""
     return (
@@ -318,4 +336,5 @@ def all_datasets() -> Sequence[Dataset]:
         PG_HEALTH,
         PG_TABLE_HEALTH,
         PG_STATEMENT_STATS,
+        REQUEST_CLIENTS_MINUTE,
     )

@@ -361,6 +361,30 @@ BUILTIN_METRICS.update(
                 )
                 for name in ("p50", "p99")
             ),
+            # The security signals (request_clients_minute: hashed clients and users only).
+            _sql(
+                "http_rate_limited_clients",
+                "distinct hashed client addresses answered 429 in the window",
+                Unit.COUNT,
+                Source.PUBLISHED_WINDOW,
+                {
+                    GroupBy.NONE: "SELECT '', count(DISTINCT client_hash) "
+                    "FROM request_clients_minute WHERE minute >= $start AND minute < $end "
+                    "AND rate_limited > 0 AND client_hash IS NOT NULL"
+                },
+            ),
+            _sql(
+                "http_user_requests_per_minute_max",
+                "requests of the busiest hashed user in any one minute of the window",
+                Unit.COUNT,
+                Source.PUBLISHED_WINDOW,
+                {
+                    GroupBy.NONE: "SELECT '', max(requests) FROM (SELECT minute, user_hash, "
+                    "sum(requests) AS requests FROM request_clients_minute "
+                    "WHERE minute >= $start AND minute < $end AND user_hash IS NOT NULL "
+                    "GROUP BY ALL)"
+                },
+            ),
         )
     }
 )

@@ -24,6 +24,7 @@ from analytics.datasets import (
     PG_HEALTH,
     PG_STATEMENT_STATS,
     PG_TABLE_HEALTH,
+    REQUEST_CLIENTS_MINUTE,
     REQUESTS_MINUTE,
     TABLE_STATS,
     TOKEN_REVOCATIONS_BY_USER,
@@ -40,6 +41,7 @@ from analytics.rollups.housekeeping_runs import (
 )
 from analytics.rollups.jobs import refresh_jobs
 from analytics.rollups.pg_health import publish_snapshot
+from analytics.rollups.request_clients import refresh_request_clients
 from analytics.rollups.requests import refresh_requests
 from analytics.rollups.table_stats import snapshot_table_stats
 from analytics.rollups.token_revocations import refresh_token_revocations
@@ -466,6 +468,32 @@ PG_HEALTH_ASSET = RollupAsset(
     multi_asset_name="pg_health_snapshot",
 )
 
+
+def _request_clients_minute(run: RollupRun) -> Iterator[dg.MaterializeResult]:
+    start, end = run.hours
+    result = refresh_request_clients(
+        run.app_database, run.store, run.settings, run.config, start, end
+    )
+    yield dg.MaterializeResult(metadata=result_metadata(result))
+
+
+REQUEST_CLIENTS_ASSET = RollupAsset(
+    datasets=(
+        (
+            REQUEST_CLIENTS_MINUTE,
+            "Requests and 429s per minute x hashed client address x hashed user (the token "
+            "rollup's keyed SHA-256; raw addresses and user ids are never stored): the security "
+            "signals behind http_rate_limit_abuse and http_user_flooding. One Parquet file per "
+            "UTC hour; analytics_freshness_sensor keeps the recent minutes current.",
+        ),
+    ),
+    partitioning=Partitioning.HOURLY,
+    pool="analytics_request_clients",
+    refresh=_request_clients_minute,
+    job="analytics_request_clients_job",
+    job_description="Recomputes hours of the security signals (hashed clients and users).",
+)
+
 ROLLUP_ASSETS = (
     REQUESTS_MINUTE_ASSET,
     JOBS_HOURLY_ASSET,
@@ -475,6 +503,7 @@ ROLLUP_ASSETS = (
     TOKEN_REVOCATIONS_ASSET,
     TABLE_STATS_ASSET,
     PG_HEALTH_ASSET,
+    REQUEST_CLIENTS_ASSET,
 )
 
 

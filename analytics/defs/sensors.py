@@ -23,6 +23,7 @@ from analytics.defs.resources import AnalyticsResource
 from analytics.freshness import FreshnessCursor, refresh_recent, refresh_recent_jobs
 from analytics.pg_health import snapshot_summary
 from analytics.rollups.pg_health import publish_snapshot
+from analytics.rollups.request_clients import refresh_recent_clients
 from analytics.rollups.token_revocations import token_policies
 from analytics.settings import AnalyticsSettings
 from housekeeping.config import HousekeepingConfig
@@ -60,9 +61,10 @@ def build_freshness_sensor(
                 db, store, loaded, FreshnessCursor.from_json(context.cursor), now
             )
             jobs_note = refresh_recent_jobs(db, store, loaded, now)
+            clients_note = refresh_recent_clients(db, store, loaded, config, now)
         finally:
             db.dispose()
-        context.log.info(f"{outcome.summary()}; {jobs_note}")
+        context.log.info(f"{outcome.summary()}; {jobs_note}; {clients_note}")
         run_requests = [
             dg.RunRequest(
                 run_key=f"finalise-{hour_partition_key(hour)}",
