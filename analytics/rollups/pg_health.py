@@ -20,10 +20,14 @@ import pyarrow as pa
 from analytics.datasets import PG_HEALTH, PG_STATEMENT_STATS, PG_TABLE_HEALTH, Dataset
 from analytics.pg_health import HealthSnapshot, statement_deltas, take_snapshot
 from analytics.publish import RollupStore, hour_key
-from analytics.rollups.engine import RollupResult, create_rollup_table, duckdb_session
+from analytics.rollups.engine import (
+    RollupResult,
+    append_to_partition,
+    create_rollup_table,
+    duckdb_session,
+)
 from housekeeping.config import HousekeepingConfig
 from housekeeping.database import AppDatabase
-from housekeeping.sql import sql_string
 
 
 def housekept_tables(config: HousekeepingConfig) -> list:
@@ -40,29 +44,17 @@ def _arrow(dataset: Dataset, rows: list[dict]) -> pa.Table:
     return pa.table(columns) if rows else pa.table({name: pa.array([]) for name in columns})
 
 
-def append_hour_rows(
+def _append(
     connection: duckdb.DuckDBPyConnection,
     store: RollupStore,
     dataset: Dataset,
     key: str,
-    rows: pa.Table,
+    rows: list[dict],
     order_by: str,
 ) -> int:
-    """Add ``rows`` to partition ``key`` of ``dataset`` (rewritten by rename); its row count."""
     connection.execute("DROP TABLE IF EXISTS rollup")
-    create_rollup_table(connection, dataset, rows)
-    store.prepare({dataset.name: dataset.typed_columns})
-    with store.writing(dataset.name):
-        select = "SELECT * FROM rollup"
-        existing = store.existing_partition(dataset.name, key)
-        if existing is not None:
-            select += (
-                f" UNION ALL SELECT {dataset.select_list()} "
-                f"FROM read_parquet({sql_string(str(existing))})"
-            )
-        return store.replace_partition(
-            connection, dataset.name, key, f"SELECT * FROM ({select}) ORDER BY {order_by}"
-        )
+    create_rollup_table(connection, dataset, _arrow(dataset, rows))
+    return append_to_partition(connection, store, dataset, key, order_by)
 
 
 def _previous_statements(
@@ -119,12 +111,12 @@ def publish_snapshot(
     taken_at = _naive(snapshot.taken_at)
     key = hour_key(snapshot.taken_at)
     with duckdb_session(store.root / ".tmp") as connection:
-        written = append_hour_rows(
+        written = _append(
             connection,
             store,
             PG_HEALTH,
             key,
-            _arrow(PG_HEALTH, [health_rows(snapshot)]),
+            [health_rows(snapshot)],
             "taken_at",
         )
         if snapshot.engine == "postgresql":
@@ -142,12 +134,12 @@ def publish_snapshot(
                 }
                 for table in snapshot.tables
             ]
-            append_hour_rows(
+            _append(
                 connection,
                 store,
                 PG_TABLE_HEALTH,
                 key,
-                _arrow(PG_TABLE_HEALTH, tables),
+                tables,
                 "taken_at, table_name",
             )
         if snapshot.statements is not None:
@@ -167,12 +159,12 @@ def publish_snapshot(
                 for delta in statement_deltas(snapshot.statements, previous)
                 if delta.calls != 0  # unchanged since the previous snapshot: nothing to add
             ]
-            append_hour_rows(
+            _append(
                 connection,
                 store,
                 PG_STATEMENT_STATS,
                 key,
-                _arrow(PG_STATEMENT_STATS, statements),
+                statements,
                 "taken_at, queryid",
             )
     result = RollupResult(

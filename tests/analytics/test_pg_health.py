@@ -16,11 +16,8 @@ import psycopg
 import pytest
 import sqlalchemy as sa
 
-from analytics.alerts.evaluate import evaluate_rules
-from analytics.alerts.metrics import MetricSource
 from analytics.alerts.model import AlertState, Severity
 from analytics.alerts.rules import RulePack, Threshold, load_rules
-from analytics.alerts.store import AlertStore
 from analytics.pg_health import StatementTotals, statement_deltas, take_snapshot
 from analytics.rollups.pg_health import publish_snapshot
 from housekeeping.config import parse_config
@@ -28,6 +25,7 @@ from housekeeping.database import AppDatabase, DatabaseError
 from housekeeping.policies import run_policy
 from housekeeping.sql import TableName
 from tests.conftest import postgres_base_url
+from tests.support.alert_support import evaluate_once
 from tests.support.analytics_data import make_settings, make_store, publish, query
 from tests.support.app_tables import create_revoked_tokens
 
@@ -57,13 +55,7 @@ def default_rule(name: str, **changes) -> RulePack:
 
 
 def evaluate(settings, tmp_path, pack, now):
-    store = AlertStore(f"sqlite:///{tmp_path / 'alerts.db'}")
-    with MetricSource(settings.database_path, rollup_root=settings.root_path) as metrics:
-        evaluate_rules(pack, metrics, store, now, {severity: "#alerts" for severity in Severity})
-    with store.transaction() as conn:
-        states = store.load_states(conn)
-    store.dispose()
-    return {(key.rule, key.group): record for key, record in states.items()}
+    return evaluate_once(settings, tmp_path / "alerts.db", pack, now)
 
 
 @pytest.fixture

@@ -10,15 +10,13 @@ import pyarrow.parquet as pq
 import pytest
 import sqlalchemy as sa
 
-from analytics.alerts.evaluate import evaluate_rules
-from analytics.alerts.metrics import MetricSource
-from analytics.alerts.model import AlertState, Severity
+from analytics.alerts.model import AlertState
 from analytics.alerts.rules import load_rules
-from analytics.alerts.store import AlertStore
 from analytics.extract import SourceError
 from analytics.rollups.engine import floor_hour
 from analytics.rollups.request_clients import refresh_recent_clients, refresh_request_clients
 from housekeeping.config import parse_config
+from tests.support.alert_support import evaluate_once
 from tests.support.analytics_data import (
     empty_reference_schema,
     make_settings,
@@ -64,14 +62,9 @@ def hashed(value: str) -> str:
 
 def evaluate(settings, tmp_path, now):
     pack = load_rules().select(["http_rate_limit_abuse", "http_user_flooding"])
-    store = AlertStore(f"sqlite:///{tmp_path / 'alerts.db'}")
-    with MetricSource(settings.database_path, rollup_root=settings.root_path) as metrics:
-        evaluate_rules(pack, metrics, store, now, {severity: "#a" for severity in Severity})
-    with store.transaction() as conn:
-        states = store.load_states(conn)
-    store.dispose()
-    found = {key.rule: record.state for key, record in states.items()}
-    return {rule.name: found.get(rule.name, AlertState.OK) for rule in pack.rules}
+    found = evaluate_once(settings, tmp_path / "alerts.db", pack, now)
+    states = {rule: record.state for (rule, _), record in found.items()}
+    return {rule.name: states.get(rule.name, AlertState.OK) for rule in pack.rules}
 
 
 def test_many_rate_limited_clients_and_a_flooding_user_fire_and_nothing_raw_is_stored(
