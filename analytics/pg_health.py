@@ -172,16 +172,19 @@ SELECT json_build_object(
         (SELECT coalesce(extract(epoch FROM max(now() - state_change)), 0)
          FROM activity WHERE state LIKE 'idle in transaction%'),
     'lock_waiting', (SELECT count(DISTINCT pid) FROM pg_locks WHERE NOT granted),
-    'statements_extension',
-        (SELECT extversion FROM pg_extension WHERE extname = 'pg_stat_statements'),
+    'statements_schema',
+        (SELECT extnamespace::regnamespace::text FROM pg_extension
+         WHERE extname = 'pg_stat_statements'),
     'tables', (SELECT coalesce(json_agg(table_health ORDER BY table_name), '[]') FROM table_health)
 )
 """
 
 
-_STATEMENTS_SQL = f"""
+def _statements_sql(schema: str) -> str:
+    # ``schema`` is regnamespace's text: already quoted where it needs to be.
+    return f"""
 SELECT queryid::text, query, calls, total_exec_time, max_exec_time
-FROM pg_stat_statements
+FROM {schema}.pg_stat_statements
 WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())
   AND queryid IS NOT NULL
 ORDER BY total_exec_time DESC
@@ -237,9 +240,9 @@ def take_snapshot(
                 f"role {found['role']} lacks pg_read_all_stats: the state and transaction "
                 f"times of other roles' sessions are hidden ({found['hidden']} session(s))"
             )
-        if found["statements_extension"] is not None:
+        if found["statements_schema"] is not None:
             try:
-                rows = connection.execute(_STATEMENTS_SQL).fetchall()
+                rows = connection.execute(_statements_sql(found["statements_schema"])).fetchall()
                 statements = tuple(
                     StatementTotals(queryid, query, int(calls), float(total), float(slowest))
                     for queryid, query, calls, total, slowest in rows

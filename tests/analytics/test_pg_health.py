@@ -255,6 +255,26 @@ def test_pg_stat_statements_deltas_when_the_server_loads_it(pg_url, tmp_path, pu
     assert rows.calls.sum() == 5 and (rows.mean_exec_ms >= 10).all()
 
 
+def test_pg_stat_statements_created_but_not_preloaded_is_named_in_one_line(pg_url):
+    with psycopg.connect(postgres_base_url(), autocommit=True) as admin:
+        preload = admin.execute("SHOW shared_preload_libraries").fetchone()[0]
+        installed = admin.execute(
+            "SELECT 1 FROM pg_extension WHERE extname = 'pg_stat_statements'"
+        ).fetchone()
+    if "pg_stat_statements" in preload or installed:
+        pytest.skip("pg_stat_statements is loaded or installed on this server already")
+    schema = pg_url.rsplit("search_path%3D", 1)[1]
+    with psycopg.connect(postgres_base_url(), autocommit=True) as admin:
+        # In the test's own schema: dropped with it.
+        admin.execute(f'CREATE EXTENSION pg_stat_statements SCHEMA "{schema}"')
+    db = AppDatabase(pg_url)
+    snapshot = take_snapshot(db, [])
+    db.dispose()
+    assert snapshot.statements is None and snapshot.connections >= 1
+    assert "pg_stat_statements: " in snapshot.missing_line()
+    assert "shared_preload_libraries" in snapshot.missing_line()
+
+
 def test_statement_deltas_count_since_the_previous_snapshot_and_survive_a_reset():
     current = [
         StatementTotals("1", "SELECT 1", 15, 150.0, 20.0),
