@@ -308,3 +308,59 @@ def test_an_unreachable_database_is_one_line_and_writes_nothing(tmp_path, publis
     with pytest.raises(DatabaseError, match="cannot connect to the application database"):
         publish_snapshot(db, store, parse_config({}))
     assert store.partition_keys("pg_health") == []
+
+
+def test_the_sensor_tick_and_the_asset_each_append_a_snapshot(
+    pg_url, tmp_path, instance, monkeypatch
+):
+    import dagster as dg
+    import yaml
+
+    from analytics.defs.assets import PG_HEALTH_ASSET, build_rollup_asset
+    from analytics.defs.definitions import build_analytics_defs
+    from analytics.defs.resources import RESOURCE_KEY, AnalyticsResource
+    from analytics.settings import analytics_settings
+    from housekeeping.config import load_config
+
+    monkeypatch.setenv("DATABASE_URL", pg_url)
+    db = AppDatabase(pg_url)
+    create_revoked_tokens(db, rows=10, expired_fraction=0.5)
+    db.dispose()
+    path = tmp_path / "hk.yaml"
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "state_database_url": f"sqlite:///{tmp_path / 'state.db'}",
+                "archive": {"root": str(tmp_path / "archive")},
+                "analytics": {"root": str(tmp_path / "analytics")},
+                "policies": {
+                    "revoked_tokens": {
+                        "kind": "expired",
+                        "table": "revoked_tokens",
+                        "cutoff_column": "expires_at",
+                    }
+                },
+            }
+        )
+    )
+    config_file = str(path)
+    resources = {RESOURCE_KEY: AnalyticsResource(config_file=config_file)}
+    defs = build_analytics_defs(load_config(config_file), config_file)
+    sensor = defs.get_sensor_def("analytics_pg_health_sensor")
+    tick = sensor(dg.build_sensor_context(instance=instance, resources=resources, definitions=defs))
+    assert "connections" in tick.skip_reason.skip_message and not tick.run_requests
+
+    config = load_config(config_file)
+    settings = analytics_settings(config, config_file)
+    asset = build_rollup_asset(PG_HEALTH_ASSET, settings, "UTC", config.owner)
+    result = dg.materialize([asset], instance=instance, resources=resources)
+    assert result.success
+    [health] = [
+        event.materialization
+        for event in result.get_asset_materialization_events()
+        if event.materialization.asset_key.path[-1] == "pg_health"
+    ]
+    assert health.metadata["rows_in_hour_file"].value in (1, 2)  # an hour may turn between
+    frame = query(settings, "SELECT * FROM pg_table_health ORDER BY taken_at")
+    assert len(frame) == 2 and set(frame.table_name) == {"revoked_tokens"}
+    assert (frame.live_tuples >= 0).all()
