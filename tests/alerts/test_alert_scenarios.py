@@ -80,7 +80,15 @@ def requests_alerts(notifications):
         ),
         (
             IncidentKind.SLOW_PERIOD,
-            [("http_latency_p95", "firing", "high"), ("http_latency_p95", "resolved", "high")],
+            # every percentile the reference watches: p95 > 2 s, p50 > 500 ms, p99 > 5 s
+            [
+                ("http_latency_p95", "firing", "high"),
+                ("http_latency_p50", "firing", "warning"),
+                ("http_latency_p99", "firing", "warning"),
+                ("http_latency_p50", "resolved", "warning"),
+                ("http_latency_p99", "resolved", "warning"),
+                ("http_latency_p95", "resolved", "high"),
+            ],
         ),
         (
             IncidentKind.TRAFFIC_GAP,
