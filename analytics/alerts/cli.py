@@ -393,7 +393,7 @@ def metrics_serve(host: str, port: int, config_file: str | None) -> None:
     except OSError as exc:
         raise click.ClickException(f"cannot listen on {host}:{port}: {exc.strerror}") from None
     stopped = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stopped.set())
+    previous = signal.signal(signal.SIGTERM, lambda *_: stopped.set())
     click.echo(f"serving http://{host}:{port}/metrics", err=True)
     try:
         stopped.wait()
@@ -401,3 +401,4 @@ def metrics_serve(host: str, port: int, config_file: str | None) -> None:
         pass
     finally:
         server.shutdown()
+        signal.signal(signal.SIGTERM, previous)
