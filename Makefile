@@ -8,7 +8,7 @@ DEMO_PARTITIONS_START = $(shell cat $(CURDIR)/var/partitions_start 2>/dev/null)
 DEMO_ENV = DAGSTER_HOME=$(DEMO_HOME) HK_CONFIG=$(CURDIR)/hk.yaml \
 	$(if $(DEMO_PARTITIONS_START),HK_PARTITIONS_START=$(DEMO_PARTITIONS_START))
 
-.PHONY: install demo dev test lint bench-cleanup bench-rollup bench-rules bench-backtest bench-logs clean
+.PHONY: install demo dev test lint bench-cleanup bench-rollup bench-rules bench-backtest bench-logs bench-pg-health clean
 
 install: $(VENV)/.installed
 
@@ -49,6 +49,9 @@ bench-rules: install
 
 bench-backtest: install
 	$(BIN)/python bench/bench_backtest.py
+
+bench-pg-health: install
+	$(BIN)/python bench/bench_pg_health.py
 
 clean:
 	rm -rf var .pytest_cache

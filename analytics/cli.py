@@ -16,16 +16,17 @@ import click
 import duckdb
 
 from analytics.datasets import all_datasets
-from analytics.publish import PublishError, RollupStore, published_span
+from analytics.publish import RollupStore, published_span
 from analytics.sandbox import (
     QueryError,
+    newest_published,
     open_rollups,
     reading_statements,
     rollup_store,
     run_reading,
 )
 from analytics.settings import analytics_settings
-from housekeeping.cli_options import config_option
+from housekeeping.cli_options import config_option, positive_duration
 from housekeeping.config import load_config
 from housekeeping.errors import first_line
 
@@ -172,28 +173,49 @@ def rollups_status(config_file: str | None) -> None:
 
 
 def _newest_data(store: RollupStore) -> dict[str, str]:
-    """The newest time in each published dataset's rows (its date and time columns)."""
-    try:
-        connection = open_rollups(store)
-    except PublishError:
-        return {}  # nothing published yet: the files say so
+    """The newest time in each published dataset's rows, as ``hk rollups status`` shows it."""
     newest = {}
-    with connection:
-        for dataset in all_datasets():
-            columns = [c.name for c in dataset.columns if c.type in ("TIMESTAMP", "DATE")]
-            if not columns:
-                continue
-            latest = ", ".join(f"max(CAST({name} AS TIMESTAMP))" for name in columns)
-            expression = latest if len(columns) == 1 else f"greatest({latest})"
-            try:
-                [(value,)] = connection.execute(
-                    f"SELECT {expression} FROM {dataset.name}"
-                ).fetchall()
-            except duckdb.Error:
-                continue  # a dataset the views file does not know yet
-            if value is not None:
-                dates_only = all(c.type == "DATE" for c in dataset.columns if c.name in columns)
-                newest[dataset.name] = (
-                    f"{value:%Y-%m-%d}" if dates_only else f"{value:%Y-%m-%d %H:%M:%S}"
-                )
+    for name, (value, dates_only) in newest_published(store).items():
+        newest[name] = f"{value:%Y-%m-%d}" if dates_only else f"{value:%Y-%m-%d %H:%M:%S}"
     return newest
+
+
+# --- hk export --------------------------------------------------------------------------------
+@click.command("export")
+@click.argument("dataset")
+@click.option("--since", default=None, help="Only rows of this far back from now, e.g. 7d or 36h.")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["csv", "json", "parquet"]),
+    default="csv",
+    show_default=True,
+    help="csv (header line), json (one object per line) or parquet.",
+)
+@click.option(
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Write to this file (complete or not at all) instead of standard output.",
+)
+@config_option
+def export(
+    dataset: str, since: str | None, fmt: str, output: Path | None, config_file: str | None
+) -> None:
+    """Export a published dataset, streamed batch by batch (analytics/export.py).
+
+    Example: hk export requests_minute --since 7d --format parquet --output requests.parquet
+    """
+    from analytics.export import export_dataset, export_to_file, find_dataset
+
+    find_dataset(dataset)  # an unknown name needs no config
+    window = positive_duration(since, "--since") if since is not None else None
+    config = load_config(config_file)
+    settings = analytics_settings(config, config_file or "config")
+    store = RollupStore(settings.root_path, settings.database_path)
+    if output is None:
+        export_dataset(store, dataset, fmt, sys.stdout.buffer, since=window)
+        sys.stdout.buffer.flush()
+        return
+    rows = export_to_file(store, dataset, fmt, output, since=window)
+    click.echo(f"{rows} rows of {dataset} written to {output}", err=True)

@@ -252,6 +252,110 @@ LOG_ERRORS_HOURLY = Dataset(
 )
 
 
+PG_HEALTH = Dataset(
+    "pg_health",
+    "Health snapshots of the application database, one a minute: connections by state against "
+    "max_connections, the longest transaction, lock waits, database size (SQLite: file size only).",
+    (
+        Column("taken_at", "TIMESTAMP", "when the snapshot was taken (database clock, UTC)"),
+        Column("engine", "VARCHAR", "postgresql or sqlite"),
+        Column("database_bytes", "BIGINT", "pg_database_size of the database; SQLite: file size"),
+        Column("max_connections", "INTEGER", "the server's max_connections"),
+        Column("connections", "INTEGER", "client backends connected (all databases)"),
+        Column("connections_active", "INTEGER", "of those, running a statement"),
+        Column("connections_idle", "INTEGER", "of those, idle"),
+        Column(
+            "connections_idle_in_transaction",
+            "INTEGER",
+            "of those, idle in transaction (aborted ones included)",
+        ),
+        Column("connections_other", "INTEGER", "of those, in another state (fastpath, disabled)"),
+        Column(
+            "connections_hidden",
+            "INTEGER",
+            "of those, sessions of other roles whose state this role may not see "
+            "(no pg_read_all_stats)",
+        ),
+        Column("connections_used", "DOUBLE", "connections / max_connections (0-1)"),
+        Column(
+            "longest_transaction_s",
+            "DOUBLE",
+            "age of the oldest open transaction (s), 0 when none; it holds back vacuum",
+        ),
+        Column(
+            "longest_idle_in_transaction_s",
+            "DOUBLE",
+            "the longest a session has sat idle in transaction (s), 0 when none",
+        ),
+        Column("lock_waiting_sessions", "INTEGER", "sessions waiting for a lock (pg_locks)"),
+        Column(
+            "missing",
+            "VARCHAR",
+            "what the role could not read (one line), NULL when it read everything",
+        ),
+    ),
+)
+
+
+PG_TABLE_HEALTH = Dataset(
+    "pg_table_health",
+    "Per housekept table and health snapshot: live and dead tuples, the last (auto)vacuum and "
+    "(auto)analyze (pg_stat_user_tables; PostgreSQL only).",
+    (
+        Column("taken_at", "TIMESTAMP", "when the snapshot was taken (database clock, UTC)"),
+        Column("table_name", "VARCHAR", "the housekept table (partitions summed)"),
+        Column("live_tuples", "BIGINT", "n_live_tup"),
+        Column("dead_tuples", "BIGINT", "n_dead_tup: deleted rows vacuum has not reclaimed"),
+        Column("dead_ratio", "DOUBLE", "dead_tuples / live_tuples (NULL when no live tuples)"),
+        Column("last_vacuum", "TIMESTAMP", "last manual VACUUM (UTC)"),
+        Column("last_autovacuum", "TIMESTAMP", "last autovacuum (UTC)"),
+        Column("last_analyze", "TIMESTAMP", "last manual ANALYZE (UTC)"),
+        Column("last_autoanalyze", "TIMESTAMP", "last autoanalyze (UTC)"),
+    ),
+)
+
+
+PG_STATEMENT_STATS = Dataset(
+    "pg_statement_stats",
+    "Per normalized statement and health snapshot, when pg_stat_statements is installed: calls "
+    "and execution time since the previous snapshot. The query text stays here (never in Slack).",
+    (
+        Column("taken_at", "TIMESTAMP", "when the snapshot was taken (database clock, UTC)"),
+        Column("queryid", "VARCHAR", "pg_stat_statements.queryid (the rules' group)"),
+        Column("query", "VARCHAR", "the normalized statement text"),
+        Column("calls", "BIGINT", "calls since the previous snapshot"),
+        Column("exec_ms", "DOUBLE", "execution time of those calls (ms)"),
+        Column("mean_exec_ms", "DOUBLE", "exec_ms / calls (ms)"),
+        Column(
+            "max_exec_ms",
+            "DOUBLE",
+            "slowest call since the statistics were reset (ms; pg_stat_statements keeps no "
+            "per-interval maximum)",
+        ),
+        Column("calls_total", "BIGINT", "calls since the statistics were reset"),
+        Column("exec_ms_total", "DOUBLE", "execution time since the statistics were reset (ms)"),
+    ),
+)
+
+
+REQUEST_CLIENTS_MINUTE = Dataset(
+    "request_clients_minute",
+    "HTTP requests per minute x hashed client address x hashed user: the security signals "
+    "(rate-limited clients, busy users). Raw addresses and user ids are never stored.",
+    (
+        Column("minute", "TIMESTAMP", "start of the minute (UTC)"),
+        Column(
+            "client_hash",
+            "VARCHAR",
+            "sha256(key || client IP), hex (the token rollup's key); NULL without an address",
+        ),
+        Column("user_hash", "VARCHAR", "sha256(key || user id), hex; NULL for anonymous requests"),
+        Column("requests", "BIGINT", "requests in the minute"),
+        Column("rate_limited", "BIGINT", "of those, responses 429 (rate limited)"),
+    ),
+)
+
+
 def all_datasets() -> Sequence[Dataset]:
     """Every published dataset, in the order the views file defines them."""
     return (
@@ -265,4 +369,8 @@ def all_datasets() -> Sequence[Dataset]:
         TABLE_STATS,
         LOG_INGEST_ERRORS,
         LOG_ERRORS_HOURLY,
+        PG_HEALTH,
+        PG_TABLE_HEALTH,
+        PG_STATEMENT_STATS,
+        REQUEST_CLIENTS_MINUTE,
     )

@@ -21,11 +21,13 @@ metrics and SQL rules, the daily summary, ``hk rollups status`` and the demo's r
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import duckdb
 
+from analytics.datasets import all_datasets
 from analytics.publish import PublishError, RollupStore
 from housekeeping.errors import HkError, first_line
 from housekeeping.sql import sql_string
@@ -160,3 +162,31 @@ def rollup_store(database: Path, root: Path | None = None) -> RollupStore:
     if root is None and (manifest := store.published_manifest()) is not None:
         store = RollupStore(Path(manifest.root), Path(database))
     return store
+
+
+def newest_published(store: RollupStore) -> dict[str, tuple[datetime, bool]]:
+    """Per published dataset: the newest time in its rows (its date and time columns, naive UTC
+    for timestamps) and whether those columns are all dates. A dataset without rows, or one the
+    views file does not know yet, is left out; nothing published at all is an empty dict."""
+    try:
+        connection = open_rollups(store)
+    except PublishError:
+        return {}  # nothing published yet: the files say so
+    newest = {}
+    with connection:
+        for dataset in all_datasets():
+            columns = [c.name for c in dataset.columns if c.type in ("TIMESTAMP", "DATE")]
+            if not columns:
+                continue
+            latest = ", ".join(f"max(CAST({name} AS TIMESTAMP))" for name in columns)
+            expression = latest if len(columns) == 1 else f"greatest({latest})"
+            try:
+                [(value,)] = connection.execute(
+                    f"SELECT {expression} FROM {dataset.name}"
+                ).fetchall()
+            except duckdb.Error:
+                continue  # a dataset the views file does not know yet
+            if value is not None:
+                dates_only = all(c.type == "DATE" for c in dataset.columns if c.name in columns)
+                newest[dataset.name] = (value, dates_only)
+    return newest

@@ -38,6 +38,9 @@ class RequestLogsSource(TableSection):
     route: Identifier = "route"
     status_code: Identifier = "status_code"
     duration_ms: Identifier = "duration_ms"
+    # The security signals (request_clients_minute) read these two, hashed with the user key.
+    ip: Identifier = "ip"
+    user_id: Identifier = "user_id"
 
 
 class JobsSource(TableSection):

@@ -11,8 +11,8 @@ from pathlib import Path
 import click
 import sqlalchemy as sa
 
-from analytics.alerts.cli import alerts, rules, status
-from analytics.cli import parse_moment, query, rollups
+from analytics.alerts.cli import alerts, metrics, rules, status
+from analytics.cli import export, parse_moment, query, rollups
 from housekeeping.cli_options import config_option, database_option, positive_duration
 from housekeeping.config import ConfigError, config_path, database_url, load_config
 from housekeeping.database import AppDatabase
@@ -801,6 +801,8 @@ main.add_command(rollups)
 main.add_command(rules)
 main.add_command(alerts)
 main.add_command(status)
+main.add_command(metrics)
+main.add_command(export)
 
 
 if __name__ == "__main__":

@@ -43,7 +43,10 @@ def commands(group: click.Group = main, path: tuple[str, ...] = ()) -> Iterator[
             yield (*path, name), command
 
 
-COMMANDS = dict(commands())
+# A server runs until stopped when its input is good (tests/test_metrics_endpoint.py covers its
+# bad inputs): not a case for this loop.
+SERVERS = {("metrics", "serve")}
+COMMANDS = {path: command for path, command in commands() if path not in SERVERS}
 
 
 @dataclass

@@ -27,6 +27,8 @@ class GroupBy(StrEnum):
     JOB = "job"  # queue/name
     SERVICE = "service"
     POLICY = "policy"
+    TABLE = "table"  # a housekept table (the database health snapshots)
+    STATEMENT = "statement"  # a pg_stat_statements queryid (never its text)
 
 
 class Unit(StrEnum):
@@ -76,6 +78,9 @@ class Source(StrEnum):
     # Minutes since the end of the newest published request minute; SQL returns that minute
     # among those before $end (the evaluation's minute, naive UTC: a replay sees no later one).
     ROLLUP_LAG = "rollup_lag"
+    # A published snapshot dataset (pg_health, pg_table_health, pg_statement_stats); SQL binds
+    # $start and $end (the window's whole minutes, naive UTC).
+    PUBLISHED_WINDOW = "published_window"
 
 
 @dataclass(frozen=True)
@@ -283,6 +288,118 @@ BUILTIN_METRICS: dict[str, MetricSpec] = {
         ),
     )
 }
+
+
+def _latest_snapshot(
+    dataset: str, value: str, grouping: GroupBy = GroupBy.NONE
+) -> dict[GroupBy, str]:
+    # The newest snapshot of the window: a gauge, never summed over snapshots.
+    group = {GroupBy.NONE: "''", GroupBy.TABLE: "table_name"}[grouping]
+    return {
+        grouping: f"SELECT {group}, {value} FROM {dataset} WHERE taken_at = "
+        f"(SELECT max(taken_at) FROM {dataset} WHERE taken_at >= $start AND taken_at < $end) "
+        "GROUP BY 1"
+    }
+
+
+# The application database's health (analytics/pg_health.py) and the other latency percentiles.
+BUILTIN_METRICS.update(
+    {
+        spec.name: spec
+        for spec in (
+            _sql(
+                "pg_connections_used",
+                "client connections / max_connections at the newest snapshot",
+                Unit.RATIO,
+                Source.PUBLISHED_WINDOW,
+                _latest_snapshot("pg_health", "max(connections_used)"),
+            ),
+            _sql(
+                "pg_connections",
+                "client connections at the newest snapshot",
+                Unit.COUNT,
+                Source.PUBLISHED_WINDOW,
+                _latest_snapshot("pg_health", "max(connections)"),
+            ),
+            _sql(
+                "pg_longest_transaction_minutes",
+                "age of the oldest open transaction at the newest snapshot",
+                Unit.MINUTES,
+                Source.PUBLISHED_WINDOW,
+                _latest_snapshot("pg_health", "max(longest_transaction_s) / 60"),
+            ),
+            _sql(
+                "pg_lock_waiting_sessions",
+                "sessions waiting for a lock at the newest snapshot",
+                Unit.COUNT,
+                Source.PUBLISHED_WINDOW,
+                _latest_snapshot("pg_health", "max(lock_waiting_sessions)"),
+            ),
+            _sql(
+                "pg_dead_tuple_ratio",
+                "dead / live tuples of a housekept table with 1,000+ dead tuples, newest snapshot",
+                Unit.RATIO,
+                Source.PUBLISHED_WINDOW,
+                _latest_snapshot(
+                    "pg_table_health",
+                    "max(CASE WHEN dead_tuples >= 1000 THEN dead_ratio END)",
+                    GroupBy.TABLE,
+                ),
+            ),
+            _sql(
+                "pg_statement_mean_ms",
+                "mean execution time of a statement's calls in the window (pg_stat_statements)",
+                Unit.MILLISECONDS,
+                Source.PUBLISHED_WINDOW,
+                {
+                    grouping: f"SELECT {group}, sum(exec_ms) / nullif(sum(calls), 0) "
+                    "FROM pg_statement_stats WHERE taken_at >= $start AND taken_at < $end "
+                    "AND calls IS NOT NULL GROUP BY 1"
+                    for grouping, group in ((GroupBy.NONE, "''"), (GroupBy.STATEMENT, "queryid"))
+                },
+            ),
+            *(
+                _sql(
+                    f"http_latency_{name}_ms",
+                    f"{name} latency from the merged minute sketches",
+                    Unit.MILLISECONDS,
+                    Source.REQUEST_MINUTES,
+                    {
+                        GroupBy.NONE: f"SELECT '', latency_{name}_ms "
+                        "FROM request_stats_overall($start, $end)",
+                        GroupBy.ROUTE: f"SELECT route, latency_{name}_ms "
+                        "FROM request_stats($start, $end)",
+                    },
+                )
+                for name in ("p50", "p99")
+            ),
+            # The security signals (request_clients_minute: hashed clients and users only).
+            _sql(
+                "http_rate_limited_clients",
+                "distinct hashed client addresses answered 429 in the window",
+                Unit.COUNT,
+                Source.PUBLISHED_WINDOW,
+                {
+                    GroupBy.NONE: "SELECT '', count(DISTINCT client_hash) "
+                    "FROM request_clients_minute WHERE minute >= $start AND minute < $end "
+                    "AND rate_limited > 0 AND client_hash IS NOT NULL"
+                },
+            ),
+            _sql(
+                "http_user_requests_per_minute_max",
+                "requests of the busiest hashed user in any one minute of the window",
+                Unit.COUNT,
+                Source.PUBLISHED_WINDOW,
+                {
+                    GroupBy.NONE: "SELECT '', max(requests) FROM (SELECT minute, user_hash, "
+                    "sum(requests) AS requests FROM request_clients_minute "
+                    "WHERE minute >= $start AND minute < $end AND user_hash IS NOT NULL "
+                    "GROUP BY ALL)"
+                },
+            ),
+        )
+    }
+)
 
 
 def unit_of(metric: str | None) -> Unit | None:

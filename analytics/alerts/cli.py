@@ -551,3 +551,49 @@ def status(as_json: bool, config_file: str | None) -> None:
     for alert in active:
         group = f" [{alert['group']}]" if alert["group"] else ""
         click.echo(f"  {alert['state']:<8} {alert['severity'] or '-':<8} {alert['rule']}{group}")
+
+
+# --- hk metrics -------------------------------------------------------------------------------
+@click.group(invoke_without_command=True)
+@config_option
+@click.pass_context
+def metrics(context: click.Context, config_file: str | None) -> None:
+    """Print every metric in the Prometheus text format (or serve it: hk metrics serve).
+
+    Per policy the cleanup metrics of hk status --json, rollup freshness, every alert's state
+    and severity, and the newest database health snapshot (analytics/alerts/prometheus.py).
+    """
+    if context.invoked_subcommand is None:
+        from analytics.alerts.prometheus import render_metrics
+
+        click.echo(render_metrics(config_file), nl=False)
+
+
+@metrics.command("serve")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option(
+    "--port", type=click.IntRange(1, 65535), default=9464, show_default=True, help="TCP port."
+)
+@config_option
+def metrics_serve(host: str, port: int, config_file: str | None) -> None:
+    """Serve /metrics for a Prometheus scrape until interrupted (Ctrl-C or SIGTERM)."""
+    import signal
+    import threading
+
+    from analytics.alerts.prometheus import render_metrics, serve_metrics
+
+    render_metrics(config_file)  # a bad config fails here, before anything listens
+    try:
+        server = serve_metrics(host, port, config_file)
+    except OSError as exc:
+        raise click.ClickException(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    stopped = threading.Event()
+    previous = signal.signal(signal.SIGTERM, lambda *_: stopped.set())
+    click.echo(f"serving http://{host}:{port}/metrics", err=True)
+    try:
+        stopped.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.shutdown()
+        signal.signal(signal.SIGTERM, previous)

@@ -243,6 +243,11 @@ class MetricSource:
             if self._probe_result is None:
                 self._probe_result = bool(self.database_probe())
             return {"": 1.0 if self._probe_result else 0.0}
+        if spec.source is Source.PUBLISHED_WINDOW:
+            start, end = window_bounds(now, rule.window)
+            sql = spec.sql[rule.group_by]
+            rows = self._query(sql, _bound(sql, {"start": start, "end": end}))
+            return self._grouped(spec, rows, rule.group_by)
         return self._rollup_lag(spec, now)
 
     def check_sql(self, rule: Rule, now: datetime) -> GroupValues | None:

@@ -21,6 +21,10 @@ from analytics.datasets import (
     HOUSEKEEPING_RUNS,
     HOUSEKEEPING_SUMMARY,
     JOBS_HOURLY,
+    PG_HEALTH,
+    PG_STATEMENT_STATS,
+    PG_TABLE_HEALTH,
+    REQUEST_CLIENTS_MINUTE,
     REQUESTS_MINUTE,
     TABLE_STATS,
     TOKEN_REVOCATIONS_BY_USER,
@@ -36,6 +40,8 @@ from analytics.rollups.housekeeping_runs import (
     refresh_housekeeping_summary,
 )
 from analytics.rollups.jobs import refresh_jobs
+from analytics.rollups.pg_health import publish_snapshot
+from analytics.rollups.request_clients import refresh_request_clients
 from analytics.rollups.requests import refresh_requests
 from analytics.rollups.table_stats import snapshot_table_stats
 from analytics.rollups.token_revocations import refresh_token_revocations
@@ -286,6 +292,19 @@ def _table_stats(run: RollupRun) -> Iterator[dg.MaterializeResult]:
     yield dg.MaterializeResult(metadata=metadata)
 
 
+def _pg_health(run: RollupRun) -> Iterator[dg.MaterializeResult]:
+    snapshot, result = publish_snapshot(run.app_database, run.store, run.config)
+    run.log.info(f"health snapshot taken at {result.start:%H:%M:%S}")
+    metadata = result_metadata(result)
+    metadata["rows_in_hour_file"] = metadata.pop("rows_written")
+    if snapshot.missing:
+        metadata["missing"] = snapshot.missing_line()
+        run.log.warning(f"health snapshot incomplete: {snapshot.missing_line()}")
+    yield dg.MaterializeResult(asset_key=asset_key(PG_HEALTH), metadata=metadata)
+    for dataset in (PG_TABLE_HEALTH, PG_STATEMENT_STATS):
+        yield dg.MaterializeResult(asset_key=asset_key(dataset))
+
+
 REQUESTS_MINUTE_ASSET = RollupAsset(
     datasets=(
         (
@@ -421,6 +440,60 @@ TABLE_STATS_ASSET = RollupAsset(
     job_description="Takes one snapshot of every housekept table's rows, expired rows and size.",
 )
 
+PG_HEALTH_ASSET = RollupAsset(
+    datasets=(
+        (
+            PG_HEALTH,
+            "Health snapshots of the application database: connections by state against "
+            "max_connections, the oldest transaction, lock waits, database size (SQLite: the "
+            "file size only). analytics_pg_health_sensor takes one every minute; one Parquet "
+            "file per UTC hour.",
+        ),
+        (
+            PG_TABLE_HEALTH,
+            "Per housekept table and snapshot: live and dead tuples, the last (auto)vacuum and "
+            "(auto)analyze.",
+        ),
+        (
+            PG_STATEMENT_STATS,
+            "Per statement and snapshot (when pg_stat_statements is installed): calls and "
+            "execution time since the previous snapshot. Query text stays in this dataset.",
+        ),
+    ),
+    partitioning=Partitioning.NONE,
+    pool="analytics_pg_health",
+    refresh=_pg_health,
+    job="analytics_pg_health_job",
+    job_description="Takes one health snapshot of the application database.",
+    multi_asset_name="pg_health_snapshot",
+)
+
+
+def _request_clients_minute(run: RollupRun) -> Iterator[dg.MaterializeResult]:
+    start, end = run.hours
+    result = refresh_request_clients(
+        run.app_database, run.store, run.settings, run.config, start, end
+    )
+    yield dg.MaterializeResult(metadata=result_metadata(result))
+
+
+REQUEST_CLIENTS_ASSET = RollupAsset(
+    datasets=(
+        (
+            REQUEST_CLIENTS_MINUTE,
+            "Requests and 429s per minute x hashed client address x hashed user (the token "
+            "rollup's keyed SHA-256; raw addresses and user ids are never stored): the security "
+            "signals behind http_rate_limit_abuse and http_user_flooding. One Parquet file per "
+            "UTC hour; analytics_freshness_sensor keeps the recent minutes current.",
+        ),
+    ),
+    partitioning=Partitioning.HOURLY,
+    pool="analytics_request_clients",
+    refresh=_request_clients_minute,
+    job="analytics_request_clients_job",
+    job_description="Recomputes hours of the security signals (hashed clients and users).",
+)
+
 ROLLUP_ASSETS = (
     REQUESTS_MINUTE_ASSET,
     JOBS_HOURLY_ASSET,
@@ -429,6 +502,8 @@ ROLLUP_ASSETS = (
     HOUSEKEEPING_SUMMARY_ASSET,
     TOKEN_REVOCATIONS_ASSET,
     TABLE_STATS_ASSET,
+    PG_HEALTH_ASSET,
+    REQUEST_CLIENTS_ASSET,
 )
 
 

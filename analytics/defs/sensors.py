@@ -21,6 +21,9 @@ from analytics.defs.jobs import AssetJob
 from analytics.defs.partitions import hour_partition_key
 from analytics.defs.resources import AnalyticsResource
 from analytics.freshness import FreshnessCursor, refresh_recent, refresh_recent_jobs
+from analytics.pg_health import snapshot_summary
+from analytics.rollups.pg_health import publish_snapshot
+from analytics.rollups.request_clients import refresh_recent_clients
 from analytics.rollups.token_revocations import token_policies
 from analytics.settings import AnalyticsSettings
 from housekeeping.config import HousekeepingConfig
@@ -59,9 +62,10 @@ def build_freshness_sensor(
                 db, store, loaded, FreshnessCursor.from_json(context.cursor), now
             )
             jobs_note = refresh_recent_jobs(db, store, loaded, now)
+            clients_note = refresh_recent_clients(db, store, loaded, config, now)
         finally:
             db.dispose()
-        context.log.info(f"{outcome.summary()}; {jobs_note}")
+        context.log.info(f"{outcome.summary()}; {jobs_note}; {clients_note}")
         run_requests = [
             dg.RunRequest(
                 run_key=f"finalise-{hour_partition_key(hour)}",
@@ -164,6 +168,44 @@ def build_housekeeping_history_sensor(
     return analytics_housekeeping_history_sensor
 
 
+PG_HEALTH_SENSOR = "analytics_pg_health_sensor"
+
+
+def build_pg_health_sensor() -> dg.SensorDefinition:
+    """The sensor that takes a health snapshot of the application database every minute.
+
+    Like the freshness sensor, it works inside the tick (a snapshot costs milliseconds): a run
+    a minute would fill the run history. ``hk`` and the asset take one on demand.
+    """
+
+    @dg.sensor(
+        name=PG_HEALTH_SENSOR,
+        minimum_interval_seconds=60,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description=(
+            "Every minute: one health snapshot of the application database (connections, the "
+            "oldest transaction, lock waits, dead tuples of the housekept tables, "
+            "pg_stat_statements deltas), appended to pg_health, pg_table_health and "
+            "pg_statement_stats. On SQLite: the file size."
+        ),
+    )
+    def analytics_pg_health_sensor(
+        context: dg.SensorEvaluationContext, analytics: AnalyticsResource
+    ) -> dg.SensorResult:
+        config, loaded = analytics.load()
+        store = analytics.store(config, loaded)
+        db = analytics.app_database()
+        try:
+            snapshot, _ = publish_snapshot(db, store, config)
+        finally:
+            db.dispose()
+        summary = snapshot_summary(snapshot)
+        context.log.info(summary)
+        return dg.SensorResult(skip_reason=summary)
+
+    return analytics_pg_health_sensor
+
+
 def build_sensors(
     config: HousekeepingConfig,
     settings: AnalyticsSettings,
@@ -182,4 +224,5 @@ def build_sensors(
             jobs[TOKEN_REVOCATIONS_ASSET.job],
             frozenset(token_policies(config, token_table)),
         ),
+        build_pg_health_sensor(),
     ]

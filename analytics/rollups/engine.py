@@ -196,6 +196,29 @@ def replace_dataset_partition(
         )
 
 
+def append_to_partition(
+    connection: duckdb.DuckDBPyConnection,
+    store: RollupStore,
+    dataset: Dataset,
+    key: str,
+    order_by: str,
+) -> int:
+    """Add the temp table ``rollup``'s rows to partition ``key`` of ``dataset`` (the file is
+    rewritten with its rows and the new ones, replaced by rename); the rows it now holds."""
+    store.prepare({dataset.name: dataset.typed_columns})
+    with store.writing(dataset.name):
+        select = "SELECT * FROM rollup"
+        existing = store.existing_partition(dataset.name, key)
+        if existing is not None:
+            select += (
+                f" UNION ALL SELECT {dataset.select_list()} "
+                f"FROM read_parquet({sql_string(str(existing))})"
+            )
+        return store.replace_partition(
+            connection, dataset.name, key, f"SELECT * FROM ({select}) ORDER BY {order_by}"
+        )
+
+
 def replace_hour_partitions(
     connection: duckdb.DuckDBPyConnection,
     store: RollupStore,

@@ -23,6 +23,7 @@ from analytics.datasets import TABLE_STATS
 from analytics.publish import RollupStore
 from analytics.rollups.engine import (
     RollupResult,
+    append_to_partition,
     create_rollup_table,
     duckdb_session,
     preview_rows,
@@ -31,7 +32,7 @@ from housekeeping.config import HousekeepingConfig
 from housekeeping.database import AppDatabase
 from housekeeping.policies import build_targets, count_rows
 from housekeeping.schema_check import check_policy
-from housekeeping.sql import TableName, quote_identifier, sql_string
+from housekeeping.sql import TableName, quote_identifier
 
 
 @dataclass(frozen=True)
@@ -135,21 +136,7 @@ def snapshot_table_stats(
     key = taken_at.astimezone(UTC).date().isoformat()
     with duckdb_session(store.root / ".tmp") as connection:
         create_rollup_table(connection, TABLE_STATS, pa.Table.from_pylist(records, schema=_SCHEMA))
-        store.prepare({TABLE_STATS.name: TABLE_STATS.typed_columns})
-        with store.writing(TABLE_STATS.name):
-            select = "SELECT * FROM rollup"
-            existing = store.existing_partition(TABLE_STATS.name, key)
-            if existing is not None:
-                select += (
-                    f" UNION ALL SELECT {TABLE_STATS.select_list()} "
-                    f"FROM read_parquet({sql_string(str(existing))})"
-                )
-            written = store.replace_partition(
-                connection,
-                TABLE_STATS.name,
-                key,
-                f"SELECT * FROM ({select}) ORDER BY taken_at, policy",
-            )
+        written = append_to_partition(connection, store, TABLE_STATS, key, "taken_at, policy")
         preview = preview_rows(connection, "rollup", "policy")
     return RollupResult(
         TABLE_STATS.name,

@@ -86,10 +86,15 @@ def requests_alerts(notifications):
             IncidentKind.SLOW_PERIOD,
             [
                 ("http_latency_p95", "firing", "high"),
-                # the whole application is slow: every route with 50+ requests in 5 minutes
+                # the whole application is slow: every route with 50+ requests in 5 minutes, and
+                # every percentile the reference watches (p95 > 2 s, p50 > 500 ms, p99 > 5 s)
                 ("http_route_latency_p95[/api/v1/users/:id]", "firing", "high"),
                 ("http_route_latency_p95[/health]", "firing", "high"),
+                ("http_latency_p50", "firing", "warning"),
+                ("http_latency_p99", "firing", "warning"),
                 ("http_route_latency_p95[/api/v1/orders]", "firing", "high"),
+                ("http_latency_p50", "resolved", "warning"),
+                ("http_latency_p99", "resolved", "warning"),
                 ("http_latency_p95", "resolved", "high"),
                 ("http_route_latency_p95[/api/v1/orders]", "resolved", "high"),
                 ("http_route_latency_p95[/api/v1/users/:id]", "resolved", "high"),

@@ -54,3 +54,19 @@ def pack(text: str) -> RulePack:
 
 def store_at(tmp_path: Path) -> AlertStore:
     return AlertStore(f"sqlite:///{tmp_path / 'alerts.db'}")
+
+
+def evaluate_once(settings: AnalyticsSettings, alerts_db: Path, pack: RulePack, now: datetime):
+    """One evaluation of ``pack`` over the published rollups into the alert store at
+    ``alerts_db``; the stored records by (rule, group)."""
+    from analytics.alerts.evaluate import evaluate_rules
+    from analytics.alerts.metrics import MetricSource
+    from analytics.alerts.model import Severity
+
+    store = AlertStore(f"sqlite:///{alerts_db}")
+    with MetricSource(settings.database_path, rollup_root=settings.root_path) as metrics:
+        evaluate_rules(pack, metrics, store, now, {severity: "#alerts" for severity in Severity})
+    with store.transaction() as conn:
+        states = store.load_states(conn)
+    store.dispose()
+    return {(key.rule, key.group): record for key, record in states.items()}

@@ -62,11 +62,18 @@ WRITTEN_BY: dict[Dataset, Dataset] = {
 
 
 def rule_dataset(rule: Rule) -> Dataset:
-    """The published dataset ``rule`` reads: its metric's source, or for a SQL rule the first
-    dataset its query names (requests_minute when it names none)."""
+    """The published dataset ``rule`` reads: its metric's source (for a metric over published
+    snapshots, the first dataset its SQL names), or for a SQL rule the first dataset its query
+    names (requests_minute when it names none); a dataset written by another asset's run stands
+    for that asset's (WRITTEN_BY)."""
     if rule.metric is not None:
-        return SOURCE_DATASETS[BUILTIN_METRICS[rule.metric].source]
-    words = set(re.findall(r"[A-Za-z_][A-Za-z0-9_]*", rule.sql or ""))
+        spec = BUILTIN_METRICS[rule.metric]
+        if spec.source in SOURCE_DATASETS:
+            return SOURCE_DATASETS[spec.source]
+        sql = " ".join(spec.sql.values())
+    else:
+        sql = rule.sql or ""
+    words = set(re.findall(r"[A-Za-z_][A-Za-z0-9_]*", sql))
     named = [dataset for dataset in all_datasets() if dataset.name in words]
     return WRITTEN_BY.get(named[0], named[0]) if named else REQUESTS_MINUTE
 
