@@ -1043,7 +1043,9 @@ def _delete_walk(
                 )
             )
         if lanes > 1:
-            worker = ThreadPoolExecutor(max_workers=lanes, thread_name_prefix="hk-archive")
+            # Named after the worker, so a log line (or a test) can tell whose batch it was.
+            prefix = f"{threading.current_thread().name}-archive"
+            worker = ThreadPoolExecutor(max_workers=lanes, thread_name_prefix=prefix)
         while True:
             while in_flight and (in_flight[0][1] is None or in_flight[0][1].done()):
                 record(in_flight.popleft())
