@@ -14,6 +14,10 @@ Three ways to walk a table, chosen per run:
 
 Batch sizes adapt so each transaction lasts about ``batch.target_duration``.
 
+A page walk runs ``batch.workers`` workers at once (threads, each with its own connections: the
+driver releases the GIL while the server works), taking disjoint runs of pages from one shared
+cursor; see ``delete_in_batches``.
+
 On PostgreSQL, what costs time besides the deleting itself is sending rows back, so a batch only
 asks for rows it needs: none without an archive (the server reports the count). An archived
 range batch runs in REPEATABLE READ and reads its rows with a plain SELECT, then deletes them with
