@@ -193,12 +193,13 @@ def stream_rows(
     aliases: Sequence[str],
     where: Sequence[TimeRange] = (),
     *,
-    streams: int = COPY_STREAMS,
+    streams: int | None = None,
 ) -> RowStream:
     """The source's ``aliases`` columns (renamed to the aliases) of rows inside every range.
 
     The rows come in no particular order. On PostgreSQL a range of two hours or more on an
-    indexed timestamp column (``hour_pieces``) is read by ``streams`` connections at once, each
+    indexed timestamp column (``hour_pieces``) is read by ``streams`` (default COPY_STREAMS)
+    connections at once, each
     taking the next whole UTC hour as its own COPY; at most PREFETCH_BATCHES record batches per
     connection wait in memory.
 
@@ -211,6 +212,7 @@ def stream_rows(
         source = check_source(db, source)
     columns = [source.column(alias) for alias in aliases]
     if db.is_postgres:
+        streams = COPY_STREAMS if streams is None else streams
         pieces = hour_pieces(source, where) if streams > 1 else [list(where)]
         if len(pieces) > 1:
             texts = [_postgres_query(source, columns, piece) for piece in pieces]
