@@ -44,8 +44,8 @@ def workers_config(tmp_path, workers: int = WORKERS, **policy) -> HousekeepingCo
     return with_workers(token_config(tmp_path, strategy="page_ranges", **policy), workers)
 
 
-def crash_in_worker(monkeypatch, owner, name: str, worker: int, after_calls: int = 1) -> list:
-    """``owner.name`` raises Crash on its call number ``after_calls + 1`` made for ``worker``'s
+def crash_in_worker(monkeypatch, owner, name: str, worker: int, after_calls: int = 0) -> list:
+    """``owner.name`` raises Crash on its call number ``after_calls + 1`` (default: the first) made for ``worker``'s
     batches (its own thread or its archive threads); every other worker's calls go through."""
     real = getattr(owner, name)
     calls: list[str] = []
@@ -81,7 +81,8 @@ CRASH_POINTS = {
 def test_a_crash_in_any_worker_at_any_step_loses_nothing_and_duplicates_nothing(
     pg, tmp_path, monkeypatch, crash_point, worker
 ):
-    create_revoked_tokens(pg, rows=1500, expired_fraction=0.7)
+    # Pages enough (about 100, a batch takes one) that every worker gets some on a busy machine.
+    create_revoked_tokens(pg, rows=12000, expired_fraction=0.7)
     original = [row[0] for row in rows_of(pg, "revoked_tokens")]
     config = workers_config(tmp_path, archive=True)
 
@@ -90,8 +91,9 @@ def test_a_crash_in_any_worker_at_any_step_loses_nothing_and_duplicates_nothing(
         calls = crash_in_worker(patch, owner, name, worker)
         with pytest.raises(Crash, match=f"worker {worker}"):
             run_policy(pg, config, "revoked_tokens")
-        # the worker's first batch went through, its next crashed (and its other lane's too)
-        assert len(calls) >= 2
+        # the worker's first batch crashed (and its other lane's, if it had one in flight); every
+        # other worker ran at least one batch (a stop is asked after a batch, never before)
+        assert calls
     pg.dispose()  # the crashed process's connections are gone
 
     result = run_policy(pg, config, "revoked_tokens")
@@ -108,11 +110,11 @@ def test_a_stop_request_ends_every_worker_after_its_batch_in_flight(pg, tmp_path
     config = workers_config(tmp_path, archive=True)
     asked = []
 
-    def stop_after_four_asks() -> bool:
+    def stop_once_two_workers_asked() -> bool:
         asked.append(threading.current_thread().name)
-        return len(asked) >= 4
+        return len(asked) >= 4 and len(set(asked)) >= 2
 
-    first = run_policy(pg, config, "revoked_tokens", should_stop=stop_after_four_asks)
+    first = run_policy(pg, config, "revoked_tokens", should_stop=stop_once_two_workers_asked)
 
     assert first.stopped_early and first.strategies == [DeleteStrategy.PAGE_RANGES]
     assert len({name for name in asked}) > 1  # more than one worker asked
