@@ -22,9 +22,10 @@ import dataclasses
 import queue
 import sqlite3
 import threading
+from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
@@ -40,6 +41,10 @@ from housekeeping.schema_check import missing_column, missing_table
 from housekeeping.sql import TableName, quote_identifier
 
 SQLITE_BATCH_ROWS = 50_000
+# A bounded range of at least two hours on an indexed timestamp column is read as one COPY per
+# whole UTC hour, over this many connections at once (each its own backend), into one stream.
+COPY_STREAMS = 2
+_HOUR = timedelta(hours=1)
 
 
 class SourceError(HkError):
@@ -96,6 +101,8 @@ class Source:
     columns: tuple[SourceColumn, ...]
     timezone: str = "UTC"
     checked: bool = False
+    # Columns an index of the table starts with (from the live schema; empty until checked).
+    indexed_columns: frozenset[str] = frozenset()
 
     def column(self, alias: str) -> SourceColumn:
         return next(column for column in self.columns if column.alias == alias)
@@ -140,7 +147,12 @@ def check_source(db: AppDatabase, source: Source) -> Source:
             )
         zone = live.reading_zone(source.timezone) if column.kind is ColumnKind.TIMESTAMP else None
         columns.append(dataclasses.replace(column, zone=zone))
-    return dataclasses.replace(source, columns=tuple(columns), checked=True)
+    return dataclasses.replace(
+        source,
+        columns=tuple(columns),
+        checked=True,
+        indexed_columns=frozenset(info.indexed_leading_columns),
+    )
 
 
 def naive_columns(source: Source) -> list[SourceColumn]:
@@ -176,9 +188,20 @@ class TimeRange:
 
 
 def stream_rows(
-    db: AppDatabase, source: Source, aliases: Sequence[str], where: Sequence[TimeRange] = ()
+    db: AppDatabase,
+    source: Source,
+    aliases: Sequence[str],
+    where: Sequence[TimeRange] = (),
+    *,
+    streams: int | None = None,
 ) -> RowStream:
     """The source's ``aliases`` columns (renamed to the aliases) of rows inside every range.
+
+    The rows come in no particular order. On PostgreSQL a range of two hours or more on an
+    indexed timestamp column (``hour_pieces``) is read by ``streams`` (default COPY_STREAMS)
+    connections at once, each
+    taking the next whole UTC hour as its own COPY; at most PREFETCH_BATCHES record batches per
+    connection wait in memory.
 
     PostgreSQL timestamps arrive as ``timestamp[us, tz=UTC]``; SQLite's as text, which the
     rollup SQL casts (and names the column when a value does not parse): as stored when the
@@ -189,13 +212,42 @@ def stream_rows(
         source = check_source(db, source)
     columns = [source.column(alias) for alias in aliases]
     if db.is_postgres:
+        streams = COPY_STREAMS if streams is None else streams
+        pieces = hour_pieces(source, where) if streams > 1 else [list(where)]
+        if len(pieces) > 1:
+            texts = [_postgres_query(source, columns, piece) for piece in pieces]
+            return _stream_postgres_parallel(db, source, texts, min(streams, len(texts)))
         return _stream_postgres(db, source, columns, where)
     return _stream_sqlite(db, source, columns, where)
 
 
-def _stream_postgres(
-    db: AppDatabase, source: Source, columns: list[SourceColumn], where: Sequence[TimeRange]
-) -> RowStream:
+def hour_pieces(source: Source, where: Sequence[TimeRange]) -> list[list[TimeRange]]:
+    """``where`` cut into one condition per whole UTC hour of its first range that is bounded on
+    both sides, spans two hours or more and is on an indexed column (each piece is then an index
+    range, not a pass over the table); ``[where]`` when no range qualifies."""
+    for index, bounds in enumerate(where):
+        column = source.column(bounds.column)
+        if (
+            bounds.start is None
+            or bounds.end is None
+            or bounds.end - bounds.start < 2 * _HOUR
+            or column.name not in source.indexed_columns
+        ):
+            continue
+        edges = [_utc(bounds.start)]
+        hour = edges[0].replace(minute=0, second=0, microsecond=0) + _HOUR
+        while hour < _utc(bounds.end):
+            edges.append(hour)
+            hour += _HOUR
+        edges.append(_utc(bounds.end))
+        return [
+            [*where[:index], TimeRange(bounds.column, low, high), *where[index + 1 :]]
+            for low, high in zip(edges, edges[1:], strict=False)
+        ]
+    return [list(where)]
+
+
+def _postgres_query(source: Source, columns: list[SourceColumn], where: Sequence[TimeRange]) -> str:
     selected = []
     for column in columns:
         value: sql.Composable = sql.Identifier(column.name)
@@ -222,23 +274,48 @@ def _stream_postgres(
     query = sql.SQL("SELECT {} FROM {}").format(sql.SQL(", ").join(selected), table_sql)
     if conditions:
         query = sql.SQL("{} WHERE {}").format(query, sql.SQL(" AND ").join(conditions))
-    text = query.as_string(None)
+    return query.as_string(None)
+
+
+def _connect(db: AppDatabase) -> Any:
+    """An ADBC connection whose session reads timestamptz literals without offset as UTC."""
     try:
         connection = adbc.connect(libpq_url(db.url))
     except adbc.Error as exc:
         raise DatabaseError(
             f"cannot connect to the application database {db.describe()}: {first_line(exc)}"
         ) from None
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SET TimeZone = 'UTC'")
+    except BaseException:
+        connection.close()
+        raise
+    return connection
+
+
+def _copy(connection: Any, source: Source, text: str) -> tuple[Any, pa.RecordBatchReader]:
+    """Runs ``text`` (no parameters: ADBC sends it as COPY ... TO STDOUT binary) on a cursor of
+    its own; returns the cursor and its Arrow reader. DatabaseError naming the table."""
     cursor = connection.cursor()
     try:
-        # The session time zone decides how timestamptz literals without offset parse: UTC.
-        cursor.execute("SET TimeZone = 'UTC'")
         cursor.execute(text)
-        reader = cursor.fetch_record_batch()
+        return cursor, cursor.fetch_record_batch()
     except adbc.Error as exc:
         cursor.close()
-        connection.close()
         raise DatabaseError(f"reading {source.table}: {first_line(exc)}") from None
+
+
+def _stream_postgres(
+    db: AppDatabase, source: Source, columns: list[SourceColumn], where: Sequence[TimeRange]
+) -> RowStream:
+    text = _postgres_query(source, columns, where)
+    connection = _connect(db)
+    try:
+        cursor, reader = _copy(connection, source, text)
+    except BaseException:
+        connection.close()
+        raise
 
     def batches() -> Iterator[pa.RecordBatch]:
         try:
@@ -252,6 +329,93 @@ def _stream_postgres(
 
 PREFETCH_BATCHES = 4
 _DONE = object()
+
+
+def _stream_postgres_parallel(
+    db: AppDatabase, source: Source, texts: Sequence[str], streams: int
+) -> RowStream:
+    """The rows of every query of ``texts`` (same columns), read by ``streams`` connections at
+    once, each taking the next query when done with its last, into one stream.
+
+    The connections and the first query are opened here, so a bad connection or query raises
+    (DatabaseError) before any row is read. At most PREFETCH_BATCHES record batches per
+    connection wait for the consumer; when it stops early, every reader stops after its batch.
+    """
+    connections: list[Any] = []
+    try:
+        for _ in range(streams):
+            connections.append(_connect(db))
+        first = _copy(connections[0], source, texts[0])
+    except BaseException:
+        for connection in connections:
+            connection.close()
+        raise
+    pending = deque(texts[1:])
+    pending_lock = threading.Lock()
+    batches: queue.Queue = queue.Queue(maxsize=PREFETCH_BATCHES * streams)
+    stop = threading.Event()
+
+    def put(item: object) -> bool:
+        while not stop.is_set():
+            try:
+                batches.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce(connection: Any, opened: tuple[Any, pa.RecordBatchReader] | None) -> None:
+        try:
+            while True:
+                if opened is None:
+                    with pending_lock:
+                        text = pending.popleft() if pending else None
+                    if text is None:
+                        break
+                    opened = _copy(connection, source, text)
+                cursor, reader = opened
+                try:
+                    for batch in reader:
+                        if not put(batch):
+                            return
+                finally:
+                    cursor.close()
+                opened = None
+            put(_DONE)
+        except BaseException as exc:  # handed to the consumer, which re-raises it
+            put(exc)
+
+    producers = [
+        threading.Thread(
+            target=produce,
+            args=(connection, first if index == 0 else None),
+            name=f"analytics-copy-{index}",
+            daemon=True,
+        )
+        for index, connection in enumerate(connections)
+    ]
+    for producer in producers:
+        producer.start()
+
+    def merged() -> Iterator[pa.RecordBatch]:
+        try:
+            finished = 0
+            while finished < len(producers):
+                item = batches.get()
+                if item is _DONE:
+                    finished += 1
+                    continue
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            stop.set()
+            for producer in producers:
+                producer.join()
+            for connection in connections:
+                connection.close()
+
+    return _recording_errors(first[1].schema, merged())
 
 
 def _prefetched(reader: pa.RecordBatchReader) -> Iterator[pa.RecordBatch]:

@@ -38,11 +38,21 @@ class SafetyConfig(StrictModel):
     statement_timeout: PositiveDuration = timedelta(seconds=30)
 
 
+# Two backends beat one DELETE on any server with two cores and leave the rest to the application.
+DEFAULT_WORKERS = 2
+MAX_WORKERS = 32
+
+
 class BatchConfig(StrictModel):
     target_duration: PositiveDuration = timedelta(milliseconds=120)
     initial_size: int = Field(default=5000, ge=1)
     min_size: int = Field(default=100, ge=1)
     max_size: int = Field(default=1_000_000, ge=1)
+    # Backends deleting at once, each on its own slice of the table's pages in its own short
+    # transactions (PostgreSQL's page_ranges walk; every other walk, and SQLite, uses one).
+    # Rule: at most the database server's cores that may go to housekeeping, fewer when its
+    # storage is the bottleneck; 1 keeps a busy primary at one backend. See README.
+    workers: int = Field(default=DEFAULT_WORKERS, ge=1, le=MAX_WORKERS)
 
     @model_validator(mode="after")
     def _ordered(self) -> BatchConfig:

@@ -14,6 +14,10 @@ Three ways to walk a table, chosen per run:
 
 Batch sizes adapt so each transaction lasts about ``batch.target_duration``.
 
+A page walk runs ``batch.workers`` workers at once (threads, each with its own connections: the
+driver releases the GIL while the server works), taking disjoint runs of pages from one shared
+cursor; see ``delete_in_batches``.
+
 On PostgreSQL, what costs time besides the deleting itself is sending rows back, so a batch only
 asks for rows it needs: none without an archive (the server reports the count). An archived
 range batch runs in REPEATABLE READ and reads its rows with a plain SELECT, then deletes them with
@@ -449,38 +453,73 @@ class _Walk:
         """
         raise NotImplementedError
 
+    def claim(self, size: int) -> bool:
+        """Reserve the next batch of about ``size`` rows; False when nothing is left to walk
+        (only a walk shared by several workers can run out before its own last batch)."""
+        return True
+
     def advance(self, rows: pa.Table | None, seen: int, size: int) -> bool:
         """Move past the batch just run, which met ``seen`` rows (deleted or skipped as locked)
         and returned ``rows``; True when the walk is complete."""
         raise NotImplementedError
 
 
+class _PageCursor:
+    """The pages of a table not yet handed to a batch, shared by the workers of one run.
+
+    Each batch takes the next run of pages under a lock, so batches of different workers cover
+    disjoint pages and every page is taken once; the batch that reaches the table's size (as
+    read when the run began) takes the rest of the table, pages added since included.
+    """
+
+    def __init__(self, total_pages: int, rows_per_page: float) -> None:
+        self.total_pages = total_pages
+        self.rows_per_page = rows_per_page
+        self.next_page: int | None = 0  # None: every page has been taken
+        self.lock = threading.Lock()
+
+    def take(self, pages: int) -> tuple[int, int | None] | None:
+        """``(first page, end page)`` of the next ``pages`` pages (end None: to the table's end),
+        or None when nothing is left."""
+        with self.lock:
+            if self.next_page is None:
+                return None
+            lower, end = self.next_page, self.next_page + max(1, pages)
+            upper = end if end < self.total_pages else None
+            self.next_page = upper
+            return lower, upper
+
+
 class _PageWalk(_Walk):
-    def __init__(self, db: AppDatabase, target: DeleteTarget) -> None:
+    def __init__(
+        self, db: AppDatabase, target: DeleteTarget, cursor: _PageCursor | None = None
+    ) -> None:
         super().__init__(db, target)
         if not db.is_postgres:
             raise ValueError("the page_ranges strategy needs PostgreSQL")
-        self.total_pages, self.rows_per_page = _page_layout(db, target.table)
-        self.lower_page = 0
-        self.upper_page: int | None = None
+        self.cursor = cursor or _PageCursor(*_page_layout(db, target.table))
+        self.pages: tuple[int, int | None] | None = None
+
+    def claim(self, size: int) -> bool:
+        if self.pages is None:
+            self.pages = self.cursor.take(int(size / self.cursor.rows_per_page))
+        return self.pages is not None
 
     def where(
         self, session: _BatchSession, params: BoundParams, size: int, *, skip_locked: bool = False
     ) -> str:
+        assert self.pages is not None, "claim pages before building a batch"
+        lower, upper = self.pages
         conditions = target_conditions(self.db, self.target, params)
-        pages = max(1, int(size / self.rows_per_page))
-        end = self.lower_page + pages
-        self.upper_page = end if end < self.total_pages else None
-        conditions.append(f"ctid >= {params.bind_as(f'({self.lower_page},0)', 'tid')}")
-        if self.upper_page is not None:
-            conditions.append(f"ctid < {params.bind_as(f'({self.upper_page},0)', 'tid')}")
+        conditions.append(f"ctid >= {params.bind_as(f'({lower},0)', 'tid')}")
+        if upper is not None:
+            conditions.append(f"ctid < {params.bind_as(f'({upper},0)', 'tid')}")
         return " AND ".join(conditions)
 
     def advance(self, rows: pa.Table | None, seen: int, size: int) -> bool:
-        if self.upper_page is None:
-            return True
-        self.lower_page = self.upper_page
-        return False
+        last = self.pages is None or self.pages[1] is None
+        self.pages = None
+        return last
 
 
 class _KeyWalk(_Walk):
@@ -602,6 +641,7 @@ class _Method:
     lanes: int
     # deleted rows go to the archive, so every batch must bring them back
     archive: bool
+    strategy: DeleteStrategy
 
     @classmethod
     def choose(
@@ -637,6 +677,7 @@ class _Method:
             streaming,
             lanes=2 if select_first else 1,
             archive=archive is not None,
+            strategy=strategy,
         )
 
 
@@ -805,6 +846,43 @@ def _finish_batch(
         raise
 
 
+class _Sequences:
+    """Numbers for the batches of one run, unique across its workers (archive file names)."""
+
+    def __init__(self, first: int) -> None:
+        self.next = first
+        self.lock = threading.Lock()
+
+    def take(self) -> int:
+        with self.lock:
+            self.next += 1
+            return self.next - 1
+
+
+class _SharedStop:
+    """``should_stop`` asked by every worker between its batches, one at a time; once it said
+    yes, or a worker failed or was locked out, every worker stops after its batch in flight."""
+
+    def __init__(self, should_stop: Callable[[], bool]) -> None:
+        self.should_stop = should_stop
+        self.stopped = threading.Event()
+        self.lock = threading.Lock()
+
+    def __call__(self) -> bool:
+        with self.lock:
+            if not self.stopped.is_set() and self.should_stop():
+                self.stopped.set()
+        return self.stopped.is_set()
+
+
+def worker_count(db: AppDatabase, strategy: DeleteStrategy, workers: int) -> int:
+    """How many workers delete at once: ``batch.workers`` for a page walk on PostgreSQL, one
+    otherwise (SQLite has one writer; key and cutoff-index walks are sequential by nature)."""
+    if db.is_postgres and strategy is DeleteStrategy.PAGE_RANGES:
+        return workers
+    return 1
+
+
 def delete_in_batches(
     db: AppDatabase,
     target: DeleteTarget,
@@ -816,30 +894,114 @@ def delete_in_batches(
     run_id: str = "run",
     first_sequence: int = 0,
     should_stop: Callable[[], bool] = lambda: False,
-    on_batch: Callable[[DeleteOutcome], None] = lambda outcome: None,
 ) -> DeleteOutcome:
     """Delete every row matching ``target`` in short transactions; returns what was done.
 
-    ``should_stop`` is asked between batches: the batches in flight always finish (commit and are
-    archived), so a stopped run leaves nothing half-done and the next run carries on.
+    A page walk on PostgreSQL runs ``batch.workers`` workers at once, each on its own
+    connection(s), taking disjoint runs of pages from one shared cursor (``_PageCursor``); every
+    other walk runs one. Each worker sizes its own batches to ``batch.target_duration``.
+
+    ``should_stop`` is asked between batches (by one worker at a time): the batches in flight
+    always finish (commit and are archived), so a stopped run leaves nothing half-done and the
+    next run carries on.
 
     Rows other sessions have locked are skipped and counted (``skipped_locked``), never waited
     for. A lock on the whole table not granted within ``safety.lock_timeout`` ends the walk like
-    a stop: the waiting batch rolls back, the ones before it finish, and ``locked_out`` says why.
-    Other database errors roll back the batches not yet committed and are raised.
+    a stop: the waiting batch rolls back, the ones before it (and every other worker's batch in
+    flight) finish, and ``locked_out`` says why. Another error in one worker rolls back that
+    worker's batches not yet committed, lets the other workers finish their batch in flight, and
+    is raised.
 
-    Archiving a range walk on PostgreSQL, two batches overlap: while one batch's rows are written
-    to the archive (its transaction still open, as the protocol wants), the next batch already
-    reads and deletes on a second connection. The database still runs one batch's statements at a
-    time, and every batch keeps its own stage -> commit -> publish order.
+    Archiving a range walk on PostgreSQL, each worker overlaps two batches: while one batch's rows
+    are written to the archive (its transaction still open, as the protocol wants), the next batch
+    already reads and deletes on a second connection. Every batch keeps its own
+    stage -> commit -> publish order, and publishing (the day's manifest) is one batch at a time.
     """
     if strategy is DeleteStrategy.AUTO:
         raise ValueError("resolve the AUTO strategy before deleting (see choose_strategy)")
-    outcome = DeleteOutcome(strategy=strategy)
-    walk = _WALKS[strategy](db, target)
-    method = _Method.choose(db, target, strategy, archive, walk)
+    workers = worker_count(db, strategy, batch.workers)
+    first_walk = _WALKS[strategy](db, target)
+    walks = [first_walk]
+    if workers > 1:
+        assert isinstance(first_walk, _PageWalk)
+        walks += [_PageWalk(db, target, first_walk.cursor) for _ in range(workers - 1)]
+    method = _Method.choose(db, target, strategy, archive, first_walk)
+    publisher = _ArchivePublisher(archive) if archive is not None else None
+    sequences = _Sequences(first_sequence)
+    started = time.perf_counter()
+    if workers == 1:
+        outcome = _delete_walk(
+            db, target, first_walk, method, batch, safety, archive, publisher, run_id,
+            sequences, should_stop,
+        )  # fmt: skip
+        outcome.duration_ms = (time.perf_counter() - started) * 1000
+        return outcome
+    stop = _SharedStop(should_stop)
+    outcomes: list[DeleteOutcome] = []
+    errors: list[BaseException] = []
+
+    def work(walk: _Walk) -> None:
+        try:
+            outcome = _delete_walk(
+                db, target, walk, method, batch, safety, archive, publisher, run_id,
+                sequences, stop,
+            )  # fmt: skip
+        except BaseException as exc:
+            errors.append(exc)  # list.append is atomic; the first error is the cause
+            stop.stopped.set()
+            return
+        outcomes.append(outcome)
+        if outcome.locked_out is not None:
+            stop.stopped.set()
+
+    threads = [
+        threading.Thread(target=work, args=(walk,), name=f"hk-delete-{index}")
+        for index, walk in enumerate(walks)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise errors[0]
+    merged = _merged(strategy, outcomes)
+    # Stopped on request: not when a worker's lock-out (reported as such) stopped the others.
+    merged.stopped_early = merged.locked_out is None and stop.stopped.is_set()
+    merged.duration_ms = (time.perf_counter() - started) * 1000
+    return merged
+
+
+def _merged(strategy: DeleteStrategy, outcomes: Sequence[DeleteOutcome]) -> DeleteOutcome:
+    """One run's outcome from its workers' outcomes."""
+    merged = DeleteOutcome(strategy=strategy)
+    for outcome in outcomes:
+        merged.deleted += outcome.deleted
+        merged.batches += outcome.batches
+        merged.archived_rows += outcome.archived_rows
+        merged.archive_files += outcome.archive_files
+        merged.max_batch_ms = max(merged.max_batch_ms, outcome.max_batch_ms)
+        merged.batch_sizes += outcome.batch_sizes
+        merged.skipped_locked += outcome.skipped_locked
+        merged.locked_out = merged.locked_out or outcome.locked_out
+    return merged
+
+
+def _delete_walk(
+    db: AppDatabase,
+    target: DeleteTarget,
+    walk: _Walk,
+    method: _Method,
+    batch: BatchConfig,
+    safety: SafetyConfig,
+    archive: TableArchive | None,
+    publisher: _ArchivePublisher | None,
+    run_id: str,
+    sequences: _Sequences,
+    should_stop: Callable[[], bool],
+) -> DeleteOutcome:
+    """One worker: batches along ``walk`` until it is done, stopped or locked out."""
+    outcome = DeleteOutcome(strategy=method.strategy)
     lanes = method.lanes
-    publisher = _ArchivePublisher(archive) if archive is not None and lanes > 1 else None
     failed = threading.Event()
     in_flight: deque[tuple[_Batch, Future[None] | None]] = deque()
     size = planned_size = batch.initial_size
@@ -870,12 +1032,10 @@ def delete_in_batches(
         if done.archived:
             outcome.archived_rows += done.deleted
             outcome.archive_files += 1
-        on_batch(outcome)
         size = _next_size(done.size, elapsed, batch)
 
     sessions: list[_BatchSession] = []
     worker = None
-    started = time.perf_counter()
     try:
         for _ in range(lanes):
             sessions.append(
@@ -887,7 +1047,9 @@ def delete_in_batches(
                 )
             )
         if lanes > 1:
-            worker = ThreadPoolExecutor(max_workers=lanes, thread_name_prefix="hk-archive")
+            # Named after the worker, so a log line (or a test) can tell whose batch it was.
+            prefix = f"{threading.current_thread().name}-archive"
+            worker = ThreadPoolExecutor(max_workers=lanes, thread_name_prefix=prefix)
         while True:
             while in_flight and (in_flight[0][1] is None or in_flight[0][1].done()):
                 record(in_flight.popleft())
@@ -899,7 +1061,9 @@ def delete_in_batches(
                 record(in_flight.popleft())
             # At most 1.5x the previous batch, also when the last measured batch is an older one.
             planned_size = size = min(size, int(planned_size * 1.5))
-            current = _Batch(sessions[planned % lanes], first_sequence + planned, size)
+            if not walk.claim(size):
+                break  # other workers took the rest of the table
+            current = _Batch(sessions[planned % lanes], sequences.take(), size)
             planned += 1
             try:
                 _run_with_retries(current, walk, method)
@@ -928,5 +1092,4 @@ def delete_in_batches(
             worker.shutdown(wait=True)
         for session in sessions:
             session.close()
-        outcome.duration_ms = (time.perf_counter() - started) * 1000
     return outcome

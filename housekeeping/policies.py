@@ -453,6 +453,9 @@ def _run_policy(
             result.max_batch_ms = max(result.max_batch_ms, dropped.max_transaction_ms)
             expected_by_target = [max(0, expected_by_target[0] - dropped.rows)]
         sequence = 0
+        # Rows of the count above the batches met (deleted or skipped as locked); dropped
+        # partitions are accounted for in the counts already.
+        accounted = 0
         for target, target_expected in zip(targets, expected_by_target, strict=True):
             if target_expected == 0:
                 continue
@@ -470,6 +473,7 @@ def _run_policy(
                 should_stop=should_stop,
             )
             sequence += outcome.batches
+            accounted += outcome.deleted + outcome.skipped_locked
             result.deleted += outcome.deleted
             result.skipped_locked += outcome.skipped_locked
             result.batches += outcome.batches
@@ -489,13 +493,35 @@ def _run_policy(
             if outcome.stopped_early:
                 result.stopped_early = True
                 break
-        walked_whole_table = any(
-            strategy is not DeleteStrategy.CUTOFF_INDEX for strategy in result.strategies
+        result.remaining_expired = _remaining_expired(
+            db, policy.table, targets, result, accounted, sum(expected_by_target)
         )
-        _, remaining = count_rows(db, policy.table, targets, sequential=walked_whole_table)
-        result.remaining_expired = sum(remaining)
     result.duration_ms = (time.perf_counter() - started) * 1000
     return result
+
+
+def _remaining_expired(
+    db: AppDatabase,
+    table: TableName,
+    targets: list[DeleteTarget],
+    result: PolicyResult,
+    accounted: int,
+    expected: int,
+) -> int:
+    """The target rows still in the table after a run.
+
+    When the batches met exactly the rows counted before the run (each deleted or skipped as
+    locked) and the run was not stopped, that is the skipped rows: no second pass over the
+    table. Otherwise (stopped early, or rows were added, changed or deleted by others meanwhile)
+    they are counted again, in one sequential pass.
+    """
+    if not result.stopped_early and accounted == expected:
+        return result.skipped_locked
+    walked_whole_table = any(
+        strategy is not DeleteStrategy.CUTOFF_INDEX for strategy in result.strategies
+    )
+    _, remaining = count_rows(db, table, targets, sequential=walked_whole_table)
+    return sum(remaining)
 
 
 @contextmanager
