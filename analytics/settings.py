@@ -162,7 +162,8 @@ class AnalyticsSettings(StrictModel):
     # Parquet datasets, one file per partition: replaced atomically, never written in place.
     root: str = "var/analytics"
     # The small DuckDB file of views analysts open (read-only); rewritten only by rename.
-    database: str = "var/analytics/rollups.duckdb"
+    # Default: rollups.duckdb under root, so moving root moves the views with the data.
+    database: str | None = None
     # Day boundaries of the daily views and daily partitions; default: the top-level timezone.
     timezone: TimeZone | None = None
     # First hour/day of the time partitions (the Dagster UI offers backfills from here).
@@ -191,6 +192,9 @@ class AnalyticsSettings(StrictModel):
 
     @property
     def database_path(self) -> Path:
+        """The views file: ``database``, or ``<root>/rollups.duckdb`` when it is not set."""
+        if self.database is None:
+            return self.root_path / "rollups.duckdb"
         return Path(self.database).expanduser().resolve()
 
 

@@ -174,3 +174,15 @@ def test_defaults_map_the_reference_schema(tmp_path):
     assert settings.sources.request_logs.duration_ms == "duration_ms"
     assert settings.sources.api_usage.service == "service_name"
     assert settings.database_path.name == "rollups.duckdb"
+
+
+def test_the_views_file_follows_the_root_unless_it_is_set(tmp_path):
+    """Setting analytics.root alone must not leave the views file in var/ of the working dir."""
+    from analytics.settings import parse_analytics_settings
+
+    moved = parse_analytics_settings({"root": str(tmp_path / "rollups")})
+    assert moved.database_path == (tmp_path / "rollups" / "rollups.duckdb").resolve()
+    pinned = parse_analytics_settings(
+        {"root": str(tmp_path / "rollups"), "database": str(tmp_path / "views.duckdb")}
+    )
+    assert pinned.database_path == (tmp_path / "views.duckdb").resolve()
