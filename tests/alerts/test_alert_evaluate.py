@@ -452,3 +452,53 @@ def test_an_alert_database_of_the_previous_version_gets_the_new_state_columns(tm
     with store.transaction() as conn:
         again = store.load_states(conn)[AlertKey("errors", "")]
     assert again.no_data_since == T0 and again.unannounced is NotificationKind.FIRING
+
+
+def test_a_sql_rule_value_that_is_not_a_number_is_no_data_and_never_resolves(tmp_path):
+    """0/0 is NaN in DuckDB: a firing SQL rule whose routes go quiet read "RESOLVED ... is now
+    nan". NaN is no value (like NULL): the firing alert stays firing (no_data: keep)."""
+    settings = analytics_settings_at(tmp_path)
+    minutes = [
+        Minute(T0 + offset * MINUTE, requests=0 if offset >= 10 else 100, errors=30 * (offset < 10))
+        for offset in range(30)
+    ]
+    publish_minutes(settings, minutes)
+    store = store_at(tmp_path)
+    rules = pack(
+        """
+rules:
+  - name: sql_errors
+    sql: >
+      SELECT route, sum(status_5xx) / sum(requests) FROM requests_minute
+      WHERE minute >= $window_start AND minute < $window_end GROUP BY route
+    window: 5m
+    thresholds: {high: {value: 0.05}}
+"""
+    )
+    fired = evaluate(settings, store, rules, T0 + 5 * MINUTE)
+    quiet = [evaluate(settings, store, rules, T0 + offset * MINUTE) for offset in range(16, 25)]
+
+    assert [n.kind for n in fired.notifications] == [NotificationKind.FIRING]
+    assert [n for report in quiet for n in report.notifications] == []
+    record = quiet[-1].active[AlertKey("sql_errors", "/api/orders")]
+    assert record.state is AlertState.FIRING and record.no_data_since == T0 + 16 * MINUTE
+
+
+def test_a_sql_rule_returning_one_group_twice_is_an_error_not_a_hidden_value(tmp_path):
+    """Two rows for one group kept the last one: a breach in the first row went unseen."""
+    settings = analytics_settings_at(tmp_path)
+    publish_minutes(settings, steady_traffic(T0, 10))
+    rules = pack(
+        """
+rules:
+  - name: twice
+    sql: SELECT DISTINCT route, 0.5 FROM requests_minute UNION ALL SELECT '/api/orders', 0.0
+    thresholds: {high: {value: 0.1}}
+"""
+    )
+    report = evaluate(settings, store_at(tmp_path), rules, T0 + 10 * MINUTE)
+
+    assert report.notifications == []
+    assert report.errors == {
+        "twice": "QueryError: returns group '/api/orders' in 2 rows: give one row per group"
+    }
