@@ -54,6 +54,7 @@ TEXT_SHOWN = 3000
 GROUP_IN_TITLE = 60  # a group (route, error text) is cut to this in titles
 ERROR_LINE_LIMIT = 300
 ELLIPSIS = "…"
+_PARTIAL_ENTITY = re.compile(r"&(?:a|am|amp|l|lt|g|gt)?$")
 # The Dagster code location (workspace.yaml) whose sensors the links open.
 CODE_LOCATION = "housekeeping"
 RULES_SENSOR = "alert_rules_sensor"
@@ -105,10 +106,14 @@ def clip(text: str, limit: int) -> str:
     if len(text) <= limit:
         return text
     cut = text[: limit - len(ELLIPSIS)]
-    amp = cut.rfind("&")
-    if amp != -1 and ";" not in cut[amp:]:
-        cut = cut[:amp]
-    return cut + ELLIPSIS
+    # Only an entity cut at its end (``&l``); a raw ``&`` earlier is text (a route's query).
+    return _PARTIAL_ENTITY.sub("", cut) + ELLIPSIS
+
+
+def one_line(text: str) -> str:
+    """``text`` with its line breaks and runs of whitespace as single spaces (a group from data,
+    e.g. a multi-line error text, must not break a title or a label onto further lines)."""
+    return " ".join(text.split())
 
 
 def redact_secrets(text: str) -> str:
@@ -148,7 +153,7 @@ def _where(rule: Rule, key: AlertKey) -> str:
     if not key.group:
         return ""
     label = rule.group_by.value if rule.group_by is not GroupBy.NONE else "group"
-    return f" on {label} {clip(key.group, GROUP_IN_TITLE)}"
+    return f" on {label} {clip(one_line(key.group), GROUP_IN_TITLE)}"
 
 
 def _now_value(unit: Unit | None, value: float | None, window: timedelta) -> str:
@@ -309,7 +314,9 @@ def _since(notification: Notification, since: datetime | None) -> str:
 
 
 def _context(notification: Notification) -> dict[str, Any]:
-    labels = ", ".join(f"{name}={value}" for name, value in sorted(notification.labels.items()))
+    labels = ", ".join(
+        f"{name}={one_line(value)}" for name, value in sorted(notification.labels.items())
+    )
     at = notification.evaluated_at.strftime("%Y-%m-%d %H:%M UTC")
     text = f"{at} · rule `{notification.key.rule}`" + (f" · {labels}" if labels else "")
     return {"type": "context", "elements": [_mrkdwn(escape(text))]}
@@ -368,7 +375,8 @@ def render(
             f"{len(notifications)} groups"
         )
         lines = [
-            f"• {clip(item.key.group or 'all', GROUP_IN_TITLE)}: {format_value(unit, item.value)}"
+            f"• {clip(one_line(item.key.group) or 'all', GROUP_IN_TITLE)}: "
+            f"{format_value(unit, item.value)}"
             + (f" ({item.severity.value})" if item.severity else "")
             for item in notifications[:MAX_GROUPS_LISTED]
         ]

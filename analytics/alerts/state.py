@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import replace
 from datetime import UTC, datetime
 
-from analytics.alerts.catalog import unit_of
+from analytics.alerts.catalog import GroupBy, unit_of
 from analytics.alerts.messages import rule_message
 from analytics.alerts.model import (
     AlertKey,
@@ -202,7 +202,8 @@ def _notification(
     if rule.metric:
         labels.setdefault("metric", rule.metric)
     if key.group:
-        labels[rule.group_by.value] = key.group
+        # a SQL rule's groups are whatever its first column holds: "group", as its title says
+        labels[rule.group_by.value if rule.group_by is not GroupBy.NONE else "group"] = key.group
     return Notification(
         key=key,
         kind=kind,

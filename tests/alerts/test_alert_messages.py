@@ -4,6 +4,7 @@ of a failure, where to look, what a resolved value is now, and what `hk alerts d
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -13,6 +14,7 @@ from analytics.alerts.delivery import deliver
 from analytics.alerts.messages import dagster_target, redact_secrets, rule_message
 from analytics.alerts.model import AlertKey, Notification, NotificationKind, Severity
 from analytics.alerts.slack import SlackWebSender
+from analytics.alerts.state import advance
 from analytics.alerts.store import AlertStore
 from housekeeping.history import PolicyRun, RunHistory, RunStatus
 from tests.alerts.test_alert_cli import hk, setup
@@ -114,6 +116,40 @@ rules:
     )
     assert title == "FIRING [warning]: slow_tables on group orders is 250 (> 100)"
     assert text == "slow_tables on group orders: sql is 250 (> 100, window 5m)"
+
+
+def test_a_group_from_data_never_breaks_the_first_two_lines(tmp_path, slack):
+    """A SQL rule's group is whatever its first column holds, e.g. a multi-line error text with
+    ``&`` and ``<>``: line 1 stays one line (whitespace collapsed), a cut does not drop what
+    follows a raw ``&``, and the labels call it ``group`` (not ``none``)."""
+    rule = pack(
+        """
+rules:
+  - name: errors_by_text
+    sql: SELECT 'x', 1
+    thresholds: {high: {value: 5}}
+"""
+    ).rules[0]
+    group = 'KeyError: a & b <c>\n  File "app.py", line 3, in handler\n' + "x" * 40
+    _, (fired,) = advance(rule, None, AlertKey(rule.name, group), 9.0, T0, {})
+    store, clock = store_at(tmp_path), Clock(T0)
+    enqueue(store, replace(fired, channel="#alerts"))
+
+    drain(tmp_path, slack, store, clock)
+
+    (message,) = slack.channel_messages("#alerts")
+    assert lines(message) == [
+        "FIRING [high]: errors_by_text on group KeyError: a &amp; b &lt;c&gt; "
+        'File "app.py", line 3, in handler xxxxx… is 9 (&gt; 5)',
+        "Since 12:00 UTC · Look at: sensor alert_rules_sensor in Dagster",
+    ]
+    assert message.blocks[0]["text"]["text"] == (
+        ":large_orange_circle: FIRING [high]: errors_by_text on group KeyError: a & b <c> "
+        'File "app.py", line 3, in handler xxxxx… is 9 (> 5)'
+    )
+    (context,) = [block for block in message.blocks if block["type"] == "context"]
+    assert "· group=KeyError: a &amp; b &lt;c&gt;" in context["elements"][0]["text"]
+    assert "none=" not in context["elements"][0]["text"]
 
 
 def _notification(metric=None, group="", run_id=None, rule="r", labels=None):
