@@ -402,7 +402,8 @@ def alerts_evaluate(config_file: str | None) -> None:
     """Evaluate every rule now, as the sensor does, and send what it produces.
 
     Exit status: 0 all evaluated and sent; 3 a rule could not be evaluated; 4 the delivery
-    stopped (Slack; the notifications wait in the outbox); 5 both; 1 the config or the store.
+    stopped (Slack; the notifications wait in the outbox) or a message failed for good (a
+    channel Slack refuses); 5 both; 1 the config or the store.
     """
     runtime = AlertRuntime.load(config_file)
     sender = sender_from_environment(click.echo)
@@ -419,13 +420,14 @@ def alerts_evaluate(config_file: str | None) -> None:
     _delivery_lines(delivery)
     if delivery.error:
         click.echo(f"delivery stopped: {delivery.error}", err=True)
+    undelivered = bool(delivery.error or delivery.failed)
     status = (
         EXIT_BOTH
-        if report.errors and delivery.error
+        if report.errors and undelivered
         else EXIT_EVALUATION
         if report.errors
         else EXIT_DELIVERY
-        if delivery.error
+        if undelivered
         else 0
     )
     if status:
@@ -441,7 +443,8 @@ def alerts_evaluate(config_file: str | None) -> None:
 )
 @config_option
 def alerts_deliver(respect_backoff: bool, config_file: str | None) -> None:
-    """Send the notifications waiting in the outbox now (exit 4 when the delivery stopped)."""
+    """Send the notifications waiting in the outbox now (exit 4 when the delivery stopped or
+    a message failed for good)."""
     runtime = AlertRuntime.load(config_file)
     sender = sender_from_environment(click.echo)
     report = deliver_outbox(runtime, sender, respect_backoff=respect_backoff)
@@ -450,6 +453,8 @@ def alerts_deliver(respect_backoff: bool, config_file: str | None) -> None:
     _delivery_lines(report)
     if report.error:
         click.echo(f"delivery stopped: {report.error}", err=True)
+    if report.error or report.failed:
+        # a message failed for good (a channel Slack refuses) is not delivered either
         raise SystemExit(EXIT_DELIVERY)
 
 

@@ -28,7 +28,7 @@ from tests.support.alert_support import (
     publish_minutes,
     store_at,
 )
-from tests.support.fake_slack import FakeSlack
+from tests.support.fake_slack import FakeSlack, Scripted
 
 MINUTE = timedelta(minutes=1)
 WEB = "http://dagster.example:3000"
@@ -332,3 +332,27 @@ def test_evaluate_exit_status_says_whether_the_evaluation_or_the_delivery_failed
 
     assert code == status and says in output, output
     assert ("evaluation: rule broken" in output) == (status in (3, 5))
+
+
+@pytest.mark.parametrize(
+    ("answer", "status", "says"),
+    [
+        # the messages of that channel are failed for good: not "everything was sent"
+        (Scripted(error="channel_not_found"), 4, "failed: Slack cannot post to #alerts"),
+        (Scripted(status=429, error="ratelimited", retry_after=30), 4, "Slack rate limit (429)"),
+        (Scripted(error="invalid_auth"), 4, "Slack rejected the bot token (invalid_auth)"),
+    ],
+    ids=["channel_refused", "rate_limited", "token_refused"],
+)
+def test_deliver_exits_4_whenever_a_message_was_not_delivered(
+    tmp_path, slack, answer, status, says
+):
+    config = setup(tmp_path)
+    store = AlertStore(f"sqlite:///{tmp_path / 'alerts.db'}")
+    enqueue(store, note(), now=datetime.now(UTC))
+    slack.fail_next(answer)
+
+    code, output = hk("alerts", "deliver", "--config", config, env=slack_env(slack))
+
+    assert code == status and says in output, output
+    assert slack.channel_messages("#alerts") == []
