@@ -14,7 +14,7 @@ from datetime import datetime
 import duckdb
 import sqlalchemy as sa
 
-from analytics.alerts.catalog import BUILTIN_METRICS
+from analytics.alerts.catalog import BUILTIN_METRICS, GroupBy
 from analytics.alerts.metrics import MetricSource
 from analytics.alerts.model import (
     AlertKey,
@@ -62,10 +62,15 @@ def advance_rule(
 
     ``low_volume``: the groups under the rule's ``min_requests`` (``MetricSource.low_volume``).
 
-    ``values`` is the metric per group (None: the metric has no data at all). A remembered group
+    ``values`` is the metric per group (None, or no group of an ungrouped metric: the metric has
+    no data at all, which ``no_data: alert`` alerts on). A remembered group
     missing from ``values`` has no data, except for a count (``zero_when_empty`` in catalog.py):
     its source answered, so nothing counted is 0, an observed value.
     """
+    if values == {} and rule.metric is not None and rule.group_by is GroupBy.NONE:
+        # An ungrouped metric answered no row for its window (traffic stopped): no data, as
+        # when nothing is published (a count's empty window is 0 already, catalog.py).
+        values = None
     keys = {key for key in previous if key.rule == rule.name}
     if values is not None:
         keys.update(AlertKey(rule.name, group) for group in values)

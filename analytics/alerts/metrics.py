@@ -260,7 +260,8 @@ class MetricSource:
         """A SQL rule's ``(group, value)`` rows (or one ``value`` column) as values per group.
 
         Binds the ``$window_start``/``$window_end`` the query names (the window's whole minutes,
-        naive UTC). A NULL or NaN value (DuckDB's 0/0) is no value for its group. Raises
+        naive UTC). A NULL or NaN value (DuckDB's 0/0) is no value for its group; a one-column
+        query without a value is None (no data at all, as ``no_data: alert`` needs). Raises
         QueryError when the result has another number of columns, a value column that is not a
         number, or a group in several rows (``hk rules check`` runs this very method).
         """
@@ -295,6 +296,8 @@ class MetricSource:
         if twice:
             name, count = twice[0]
             raise QueryError(f"returns group {name!r} in {count} rows: give one row per group")
+        if not result and len(description) == 1:
+            return None  # one value column, no value (sum() of no rows): no data at all
         return result
 
     def _grouped(

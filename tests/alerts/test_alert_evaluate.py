@@ -502,3 +502,39 @@ rules:
     assert report.errors == {
         "twice": "QueryError: returns group '/api/orders' in 2 rows: give one row per group"
     }
+
+
+def test_no_data_alert_fires_when_the_window_has_no_rows_not_only_when_nothing_is_published(
+    tmp_path,
+):
+    """``no_data: alert`` on an ungrouped rule: traffic stops (the rollups are published, the
+    window has no rows). The metric answered no group at all, which was taken for "nothing to
+    say" instead of no data: the alert never fired."""
+    settings = analytics_settings_at(tmp_path)
+    publish_minutes(settings, steady_traffic(T0, 10))
+    rules = pack(
+        """
+rules:
+  - name: error_rate
+    metric: http_error_rate
+    window: 5m
+    no_data: alert
+    thresholds: {warning: {value: 0.5}}
+  - name: sql_requests
+    sql: >
+      SELECT sum(requests) FROM requests_minute
+      WHERE minute >= $window_start AND minute < $window_end
+    comparator: "<"
+    no_data: alert
+    thresholds: {warning: {value: 10}}
+"""
+    )
+    store = store_at(tmp_path)
+    flowing = evaluate(settings, store, rules, T0 + 5 * MINUTE)
+    stopped = evaluate(settings, store, rules, T0 + 30 * MINUTE)
+
+    assert flowing.notifications == []
+    assert [(n.key, n.kind, n.severity, n.value) for n in stopped.notifications] == [
+        (AlertKey("error_rate", ""), NotificationKind.FIRING, Severity.CRITICAL, None),
+        (AlertKey("sql_requests", ""), NotificationKind.FIRING, Severity.CRITICAL, None),
+    ]
