@@ -15,6 +15,7 @@ import duckdb
 import sqlalchemy as sa
 
 from analytics.alerts.catalog import BUILTIN_METRICS, GroupBy
+from analytics.alerts.messages import one_line
 from analytics.alerts.metrics import MetricSource
 from analytics.alerts.model import (
     AlertKey,
@@ -174,6 +175,44 @@ def evaluate_rules(
                 report.silenced.extend(held)
             records.extend(rule_records)
         store.save_states(conn, records, names)
+        closed = _removed_rules(store, conn, pack, now, channels)
+        report.notifications.extend(closed)
         store.enqueue(conn, report.notifications, now=now)
     report.active = {record.key: record for record in records if record.state is not AlertState.OK}
     return report
+
+
+def _removed_rules(
+    store: AlertStore,
+    conn: sa.Connection,
+    pack: RulePack,
+    now: datetime,
+    channel_for: dict[Severity, str],
+) -> list[Notification]:
+    """Drop the stored states of rules no longer in ``pack`` (removed or renamed in the rule
+    file): a RESOLVED for each of their firing alerts the channel heard of (it replies in the
+    alert's threads), so neither ``hk alerts list`` nor a Slack thread keeps a ghost firing."""
+    kept = {rule.name for rule in pack.rules}
+    stale = {key: record for key, record in store.load_states(conn).items() if key.rule not in kept}
+    if not stale:
+        return []
+    closed = [
+        Notification(
+            key=key,
+            kind=NotificationKind.RESOLVED,
+            severity=record.severity,
+            channel=channel_for.get(record.severity, ""),
+            title=f"RESOLVED: {key.rule}{' on ' + one_line(key.group) if key.group else ''} "
+            "is no longer watched (its rule was removed from the rule file)",
+            text=f"The rule {key.rule} is no longer in the rule file: its alert is closed "
+            "without a new value.",
+            evaluated_at=now,
+            labels={"group": key.group} if key.group else {},
+        )
+        for key, record in sorted(stale.items())
+        if record.state is AlertState.FIRING
+        and record.severity is not None
+        and record.unannounced is not NotificationKind.FIRING
+    ]
+    store.save_states(conn, [], sorted({key.rule for key in stale}))
+    return closed

@@ -5,22 +5,25 @@ from __future__ import annotations
 from datetime import timedelta
 
 from analytics.alerts.backtest import backtest
+from analytics.alerts.delivery import deliver
 from analytics.alerts.evaluate import evaluate_rules
 from analytics.alerts.metrics import MetricSource
 from analytics.alerts.model import AlertKey, AlertState, NotificationKind, Severity
 from analytics.alerts.rules import load_rules
+from analytics.alerts.slack import SlackWebSender
 from tests.support.alert_support import (
     T0,
     Minute,
+    alert_settings_at,
     analytics_settings_at,
     pack,
     publish_minutes,
     steady_traffic,
     store_at,
 )
+from tests.support.fake_slack import FakeSlack
 
-PER_ROUTE = pack(
-    """
+PER_ROUTE_TEXT = """
 rules:
   - name: route_errors
     metric: http_error_rate
@@ -36,7 +39,7 @@ rules:
     thresholds:
       warning: {value: 500}
 """
-)
+PER_ROUTE = pack(PER_ROUTE_TEXT)
 MINUTE = timedelta(minutes=1)
 
 
@@ -538,3 +541,37 @@ rules:
         (AlertKey("error_rate", ""), NotificationKind.FIRING, Severity.CRITICAL, None),
         (AlertKey("sql_requests", ""), NotificationKind.FIRING, Severity.CRITICAL, None),
     ]
+
+
+def test_removing_a_firing_rule_closes_its_alert_in_its_thread(tmp_path):
+    """A firing rule removed (or renamed) in the rule file stayed 'firing' in hk alerts list
+    forever and its Slack thread never heard an all-clear."""
+    settings = analytics_settings_at(tmp_path)
+    publish_minutes(settings, [Minute(T0 + offset * MINUTE, errors=30) for offset in range(30)])
+    store = store_at(tmp_path)
+    slack = FakeSlack().start()
+    try:
+        sender = SlackWebSender("xoxb-test", slack.base_url)
+        fired = evaluate(settings, store, PER_ROUTE, T0 + 10 * MINUTE)
+        deliver(store, sender, alert_settings_at(tmp_path), lambda: T0 + 10 * MINUTE)
+        without = pack("rules:\n  - name: p95" + PER_ROUTE_TEXT.split("  - name: p95")[1])
+        removed = evaluate(settings, store, without, T0 + 11 * MINUTE)
+        deliver(store, sender, alert_settings_at(tmp_path), lambda: T0 + 11 * MINUTE)
+        later = evaluate(settings, store, without, T0 + 12 * MINUTE)
+        firing, reply = slack.channel_messages("#alerts")
+    finally:
+        slack.stop()
+
+    assert [(n.key, n.kind) for n in fired.notifications] == [
+        (AlertKey("route_errors", "/api/orders"), NotificationKind.FIRING)
+    ]
+    assert [(n.key, n.kind, n.severity) for n in removed.notifications] == [
+        (AlertKey("route_errors", "/api/orders"), NotificationKind.RESOLVED, Severity.HIGH)
+    ]
+    assert reply.thread_ts == firing.ts and reply.text.split("\n")[0] == (
+        "RESOLVED: route_errors on /api/orders is no longer watched "
+        "(its rule was removed from the rule file)"
+    )
+    assert later.notifications == [] and later.active == {}
+    with store.transaction() as conn:
+        assert store.load_states(conn) == {}
