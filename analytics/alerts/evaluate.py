@@ -87,12 +87,33 @@ def advance_rule(
         value = values.get(key.group) if values is not None else None
         if value is None and counted:
             value = 0.0
-        record, produced = advance(
-            rule, previous.get(key), key, value, now, channel_for, key.group in low_volume
-        )
+        if key.group == "" and values and rule.group_by is not GroupBy.NONE:
+            # A grouped rule's "no data at all" alert (no_data: alert) ends when its groups
+            # answer again: it has no value of its own to recover with.
+            quiet = rule.model_copy(update={"no_data": NoData.OK})
+            record, produced = advance(quiet, previous.get(key), key, None, now, channel_for)
+            back = f"values for {len(values)} {rule.group_by.value}(s)"
+            produced = [
+                replace(
+                    item,
+                    title=f"RESOLVED: {rule.name} has data again ({back}; it fired at "
+                    f"{record_severity(item)} for no data)",
+                    text=f"{rule.name} has data again ({back}): each is evaluated on its own.",
+                )
+                for item in produced
+            ]
+        else:
+            record, produced = advance(
+                rule, previous.get(key), key, value, now, channel_for, key.group in low_volume
+            )
         records.append(record)
         notifications.extend(produced)
     return records, notifications
+
+
+def record_severity(item: Notification) -> str:
+    """The severity a notification names ("none" for one without)."""
+    return item.severity.value if item.severity is not None else "none"
 
 
 _ANNOUNCING = (NotificationKind.FIRING, NotificationKind.ESCALATED)

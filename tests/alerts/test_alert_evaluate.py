@@ -6,7 +6,7 @@ from datetime import timedelta
 
 from analytics.alerts.backtest import backtest
 from analytics.alerts.delivery import deliver
-from analytics.alerts.evaluate import evaluate_rules
+from analytics.alerts.evaluate import advance_rule, evaluate_rules
 from analytics.alerts.metrics import MetricSource
 from analytics.alerts.model import AlertKey, AlertState, NotificationKind, Severity
 from analytics.alerts.rules import load_rules
@@ -575,3 +575,41 @@ def test_removing_a_firing_rule_closes_its_alert_in_its_thread(tmp_path):
     assert later.notifications == [] and later.active == {}
     with store.transaction() as conn:
         assert store.load_states(conn) == {}
+
+
+def test_a_grouped_rules_no_data_alert_resolves_when_its_groups_answer_again():
+    """``no_data: alert`` on a per-route rule: nothing published fires its "no data at all"
+    alert; once routes answer, that alert stayed firing forever (it has no value to recover
+    with) while every route was evaluated as ok."""
+    rule = pack(
+        """
+rules:
+  - name: route_errors
+    metric: http_error_rate
+    group_by: route
+    window: 5m
+    no_data: alert
+    thresholds: {warning: {value: 0.5}}
+"""
+    ).rules[0]
+    channels = {severity: "#alerts" for severity in Severity}
+    previous, sent = {}, []
+    for offset, values in enumerate([None, None, {"/api/orders": 0.1}, {"/api/orders": 0.1}]):
+        records, produced = advance_rule(rule, values, previous, T0 + offset * MINUTE, channels)
+        previous = {record.key: record for record in records}
+        sent += [(offset, n.key.group, n.kind, n.title) for n in produced]
+
+    assert sent == [
+        (0, "", NotificationKind.FIRING, "FIRING [critical]: route_errors: no data for 5m"),
+        (
+            2,
+            "",
+            NotificationKind.RESOLVED,
+            "RESOLVED: route_errors has data again (values for 1 route(s); it fired at critical "
+            "for no data)",
+        ),
+    ]
+    assert {key: record.state for key, record in previous.items()} == {
+        AlertKey("route_errors", ""): AlertState.OK,
+        AlertKey("route_errors", "/api/orders"): AlertState.OK,
+    }
