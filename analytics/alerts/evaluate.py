@@ -133,15 +133,20 @@ def apply_silences(
     A held FIRING or ESCALATED is remembered on the record; once no silence covers the alert
     (unsilenced, or expired) while it still fires, that notification goes out at the alert's
     current severity, so the channel learns of an alert that fired during a silence. A RESOLVED
-    of an alert nobody heard of (its FIRING held back) is not sent.
+    of an alert nobody heard of (its FIRING held back) is not sent; the RESOLVED of an alert
+    the channel heard fire is sent even under a silence (its thread gets the all-clear).
     """
     if any(silence.matches(record.key, now) for silence in silences):
+        # The channel heard this alert fire (its FIRING was not held): its all-clear closes
+        # the thread it has, so a RESOLVED goes out through a silence.
+        heard = record.unannounced is not NotificationKind.FIRING
         for item in produced:
             if item.kind in _ANNOUNCING and record.unannounced is not NotificationKind.FIRING:
                 record.unannounced = item.kind
         if record.state is not AlertState.FIRING:
             record.unannounced = None
-        return [], produced
+        closing = [item for item in produced if heard and item.kind is NotificationKind.RESOLVED]
+        return closing, [item for item in produced if item not in closing]
     unannounced, record.unannounced = record.unannounced, None
     if unannounced is None:
         return produced, []

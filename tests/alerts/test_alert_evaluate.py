@@ -613,3 +613,24 @@ rules:
         AlertKey("route_errors", ""): AlertState.OK,
         AlertKey("route_errors", "/api/orders"): AlertState.OK,
     }
+
+
+def test_an_alert_the_channel_heard_fire_gets_its_all_clear_even_under_a_silence(tmp_path):
+    """FIRING sent, then a silence ("we're on it"), then it resolves under the silence: the
+    RESOLVED was held and never sent, so the channel's thread read firing forever."""
+    settings = analytics_settings_at(tmp_path)
+    minutes = [
+        Minute(T0 + offset * MINUTE, errors=30 if offset < 10 else 0) for offset in range(40)
+    ]
+    publish_minutes(settings, minutes)
+    store = store_at(tmp_path)
+    fired = evaluate(settings, store, PER_ROUTE, T0 + 10 * MINUTE)
+    store.add_silence("route_errors", None, T0, T0 + timedelta(hours=2), "on it", "ops")
+    resolved = evaluate(settings, store, PER_ROUTE, T0 + 20 * MINUTE)
+    after = [evaluate(settings, store, PER_ROUTE, T0 + offset * MINUTE) for offset in (21, 22)]
+
+    assert [n.kind for n in fired.notifications] == [NotificationKind.FIRING]
+    assert [(n.key, n.kind) for n in resolved.notifications] == [
+        (AlertKey("route_errors", "/api/orders"), NotificationKind.RESOLVED)
+    ]
+    assert [n for report in after for n in report.notifications] == []
