@@ -152,6 +152,34 @@ rules:
     assert "none=" not in context["elements"][0]["text"]
 
 
+def test_a_maximal_rule_name_keeps_value_and_threshold_in_the_header(tmp_path, slack):
+    """A 63-character rule name (the longest allowed) and a 60-character route: the header was
+    cut at 150 characters before the value and the threshold, so line 1 on a phone said what
+    broke but not how bad. The route gives way instead."""
+    name = "checkout_payment_provider_webhook_error_rate_per_route_over_5_m"
+    rule = pack(
+        f"""
+rules:
+  - name: {name}
+    metric: http_error_rate
+    group_by: route
+    thresholds: {{high: {{value: 0.05}}}}
+"""
+    ).rules[0]
+    route = "/api/v2/checkout/payments/providers/<provider_id>/webhooks/retry"
+    _, (fired,) = advance(rule, None, AlertKey(name, route), 0.231, T0, {Severity.HIGH: "#alerts"})
+    store, clock = store_at(tmp_path), Clock(T0)
+    enqueue(store, fired)
+
+    drain(tmp_path, slack, store, clock)
+
+    (message,) = slack.channel_messages("#alerts")
+    assert message.blocks[0]["text"]["text"] == (
+        f":large_orange_circle: FIRING [high]: {name} on route /api/v2/checkout/paym… "
+        "is 23.1% (> 5.0%)"
+    )
+
+
 def _notification(metric=None, group="", run_id=None, rule="r", labels=None):
     return Notification(
         key=AlertKey(rule, group),
