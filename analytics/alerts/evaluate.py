@@ -97,7 +97,7 @@ def advance_rule(
                 replace(
                     item,
                     title=f"RESOLVED: {rule.name} has data again ({back}; it fired at "
-                    f"{record_severity(item)} for no data)",
+                    f"{_severity_name(item)} for no data)",
                     text=f"{rule.name} has data again ({back}): each is evaluated on its own.",
                 )
                 for item in produced
@@ -111,7 +111,7 @@ def advance_rule(
     return records, notifications
 
 
-def record_severity(item: Notification) -> str:
+def _severity_name(item: Notification) -> str:
     """The severity a notification names ("none" for one without)."""
     return item.severity.value if item.severity is not None else "none"
 
@@ -184,7 +184,9 @@ def evaluate_rules(
             report.errors[rule.name] = f"{type(exc).__name__}: {str(exc).splitlines()[0]}"
     names = [rule.name for rule in pack.rules if rule.name not in report.errors]
     with store.transaction() as conn:
-        previous = store.load_states(conn, names)
+        stored = store.load_states(conn)  # once: the evaluated rules' and removed rules' states
+        evaluated = set(names)
+        previous = {key: record for key, record in stored.items() if key.rule in evaluated}
         silences = store.active_silences(conn, now)
         records: list[AlertRecord] = []
         for rule in pack.rules:
@@ -201,7 +203,7 @@ def evaluate_rules(
                 report.silenced.extend(held)
             records.extend(rule_records)
         store.save_states(conn, records, names)
-        closed = _removed_rules(store, conn, pack, now, channels)
+        closed = _removed_rules(store, conn, stored, pack, now, channels)
         report.notifications.extend(closed)
         store.enqueue(conn, report.notifications, now=now)
     report.active = {record.key: record for record in records if record.state is not AlertState.OK}
@@ -211,15 +213,16 @@ def evaluate_rules(
 def _removed_rules(
     store: AlertStore,
     conn: sa.Connection,
+    stored: dict[AlertKey, AlertRecord],
     pack: RulePack,
     now: datetime,
     channel_for: dict[Severity, str],
 ) -> list[Notification]:
-    """Drop the stored states of rules no longer in ``pack`` (removed or renamed in the rule
-    file): a RESOLVED for each of their firing alerts the channel heard of (it replies in the
+    """Drop the ``stored`` states of rules no longer in ``pack`` (removed or renamed in the rule
+    file) and return a RESOLVED for each of their firing alerts the channel heard of (it replies in the
     alert's threads), so neither ``hk alerts list`` nor a Slack thread keeps a ghost firing."""
     kept = {rule.name for rule in pack.rules}
-    stale = {key: record for key, record in store.load_states(conn).items() if key.rule not in kept}
+    stale = {key: record for key, record in stored.items() if key.rule not in kept}
     if not stale:
         return []
     closed = [
