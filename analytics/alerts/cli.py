@@ -23,7 +23,7 @@ from analytics.alerts.delivery import DeliveryReport
 from analytics.alerts.evaluate import METRIC_ERRORS
 from analytics.alerts.messages import format_value
 from analytics.alerts.metrics import MetricSource
-from analytics.alerts.model import AlertState
+from analytics.alerts.model import AlertRecord, AlertState
 from analytics.alerts.rule_tests import load_rule_test, run_rule_test
 from analytics.alerts.rules import Rule, RulePack, load_rules
 from analytics.alerts.service import AlertRuntime, deliver_outbox, evaluate_and_deliver
@@ -367,26 +367,43 @@ def _known_groups(runtime: AlertRuntime, rule: Rule) -> set[str]:
 def alerts_unsilence(silence_id: int, config_file: str | None) -> None:
     """End silence SILENCE_ID now."""
     runtime = AlertRuntime.load(config_file)
+    now = datetime.now(UTC)
+    ended = next(
+        (item for item in runtime.store.list_silences(now, True) if item.id == silence_id), None
+    )
     removed = runtime.store.remove_silence(silence_id)
-    if not removed:
+    if not removed or ended is None:
         runtime.close()
         raise click.ClickException(f"no silence #{silence_id} (see hk alerts list)")
     with runtime.store.transaction() as conn:
+        others = runtime.store.active_silences(conn, now)
         held = [
             record
             for record in runtime.store.load_states(conn).values()
-            if record.state is AlertState.FIRING and record.unannounced is not None
+            if record.state is AlertState.FIRING
+            and record.unannounced is not None
+            and ended.matches(record.key, now)
         ]
     runtime.close()
     click.echo(f"silence #{silence_id} removed")
-    if held:
-        # The evaluation sends them (the sensor's next tick, or hk alerts evaluate), unless
-        # another silence still covers them.
-        names = ", ".join(
-            f"{record.key.rule}{' [' + record.key.group + ']' if record.key.group else ''}"
-            for record in sorted(held, key=lambda record: record.key)
-        )
-        click.echo(f"firing while silenced, sent at the next evaluation: {names}")
+
+    def name(record: AlertRecord) -> str:
+        return f"{record.key.rule}{' [' + record.key.group + ']' if record.key.group else ''}"
+
+    # The evaluation sends what this silence held (the sensor's next tick, or hk alerts
+    # evaluate), unless another silence still covers it.
+    still: dict[int, list[str]] = {}
+    free = []
+    for record in sorted(held, key=lambda record: record.key):
+        cover = next((other for other in others if other.matches(record.key, now)), None)
+        if cover is None:
+            free.append(name(record))
+        else:
+            still.setdefault(cover.id, []).append(name(record))
+    if free:
+        click.echo(f"firing while silenced, sent at the next evaluation: {', '.join(free)}")
+    for other, names in sorted(still.items()):
+        click.echo(f"firing, still silenced by #{other}: {', '.join(names)}")
 
 
 def _delivery_lines(report: DeliveryReport) -> None:
@@ -402,7 +419,8 @@ def alerts_evaluate(config_file: str | None) -> None:
     """Evaluate every rule now, as the sensor does, and send what it produces.
 
     Exit status: 0 all evaluated and sent; 3 a rule could not be evaluated; 4 the delivery
-    stopped (Slack; the notifications wait in the outbox); 5 both; 1 the config or the store.
+    stopped (Slack; the notifications wait in the outbox) or a message failed for good (a
+    channel Slack refuses); 5 both; 1 the config or the store.
     """
     runtime = AlertRuntime.load(config_file)
     sender = sender_from_environment(click.echo)
@@ -419,13 +437,14 @@ def alerts_evaluate(config_file: str | None) -> None:
     _delivery_lines(delivery)
     if delivery.error:
         click.echo(f"delivery stopped: {delivery.error}", err=True)
+    undelivered = bool(delivery.error or delivery.failed)
     status = (
         EXIT_BOTH
-        if report.errors and delivery.error
+        if report.errors and undelivered
         else EXIT_EVALUATION
         if report.errors
         else EXIT_DELIVERY
-        if delivery.error
+        if undelivered
         else 0
     )
     if status:
@@ -441,7 +460,8 @@ def alerts_evaluate(config_file: str | None) -> None:
 )
 @config_option
 def alerts_deliver(respect_backoff: bool, config_file: str | None) -> None:
-    """Send the notifications waiting in the outbox now (exit 4 when the delivery stopped)."""
+    """Send the notifications waiting in the outbox now (exit 4 when the delivery stopped or
+    a message failed for good)."""
     runtime = AlertRuntime.load(config_file)
     sender = sender_from_environment(click.echo)
     report = deliver_outbox(runtime, sender, respect_backoff=respect_backoff)
@@ -450,6 +470,8 @@ def alerts_deliver(respect_backoff: bool, config_file: str | None) -> None:
     _delivery_lines(report)
     if report.error:
         click.echo(f"delivery stopped: {report.error}", err=True)
+    if report.error or report.failed:
+        # a message failed for good (a channel Slack refuses) is not delivered either
         raise SystemExit(EXIT_DELIVERY)
 
 

@@ -14,7 +14,8 @@ from datetime import datetime
 import duckdb
 import sqlalchemy as sa
 
-from analytics.alerts.catalog import BUILTIN_METRICS
+from analytics.alerts.catalog import BUILTIN_METRICS, GroupBy
+from analytics.alerts.messages import one_line
 from analytics.alerts.metrics import MetricSource
 from analytics.alerts.model import (
     AlertKey,
@@ -62,10 +63,15 @@ def advance_rule(
 
     ``low_volume``: the groups under the rule's ``min_requests`` (``MetricSource.low_volume``).
 
-    ``values`` is the metric per group (None: the metric has no data at all). A remembered group
+    ``values`` is the metric per group (None, or no group of an ungrouped metric: the metric has
+    no data at all, which ``no_data: alert`` alerts on). A remembered group
     missing from ``values`` has no data, except for a count (``zero_when_empty`` in catalog.py):
     its source answered, so nothing counted is 0, an observed value.
     """
+    if values == {} and rule.metric is not None and rule.group_by is GroupBy.NONE:
+        # An ungrouped metric answered no row for its window (traffic stopped): no data, as
+        # when nothing is published (a count's empty window is 0 already, catalog.py).
+        values = None
     keys = {key for key in previous if key.rule == rule.name}
     if values is not None:
         keys.update(AlertKey(rule.name, group) for group in values)
@@ -81,12 +87,33 @@ def advance_rule(
         value = values.get(key.group) if values is not None else None
         if value is None and counted:
             value = 0.0
-        record, produced = advance(
-            rule, previous.get(key), key, value, now, channel_for, key.group in low_volume
-        )
+        if key.group == "" and values and rule.group_by is not GroupBy.NONE:
+            # A grouped rule's "no data at all" alert (no_data: alert) ends when its groups
+            # answer again: it has no value of its own to recover with.
+            quiet = rule.model_copy(update={"no_data": NoData.OK})
+            record, produced = advance(quiet, previous.get(key), key, None, now, channel_for)
+            back = f"values for {len(values)} {rule.group_by.value}(s)"
+            produced = [
+                replace(
+                    item,
+                    title=f"RESOLVED: {rule.name} has data again ({back}; it fired at "
+                    f"{_severity_name(item)} for no data)",
+                    text=f"{rule.name} has data again ({back}): each is evaluated on its own.",
+                )
+                for item in produced
+            ]
+        else:
+            record, produced = advance(
+                rule, previous.get(key), key, value, now, channel_for, key.group in low_volume
+            )
         records.append(record)
         notifications.extend(produced)
     return records, notifications
+
+
+def _severity_name(item: Notification) -> str:
+    """The severity a notification names ("none" for one without)."""
+    return item.severity.value if item.severity is not None else "none"
 
 
 _ANNOUNCING = (NotificationKind.FIRING, NotificationKind.ESCALATED)
@@ -106,15 +133,20 @@ def apply_silences(
     A held FIRING or ESCALATED is remembered on the record; once no silence covers the alert
     (unsilenced, or expired) while it still fires, that notification goes out at the alert's
     current severity, so the channel learns of an alert that fired during a silence. A RESOLVED
-    of an alert nobody heard of (its FIRING held back) is not sent.
+    of an alert nobody heard of (its FIRING held back) is not sent; the RESOLVED of an alert
+    the channel heard fire is sent even under a silence (its thread gets the all-clear).
     """
     if any(silence.matches(record.key, now) for silence in silences):
+        # The channel heard this alert fire (its FIRING was not held): its all-clear closes
+        # the thread it has, so a RESOLVED goes out through a silence.
+        heard = record.unannounced is not NotificationKind.FIRING
         for item in produced:
             if item.kind in _ANNOUNCING and record.unannounced is not NotificationKind.FIRING:
                 record.unannounced = item.kind
         if record.state is not AlertState.FIRING:
             record.unannounced = None
-        return [], produced
+        closing = [item for item in produced if heard and item.kind is NotificationKind.RESOLVED]
+        return closing, [item for item in produced if item not in closing]
     unannounced, record.unannounced = record.unannounced, None
     if unannounced is None:
         return produced, []
@@ -152,7 +184,9 @@ def evaluate_rules(
             report.errors[rule.name] = f"{type(exc).__name__}: {str(exc).splitlines()[0]}"
     names = [rule.name for rule in pack.rules if rule.name not in report.errors]
     with store.transaction() as conn:
-        previous = store.load_states(conn, names)
+        stored = store.load_states(conn)  # once: the evaluated rules' and removed rules' states
+        evaluated = set(names)
+        previous = {key: record for key, record in stored.items() if key.rule in evaluated}
         silences = store.active_silences(conn, now)
         records: list[AlertRecord] = []
         for rule in pack.rules:
@@ -169,6 +203,45 @@ def evaluate_rules(
                 report.silenced.extend(held)
             records.extend(rule_records)
         store.save_states(conn, records, names)
+        closed = _removed_rules(store, conn, stored, pack, now, channels)
+        report.notifications.extend(closed)
         store.enqueue(conn, report.notifications, now=now)
     report.active = {record.key: record for record in records if record.state is not AlertState.OK}
     return report
+
+
+def _removed_rules(
+    store: AlertStore,
+    conn: sa.Connection,
+    stored: dict[AlertKey, AlertRecord],
+    pack: RulePack,
+    now: datetime,
+    channel_for: dict[Severity, str],
+) -> list[Notification]:
+    """Drop the ``stored`` states of rules no longer in ``pack`` (removed or renamed in the rule
+    file) and return a RESOLVED for each of their firing alerts the channel heard of (it replies in the
+    alert's threads), so neither ``hk alerts list`` nor a Slack thread keeps a ghost firing."""
+    kept = {rule.name for rule in pack.rules}
+    stale = {key: record for key, record in stored.items() if key.rule not in kept}
+    if not stale:
+        return []
+    closed = [
+        Notification(
+            key=key,
+            kind=NotificationKind.RESOLVED,
+            severity=record.severity,
+            channel=channel_for.get(record.severity, ""),
+            title=f"RESOLVED: {key.rule}{' on ' + one_line(key.group) if key.group else ''} "
+            "is no longer watched (its rule was removed from the rule file)",
+            text=f"The rule {key.rule} is no longer in the rule file: its alert is closed "
+            "without a new value.",
+            evaluated_at=now,
+            labels={"group": key.group} if key.group else {},
+        )
+        for key, record in sorted(stale.items())
+        if record.state is AlertState.FIRING
+        and record.severity is not None
+        and record.unannounced is not NotificationKind.FIRING
+    ]
+    store.save_states(conn, [], sorted({key.rule for key in stale}))
+    return closed

@@ -52,8 +52,12 @@ BUTTON_LIMIT = 75
 TEXT_LIMIT = 40000  # the top-level text Slack accepts; we send at most TEXT_SHOWN of it
 TEXT_SHOWN = 3000
 GROUP_IN_TITLE = 60  # a group (route, error text) is cut to this in titles
+GROUP_IN_TITLE_MIN = 20  # ... and down to this when the rule's name is long
+# A title fits the header (HEADER_LIMIT) after the longest icon, ":large_yellow_circle: ".
+TITLE_BUDGET = HEADER_LIMIT - len(":large_yellow_circle: ")
 ERROR_LINE_LIMIT = 300
 ELLIPSIS = "…"
+_PARTIAL_ENTITY = re.compile(r"&(?:a|am|amp|l|lt|g|gt)?$")
 # The Dagster code location (workspace.yaml) whose sensors the links open.
 CODE_LOCATION = "housekeeping"
 RULES_SENSOR = "alert_rules_sensor"
@@ -105,10 +109,14 @@ def clip(text: str, limit: int) -> str:
     if len(text) <= limit:
         return text
     cut = text[: limit - len(ELLIPSIS)]
-    amp = cut.rfind("&")
-    if amp != -1 and ";" not in cut[amp:]:
-        cut = cut[:amp]
-    return cut + ELLIPSIS
+    # Only an entity cut at its end (``&l``); a raw ``&`` earlier is text (a route's query).
+    return _PARTIAL_ENTITY.sub("", cut) + ELLIPSIS
+
+
+def one_line(text: str) -> str:
+    """``text`` with its line breaks and runs of whitespace as single spaces (a group from data,
+    e.g. a multi-line error text, must not break a title or a label onto further lines)."""
+    return " ".join(text.split())
 
 
 def redact_secrets(text: str) -> str:
@@ -142,13 +150,13 @@ _VERB = {
 }
 
 
-def _where(rule: Rule, key: AlertKey) -> str:
+def _where(rule: Rule, key: AlertKey, limit: int = GROUP_IN_TITLE) -> str:
     """`` on route /api/orders``: the group, named by the rule's grouping ("group" for a SQL
-    rule, whose groups are whatever its first column holds), cut to GROUP_IN_TITLE."""
+    rule, whose groups are whatever its first column holds), cut to ``limit``."""
     if not key.group:
         return ""
     label = rule.group_by.value if rule.group_by is not GroupBy.NONE else "group"
-    return f" on {label} {clip(key.group, GROUP_IN_TITLE)}"
+    return f" on {label} {clip(one_line(key.group), limit)}"
 
 
 def _now_value(unit: Unit | None, value: float | None, window: timedelta) -> str:
@@ -171,6 +179,18 @@ def rule_message(
     rule's ``summary`` (else its description). A SQL rule's value is named "sql".
     """
     where = _where(rule, key)
+    title, text = _rule_texts(rule, where, kind, severity, value)
+    excess = len(title) - TITLE_BUDGET
+    if excess > 0 and key.group:
+        # A long rule name: the group gives way so the header keeps the value and threshold.
+        limit = max(GROUP_IN_TITLE_MIN, GROUP_IN_TITLE - excess)
+        title, _ = _rule_texts(rule, _where(rule, key, limit), kind, severity, value)
+    return title, text
+
+
+def _rule_texts(
+    rule: Rule, where: str, kind: NotificationKind, severity: Severity, value: float | None
+) -> tuple[str, str]:
     metric_label = rule.metric or "sql"
     unit = unit_of(rule.metric)
     shown = format_value(unit, value)
@@ -309,7 +329,9 @@ def _since(notification: Notification, since: datetime | None) -> str:
 
 
 def _context(notification: Notification) -> dict[str, Any]:
-    labels = ", ".join(f"{name}={value}" for name, value in sorted(notification.labels.items()))
+    labels = ", ".join(
+        f"{name}={one_line(value)}" for name, value in sorted(notification.labels.items())
+    )
     at = notification.evaluated_at.strftime("%Y-%m-%d %H:%M UTC")
     text = f"{at} · rule `{notification.key.rule}`" + (f" · {labels}" if labels else "")
     return {"type": "context", "elements": [_mrkdwn(escape(text))]}
@@ -368,7 +390,8 @@ def render(
             f"{len(notifications)} groups"
         )
         lines = [
-            f"• {clip(item.key.group or 'all', GROUP_IN_TITLE)}: {format_value(unit, item.value)}"
+            f"• {clip(one_line(item.key.group) or 'all', GROUP_IN_TITLE)}: "
+            f"{format_value(unit, item.value)}"
             + (f" ({item.severity.value})" if item.severity else "")
             for item in notifications[:MAX_GROUPS_LISTED]
         ]

@@ -23,7 +23,9 @@ may do).
 
 from __future__ import annotations
 
+import math
 import re
+from collections import Counter
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -263,8 +265,10 @@ class MetricSource:
         """A SQL rule's ``(group, value)`` rows (or one ``value`` column) as values per group.
 
         Binds the ``$window_start``/``$window_end`` the query names (the window's whole minutes,
-        naive UTC). Raises QueryError when the result has another number of columns or a value
-        column that is not a number (``hk rules check`` runs this very method).
+        naive UTC). A NULL or NaN value (DuckDB's 0/0) is no value for its group; a one-column
+        query without a value is None (no data at all, as ``no_data: alert`` needs). Raises
+        QueryError when the result has another number of columns, a value column that is not a
+        number, or a group in several rows (``hk rules check`` runs this very method).
         """
         start, end = window_bounds(now, window)
         connection = self._duck()
@@ -285,10 +289,20 @@ class MetricSource:
         if kind.split("(")[0] not in _NUMERIC_TYPES:
             raise QueryError(f"value column {name!r} is {kind}, not a number")
         result: GroupValues = {}
+        seen: Counter[str] = Counter()
         for row in cursor.fetchall():
             group, value = ("", row[0]) if len(row) == 1 else (row[0], row[1])
-            if value is not None:
-                result["" if group is None else str(group)] = float(value)
+            name = "" if group is None else str(group)
+            seen[name] += 1
+            # NULL and NaN (DuckDB's 0/0) are no value: no data for the group, never a recovery
+            if value is not None and not math.isnan(float(value)):
+                result[name] = float(value)
+        twice = [(name, count) for name, count in seen.items() if count > 1]
+        if twice:
+            name, count = twice[0]
+            raise QueryError(f"returns group {name!r} in {count} rows: give one row per group")
+        if not result and len(description) == 1:
+            return None  # one value column, no value (sum() of no rows): no data at all
         return result
 
     def _grouped(

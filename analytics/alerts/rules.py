@@ -32,6 +32,8 @@ from housekeeping.config_types import (
 from housekeeping.errors import HkError
 
 DEFAULT_RULES_FILE = "default_rules.yaml"
+# The parameters a SQL rule may name; metrics.py binds them at every evaluation.
+SQL_PARAMETERS = ("window_start", "window_end")
 RuleName = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,62}$")]
 Channel = Annotated[str, Field(pattern=r"^[#@]?[A-Za-z0-9._-]{1,80}$")]
 # A threshold may name a value of the config's health: section instead of repeating it.
@@ -138,6 +140,15 @@ class Rule(StrictModel):
                 raise ValueError(f"sql: {exc}") from None
             if len(statements) != 1:
                 raise ValueError(f"sql: must be one query, got {len(statements)} statements")
+            unbound = sorted(statements[0].named_parameters - set(SQL_PARAMETERS))
+            if unbound:
+                # DuckDB names a positional parameter (? or $1) by its position
+                name = "?" if unbound[0].isdigit() else f"${unbound[0]}"
+                raise ValueError(
+                    f"sql: parameter {name} is never bound (a SQL rule gets "
+                    + " and ".join(f"${parameter}" for parameter in SQL_PARAMETERS)
+                    + ")"
+                )
         if not self.thresholds:
             raise ValueError("thresholds: set at least one of warning, high, critical")
         ordered = sorted(self.thresholds.items(), key=lambda item: item[0].rank)

@@ -11,6 +11,7 @@ the new record with the notifications the transition calls for:
   value wobbling around the threshold does not flap; the next evaluation returns it to OK;
 - no data (``value`` None) follows the rule's ``no_data``: ``keep`` (the default) changes no
   state, so missing data never resolves a firing alert; ``ok`` resolves it; ``alert`` breaches.
+  The time without data does not count toward a ``for``: it is the breach observed that holds.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from __future__ import annotations
 from dataclasses import replace
 from datetime import UTC, datetime
 
-from analytics.alerts.catalog import unit_of
+from analytics.alerts.catalog import GroupBy, unit_of
 from analytics.alerts.messages import rule_message
 from analytics.alerts.model import (
     AlertKey,
@@ -115,7 +116,13 @@ def advance(
         return new, [notification]
 
     breaching = _breaching(rule, value, low_volume)
-    breach_since = {severity: previous.breach_since.get(severity, now) for severity in breaching}
+    held_since = previous.breach_since
+    if value is not None and previous.no_data_since is not None:
+        # Data is back: the minutes without it are not counted toward ``for`` (a breach seen
+        # once before an hour-long gap has held one minute, not an hour).
+        gap = now - previous.no_data_since
+        held_since = {severity: since + gap for severity, since in held_since.items()}
+    breach_since = {severity: held_since.get(severity, now) for severity in breaching}
     active = _active(rule, breach_since, now)
     new = replace(
         previous,
@@ -202,7 +209,8 @@ def _notification(
     if rule.metric:
         labels.setdefault("metric", rule.metric)
     if key.group:
-        labels[rule.group_by.value] = key.group
+        # a SQL rule's groups are whatever its first column holds: "group", as its title says
+        labels[rule.group_by.value if rule.group_by is not GroupBy.NONE else "group"] = key.group
     return Notification(
         key=key,
         kind=kind,

@@ -395,3 +395,29 @@ def test_alerts_list_marks_silenced_alerts_and_unsilence_says_what_goes_out(tmp_
     assert "[alert -> #alerts] FIRING [critical]: http_error_rate is 30.0%" in output
     code, output = hk("alerts", "list", "--config", config)
     assert "SILENCED" not in output
+
+
+def test_unsilence_names_only_the_alerts_that_silence_held_and_no_other_silence_holds(tmp_path):
+    """Overlapping silences: ending one while another still covers the alert sends nothing,
+    and unsilence must not announce that it will."""
+    config = setup(tmp_path, rules=RULES.replace("for: 2m", "for: 0s"))
+    now = datetime.now(UTC).replace(second=0, microsecond=0)
+    publish_minutes(
+        analytics_settings_at(tmp_path),
+        [Minute(now - timedelta(minutes=offset), errors=30) for offset in range(1, 11)],
+    )
+    for duration in ("2h", "1h"):
+        code, _ = hk(
+            "alerts", "silence", "http_error_rate", "--for", duration, "--reason", "deploy",
+            "--config", config,
+        )  # fmt: skip
+        assert code == 0
+    code, output = hk("alerts", "evaluate", "--config", config)
+    assert code == 0 and "0 new notifications (1 silenced)" in output
+
+    code, output = hk("alerts", "unsilence", "2", "--config", config)
+
+    assert code == 0 and "sent at the next evaluation" not in output
+    assert "still silenced by #1: http_error_rate" in output
+    code, output = hk("alerts", "evaluate", "--config", config)
+    assert code == 0 and "0 new notifications (0 silenced)" in output

@@ -379,6 +379,24 @@ def test_a_post_slack_accepts_but_answers_after_the_timeout_is_one_message_and_t
     ]
 
 
+def test_a_post_slack_recorded_then_answered_with_a_5xx_is_one_message(tmp_path, slack):
+    """A proxy's 502 after Slack recorded the post: the retry finds it, posts nothing more."""
+    store, clock = store_at(tmp_path), Clock(T0)
+    settings = alert_settings_at(tmp_path)
+    sender = SlackWebSender(TOKEN, slack.base_url)
+    enqueue(store, note())
+    slack.fail_next(Scripted(accept_then_status=502))
+
+    lost = deliver(store, sender, settings, clock, clock.sleep)
+    clock.advance(minutes=1)
+    retried = deliver(store, sender, settings, clock, clock.sleep)
+
+    assert lost.sent == 0 and "Slack answered HTTP 502" in lost.error
+    assert retried.sent == 1 and retried.found == 1
+    (firing,) = slack.channel_messages("#alerts")
+    assert store.rows()[0].slack_ts == firing.ts
+
+
 def test_a_resolved_reply_answered_after_the_timeout_is_one_reply(tmp_path, slack):
     store, clock = store_at(tmp_path), Clock(T0)
     settings = alert_settings_at(tmp_path)

@@ -5,22 +5,25 @@ from __future__ import annotations
 from datetime import timedelta
 
 from analytics.alerts.backtest import backtest
-from analytics.alerts.evaluate import evaluate_rules
+from analytics.alerts.delivery import deliver
+from analytics.alerts.evaluate import advance_rule, evaluate_rules
 from analytics.alerts.metrics import MetricSource
 from analytics.alerts.model import AlertKey, AlertState, NotificationKind, Severity
 from analytics.alerts.rules import load_rules
+from analytics.alerts.slack import SlackWebSender
 from tests.support.alert_support import (
     T0,
     Minute,
+    alert_settings_at,
     analytics_settings_at,
     pack,
     publish_minutes,
     steady_traffic,
     store_at,
 )
+from tests.support.fake_slack import FakeSlack
 
-PER_ROUTE = pack(
-    """
+PER_ROUTE_TEXT = """
 rules:
   - name: route_errors
     metric: http_error_rate
@@ -36,7 +39,7 @@ rules:
     thresholds:
       warning: {value: 500}
 """
-)
+PER_ROUTE = pack(PER_ROUTE_TEXT)
 MINUTE = timedelta(minutes=1)
 
 
@@ -452,3 +455,182 @@ def test_an_alert_database_of_the_previous_version_gets_the_new_state_columns(tm
     with store.transaction() as conn:
         again = store.load_states(conn)[AlertKey("errors", "")]
     assert again.no_data_since == T0 and again.unannounced is NotificationKind.FIRING
+
+
+def test_a_sql_rule_value_that_is_not_a_number_is_no_data_and_never_resolves(tmp_path):
+    """0/0 is NaN in DuckDB: a firing SQL rule whose routes go quiet read "RESOLVED ... is now
+    nan". NaN is no value (like NULL): the firing alert stays firing (no_data: keep)."""
+    settings = analytics_settings_at(tmp_path)
+    minutes = [
+        Minute(T0 + offset * MINUTE, requests=0 if offset >= 10 else 100, errors=30 * (offset < 10))
+        for offset in range(30)
+    ]
+    publish_minutes(settings, minutes)
+    store = store_at(tmp_path)
+    rules = pack(
+        """
+rules:
+  - name: sql_errors
+    sql: >
+      SELECT route, sum(status_5xx) / sum(requests) FROM requests_minute
+      WHERE minute >= $window_start AND minute < $window_end GROUP BY route
+    window: 5m
+    thresholds: {high: {value: 0.05}}
+"""
+    )
+    fired = evaluate(settings, store, rules, T0 + 5 * MINUTE)
+    quiet = [evaluate(settings, store, rules, T0 + offset * MINUTE) for offset in range(16, 25)]
+
+    assert [n.kind for n in fired.notifications] == [NotificationKind.FIRING]
+    assert [n for report in quiet for n in report.notifications] == []
+    record = quiet[-1].active[AlertKey("sql_errors", "/api/orders")]
+    assert record.state is AlertState.FIRING and record.no_data_since == T0 + 16 * MINUTE
+
+
+def test_a_sql_rule_returning_one_group_twice_is_an_error_not_a_hidden_value(tmp_path):
+    """Two rows for one group kept the last one: a breach in the first row went unseen."""
+    settings = analytics_settings_at(tmp_path)
+    publish_minutes(settings, steady_traffic(T0, 10))
+    rules = pack(
+        """
+rules:
+  - name: twice
+    sql: SELECT DISTINCT route, 0.5 FROM requests_minute UNION ALL SELECT '/api/orders', 0.0
+    thresholds: {high: {value: 0.1}}
+"""
+    )
+    report = evaluate(settings, store_at(tmp_path), rules, T0 + 10 * MINUTE)
+
+    assert report.notifications == []
+    assert report.errors == {
+        "twice": "QueryError: returns group '/api/orders' in 2 rows: give one row per group"
+    }
+
+
+def test_no_data_alert_fires_when_the_window_has_no_rows_not_only_when_nothing_is_published(
+    tmp_path,
+):
+    """``no_data: alert`` on an ungrouped rule: traffic stops (the rollups are published, the
+    window has no rows). The metric answered no group at all, which was taken for "nothing to
+    say" instead of no data: the alert never fired."""
+    settings = analytics_settings_at(tmp_path)
+    publish_minutes(settings, steady_traffic(T0, 10))
+    rules = pack(
+        """
+rules:
+  - name: error_rate
+    metric: http_error_rate
+    window: 5m
+    no_data: alert
+    thresholds: {warning: {value: 0.5}}
+  - name: sql_requests
+    sql: >
+      SELECT sum(requests) FROM requests_minute
+      WHERE minute >= $window_start AND minute < $window_end
+    comparator: "<"
+    no_data: alert
+    thresholds: {warning: {value: 10}}
+"""
+    )
+    store = store_at(tmp_path)
+    flowing = evaluate(settings, store, rules, T0 + 5 * MINUTE)
+    stopped = evaluate(settings, store, rules, T0 + 30 * MINUTE)
+
+    assert flowing.notifications == []
+    assert [(n.key, n.kind, n.severity, n.value) for n in stopped.notifications] == [
+        (AlertKey("error_rate", ""), NotificationKind.FIRING, Severity.CRITICAL, None),
+        (AlertKey("sql_requests", ""), NotificationKind.FIRING, Severity.CRITICAL, None),
+    ]
+
+
+def test_removing_a_firing_rule_closes_its_alert_in_its_thread(tmp_path):
+    """A firing rule removed (or renamed) in the rule file stayed 'firing' in hk alerts list
+    forever and its Slack thread never heard an all-clear."""
+    settings = analytics_settings_at(tmp_path)
+    publish_minutes(settings, [Minute(T0 + offset * MINUTE, errors=30) for offset in range(30)])
+    store = store_at(tmp_path)
+    slack = FakeSlack().start()
+    try:
+        sender = SlackWebSender("xoxb-test", slack.base_url)
+        fired = evaluate(settings, store, PER_ROUTE, T0 + 10 * MINUTE)
+        deliver(store, sender, alert_settings_at(tmp_path), lambda: T0 + 10 * MINUTE)
+        without = pack("rules:\n  - name: p95" + PER_ROUTE_TEXT.split("  - name: p95")[1])
+        removed = evaluate(settings, store, without, T0 + 11 * MINUTE)
+        deliver(store, sender, alert_settings_at(tmp_path), lambda: T0 + 11 * MINUTE)
+        later = evaluate(settings, store, without, T0 + 12 * MINUTE)
+        firing, reply = slack.channel_messages("#alerts")
+    finally:
+        slack.stop()
+
+    assert [(n.key, n.kind) for n in fired.notifications] == [
+        (AlertKey("route_errors", "/api/orders"), NotificationKind.FIRING)
+    ]
+    assert [(n.key, n.kind, n.severity) for n in removed.notifications] == [
+        (AlertKey("route_errors", "/api/orders"), NotificationKind.RESOLVED, Severity.HIGH)
+    ]
+    assert reply.thread_ts == firing.ts and reply.text.split("\n")[0] == (
+        "RESOLVED: route_errors on /api/orders is no longer watched "
+        "(its rule was removed from the rule file)"
+    )
+    assert later.notifications == [] and later.active == {}
+    with store.transaction() as conn:
+        assert store.load_states(conn) == {}
+
+
+def test_a_grouped_rules_no_data_alert_resolves_when_its_groups_answer_again():
+    """``no_data: alert`` on a per-route rule: nothing published fires its "no data at all"
+    alert; once routes answer, that alert stayed firing forever (it has no value to recover
+    with) while every route was evaluated as ok."""
+    rule = pack(
+        """
+rules:
+  - name: route_errors
+    metric: http_error_rate
+    group_by: route
+    window: 5m
+    no_data: alert
+    thresholds: {warning: {value: 0.5}}
+"""
+    ).rules[0]
+    channels = {severity: "#alerts" for severity in Severity}
+    previous, sent = {}, []
+    for offset, values in enumerate([None, None, {"/api/orders": 0.1}, {"/api/orders": 0.1}]):
+        records, produced = advance_rule(rule, values, previous, T0 + offset * MINUTE, channels)
+        previous = {record.key: record for record in records}
+        sent += [(offset, n.key.group, n.kind, n.title) for n in produced]
+
+    assert sent == [
+        (0, "", NotificationKind.FIRING, "FIRING [critical]: route_errors: no data for 5m"),
+        (
+            2,
+            "",
+            NotificationKind.RESOLVED,
+            "RESOLVED: route_errors has data again (values for 1 route(s); it fired at critical "
+            "for no data)",
+        ),
+    ]
+    assert {key: record.state for key, record in previous.items()} == {
+        AlertKey("route_errors", ""): AlertState.OK,
+        AlertKey("route_errors", "/api/orders"): AlertState.OK,
+    }
+
+
+def test_an_alert_the_channel_heard_fire_gets_its_all_clear_even_under_a_silence(tmp_path):
+    """FIRING sent, then a silence ("we're on it"), then it resolves under the silence: the
+    RESOLVED was held and never sent, so the channel's thread read firing forever."""
+    settings = analytics_settings_at(tmp_path)
+    minutes = [
+        Minute(T0 + offset * MINUTE, errors=30 if offset < 10 else 0) for offset in range(40)
+    ]
+    publish_minutes(settings, minutes)
+    store = store_at(tmp_path)
+    fired = evaluate(settings, store, PER_ROUTE, T0 + 10 * MINUTE)
+    store.add_silence("route_errors", None, T0, T0 + timedelta(hours=2), "on it", "ops")
+    resolved = evaluate(settings, store, PER_ROUTE, T0 + 20 * MINUTE)
+    after = [evaluate(settings, store, PER_ROUTE, T0 + offset * MINUTE) for offset in (21, 22)]
+
+    assert [n.kind for n in fired.notifications] == [NotificationKind.FIRING]
+    assert [(n.key, n.kind) for n in resolved.notifications] == [
+        (AlertKey("route_errors", "/api/orders"), NotificationKind.RESOLVED)
+    ]
+    assert [n for report in after for n in report.notifications] == []

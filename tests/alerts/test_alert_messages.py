@@ -4,6 +4,7 @@ of a failure, where to look, what a resolved value is now, and what `hk alerts d
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -13,6 +14,7 @@ from analytics.alerts.delivery import deliver
 from analytics.alerts.messages import dagster_target, redact_secrets, rule_message
 from analytics.alerts.model import AlertKey, Notification, NotificationKind, Severity
 from analytics.alerts.slack import SlackWebSender
+from analytics.alerts.state import advance
 from analytics.alerts.store import AlertStore
 from housekeeping.history import PolicyRun, RunHistory, RunStatus
 from tests.alerts.test_alert_cli import hk, setup
@@ -26,7 +28,7 @@ from tests.support.alert_support import (
     publish_minutes,
     store_at,
 )
-from tests.support.fake_slack import FakeSlack
+from tests.support.fake_slack import FakeSlack, Scripted
 
 MINUTE = timedelta(minutes=1)
 WEB = "http://dagster.example:3000"
@@ -114,6 +116,68 @@ rules:
     )
     assert title == "FIRING [warning]: slow_tables on group orders is 250 (> 100)"
     assert text == "slow_tables on group orders: sql is 250 (> 100, window 5m)"
+
+
+def test_a_group_from_data_never_breaks_the_first_two_lines(tmp_path, slack):
+    """A SQL rule's group is whatever its first column holds, e.g. a multi-line error text with
+    ``&`` and ``<>``: line 1 stays one line (whitespace collapsed), a cut does not drop what
+    follows a raw ``&``, and the labels call it ``group`` (not ``none``)."""
+    rule = pack(
+        """
+rules:
+  - name: errors_by_text
+    sql: SELECT 'x', 1
+    thresholds: {high: {value: 5}}
+"""
+    ).rules[0]
+    group = 'KeyError: a & b <c>\n  File "app.py", line 3, in handler\n' + "x" * 40
+    _, (fired,) = advance(rule, None, AlertKey(rule.name, group), 9.0, T0, {})
+    store, clock = store_at(tmp_path), Clock(T0)
+    enqueue(store, replace(fired, channel="#alerts"))
+
+    drain(tmp_path, slack, store, clock)
+
+    (message,) = slack.channel_messages("#alerts")
+    assert lines(message) == [
+        "FIRING [high]: errors_by_text on group KeyError: a &amp; b &lt;c&gt; "
+        'File "app.py", line 3, in handler xxxxx… is 9 (&gt; 5)',
+        "Since 12:00 UTC · Look at: sensor alert_rules_sensor in Dagster",
+    ]
+    assert message.blocks[0]["text"]["text"] == (
+        ":large_orange_circle: FIRING [high]: errors_by_text on group KeyError: a & b <c> "
+        'File "app.py", line 3, in handler xxxxx… is 9 (> 5)'
+    )
+    (context,) = [block for block in message.blocks if block["type"] == "context"]
+    assert "· group=KeyError: a &amp; b &lt;c&gt;" in context["elements"][0]["text"]
+    assert "none=" not in context["elements"][0]["text"]
+
+
+def test_a_maximal_rule_name_keeps_value_and_threshold_in_the_header(tmp_path, slack):
+    """A 63-character rule name (the longest allowed) and a 60-character route: the header was
+    cut at 150 characters before the value and the threshold, so line 1 on a phone said what
+    broke but not how bad. The route gives way instead."""
+    name = "checkout_payment_provider_webhook_error_rate_per_route_over_5_m"
+    rule = pack(
+        f"""
+rules:
+  - name: {name}
+    metric: http_error_rate
+    group_by: route
+    thresholds: {{high: {{value: 0.05}}}}
+"""
+    ).rules[0]
+    route = "/api/v2/checkout/payments/providers/<provider_id>/webhooks/retry"
+    _, (fired,) = advance(rule, None, AlertKey(name, route), 0.231, T0, {Severity.HIGH: "#alerts"})
+    store, clock = store_at(tmp_path), Clock(T0)
+    enqueue(store, fired)
+
+    drain(tmp_path, slack, store, clock)
+
+    (message,) = slack.channel_messages("#alerts")
+    assert message.blocks[0]["text"]["text"] == (
+        f":large_orange_circle: FIRING [high]: {name} on route /api/v2/checkout/paym… "
+        "is 23.1% (> 5.0%)"
+    )
 
 
 def _notification(metric=None, group="", run_id=None, rule="r", labels=None):
@@ -296,3 +360,27 @@ def test_evaluate_exit_status_says_whether_the_evaluation_or_the_delivery_failed
 
     assert code == status and says in output, output
     assert ("evaluation: rule broken" in output) == (status in (3, 5))
+
+
+@pytest.mark.parametrize(
+    ("answer", "status", "says"),
+    [
+        # the messages of that channel are failed for good: not "everything was sent"
+        (Scripted(error="channel_not_found"), 4, "failed: Slack cannot post to #alerts"),
+        (Scripted(status=429, error="ratelimited", retry_after=30), 4, "Slack rate limit (429)"),
+        (Scripted(error="invalid_auth"), 4, "Slack rejected the bot token (invalid_auth)"),
+    ],
+    ids=["channel_refused", "rate_limited", "token_refused"],
+)
+def test_deliver_exits_4_whenever_a_message_was_not_delivered(
+    tmp_path, slack, answer, status, says
+):
+    config = setup(tmp_path)
+    store = AlertStore(f"sqlite:///{tmp_path / 'alerts.db'}")
+    enqueue(store, note(), now=datetime.now(UTC))
+    slack.fail_next(answer)
+
+    code, output = hk("alerts", "deliver", "--config", config, env=slack_env(slack))
+
+    assert code == status and says in output, output
+    assert slack.channel_messages("#alerts") == []

@@ -156,3 +156,19 @@ def test_no_data_leaves_an_ok_or_pending_alert_as_it_is():
 
     pending = run(ERROR_RATE, [0.03] * 3 + [None] * 3)
     assert kinds(pending) == [] and pending[-1][0].state is AlertState.PENDING
+
+
+def test_minutes_without_data_do_not_count_toward_for():
+    """`for` is how long the breach was observed: one breaching minute, an hour without data,
+    one breaching minute fired at once (10m of warning 'held' through the gap). The gap is not
+    counted: pending until 10 observed minutes, as without the gap."""
+    steps = run(ERROR_RATE, [0.03] + [None] * 59 + [0.03] * 10)
+    assert kinds(steps) == [(69, NotificationKind.FIRING, Severity.WARNING)]
+    assert [record.state for record, _ in steps[60:69]] == [AlertState.PENDING] * 9
+
+    # the same for an escalation of a firing alert: critical needs 5 observed minutes
+    escalating = run(ERROR_RATE, [0.03] * 11 + [0.2] + [None] * 30 + [0.2] * 5)
+    assert kinds(escalating) == [
+        (10, NotificationKind.FIRING, Severity.WARNING),
+        (46, NotificationKind.ESCALATED, Severity.CRITICAL),
+    ]

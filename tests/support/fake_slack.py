@@ -3,7 +3,8 @@
 slack-sdk talks to it through ``SLACK_API_BASE_URL`` (``server.base_url``). It records every
 request and answers like Slack, or as a test scripts it: ``server.fail_next(...)`` queues answers
 (429 with Retry-After, 500, an error code such as invalid_auth, a hang, or a post that is
-accepted and then answered too late: ``Scripted(accept_then_delay=...)``).
+accepted and then answered too late, ``Scripted(accept_then_delay=...)``, or with a 5xx,
+``Scripted(accept_then_status=...)``).
 
 Like Slack it keeps the messages posted per channel (``C_<name>`` ids), with their message
 metadata, and serves them through ``conversations.history`` / ``conversations.replies`` (the
@@ -41,6 +42,9 @@ class Scripted:
     # chat.postMessage: the message is posted (kept, visible in the history), and the answer
     # comes this many seconds later (after the client's timeout, in the tests that use it).
     accept_then_delay: float = 0.0
+    # chat.postMessage: the message is posted (kept, visible in the history), then answered
+    # with this HTTP status (a 5xx from a proxy or Slack's edge after the post was recorded).
+    accept_then_status: int = 0
 
 
 # Slack's Block Kit limits (https://docs.slack.dev/reference/block-kit/blocks).
@@ -245,10 +249,16 @@ class FakeSlack:
                 if down:
                     self._answer(503, {"ok": False, "error": "service_unavailable"})
                     return
-                if scripted is not None and scripted.accept_then_delay:
+                if scripted is not None and (
+                    scripted.accept_then_delay or scripted.accept_then_status
+                ):
                     call.body["_accepted"] = True
                     payload, _ = fake._post(body)
                     time.sleep(scripted.accept_then_delay)
+                    if scripted.accept_then_status:
+                        status = scripted.accept_then_status
+                        self._answer(status, {"ok": False, "error": f"http_{status}"})
+                        return
                     self._answer(200, payload)
                     return
                 if scripted is not None:
