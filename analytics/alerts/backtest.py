@@ -31,7 +31,7 @@ from analytics.alerts.evaluate import METRIC_ERRORS, advance_rule
 from analytics.alerts.metrics import MetricSource
 from analytics.alerts.model import AlertKey, AlertRecord, AlertState, Notification, Severity
 from analytics.alerts.rules import NoData, Rule, RulePack
-from analytics.alerts.series import RequestSeries, RuleSeries, job_batch, sql_batch
+from analytics.alerts.series import RequestSeries, RuleSeries, job_batch, sql_batch, step_keys
 from analytics.alerts.state import advance
 from housekeeping.history import PolicyHealth, PolicyRun, RunHistory
 
@@ -322,11 +322,14 @@ def _advance_stepwise(
     all_ok: dict[int, bool] = {}
     last_key: dict[int, object] = {}
     last_values: dict[int, tuple[dict[str, float] | None, set[str]]] = {}
+    keys = {
+        index: step_keys(metrics, rule, steps) for index, rule, source in rules if source is None
+    }
     for moment, now in enumerate(steps):
         for index, rule, source in rules:
             if rule.name in failed:
                 continue
-            key = metrics.step_key(rule, now) if source is None else None
+            key = keys[index][moment] if source is None else None
             if key is not None and all_ok.get(index) and last_key.get(index) == key:
                 continue
             try:

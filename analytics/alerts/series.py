@@ -149,6 +149,10 @@ class RequestSeries:
         self.hour_seconds = hour_seconds
         self.sketch = sketch
         self.bucket_values = bucket_values
+        if sketch is not None:
+            # Every bucket of the sketches, and each entry's place among them.
+            everything, place = np.unique(sketch[2], return_inverse=True)
+            self.places = (everything, place.reshape(-1))
         self.before = before
         self._prefix: dict[tuple[str, bool], _Prefix] = {}
         self._extremes: dict[tuple[str, bool], _RangeExtreme] = {}
@@ -211,9 +215,7 @@ class RequestSeries:
                 "CAST(generate_subscripts($routes, 1) - 1 AS BIGINT) AS id",
                 {"routes": routes},
             )
-            rows = (
-                f"FROM {source} x JOIN routes r ON r.route IS NOT DISTINCT FROM x.route {window}"
-            )
+            rows = f"FROM {source} x JOIN routes r ON r.route IS NOT DISTINCT FROM x.route {window}"
             minute = "CAST(epoch(x.minute) // 60 AS BIGINT) - $base"
             raw = connection.execute(
                 f"SELECT r.id, {minute}, CAST(requests AS BIGINT), CAST(status_5xx AS BIGINT), "
@@ -256,10 +258,10 @@ class RequestSeries:
                     bucket_values = {int(b): float(value) for b, value in pairs}
             # The newest minute before the grid, for rollup_lag_minutes (None: none).
             before = None
-            if metrics.rollups_connection() is not None:
-                rows = metrics.rollups_connection().execute(  # type: ignore[union-attr]
-                    "SELECT max(minute) FROM requests_minute WHERE minute < $low", {"low": low}
-                ).fetchall()
+            published_views = metrics.rollups_connection()
+            if published_views is not None:
+                query = "SELECT max(minute) FROM requests_minute WHERE minute < $low"
+                rows = published_views.execute(query, {"low": low}).fetchall()
                 before = _minute(rows[0][0]) if rows and rows[0][0] is not None else None
         published = metrics.published_request_hours()
         hour_seconds = None
@@ -393,16 +395,17 @@ class RequestSeries:
             route_ids, minute_ids, buckets, counts = self.sketch
             width = self.columns["rows"].shape[1]
             bounds = np.searchsorted(route_ids, np.arange(len(self.routes) + 1))
-            everything = np.unique(buckets)
+            everything, place = self.places
+            remap = np.zeros(len(everything), dtype=np.int64)
             for group in range(groups):
                 chosen = slice(None) if overall else slice(bounds[group], bounds[group + 1])
                 wanted = np.flatnonzero(rows[:, group])
                 if not len(buckets[chosen]) or not len(wanted):
                     continue
-                place = np.searchsorted(everything, buckets[chosen])
-                used = np.unique(place)
+                used = np.flatnonzero(np.bincount(place[chosen], minlength=len(everything)))
                 distinct = everything[used]
-                position = np.searchsorted(used, place)
+                remap[used] = np.arange(len(used))
+                position = remap[place[chosen]]
                 # Counts up to each minute (rows) and up to each bucket (columns); exact in
                 # float64 below 2**53.
                 cumulative = np.zeros((width + 1) * len(distinct), dtype=np.float64)
@@ -528,6 +531,29 @@ def sql_batch(metrics: MetricSource, rule: Rule, steps: Sequence[datetime]) -> l
     return result
 
 
+def step_keys(metrics: MetricSource, rule: Rule, steps: Sequence[datetime]) -> list[Any]:
+    """``metrics.step_key`` at every step, asked again only where it can change: a job metric's
+    key moves with the hour of the window's end and of its start, the API budget's with the
+    day; the others are asked at every step."""
+    source = BUILTIN_METRICS[rule.metric].source if rule.metric is not None else None
+    window = int(rule.window.total_seconds())
+    keys: list[Any] = []
+    last_hint: Any = None
+    key: Any = None
+    for now in steps:
+        end = int(now.timestamp()) // 60 * 60
+        hint: Any = None
+        if source is Source.JOB_HOURS:
+            hint = (end // 3600, (end - window) // 3600)
+        elif source is Source.API_USAGE_MONTH:
+            hint = end // 86400
+        if hint is None or hint != last_hint:
+            key = metrics.step_key(rule, now)
+        last_hint = hint
+        keys.append(key)
+    return keys
+
+
 def job_batch(metrics: MetricSource, rule: Rule, steps: Sequence[datetime]) -> list[dict] | None:
     """A job metric's values at every step (``MetricSource._jobs``'s dicts), one query per
     distinct window of hours (``step_key``) for all of them; None as for ``sql_batch``."""
@@ -536,7 +562,7 @@ def job_batch(metrics: MetricSource, rule: Rule, steps: Sequence[datetime]) -> l
     connection = metrics.rollups_connection()
     if spec.source is not Source.JOB_HOURS or connection is None:
         return None
-    keys = [metrics.step_key(rule, now) for now in steps]
+    keys = step_keys(metrics, rule, steps)
     distinct = sorted(set(keys))  # type: ignore[type-var]
     bindings = [{"first": first, "last": last} for first, last in distinct]  # type: ignore[misc]
     batches = _lateral(connection, spec.sql[rule.group_by], bindings, sandboxed=False)
