@@ -18,7 +18,7 @@ compares both replays.
 
 from __future__ import annotations
 
-from bisect import bisect_left
+from bisect import bisect_left, bisect_right
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -252,27 +252,29 @@ def _advance_groups(
     changed = np.ones(present.shape, dtype=bool)
     changed[1:] = signature[1:] != signature[:-1]
     for group in np.flatnonzero(breaching.any(axis=0)):
-        candidates = np.flatnonzero(breaching[:, group])
-        changes = np.flatnonzero(changed[:, group])
+        candidates = np.flatnonzero(breaching[:, group]).tolist()
+        changes = np.flatnonzero(changed[:, group]).tolist()
+        column = values[:, group].tolist()
+        valued = has_value[:, group].tolist()
+        quiet = series.low_volume[:, group].tolist()
         key = AlertKey(rule.name, series.groups[group])
         record: AlertRecord | None = None
-        moment = int(candidates[0])
+        moment = candidates[0]
         while moment < count:
-            value = float(values[moment, group]) if has_value[moment, group] else None
-            quiet = bool(series.low_volume[moment, group])
+            value = column[moment] if valued[moment] else None
             now = steps[moment]
-            record, produced = advance(rule, record, key, value, now, channels, quiet)
+            record, produced = advance(rule, record, key, value, now, channels, quiet[moment])
             for number, item in enumerate(produced):
                 events.append((moment, index, key.group, number, item))
             if record.state is AlertState.OK:
-                position = int(np.searchsorted(candidates, moment + 1))
-                moment = int(candidates[position]) if position < len(candidates) else count
+                position = bisect_right(candidates, moment)
+                moment = candidates[position] if position < len(candidates) else count
                 continue
             if record.state is AlertState.RESOLVED:
                 moment += 1
                 continue
-            position = int(np.searchsorted(changes, moment + 1))
-            upcoming = int(changes[position]) if position < len(changes) else count
+            position = bisect_right(changes, moment)
+            upcoming = changes[position] if position < len(changes) else count
             timer = _next_timer(rule, record, now)
             if timer is not None:
                 upcoming = min(upcoming, max(moment + 1, bisect_left(steps, timer)))

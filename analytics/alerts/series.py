@@ -150,9 +150,13 @@ class RequestSeries:
         self.sketch = sketch
         self.bucket_values = bucket_values
         if sketch is not None:
-            # Every bucket of the sketches, and each entry's place among them.
-            everything, place = np.unique(sketch[2], return_inverse=True)
-            self.places = (everything, place.reshape(-1))
+            # Every bucket of the sketches, and each entry's place among them (buckets are
+            # SMALLINT: a lookup table instead of a sort).
+            offset = int(sketch[2].min()) if len(sketch[2]) else 0
+            used = np.bincount(sketch[2] - offset) > 0
+            lookup = np.cumsum(used) - 1
+            everything = np.flatnonzero(used) + offset
+            self.places = (everything, lookup[sketch[2] - offset])
         self.before = before
         self._prefix: dict[tuple[str, bool], _Prefix] = {}
         self._extremes: dict[tuple[str, bool], _RangeExtreme] = {}
@@ -241,13 +245,15 @@ class RequestSeries:
             if latency:
                 entries = connection.execute(
                     f"SELECT id, m, CAST(entry.bucket AS BIGINT), CAST(entry.count AS BIGINT) "
-                    f"FROM (SELECT r.id, {minute} AS m, unnest(x.latency_sketch) AS entry {rows})",
+                    f"FROM (SELECT r.id, {minute} AS m, unnest(x.latency_sketch) AS entry {rows}) "
+                    "ORDER BY id, m",  # by route, then minute
                     parameters,
                 ).fetchnumpy()
                 parts = [np.asarray(column).astype(np.int64) for column in entries.values()]
-                order = np.argsort(parts[0])
-                sketch = (parts[0][order], parts[1][order], parts[2][order], parts[3][order])
-                distinct = [int(bucket) for bucket in np.unique(sketch[2])]
+                sketch = (parts[0], parts[1], parts[2], parts[3])
+                lowest = int(sketch[2].min()) if len(sketch[2]) else 0
+                present = np.flatnonzero(np.bincount(sketch[2] - lowest)) + lowest
+                distinct = [int(bucket) for bucket in present]
                 if distinct:
                     # DuckDB's own expression, so the bucket values are the views' numbers.
                     pairs = connection.execute(
@@ -406,27 +412,23 @@ class RequestSeries:
                 distinct = everything[used]
                 remap[used] = np.arange(len(used))
                 position = remap[place[chosen]]
-                # Counts up to each minute (rows) and up to each bucket (columns); exact in
-                # float64 below 2**53.
-                cumulative = np.zeros((width + 1) * len(distinct), dtype=np.float64)
-                cumulative[len(distinct) :] = np.bincount(
-                    minute_ids[chosen] * len(distinct) + position,
-                    weights=counts[chosen],
-                    minlength=width * len(distinct),
-                )
-                cumulative = cumulative.astype(np.int64).reshape(width + 1, len(distinct))
-                np.cumsum(cumulative, axis=1, out=cumulative)
-                np.cumsum(cumulative, axis=0, out=cumulative)
-                window = cumulative[hi[wanted]] - cumulative[lo[wanted]]
-                total = window[:, -1]
-                timed = total > 0
-                rank = (95 * (total - 1)) // 100  # floor(0.95 (n - 1)), exact as DECIMAL
-                fraction = ((95 * (total - 1)) % 100) / 100
-                nxt = np.minimum(rank + 1, total - 1)
-                low_index = (window > rank[:, None]).argmax(axis=1)
-                high_index = (window > nxt[:, None]).argmax(axis=1)
                 value_of = np.array([self.bucket_values[int(b)] for b in distinct])
-                low_value, high_value = value_of[low_index], value_of[high_index]
+                minutes = minute_ids[chosen]  # in order within a route
+                if not overall:
+                    first = np.searchsorted(minutes, lo[wanted])
+                    entries = np.searchsorted(minutes, hi[wanted]) - first
+                if not overall and entries.max() <= len(distinct):
+                    # Few sketch entries per window: sort each window's entries by bucket.
+                    total, low_place, high_place = _ranked_entries(
+                        first, entries, position, counts[chosen], len(distinct)
+                    )
+                else:
+                    total, low_place, high_place = _ranked_grid(
+                        minutes, position, counts[chosen], width, len(distinct), lo, hi, wanted
+                    )
+                timed = total > 0
+                fraction = ((95 * (total - 1)) % 100) / 100  # DECIMAL 0.95 (n - 1), its part
+                low_value, high_value = value_of[low_place], value_of[high_place]
                 interpolated = low_value + fraction * (high_value - low_value)
                 result[wanted[timed], group] = interpolated[timed]
         # least(greatest(p95, min), max), NULLs skipped as DuckDB's greatest and least do
@@ -434,6 +436,61 @@ class RequestSeries:
         clamped = np.fmin(clamped, high_extreme)
         clamped[~rows] = np.nan
         return clamped
+
+
+def _ranks(total: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The 0-based ranks percentile_cont reads for p95 of ``total`` values: ``floor(h)`` and the
+    next (at most the last), with ``h = 0.95 (n - 1)`` exact as the views' DECIMAL."""
+    rank = (95 * (total - 1)) // 100
+    return rank, np.minimum(rank + 1, total - 1)
+
+
+def _ranked_grid(
+    minutes: np.ndarray,
+    position: np.ndarray,
+    counts: np.ndarray,
+    width: int,
+    buckets: int,
+    lo: np.ndarray,
+    hi: np.ndarray,
+    wanted: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(n, bucket of rank floor(h), bucket of the next rank)`` per wanted step, from counts up
+    to each minute and bucket (exact in float64 below 2**53); buckets as places 0..buckets-1."""
+    cumulative = np.zeros((width + 1) * buckets, dtype=np.float64)
+    cumulative[buckets:] = np.bincount(
+        minutes * buckets + position, weights=counts, minlength=width * buckets
+    )
+    grid = cumulative.reshape(width + 1, buckets)
+    np.cumsum(grid, axis=1, out=grid)
+    np.cumsum(grid, axis=0, out=grid)
+    window = grid[hi[wanted]] - grid[lo[wanted]]
+    total = window[:, -1].astype(np.int64)
+    rank, following = _ranks(total)
+    return total, (window > rank[:, None]).argmax(axis=1), (window > following[:, None]).argmax(1)
+
+
+def _ranked_entries(
+    first: np.ndarray, entries: np.ndarray, position: np.ndarray, counts: np.ndarray, pad: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """As ``_ranked_grid``, from each window's own sketch entries (``entries`` of them from
+    ``first``, in minute order) sorted by bucket: cheaper when windows hold few entries."""
+    width = int(entries.max()) if len(entries) else 0
+    offsets = np.arange(max(width, 1))
+    valid = offsets[None, :] < entries[:, None]
+    index = np.where(valid, first[:, None] + offsets[None, :], 0)
+    places = np.where(valid, position[index], pad)
+    weights = np.where(valid, counts[index], 0)
+    order = np.argsort(places, axis=1, kind="stable")
+    places = np.take_along_axis(places, order, axis=1)
+    running = np.cumsum(np.take_along_axis(weights, order, axis=1), axis=1)
+    total = running[:, -1]
+    rank, following = _ranks(total)
+    rows = np.arange(len(total))
+    low = places[rows, (running > rank[:, None]).argmax(axis=1)]
+    high = places[rows, (running > following[:, None]).argmax(axis=1)]
+    # a window without entries reads place 0 (pad would be out of range); n = 0 drops it
+    return total, np.where(total > 0, low, 0), np.where(total > 0, high, 0)
 
 
 def _vectorized(rule: Rule) -> bool:

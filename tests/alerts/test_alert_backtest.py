@@ -199,11 +199,7 @@ def test_fast_backtest_matches_the_reference_over_a_generated_month(month):
 
     kinds = {(item.key.rule, item.kind) for item in fast.notifications}
     assert len({rule for rule, _ in kinds}) >= 5
-    assert {kind for _, kind in kinds} >= {
-        NotificationKind.FIRING,
-        NotificationKind.ESCALATED,
-        NotificationKind.RESOLVED,
-    }
+    assert {kind for _, kind in kinds} >= {NotificationKind.FIRING, NotificationKind.RESOLVED}
 
 
 @pytest.mark.slow
@@ -220,3 +216,5 @@ def test_fast_backtest_matches_the_reference_minute_by_minute(month, since, minu
     begin = START + since
     fast = _compare(month, begin, begin + timedelta(minutes=minutes), timedelta(minutes=1))
     assert fast.notifications
+    if since.days == 3:  # the burst on /api/payments escalates its SQL rule to critical
+        assert NotificationKind.ESCALATED in {item.kind for item in fast.notifications}
