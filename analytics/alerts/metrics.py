@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 import re
+from bisect import bisect_right
 from collections import Counter
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
@@ -52,6 +53,7 @@ _NUMERIC_TYPES = frozenset(
         "UINTEGER", "UBIGINT", "UHUGEINT", "FLOAT", "DOUBLE", "DECIMAL", "BOOLEAN", "NUMBER",
     }
 )  # fmt: skip
+NUMERIC_TYPES = _NUMERIC_TYPES  # for the backtest's batched SQL rules (series.py)
 _PARAMETER = re.compile(r"\$([a-z_]+)")
 
 
@@ -100,6 +102,8 @@ class MetricSource:
         self._first_minute: datetime | None | bool = False
         # The hour keys of the published request partitions (None: not known, all count).
         self._hours: set[str] | None | bool = False
+        # The replay's step_key: finish times of each policy's runs (ascending).
+        self._finished: dict[str, list[datetime]] | None = None
 
     def close(self) -> None:
         if self._connection is not None:
@@ -344,18 +348,64 @@ class MetricSource:
         rows = self._query("SELECT min(minute) FROM requests_minute", {})
         return rows[0][0] if rows else None
 
+    def published_request_hours(self) -> set[str] | None:
+        """The hour keys of the published request partitions, read once (None: not known, every
+        hour counts as covered)."""
+        if self._hours is False:
+            self._hours = None
+            if self.rollup_root is not None and self.views_database is not None:
+                store = RollupStore(self.rollup_root, Path(self.views_database))
+                self._hours = set(store.partition_keys(REQUESTS_MINUTE.name))
+        return self._hours  # type: ignore[return-value]
+
+    def rollups_connection(self) -> duckdb.DuckDBPyConnection | None:
+        """The sandboxed connection to the published rollups (None: no views file yet)."""
+        return self._duck()
+
+    def step_key(self, rule: Rule, now: datetime) -> tuple[Any, ...] | None:
+        """For a replay: a key equal at two moments where ``values`` and ``low_volume`` of
+        ``rule`` are equal too, so the backtest computes them once per key; None when every
+        moment may differ (request metrics, SQL rules naming a window bound, the rollup lag).
+
+        Job metrics read whole hours (the key is the window's first and last hour), the API
+        budget the month, the housekeeping metrics the runs finished by ``now`` (and, for the
+        failure counts, those finished by the window's start)."""
+        if rule.sql is not None:
+            return None if _PARAMETER.search(rule.sql) else ("constant",)
+        assert rule.metric is not None
+        spec = BUILTIN_METRICS[rule.metric]
+        if spec.source is Source.JOB_HOURS:
+            return self._job_hours(rule.window, now)
+        if spec.source is Source.API_USAGE_MONTH:
+            return (now.astimezone(UTC).date().replace(day=1),)
+        if spec.source is Source.APP_DATABASE:
+            return ("no probe",) if self.database_probe is None else None
+        if spec.source in (
+            Source.POLICY_HEALTH,
+            Source.POLICY_FAILURES,
+            Source.POLICY_UNRECOVERED_FAILURES,
+        ):
+            if self.history is None:
+                return ("no history",)
+            if self._finished is None:
+                self._finished = {
+                    policy: sorted(run.finished_at for run in self.history.recent(policy, 500))
+                    for policy in self.history.policies()
+                }
+            since = now - rule.window
+            return tuple(
+                (policy, bisect_right(times, now), bisect_right(times, since))
+                for policy, times in self._finished.items()
+            )
+        return None
+
     def _covered_seconds(self, start: datetime, end: datetime) -> float:
         """Seconds of ``[start, end)`` (naive UTC) in hours whose request partition is published.
 
         The rollup job writes every hour it processes, an empty one too: an hour without a
         partition was never rolled up (the pipeline was off), which is not the same as an hour
         without traffic."""
-        if self._hours is False:
-            self._hours = None
-            if self.rollup_root is not None and self.views_database is not None:
-                store = RollupStore(self.rollup_root, Path(self.views_database))
-                self._hours = set(store.partition_keys(REQUESTS_MINUTE.name))
-        hours = self._hours
+        hours = self.published_request_hours()
         if hours is None:
             return (end - start).total_seconds()
         seconds = 0.0
@@ -394,9 +444,7 @@ class MetricSource:
             rows = self._query(sql, parameters)
         return self._grouped(spec, rows, group_by)
 
-    def _jobs(
-        self, spec: MetricSpec, group_by: GroupBy, window: timedelta, now: datetime
-    ) -> GroupValues | None:
+    def _job_hours(self, window: timedelta, now: datetime) -> tuple[datetime, datetime]:
         _, end = window_bounds(now, window)
         # Hourly rollups: the window is the current (partial) hour and the whole hours before it
         # back to ``now - window``, so the value is stable within an hour instead of flapping
@@ -405,6 +453,12 @@ class MetricSource:
         if self.replay:
             last_hour -= timedelta(hours=1)
         first_hour = min((end - window).replace(minute=0), last_hour)
+        return first_hour, last_hour
+
+    def _jobs(
+        self, spec: MetricSpec, group_by: GroupBy, window: timedelta, now: datetime
+    ) -> GroupValues | None:
+        first_hour, last_hour = self._job_hours(window, now)
         cache_key = (spec.name, group_by, first_hour, last_hour)
         if cache_key in self._hour_cache:
             return self._hour_cache[cache_key]
