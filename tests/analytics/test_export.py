@@ -84,13 +84,34 @@ def test_since_keeps_the_newest_rows_and_the_export_streams_in_batches(published
 
 def test_bad_inputs_are_one_line_and_write_nothing(published, tmp_path):
     settings, store = published
-    with pytest.raises(ExportError, match=r"unknown dataset 'requests' \(published datasets: "):
+    with pytest.raises(ExportError, match=r"unknown dataset 'requests' \(.*published datasets: "):
         export_dataset(store, "requests", "csv", io.BytesIO())
     with pytest.raises(ExportError, match="unknown format 'xml'"):
         export_dataset(store, "requests_minute", "xml", io.BytesIO())
     with pytest.raises(ExportError, match="--output: cannot write"):
         export_to_file(store, "requests_minute", "csv", tmp_path / "missing" / "out.csv")
     assert not (tmp_path / "missing").exists()
+
+
+def test_a_typo_gets_a_did_you_mean_and_a_far_since_is_one_line(published, tmp_path):
+    _, store = published
+    with pytest.raises(
+        ExportError,
+        match=r"unknown dataset 'requests_minut' \(did you mean "
+        r"'requests_minute'\? published datasets: ",
+    ):
+        export_dataset(store, "requests_minut", "csv", io.BytesIO())
+    with pytest.raises(ExportError, match=r"unknown dataset 'zzz' \(published datasets: "):
+        export_dataset(store, "zzz", "csv", io.BytesIO())
+    output = tmp_path / "out.csv"
+    with pytest.raises(ExportError, match="--since: 99,999,999 days back is before the year 1"):
+        export_to_file(store, "requests_minute", "csv", output, since=timedelta(days=99_999_999))
+    assert not output.exists() and not (tmp_path / ".out.csv.partial").exists()
+    runner = CliRunner()
+    for since in ("99999999d", "9999999999999d"):
+        result = runner.invoke(main, ["export", "requests_minute", "--since", since])
+        assert result.exit_code in (1, 2), result.output
+        assert "unexpected error" not in result.output and "--since" in result.output
 
 
 def test_hk_export_writes_a_file_or_standard_output(published, tmp_path):
