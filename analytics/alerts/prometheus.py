@@ -90,11 +90,15 @@ class HousekeepingCollector(Collector):
         with self._lock:
             config = load_config(self.config_file)
             source = self.config_file or "config"
+            # A mistake in the config's sections is the config's error (ConfigError), not a
+            # source that happens to be down: parsed before any source is read.
+            analytics = analytics_settings(config, source)
+            alerts = alerts_settings(config, source)
             up = _gauge("metrics_source_up", "1 when the source was read this scrape", ["source"])
             for name, read in (
                 ("history", lambda: self._policies(config)),
-                ("rollups", lambda: self._rollups(analytics_settings(config, source))),
-                ("alerts", lambda: self._alerts(config, alerts_settings(config, source))),
+                ("rollups", lambda: self._rollups(analytics)),
+                ("alerts", lambda: self._alerts(config, alerts)),
             ):
                 try:
                     families = list(read())
@@ -238,7 +242,8 @@ def metrics_registry(config_file: str | None = None) -> CollectorRegistry:
 
 
 def render_metrics(config_file: str | None = None) -> str:
-    """Every gauge in the Prometheus text format (0.0.4). Raises ConfigError for a bad config."""
+    """Every gauge in the Prometheus text format (0.0.4). Raises ConfigError for a bad config
+    (its ``analytics:`` and ``alerts:`` sections included)."""
     return generate_latest(metrics_registry(config_file)).decode()
 
 
