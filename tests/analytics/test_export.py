@@ -5,6 +5,9 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
+import subprocess
+import sys
 from datetime import timedelta
 
 import pyarrow.parquet as pq
@@ -155,3 +158,33 @@ def test_hk_export_writes_a_file_or_standard_output(published, tmp_path):
     assert result.exit_code == 1 and "unknown dataset 'nope'" in result.output
     result = runner.invoke(main, ["export", "requests_minute", "--since", "soon"])
     assert result.exit_code == 2 and "--since" in result.output
+
+
+def test_a_reader_that_stops_early_ends_the_export_quietly(published, tmp_path):
+    settings, _ = published
+    config = tmp_path / "hk.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "analytics": {
+                    "root": str(settings.root_path),
+                    "database": str(settings.database_path),
+                }
+            }
+        )
+    )
+    # `hk export ... | head -0`: the pipe's reading end is closed before anything is written.
+    read, write = os.pipe()
+    os.close(read)
+    with os.fdopen(write, "wb") as stdout:
+        done = subprocess.run(
+            [sys.executable, "-m", "housekeeping.cli", "export", "requests_minute"]
+            + ["--format", "json", "--config", str(config)],
+            stdout=stdout,
+            stderr=subprocess.PIPE,
+            text=True,
+            check=False,
+            timeout=120,
+        )
+    assert done.stderr == ""
+    assert done.returncode == 1
