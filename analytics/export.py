@@ -156,9 +156,19 @@ def export_to_file(store: RollupStore, name: str, fmt: str, path: Path, **option
     """``export_dataset`` into ``path``, written beside it and renamed when complete.
 
     Raises ExportError when the file cannot be written (its folder missing, say); a failed
-    export leaves neither ``path`` nor a partial file.
+    export leaves neither ``path`` nor a partial file. A ``path`` that is a device or a pipe
+    (``/dev/stdout``, a FIFO) is written directly: there is nothing to rename over it.
     """
     path = Path(path)
+    if path.exists() and not path.resolve().is_file():
+        # A device or a pipe (/dev/stdout, /dev/null, a FIFO): written into as it is, since
+        # renaming a file over it would replace the device itself.
+        try:
+            handle = open(path, "wb")  # noqa: SIM115 (closed by the with below)
+        except OSError as exc:
+            raise ExportError(f"--output: cannot write {path}: {exc.strerror}") from None
+        with handle:
+            return export_dataset(store, name, fmt, handle, **options)
     partial = path.with_name(f".{path.name}.partial")
     try:
         handle = open(partial, "wb")  # noqa: SIM115 (closed below, before the rename)

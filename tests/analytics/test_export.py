@@ -6,8 +6,10 @@ import csv
 import io
 import json
 import os
+import stat
 import subprocess
 import sys
+import threading
 from datetime import timedelta
 
 import pyarrow.parquet as pq
@@ -188,3 +190,22 @@ def test_a_reader_that_stops_early_ends_the_export_quietly(published, tmp_path):
         )
     assert done.stderr == ""
     assert done.returncode == 1
+
+
+def test_an_output_that_is_a_pipe_is_written_into_not_replaced(published, tmp_path):
+    _, store = published
+    fifo = tmp_path / "rows.fifo"  # as /dev/stdout or /dev/null: not a file to rename over
+    os.mkfifo(fifo)
+    received = []
+
+    def read_all():
+        with open(fifo, "rb") as reader:
+            received.append(reader.read())
+
+    reader = threading.Thread(target=read_all, daemon=True)
+    reader.start()
+    rows = export_to_file(store, "requests_minute", "json", fifo)
+    reader.join(timeout=30)
+    assert stat.S_ISFIFO(fifo.stat().st_mode)
+    assert rows == len(MINUTES) and len(received[0].decode().splitlines()) == len(MINUTES)
+    assert not list(tmp_path.glob(".*.partial"))
