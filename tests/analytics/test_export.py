@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import os
+import pty
 import stat
 import subprocess
 import sys
@@ -209,3 +210,28 @@ def test_an_output_that_is_a_pipe_is_written_into_not_replaced(published, tmp_pa
     assert stat.S_ISFIFO(fifo.stat().st_mode)
     assert rows == len(MINUTES) and len(received[0].decode().splitlines()) == len(MINUTES)
     assert not list(tmp_path.glob(".*.partial"))
+
+
+def test_parquet_is_not_printed_on_a_terminal(published, tmp_path):
+    settings, _ = published
+    config = tmp_path / "hk.yaml"
+    config.write_text(yaml.safe_dump({"analytics": {"root": str(settings.root_path)}}))
+    terminal, other_end = pty.openpty()
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "housekeeping.cli", "export", "requests_minute"]
+            + ["--format", "parquet", "--config", str(config)],
+            stdout=other_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            check=False,
+            timeout=120,
+        )
+    finally:
+        os.close(other_end)
+        os.close(terminal)
+    assert done.returncode == 1
+    assert done.stderr.strip() == (
+        "Error: --format parquet is binary: give --output FILE, or pipe standard output to a "
+        "file or program, rather than print it on a terminal"
+    )
