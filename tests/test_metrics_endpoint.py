@@ -27,7 +27,7 @@ from analytics.publish import RollupStore
 from analytics.rollups.pg_health import publish_snapshot
 from analytics.views import publish_rollup_views
 from housekeeping.cli import main
-from housekeeping.config import load_config
+from housekeeping.config import ConfigError, load_config
 from housekeeping.database import AppDatabase
 from housekeeping.history import PolicyRun, RunHistory, RunStatus
 
@@ -262,3 +262,19 @@ def test_serve_on_an_ipv6_address_prints_a_url_that_works(config_file):
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_a_config_broken_while_serving_is_a_sample_not_an_error_page(config_file, tmp_path):
+    path, _ = config_file
+    port = free_port()
+    server = serve_metrics("127.0.0.1", port, path)
+    try:
+        Path(path).write_text("policies: [\n")  # edited into invalid YAML while serving
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+            assert response.status == 200
+            served = samples(response.read().decode())
+    finally:
+        server.shutdown()
+    assert served == {("hk_metrics_source_up", (("source", "config"),)): 0}
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        render_metrics(path)  # hk metrics itself: the config's one-line error
