@@ -39,6 +39,16 @@ def published(tmp_path):
     return settings, RollupStore(settings.root_path, settings.database_path)
 
 
+@pytest.fixture
+def config(published, tmp_path):
+    """A config file whose analytics section names the published rollups."""
+    settings, _ = published
+    path = tmp_path / "hk.yaml"
+    analytics = {"root": str(settings.root_path), "database": str(settings.database_path)}
+    path.write_text(yaml.safe_dump({"analytics": analytics}))
+    return path
+
+
 def test_csv_json_and_parquet_hold_every_published_row(published):
     settings, store = published
     expected = query(settings, "SELECT minute, route, requests FROM requests_minute")
@@ -120,19 +130,7 @@ def test_a_typo_gets_a_did_you_mean_and_a_far_since_is_one_line(published, tmp_p
         assert "unexpected error" not in result.output and "--since" in result.output
 
 
-def test_hk_export_writes_a_file_or_standard_output(published, tmp_path):
-    settings, _ = published
-    config = tmp_path / "hk.yaml"
-    config.write_text(
-        yaml.safe_dump(
-            {
-                "analytics": {
-                    "root": str(settings.root_path),
-                    "database": str(settings.database_path),
-                }
-            }
-        )
-    )
+def test_hk_export_writes_a_file_or_standard_output(config, tmp_path):
     runner = CliRunner()
     result = runner.invoke(
         main, ["export", "requests_minute", "--format", "json", "--config", str(config)]
@@ -163,32 +161,25 @@ def test_hk_export_writes_a_file_or_standard_output(published, tmp_path):
     assert result.exit_code == 2 and "--since" in result.output
 
 
-def test_a_reader_that_stops_early_ends_the_export_quietly(published, tmp_path):
-    settings, _ = published
-    config = tmp_path / "hk.yaml"
-    config.write_text(
-        yaml.safe_dump(
-            {
-                "analytics": {
-                    "root": str(settings.root_path),
-                    "database": str(settings.database_path),
-                }
-            }
-        )
+def run_hk_export(config, fmt: str, stdout) -> subprocess.CompletedProcess:
+    """`hk export requests_minute --format FMT` in its own process, standard output ``stdout``."""
+    return subprocess.run(
+        [sys.executable, "-m", "housekeeping.cli", "export", "requests_minute"]
+        + ["--format", fmt, "--config", str(config)],
+        stdout=stdout,
+        stderr=subprocess.PIPE,
+        text=True,
+        check=False,
+        timeout=120,
     )
+
+
+def test_a_reader_that_stops_early_ends_the_export_quietly(config):
     # `hk export ... | head -0`: the pipe's reading end is closed before anything is written.
     read, write = os.pipe()
     os.close(read)
     with os.fdopen(write, "wb") as stdout:
-        done = subprocess.run(
-            [sys.executable, "-m", "housekeeping.cli", "export", "requests_minute"]
-            + ["--format", "json", "--config", str(config)],
-            stdout=stdout,
-            stderr=subprocess.PIPE,
-            text=True,
-            check=False,
-            timeout=120,
-        )
+        done = run_hk_export(config, "json", stdout)
     assert done.stderr == ""
     assert done.returncode == 1
 
@@ -212,21 +203,10 @@ def test_an_output_that_is_a_pipe_is_written_into_not_replaced(published, tmp_pa
     assert not list(tmp_path.glob(".*.partial"))
 
 
-def test_parquet_is_not_printed_on_a_terminal(published, tmp_path):
-    settings, _ = published
-    config = tmp_path / "hk.yaml"
-    config.write_text(yaml.safe_dump({"analytics": {"root": str(settings.root_path)}}))
+def test_parquet_is_not_printed_on_a_terminal(config):
     terminal, other_end = pty.openpty()
     try:
-        done = subprocess.run(
-            [sys.executable, "-m", "housekeeping.cli", "export", "requests_minute"]
-            + ["--format", "parquet", "--config", str(config)],
-            stdout=other_end,
-            stderr=subprocess.PIPE,
-            text=True,
-            check=False,
-            timeout=120,
-        )
+        done = run_hk_export(config, "parquet", other_end)
     finally:
         os.close(other_end)
         os.close(terminal)
