@@ -368,7 +368,12 @@ def test_the_sensor_tick_and_the_asset_each_append_a_snapshot(
             {
                 "state_database_url": f"sqlite:///{tmp_path / 'state.db'}",
                 "archive": {"root": str(tmp_path / "archive")},
-                "analytics": {"root": str(tmp_path / "analytics")},
+                # Both paths: analytics.database does not follow root (its default is under
+                # the working directory, which a test must not write to).
+                "analytics": {
+                    "root": str(tmp_path / "analytics"),
+                    "database": str(tmp_path / "analytics" / "rollups.duckdb"),
+                },
                 "policies": {
                     "revoked_tokens": {
                         "kind": "expired",
