@@ -206,9 +206,14 @@ def export(
 
     Example: hk export requests_minute --since 7d --format parquet --output requests.parquet
     """
-    from analytics.export import export_dataset, export_to_file, find_dataset
+    from analytics.export import ExportError, export_dataset, export_to_file, find_dataset
 
     find_dataset(dataset)  # an unknown name needs no config
+    if fmt == "parquet" and output is None and sys.stdout.isatty():
+        raise ExportError(
+            "--format parquet is binary: give --output FILE, or pipe standard output to a file "
+            "or program, rather than print it on a terminal"
+        )
     window = positive_duration(since, "--since") if since is not None else None
     config = load_config(config_file)
     settings = analytics_settings(config, config_file or "config")

@@ -16,6 +16,7 @@ renamed when complete: a failed export leaves no partial file.
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
 from collections.abc import Callable
@@ -43,12 +44,15 @@ class ExportError(HkError):
 
 
 def find_dataset(name: str) -> Dataset:
-    """The published dataset ``name``; ExportError naming the known ones otherwise."""
+    """The published dataset ``name``; ExportError naming the closest name (a typo) and the
+    known ones otherwise."""
     for dataset in all_datasets():
         if dataset.name == name:
             return dataset
-    known = ", ".join(sorted(dataset.name for dataset in all_datasets()))
-    raise ExportError(f"unknown dataset {name!r} (published datasets: {known})")
+    names = sorted(dataset.name for dataset in all_datasets())
+    close = difflib.get_close_matches(name, names, n=1)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    raise ExportError(f"unknown dataset {name!r} ({hint}published datasets: {', '.join(names)})")
 
 
 def time_column(dataset: Dataset) -> Column | None:
@@ -109,7 +113,7 @@ def export_dataset(
     """Write dataset ``name``'s rows (those since ``now() - since``) to ``output`` as ``fmt``.
 
     Returns the rows written. Raises ExportError (unknown dataset or format, ``since`` on a
-    dataset without a time column), NotPublished / PublishError (nothing published to read).
+    dataset without a time column or reaching before the year 1), NotPublished / PublishError (nothing published to read).
     """
     if fmt not in FORMATS:
         raise ExportError(f"unknown format {fmt!r} (one of {', '.join(FORMATS)})")
@@ -119,7 +123,13 @@ def export_dataset(
         column = time_column(dataset)
         if column is None:
             raise ExportError(f"--since: dataset {name} has no time column to filter on")
-        cutoff = (now() - since).astimezone(UTC).replace(tzinfo=None)
+        try:
+            cutoff = (now() - since).astimezone(UTC).replace(tzinfo=None)
+        except OverflowError:
+            raise ExportError(
+                f"--since: {since.days:,} days back is before the year 1 (leave --since out "
+                "for every row)"
+            ) from None
         where = f" WHERE {column.name} >= CAST($cutoff AS {column.type})"
         parameters["cutoff"] = cutoff
     rows = 0
@@ -146,9 +156,19 @@ def export_to_file(store: RollupStore, name: str, fmt: str, path: Path, **option
     """``export_dataset`` into ``path``, written beside it and renamed when complete.
 
     Raises ExportError when the file cannot be written (its folder missing, say); a failed
-    export leaves neither ``path`` nor a partial file.
+    export leaves neither ``path`` nor a partial file. A ``path`` that is a device or a pipe
+    (``/dev/stdout``, a FIFO) is written directly: there is nothing to rename over it.
     """
     path = Path(path)
+    if path.exists() and not path.resolve().is_file():
+        # A device or a pipe (/dev/stdout, /dev/null, a FIFO): written into as it is, since
+        # renaming a file over it would replace the device itself.
+        try:
+            handle = open(path, "wb")  # noqa: SIM115 (closed by the with below)
+        except OSError as exc:
+            raise ExportError(f"--output: cannot write {path}: {exc.strerror}") from None
+        with handle:
+            return export_dataset(store, name, fmt, handle, **options)
     partial = path.with_name(f".{path.name}.partial")
     try:
         handle = open(partial, "wb")  # noqa: SIM115 (closed below, before the rename)

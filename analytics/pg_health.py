@@ -11,7 +11,8 @@ extension is installed, a second query reads its cumulative counters; the deltas
 previous snapshot are computed by the caller (``statement_deltas``).
 
 A role that may not read everything gets the rest, and ``missing`` says what it lacks in one
-line: without ``pg_read_all_stats`` the state and transaction times of other roles' sessions
+line: a housekept table it cannot find (dropped, misspelt, or in a search-path schema it may
+not use) is named; without ``pg_read_all_stats`` the state and transaction times of other roles' sessions
 are hidden (they are counted in ``connections_hidden``, which may include a background worker
 running as a superuser, such as the logical replication launcher); ``pg_stat_statements`` installed but not
 in ``shared_preload_libraries`` (or not readable) leaves the statements out.
@@ -123,8 +124,13 @@ class HealthSnapshot:
 def _snapshot_sql(tables: Sequence[TableName], statement_timeout: timedelta) -> str:
     # Literals, not bound parameters: one simple-protocol message carries both statements.
     names = (
-        ", ".join(f"({sql_string(str(table))}, {sql_string(table.sql)})" for table in tables)
-        or "(NULL, NULL)"
+        ", ".join(
+            f"({sql_string(str(table))}, {sql_string(table.sql)}, "
+            f"{sql_string(table.schema) if table.schema is not None else 'NULL'}, "
+            f"{sql_string(table.name)})"
+            for table in tables
+        )
+        or "(NULL, NULL, NULL, NULL)"
     )
     return f"""
 SET LOCAL statement_timeout = {timeout_ms(statement_timeout)};
@@ -135,11 +141,18 @@ WITH activity AS (
     -- session with a user is counted (hidden), background processes have none
     WHERE backend_type = 'client backend' OR (backend_type IS NULL AND usesysid IS NOT NULL)
 ),
-configured(name, regclass) AS (VALUES {names}),
+configured(name, regclass, nspname, relname) AS (VALUES {names}),
+-- A schema-qualified name is looked up in the catalog: to_regclass raises "permission denied
+-- for schema" when the role lacks USAGE on it, which would cost the whole snapshot.
+located AS MATERIALIZED (
+    SELECT name, CASE WHEN nspname IS NULL THEN to_regclass(regclass)::oid
+        ELSE (SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+              WHERE n.nspname = configured.nspname AND c.relname = configured.relname) END AS relid
+    FROM configured WHERE name IS NOT NULL
+),
 tree AS (
     WITH RECURSIVE members(name, relid) AS (
-        SELECT name, to_regclass(regclass)::oid FROM configured
-        WHERE to_regclass(regclass) IS NOT NULL
+        SELECT name, relid FROM located WHERE relid IS NOT NULL
         UNION ALL
         SELECT members.name, i.inhrelid FROM members JOIN pg_inherits i ON i.inhparent = members.relid
     )
@@ -175,7 +188,8 @@ SELECT json_build_object(
     'statements_schema',
         (SELECT extnamespace::regnamespace::text FROM pg_extension
          WHERE extname = 'pg_stat_statements'),
-    'tables', (SELECT coalesce(json_agg(table_health ORDER BY table_name), '[]') FROM table_health)
+    'tables', (SELECT coalesce(json_agg(table_health ORDER BY table_name), '[]') FROM table_health),
+    'not_found', (SELECT json_agg(name ORDER BY name) FROM located WHERE relid IS NULL)
 )
 """
 
@@ -239,6 +253,11 @@ def take_snapshot(
             missing.append(
                 f"role {found['role']} lacks pg_read_all_stats: the state and transaction "
                 f"times of other roles' sessions are hidden ({found['hidden']} session(s))"
+            )
+        if found["not_found"]:
+            missing.append(
+                f"housekept table(s) {', '.join(found['not_found'])} not found by role "
+                f"{found['role']}"
             )
         if found["statements_schema"] is not None:
             try:

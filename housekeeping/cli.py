@@ -26,8 +26,9 @@ class HkGroup(click.Group):
     """The one error handler of `hk`: every error becomes one line and exit status 1 (click's
     usage errors: 2), never a traceback.
 
-    A product error (`HkError`) is its message, which names the key, value or object. Anything
-    else is a bug: one line with its type and message, and the traceback only when
+    A product error (`HkError`) is its message, which names the key, value or object. A reader
+    that closed the pipe (``| head``) ends the command quietly (status 1). Anything else is a
+    bug: one line with its type and message, and the traceback only when
     ``$HK_TRACEBACK`` is set.
     """
 
@@ -41,6 +42,12 @@ class HkGroup(click.Group):
             raise
         except (click.exceptions.Exit, click.Abort):  # click's own exits, not errors
             raise
+        except BrokenPipeError:
+            # The reader went away (`hk export ... | head`): stop quietly, as a pipe's writer
+            # does; standard output goes to /dev/null so the interpreter's last flush is silent.
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            raise click.exceptions.Exit(1) from None
         except Exception as exc:
             if os.environ.get(TRACEBACK_VARIABLE):
                 raise

@@ -44,7 +44,12 @@ def parse_duration(value: Any) -> timedelta:
     if isinstance(value, str):
         match = _DURATION.match(value)
         if match:
-            return timedelta(seconds=float(match.group(1)) * _UNIT_SECONDS[match.group(2)])
+            try:
+                return timedelta(seconds=float(match.group(1)) * _UNIT_SECONDS[match.group(2)])
+            except OverflowError:
+                raise ValueError(
+                    f"{value!r} is too long (at most {timedelta.max.days:,} days)"
+                ) from None
     if text is not None and not isinstance(value, bool) and _BARE_NUMBER.match(text):
         raise ValueError(
             f"{value!r} has no unit: write it with one of {DURATION_UNITS} (e.g. '{text}d')"

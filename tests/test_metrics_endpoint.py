@@ -7,8 +7,10 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import urllib.request
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -25,7 +27,7 @@ from analytics.publish import RollupStore
 from analytics.rollups.pg_health import publish_snapshot
 from analytics.views import publish_rollup_views
 from housekeeping.cli import main
-from housekeeping.config import load_config
+from housekeeping.config import ConfigError, load_config
 from housekeeping.database import AppDatabase
 from housekeeping.history import PolicyRun, RunHistory, RunStatus
 
@@ -221,3 +223,58 @@ def test_hk_metrics_prints_the_text_format_and_serve_names_a_busy_port(config_fi
     assert result.exit_code == 1
     assert f"cannot listen on 127.0.0.1:{port}" in result.output
     assert len(result.output.strip().splitlines()) == 1
+
+
+def test_a_mistake_in_the_analytics_or_alerts_section_is_a_config_error_not_a_source_down(
+    config_file, tmp_path
+):
+    path, _ = config_file
+    for section, key in (("analytics", "databse"), ("alerts", "rules_fle")):
+        data = yaml.safe_load(Path(path).read_text())
+        data[section][key] = "x"
+        broken = tmp_path / f"broken_{section}.yaml"
+        broken.write_text(yaml.safe_dump(data))
+        for arguments in (["metrics"], ["metrics", "serve", "--port", str(free_port())]):
+            result = CliRunner().invoke(main, [*arguments, "--config", str(broken)])
+            assert result.exit_code == 1, result.output
+            assert key in result.output and "hk_metrics_source_up" not in result.output
+            assert len(result.output.strip().splitlines()) == 1
+
+
+def test_serve_on_an_ipv6_address_prints_a_url_that_works(config_file):
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6 on this machine")
+    path, _ = config_file
+    with socket.socket(socket.AF_INET6) as sock:
+        sock.bind(("::1", 0))
+        port = sock.getsockname()[1]
+    server = subprocess.Popen(
+        [sys.executable, "-m", "housekeeping.cli", "metrics", "serve", "--host", "::1"]
+        + ["--port", str(port), "--config", path],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        line = server.stderr.readline().strip()
+        assert line == f"serving http://[::1]:{port}/metrics"
+        with urllib.request.urlopen(line.split(" ", 1)[1], timeout=10) as response:
+            assert samples(response.read().decode())
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def test_a_config_broken_while_serving_is_a_sample_not_an_error_page(config_file, tmp_path):
+    path, _ = config_file
+    port = free_port()
+    server = serve_metrics("127.0.0.1", port, path)
+    try:
+        Path(path).write_text("policies: [\n")  # edited into invalid YAML while serving
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+            assert response.status == 200
+            served = samples(response.read().decode())
+    finally:
+        server.shutdown()
+    assert served == {("hk_metrics_source_up", (("source", "config"),)): 0}
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        render_metrics(path)  # hk metrics itself: the config's one-line error

@@ -611,7 +611,8 @@ def metrics_serve(host: str, port: int, config_file: str | None) -> None:
         raise click.ClickException(f"cannot listen on {host}:{port}: {exc.strerror}") from None
     stopped = threading.Event()
     previous = signal.signal(signal.SIGTERM, lambda *_: stopped.set())
-    click.echo(f"serving http://{host}:{port}/metrics", err=True)
+    shown = f"[{host}]" if ":" in host else host  # an IPv6 address goes in brackets in a URL
+    click.echo(f"serving http://{shown}:{port}/metrics", err=True)
     try:
         stopped.wait()
     except KeyboardInterrupt:

@@ -21,6 +21,7 @@ gauges: the counts cover a window of the history, not a counter since start. Ren
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -40,9 +41,10 @@ from analytics.publish import RollupStore
 from analytics.sandbox import newest_published, open_rollups
 from analytics.settings import AnalyticsSettings, analytics_settings
 from housekeeping.config import HousekeepingConfig, load_config
-from housekeeping.errors import HkError
+from housekeeping.errors import HkError, one_line
 from housekeeping.history import HealthStatus, RunHistory
 
+LOG = logging.getLogger(__name__)
 PREFIX = "hk"
 HEALTH_VALUE = {HealthStatus.HEALTHY: 0, HealthStatus.DEGRADED: 1, HealthStatus.CRITICAL: 2}
 STATE_VALUE = {
@@ -80,21 +82,42 @@ def _gauge(name: str, documentation: str, labels: list[str] | None = None) -> Ga
 
 
 class HousekeepingCollector(Collector):
-    """Collects every gauge of the module from the config file ``config_file`` on each scrape."""
+    """Collects every gauge of the module from the config file ``config_file`` on each scrape.
 
-    def __init__(self, config_file: str | None = None) -> None:
+    A config that cannot be loaded raises its ConfigError; with ``serving`` (the endpoint, whose
+    config may be edited while it runs) the scrape instead holds only
+    ``hk_metrics_source_up{source="config"} 0`` and the error is logged in one line.
+    """
+
+    def __init__(self, config_file: str | None = None, *, serving: bool = False) -> None:
         self.config_file = config_file
+        self.serving = serving
         self._lock = threading.Lock()  # one scrape at a time: the reads share nothing
 
     def collect(self) -> Iterator[Metric]:
         with self._lock:
-            config = load_config(self.config_file)
-            source = self.config_file or "config"
+            try:
+                config = load_config(self.config_file)
+                source = self.config_file or "config"
+                # A mistake in the config's sections is the config's error (ConfigError), not
+                # a source that happens to be down: parsed before any source is read.
+                analytics = analytics_settings(config, source)
+                alerts = alerts_settings(config, source)
+            except HkError as exc:
+                if not self.serving:
+                    raise
+                LOG.warning("hk metrics serve: %s", one_line(str(exc)))
+                up = _gauge(
+                    "metrics_source_up", "1 when the source was read this scrape", ["source"]
+                )
+                up.add_metric(["config"], 0)
+                yield up
+                return
             up = _gauge("metrics_source_up", "1 when the source was read this scrape", ["source"])
             for name, read in (
                 ("history", lambda: self._policies(config)),
-                ("rollups", lambda: self._rollups(analytics_settings(config, source))),
-                ("alerts", lambda: self._alerts(config, alerts_settings(config, source))),
+                ("rollups", lambda: self._rollups(analytics)),
+                ("alerts", lambda: self._alerts(config, alerts)),
             ):
                 try:
                     families = list(read())
@@ -230,21 +253,24 @@ def _database_health(store: RollupStore) -> Iterator[Metric]:
     yield live
 
 
-def metrics_registry(config_file: str | None = None) -> CollectorRegistry:
+def metrics_registry(config_file: str | None = None, *, serving: bool = False) -> CollectorRegistry:
     """A registry holding only the product's collector (no process or platform metrics)."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(HousekeepingCollector(config_file))
+    registry.register(HousekeepingCollector(config_file, serving=serving))
     return registry
 
 
 def render_metrics(config_file: str | None = None) -> str:
-    """Every gauge in the Prometheus text format (0.0.4). Raises ConfigError for a bad config."""
+    """Every gauge in the Prometheus text format (0.0.4). Raises ConfigError for a bad config
+    (its ``analytics:`` and ``alerts:`` sections included)."""
     return generate_latest(metrics_registry(config_file)).decode()
 
 
 def serve_metrics(host: str, port: int, config_file: str | None = None) -> Any:
     """Serve ``/metrics`` on ``host:port`` in a background thread; returns the HTTP server
     (``shutdown()`` stops it). Prometheus or OpenMetrics text, as the scraper's Accept header
-    asks. Raises OSError when the address is in use."""
-    server, _ = start_http_server(port, addr=host, registry=metrics_registry(config_file))
+    asks; a config broken while serving gives ``hk_metrics_source_up{source="config"} 0``, not
+    an error page. Raises OSError when the address is in use."""
+    registry = metrics_registry(config_file, serving=True)
+    server, _ = start_http_server(port, addr=host, registry=registry)
     return server

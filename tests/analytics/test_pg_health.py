@@ -74,6 +74,7 @@ def test_snapshot_sees_an_open_transaction_a_lock_wait_and_many_connections(
     with db.engine.begin() as conn:
         conn.execute(sa.text("CREATE TABLE accounts (id int PRIMARY KEY, balance int)"))
         conn.execute(sa.text("INSERT INTO accounts VALUES (1, 100)"))
+        conn.execute(sa.text("CREATE TABLE revoked_tokens (expires_at timestamptz)"))
     holder = psycopg.connect(pg_url)  # a transaction left open, holding a row lock
     holder.execute("UPDATE accounts SET balance = 90 WHERE id = 1")
     waiter_started = threading.Event()
@@ -230,6 +231,39 @@ def test_a_role_without_pg_read_all_stats_gets_the_rest_and_one_line_naming_what
     assert f"role {role} lacks pg_read_all_stats" in line
 
 
+def test_a_role_without_usage_on_a_housekept_schema_still_gets_a_snapshot_naming_a_lost_table(
+    pg_url, postgres_server
+):
+    suffix = uuid.uuid4().hex[:8]
+    role, locked = f"hk_health_{suffix}", f"hk_locked_{suffix}"
+    with psycopg.connect(postgres_server, autocommit=True) as admin:
+        admin.execute(f"CREATE ROLE {role} LOGIN")
+        admin.execute(f"CREATE SCHEMA {locked}")  # no USAGE granted to the role
+        admin.execute(f"CREATE TABLE {locked}.sessions (id int)")
+        admin.execute(f"INSERT INTO {locked}.sessions SELECT generate_series(1, 10)")
+        admin.execute(f"ANALYZE {locked}.sessions")
+    db = AppDatabase(postgres_base_url().replace("postgres@", f"{role}@", 1))
+    try:
+        snapshot = take_snapshot(
+            db,
+            [
+                TableName("sessions", locked),
+                TableName("dropped_long_ago", locked),
+                TableName("never_created"),
+            ],
+        )
+    finally:
+        db.dispose()
+        with psycopg.connect(postgres_server, autocommit=True) as admin:
+            admin.execute(f"DROP SCHEMA {locked} CASCADE")
+            admin.execute(f"DROP ROLE {role}")
+    [table] = snapshot.tables
+    assert table.table_name == f"{locked}.sessions"
+    line = snapshot.missing_line()
+    assert line is not None and "\n" not in line
+    assert f"{locked}.dropped_long_ago, never_created not found by role {role}" in line
+
+
 def test_pg_stat_statements_deltas_when_the_server_loads_it(pg_url, tmp_path, published):
     with psycopg.connect(postgres_base_url(), autocommit=True) as admin:
         preload = admin.execute("SHOW shared_preload_libraries").fetchone()[0]
@@ -334,7 +368,12 @@ def test_the_sensor_tick_and_the_asset_each_append_a_snapshot(
             {
                 "state_database_url": f"sqlite:///{tmp_path / 'state.db'}",
                 "archive": {"root": str(tmp_path / "archive")},
-                "analytics": {"root": str(tmp_path / "analytics")},
+                # Both paths: analytics.database does not follow root (its default is under
+                # the working directory, which a test must not write to).
+                "analytics": {
+                    "root": str(tmp_path / "analytics"),
+                    "database": str(tmp_path / "analytics" / "rollups.duckdb"),
+                },
                 "policies": {
                     "revoked_tokens": {
                         "kind": "expired",
