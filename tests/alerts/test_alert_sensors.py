@@ -271,3 +271,50 @@ def test_a_bad_rule_file_fails_the_definitions_with_the_rules_message(tmp_path):
     path = write_config(tmp_path, rules_file=str(rules))
     with pytest.raises(RulesError, match="unknown metric 'nope'"):
         build_alerts_defs(load_config(path), str(path))
+
+
+def test_a_grouped_rules_check_is_not_reported_again_when_only_its_values_wobble():
+    """The check is re-reported when what fires changes, not at every tick's new value."""
+    from analytics.alerts.defs.checks import verdicts
+    from analytics.alerts.defs.sensors import check_events
+    from analytics.alerts.model import AlertKey, AlertRecord, AlertState, Severity
+    from analytics.alerts.rules import RulePack
+
+    pack = RulePack.model_validate(
+        yaml.safe_load(
+            """
+rules:
+  - name: route_errors
+    metric: http_error_rate
+    group_by: route
+    window: 5m
+    thresholds: {high: {value: 0.1}}
+"""
+        )
+    )
+    since = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
+
+    def firing(*values):
+        return [
+            AlertRecord(
+                AlertKey("route_errors", f"/api/{index}"),
+                AlertState.FIRING,
+                Severity.HIGH,
+                firing_since=since,
+                last_value=value,
+            )
+            for index, value in enumerate(values)
+        ]
+
+    with dg.instance_for_test() as instance:
+        first, reported = check_events(instance, pack, verdicts(pack, firing(0.3, 0.2)), {})
+        wobble, reported = check_events(
+            instance, pack, verdicts(pack, firing(0.31, 0.19)), reported
+        )
+        more, _ = check_events(instance, pack, verdicts(pack, firing(0.3, 0.2, 0.4)), reported)
+
+    assert [len(first), len(wobble), len(more)] == [1, 0, 1]
+    assert (
+        "/api/0 (firing, 31.0%)"
+        in verdicts(pack, firing(0.31)).get("route_errors").metadata["groups_not_ok"]
+    )

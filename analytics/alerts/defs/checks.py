@@ -9,6 +9,7 @@ last evaluation's), they never evaluate a rule themselves.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -134,14 +135,18 @@ class RuleVerdict:
     severity: dg.AssetCheckSeverity
     description: str
     metadata: dict[str, Any] = field(default_factory=dict)
+    # "<group> <state>" of the groups not ok, worst first: what the signature compares.
+    group_states: tuple[str, ...] = ()
 
     @property
     def state(self) -> str:
         return str(self.metadata.get("state", AlertState.OK.value))
 
     def signature(self) -> str:
-        """What, when it changes, is worth a new check evaluation (not the value's wobble)."""
-        groups = self.metadata.get("groups_not_ok", "")
+        """What, when it changes, is worth a new check evaluation (not the value's wobble): the
+        state, the severity and which groups are in which state (not their values)."""
+        # A digest: the sensor's cursor keeps one signature per rule, whatever its groups.
+        groups = hashlib.sha1("\n".join(self.group_states).encode()).hexdigest()[:16]
         return f"{self.passed}|{self.state}|{self.metadata.get('severity', '')}|{groups}"
 
     def headline(self) -> str:
@@ -206,6 +211,7 @@ def rule_verdict(rule: Rule, records: Sequence[AlertRecord]) -> RuleVerdict:
         dg.AssetCheckSeverity.ERROR if firing else dg.AssetCheckSeverity.WARN,
         description,
         metadata,
+        tuple(f"{r.key.group} {r.state.value}" for r in troubled),
     )
 
 
