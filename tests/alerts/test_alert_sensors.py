@@ -318,3 +318,35 @@ rules:
         "/api/0 (firing, 31.0%)"
         in verdicts(pack, firing(0.31)).get("route_errors").metadata["groups_not_ok"]
     )
+
+
+def test_a_sql_rules_check_sits_on_the_dataset_behind_the_view_it_reads():
+    """A SQL rule over a view (jobs_daily, table_stats_latest) is a rule on that view's dataset;
+    over several datasets, on the first its query names; over none, on requests_minute."""
+    from analytics.alerts.rules import RulePack
+
+    queries = {
+        "daily_jobs": "SELECT queue, max(failed) FROM jobs_daily GROUP BY queue",
+        "latest_tables": "SELECT policy, max(rows) FROM table_stats_latest GROUP BY policy",
+        "hourly_requests": "SELECT max(requests) FROM requests_hourly_overall",
+        "jobs_then_requests": (
+            "SELECT (SELECT max(stuck) FROM jobs_hourly) + (SELECT 0 FROM requests_minute LIMIT 1)"
+        ),
+        "constant": "SELECT 1",
+    }
+    pack = RulePack.model_validate(
+        {
+            "rules": [
+                {"name": name, "sql": sql, "thresholds": {"warning": {"value": 1}}}
+                for name, sql in queries.items()
+            ]
+        }
+    )
+    assets = {rule.name: check_key(rule).asset_key.path[-1] for rule in pack.rules}
+    assert assets == {
+        "daily_jobs": "jobs_hourly",
+        "latest_tables": "table_stats",
+        "hourly_requests": "requests_minute",
+        "jobs_then_requests": "jobs_hourly",
+        "constant": "requests_minute",
+    }

@@ -9,11 +9,13 @@ last evaluation's), they never evaluate a rule themselves.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import dagster as dg
@@ -33,6 +35,8 @@ from analytics.datasets import (
     Dataset,
     all_datasets,
 )
+from analytics.publish import RollupStore
+from analytics.views import view_statements
 
 CHECK_PREFIX = "alert_"
 # The analytics shell's asset keys are analytics/<dataset> (analytics/defs/assets.py).
@@ -65,8 +69,8 @@ WRITTEN_BY: dict[Dataset, Dataset] = {
 def rule_dataset(rule: Rule) -> Dataset:
     """The published dataset ``rule`` reads: its metric's source (for a metric over published
     snapshots, the first dataset its SQL names), or for a SQL rule the first dataset its query
-    names (requests_minute when it names none); a dataset written by another asset's run stands
-    for that asset's (WRITTEN_BY)."""
+    names, directly or through a view (jobs_daily is jobs_hourly's; requests_minute when it names
+    none); a dataset written by another asset's run stands for that asset's (WRITTEN_BY)."""
     if rule.metric is not None:
         spec = BUILTIN_METRICS[rule.metric]
         if spec.source in SOURCE_DATASETS:
@@ -74,9 +78,35 @@ def rule_dataset(rule: Rule) -> Dataset:
         sql = " ".join(spec.sql.values())
     else:
         sql = rule.sql or ""
-    words = set(re.findall(r"[A-Za-z_][A-Za-z0-9_]*", sql))
-    named = [dataset for dataset in all_datasets() if dataset.name in words]
-    return WRITTEN_BY.get(named[0], named[0]) if named else REQUESTS_MINUTE
+    named = _first_dataset(sql, _view_datasets())
+    return WRITTEN_BY.get(named, named) if named else REQUESTS_MINUTE
+
+
+def _first_dataset(sql: str, views: dict[str, Dataset]) -> Dataset | None:
+    """The first dataset ``sql`` names, directly or through a view of ``views``."""
+    datasets = {dataset.name: dataset for dataset in all_datasets()}
+    for word in re.findall(r"[A-Za-z_][A-Za-z0-9_]*", sql):
+        if word in datasets:
+            return datasets[word]
+        if word in views:
+            return views[word]
+    return None
+
+
+@functools.cache
+def _view_datasets() -> dict[str, Dataset]:
+    """Each view and table macro of the views file (requests_hourly, jobs_daily,
+    table_stats_latest, request_stats...) -> the dataset its SQL reads (analytics/views.py)."""
+    store = RollupStore(Path("rollups"), Path("rollups.duckdb"))
+    views: dict[str, Dataset] = {}
+    for statement in view_statements(store, all_datasets(), "UTC"):
+        created = re.match(r"CREATE (?:VIEW|MACRO) ([A-Za-z_][A-Za-z0-9_]*)", statement)
+        if created is None or created.group(1) in views:
+            continue
+        dataset = _first_dataset(statement[created.end() :], views)
+        if dataset is not None and dataset.name != created.group(1):
+            views[created.group(1)] = dataset
+    return views
 
 
 def rule_asset_key(rule: Rule) -> dg.AssetKey:
