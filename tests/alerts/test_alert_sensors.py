@@ -314,6 +314,12 @@ rules:
         more, _ = check_events(instance, pack, verdicts(pack, firing(0.3, 0.2, 0.4)), reported)
 
     assert [len(first), len(wobble), len(more)] == [1, 0, 1]
+    # A rule removed from (or renamed in) the pack leaves the sensor's cursor with it.
+    with dg.instance_for_test() as instance:
+        _, kept = check_events(
+            instance, pack, verdicts(pack, firing(0.3)), {"old_name": ["x", 1.0]}
+        )
+    assert set(kept) == {"route_errors"}
     assert (
         "/api/0 (firing, 31.0%)"
         in verdicts(pack, firing(0.31)).get("route_errors").metadata["groups_not_ok"]
