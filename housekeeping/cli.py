@@ -635,7 +635,7 @@ def demo_traffic(interval: str, rate: float) -> None:
     signal.signal(signal.SIGTERM, stop)
     with contextlib.suppress(KeyboardInterrupt):
         run_live(
-            _default_database_url(),
+            database_url(),
             step,
             rate,
             report=click.echo,
@@ -682,10 +682,10 @@ def demo_incident(kind: str, route: str | None, duration: str, config_file: str 
     from housekeeping.demo.live import LiveDatabase, inject_incident, parse_incident
 
     length = positive_duration(duration, "--for")
-    parse_incident(kind, route)
+    parse_incident(kind, route, length)
     config = load_config(config_file)
     stuck_after = analytics_settings(config, config_file or "config").stuck_after
-    live = LiveDatabase(_default_database_url())
+    live = LiveDatabase(database_url())
     try:
         incident = inject_incident(live, kind, route, length, datetime.now(UTC), stuck_after)
     finally:

@@ -310,6 +310,15 @@ def _at(moment: datetime, reference: datetime) -> str:
     )
 
 
+def _elapsed(delta: timedelta) -> str:
+    """How long an alert fired, as a person reads it: whole seconds under a minute, else whole
+    minutes (``42s``, ``150m``, ``2h``); the evaluation times are not minute-aligned, so the
+    exact difference would print as ``41816.6ms``."""
+    seconds = delta.total_seconds()
+    unit = 1 if seconds < 60 else 60
+    return format_duration(timedelta(seconds=max(round(seconds / unit), 1) * unit))
+
+
 def _since(notification: Notification, since: datetime | None) -> str:
     """Since when: the firing's start (its FIRING notification), the resolution's time."""
     at = notification.evaluated_at
@@ -319,12 +328,12 @@ def _since(notification: Notification, since: datetime | None) -> str:
             return f"Resolved at {_at(at, at)}"
         return (
             f"Fired {_at(start, at)}, resolved {_at(at, at)} "
-            f"after {format_duration(at - start) if at > start else 'under a minute'}"
+            f"after {_elapsed(at - start) if at > start else 'under a minute'}"
         )
     if notification.kind is NotificationKind.RUN_FAILURE:
         return f"Failed at {_at(at, at)}"
     if notification.kind in (NotificationKind.ESCALATED, NotificationKind.RENOTIFY) and at > start:
-        return f"Firing since {_at(start, at)} ({format_duration(at - start)})"
+        return f"Firing since {_at(start, at)} ({_elapsed(at - start)})"
     return f"Since {_at(start, at)}"
 
 

@@ -13,11 +13,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
+from housekeeping.config_types import format_duration
 from housekeeping.demo.clock import to_us
 from housekeeping.demo.load import Target, connect_postgres, connect_sqlite, parse_url
 from housekeeping.demo.schema import JOB_STATUSES
@@ -33,6 +35,9 @@ MAX_CATCH_UP = timedelta(hours=2)
 # Jobs still active this long after they started, outside a stuck-job incident, are finished
 # when the generator starts: the workers were restarted with the demo.
 STALE_ACTIVE = timedelta(minutes=30)
+# The longest incident `hk demo incident --for` injects: one cannot be ended early, so a typo
+# (30d for 30m) would otherwise keep the demo in an outage for a month.
+MAX_INCIDENT = timedelta(hours=24)
 
 
 class LiveError(HkError):
@@ -71,6 +76,11 @@ class LiveDatabase:
 
     def __init__(self, url: str) -> None:
         self.target: Target = parse_url(url)
+        if self.target.dialect == "sqlite" and not Path(self.target.address).is_file():
+            # Checked before connecting: sqlite3 would create an empty database file.
+            raise LiveError(
+                f"{self.target.description} does not exist: run `hk demo` (or `hk seed`) first"
+            )
         if self.target.dialect == "sqlite":
             self.connection = connect_sqlite(self.target)
             self.connection.execute("PRAGMA busy_timeout = 30000")
@@ -213,8 +223,16 @@ class _SqliteTransaction:
         self.connection.execute("COMMIT" if kind is None else "ROLLBACK")
 
 
-def parse_incident(kind: str, route: str | None) -> tuple[str, str | None]:
-    """``kind`` and ``route`` checked: LiveError naming what is wrong."""
+def parse_incident(
+    kind: str, route: str | None, duration: timedelta | None = None
+) -> tuple[str, str | None]:
+    """``kind``, ``route`` and ``duration`` (positive, at most MAX_INCIDENT) checked: LiveError
+    naming what is wrong."""
+    if duration is not None and not timedelta(0) < duration <= MAX_INCIDENT:
+        raise LiveError(
+            f"--for must be between 0 and {MAX_INCIDENT.total_seconds() / 3600:g}h (an injected "
+            f"incident cannot be ended early), got {format_duration(duration)}"
+        )
     if kind not in LIVE_INCIDENT_KINDS:
         raise LiveError(f"unknown incident {kind!r} (one of: {', '.join(LIVE_INCIDENT_KINDS)})")
     routes = live_routes()
@@ -236,8 +254,9 @@ def inject_incident(
 ) -> LiveIncident:
     """Record an incident of ``duration`` starting at ``now``; a stuck job is written at once
     (active since ``stuck_after`` plus 5 minutes ago, so the rules see it stuck right away).
-    LiveError for an unknown kind or route (nothing written)."""
-    kind, route = parse_incident(kind, route)
+    LiveError for an unknown kind or route or a ``duration`` out of (0, MAX_INCIDENT]
+    (nothing written)."""
+    kind, route = parse_incident(kind, route, duration)
     job_id = None
     if kind == "stuck-job":
         job_id = db.add_stuck_job(now - stuck_after - timedelta(minutes=5))

@@ -567,7 +567,10 @@ def live_rows(
     for kind, route, first_us, last_us in incidents:
         hit = (ts >= first_us) & (ts < last_us) & ~health
         if route is not None:
-            hit &= endpoint == live_routes().index(route)
+            # A route served by several methods (GET and POST /api/v1/orders): all of them.
+            hit &= np.isin(
+                endpoint, [i for i, (_, path, _) in enumerate(_ENDPOINTS) if path == route]
+            )
         if kind == "error-burst":
             hit &= rng.random(rows) < _LIVE_ERROR_SHARE
             status[hit] = _BURST_STATUS_CODES[choice(rng, _BURST_STATUS_WEIGHTS, int(hit.sum()))]
@@ -619,5 +622,6 @@ def live_rows(
 
 
 def live_routes() -> tuple[str, ...]:
-    """The routes the demo's traffic uses, most requested first."""
-    return tuple(route for _, route, _ in _ENDPOINTS)
+    """The routes the demo's traffic uses, most requested first, each once (a route served by
+    several methods is one route, as the rollups group it)."""
+    return tuple(dict.fromkeys(route for _, route, _ in _ENDPOINTS))

@@ -86,6 +86,27 @@ def test_every_kind_opens_with_what_broke_how_bad_since_when_and_where_to_look(
     assert still.thread_ts is None and resolved.thread_ts == still.ts  # the latest message
 
 
+def test_how_long_an_alert_fired_is_rounded_to_what_a_person_reads(tmp_path, slack):
+    # The sensor evaluates at whatever second its tick runs: the differences are not whole.
+    store, clock = store_at(tmp_path), Clock(T0 + timedelta(seconds=7.3))
+    steps = [
+        note(value=0.12, at=clock.now),
+        note(kind=NotificationKind.RESOLVED, value=0.004, at=clock.now + timedelta(seconds=41.8)),
+        note(value=0.12, at=clock.now + 5 * MINUTE),
+        note(kind=NotificationKind.RENOTIFY, value=0.15, at=clock.now + timedelta(seconds=3792.5)),
+    ]
+    settings = alert_settings_at(tmp_path)
+    sender = SlackWebSender(TOKEN, slack.base_url)
+    for step in steps:
+        clock.now = step.evaluated_at
+        enqueue(store, step, now=clock.now)
+        deliver(store, sender, settings, clock, clock.sleep)
+
+    _, resolved, _, still = slack.channel_messages("#alerts")
+    assert lines(resolved)[1].startswith("Fired 12:00 UTC, resolved 12:00 UTC after 42s ·")
+    assert lines(still)[1].startswith("Firing since 12:05 UTC (58m) ·")
+
+
 def test_a_rule_without_data_says_so_in_its_first_line(tmp_path, slack):
     store, clock = store_at(tmp_path), Clock(T0)
     enqueue(store, note(group="", rule="http_error_rate", value=None))

@@ -271,3 +271,88 @@ def test_a_bad_rule_file_fails_the_definitions_with_the_rules_message(tmp_path):
     path = write_config(tmp_path, rules_file=str(rules))
     with pytest.raises(RulesError, match="unknown metric 'nope'"):
         build_alerts_defs(load_config(path), str(path))
+
+
+def test_a_grouped_rules_check_is_not_reported_again_when_only_its_values_wobble():
+    """The check is re-reported when what fires changes, not at every tick's new value."""
+    from analytics.alerts.defs.checks import verdicts
+    from analytics.alerts.defs.sensors import check_events
+    from analytics.alerts.model import AlertKey, AlertRecord, AlertState, Severity
+    from analytics.alerts.rules import RulePack
+
+    pack = RulePack.model_validate(
+        yaml.safe_load(
+            """
+rules:
+  - name: route_errors
+    metric: http_error_rate
+    group_by: route
+    window: 5m
+    thresholds: {high: {value: 0.1}}
+"""
+        )
+    )
+    since = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
+
+    def firing(*values):
+        return [
+            AlertRecord(
+                AlertKey("route_errors", f"/api/{index}"),
+                AlertState.FIRING,
+                Severity.HIGH,
+                firing_since=since,
+                last_value=value,
+            )
+            for index, value in enumerate(values)
+        ]
+
+    with dg.instance_for_test() as instance:
+        first, reported = check_events(instance, pack, verdicts(pack, firing(0.3, 0.2)), {})
+        wobble, reported = check_events(
+            instance, pack, verdicts(pack, firing(0.31, 0.19)), reported
+        )
+        more, _ = check_events(instance, pack, verdicts(pack, firing(0.3, 0.2, 0.4)), reported)
+
+    assert [len(first), len(wobble), len(more)] == [1, 0, 1]
+    # A rule removed from (or renamed in) the pack leaves the sensor's cursor with it.
+    with dg.instance_for_test() as instance:
+        _, kept = check_events(
+            instance, pack, verdicts(pack, firing(0.3)), {"old_name": ["x", 1.0]}
+        )
+    assert set(kept) == {"route_errors"}
+    assert (
+        "/api/0 (firing, 31.0%)"
+        in verdicts(pack, firing(0.31)).get("route_errors").metadata["groups_not_ok"]
+    )
+
+
+def test_a_sql_rules_check_sits_on_the_dataset_behind_the_view_it_reads():
+    """A SQL rule over a view (jobs_daily, table_stats_latest) is a rule on that view's dataset;
+    over several datasets, on the first its query names; over none, on requests_minute."""
+    from analytics.alerts.rules import RulePack
+
+    queries = {
+        "daily_jobs": "SELECT queue, max(failed) FROM jobs_daily GROUP BY queue",
+        "latest_tables": "SELECT policy, max(rows) FROM table_stats_latest GROUP BY policy",
+        "hourly_requests": "SELECT max(requests) FROM requests_hourly_overall",
+        "jobs_then_requests": (
+            "SELECT (SELECT max(stuck) FROM jobs_hourly) + (SELECT 0 FROM requests_minute LIMIT 1)"
+        ),
+        "constant": "SELECT 1",
+    }
+    pack = RulePack.model_validate(
+        {
+            "rules": [
+                {"name": name, "sql": sql, "thresholds": {"warning": {"value": 1}}}
+                for name, sql in queries.items()
+            ]
+        }
+    )
+    assets = {rule.name: check_key(rule).asset_key.path[-1] for rule in pack.rules}
+    assert assets == {
+        "daily_jobs": "jobs_hourly",
+        "latest_tables": "table_stats",
+        "hourly_requests": "requests_minute",
+        "jobs_then_requests": "jobs_hourly",
+        "constant": "requests_minute",
+    }

@@ -20,6 +20,7 @@ from housekeeping.demo.live import (
     write_traffic,
 )
 from housekeeping.demo.seed import seed_database
+from housekeeping.demo.traffic import live_routes
 
 
 @pytest.fixture
@@ -156,3 +157,53 @@ def test_hk_demo_incident_records_the_incident_or_names_the_bad_option(app_url, 
         database.close()
     assert (incident.kind, incident.route) == ("slow", "/health")
     assert incident.end - incident.start == timedelta(minutes=3)
+
+
+def test_a_route_served_by_several_methods_has_its_incident_on_every_method(live, app_url):
+    # /api/v1/orders is GET and POST: the rollups (and the rules) group by route, so both.
+    now = datetime.now(UTC).replace(microsecond=0)
+    start = now - timedelta(minutes=20)
+    inject_incident(live, "outage", "/api/v1/orders", timedelta(minutes=20), start)
+
+    write_traffic(live, np.random.default_rng(6), start, now, rate=600)
+
+    by_method = rows(
+        app_url,
+        "SELECT method, count(*), sum(CASE WHEN status_code = 503 THEN 1 ELSE 0 END) "
+        "FROM request_logs WHERE route = '/api/v1/orders' AND ts >= :t GROUP BY method",
+        t=stamp(app_url, start),
+    )
+    assert {method for method, _, _ in by_method} == {"GET", "POST"}
+    assert all(total > 0 and failed == total for _, total, failed in by_method), by_method
+    assert live_routes().count("/api/v1/orders") == 1
+
+
+def test_an_incident_longer_than_a_day_is_refused_and_nothing_is_recorded(live):
+    now = datetime.now(UTC)
+    with pytest.raises(LiveError, match=r"--for must be between 0 and 24h .*got 30d"):
+        inject_incident(live, "outage", None, timedelta(days=30), now)
+    assert live.incidents(now - timedelta(days=1)) == []
+    runner = CliRunner()
+    result = runner.invoke(
+        main, ["demo", "incident", "outage", "--for", "30d"], env={"DATABASE_URL": live_url(live)}
+    )
+    assert result.exit_code == 1 and len(result.output.strip().splitlines()) == 1, result.output
+    assert "--for must be between 0 and 24h" in result.output
+    assert live.incidents(now - timedelta(days=1)) == []
+
+
+def live_url(live):
+    target = live.target
+    return f"sqlite:///{target.address}" if target.dialect == "sqlite" else target.address
+
+
+def test_the_live_demo_without_its_database_says_so_and_creates_nothing(tmp_path):
+    url = f"sqlite:///{tmp_path}/var/demo.db"
+    runner = CliRunner()
+    for args in (["demo", "incident", "error-burst"], ["demo", "traffic"]):
+        result = runner.invoke(main, args, env={"DATABASE_URL": url})
+        assert result.exit_code == 1, result.output
+        assert result.output.strip() == (
+            f"Error: {url} does not exist: run `hk demo` (or `hk seed`) first"
+        )
+    assert list(tmp_path.iterdir()) == []

@@ -9,10 +9,13 @@ last evaluation's), they never evaluate a rule themselves.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import dagster as dg
@@ -32,6 +35,8 @@ from analytics.datasets import (
     Dataset,
     all_datasets,
 )
+from analytics.publish import RollupStore
+from analytics.views import view_statements
 
 CHECK_PREFIX = "alert_"
 # The analytics shell's asset keys are analytics/<dataset> (analytics/defs/assets.py).
@@ -64,8 +69,8 @@ WRITTEN_BY: dict[Dataset, Dataset] = {
 def rule_dataset(rule: Rule) -> Dataset:
     """The published dataset ``rule`` reads: its metric's source (for a metric over published
     snapshots, the first dataset its SQL names), or for a SQL rule the first dataset its query
-    names (requests_minute when it names none); a dataset written by another asset's run stands
-    for that asset's (WRITTEN_BY)."""
+    names, directly or through a view (jobs_daily is jobs_hourly's; requests_minute when it names
+    none); a dataset written by another asset's run stands for that asset's (WRITTEN_BY)."""
     if rule.metric is not None:
         spec = BUILTIN_METRICS[rule.metric]
         if spec.source in SOURCE_DATASETS:
@@ -73,9 +78,35 @@ def rule_dataset(rule: Rule) -> Dataset:
         sql = " ".join(spec.sql.values())
     else:
         sql = rule.sql or ""
-    words = set(re.findall(r"[A-Za-z_][A-Za-z0-9_]*", sql))
-    named = [dataset for dataset in all_datasets() if dataset.name in words]
-    return WRITTEN_BY.get(named[0], named[0]) if named else REQUESTS_MINUTE
+    named = _first_dataset(sql, _view_datasets())
+    return WRITTEN_BY.get(named, named) if named else REQUESTS_MINUTE
+
+
+def _first_dataset(sql: str, views: dict[str, Dataset]) -> Dataset | None:
+    """The first dataset ``sql`` names, directly or through a view of ``views``."""
+    datasets = {dataset.name: dataset for dataset in all_datasets()}
+    for word in re.findall(r"[A-Za-z_][A-Za-z0-9_]*", sql):
+        if word in datasets:
+            return datasets[word]
+        if word in views:
+            return views[word]
+    return None
+
+
+@functools.cache
+def _view_datasets() -> dict[str, Dataset]:
+    """Each view and table macro of the views file (requests_hourly, jobs_daily,
+    table_stats_latest, request_stats...) -> the dataset its SQL reads (analytics/views.py)."""
+    store = RollupStore(Path("rollups"), Path("rollups.duckdb"))
+    views: dict[str, Dataset] = {}
+    for statement in view_statements(store, all_datasets(), "UTC"):
+        created = re.match(r"CREATE (?:VIEW|MACRO) ([A-Za-z_][A-Za-z0-9_]*)", statement)
+        if created is None or created.group(1) in views:
+            continue
+        dataset = _first_dataset(statement[created.end() :], views)
+        if dataset is not None and dataset.name != created.group(1):
+            views[created.group(1)] = dataset
+    return views
 
 
 def rule_asset_key(rule: Rule) -> dg.AssetKey:
@@ -134,14 +165,18 @@ class RuleVerdict:
     severity: dg.AssetCheckSeverity
     description: str
     metadata: dict[str, Any] = field(default_factory=dict)
+    # "<group> <state>" of the groups not ok, worst first: what the signature compares.
+    group_states: tuple[str, ...] = ()
 
     @property
     def state(self) -> str:
         return str(self.metadata.get("state", AlertState.OK.value))
 
     def signature(self) -> str:
-        """What, when it changes, is worth a new check evaluation (not the value's wobble)."""
-        groups = self.metadata.get("groups_not_ok", "")
+        """What, when it changes, is worth a new check evaluation (not the value's wobble): the
+        state, the severity and which groups are in which state (not their values)."""
+        # A digest: the sensor's cursor keeps one signature per rule, whatever its groups.
+        groups = hashlib.sha1("\n".join(self.group_states).encode()).hexdigest()[:16]
         return f"{self.passed}|{self.state}|{self.metadata.get('severity', '')}|{groups}"
 
     def headline(self) -> str:
@@ -206,6 +241,7 @@ def rule_verdict(rule: Rule, records: Sequence[AlertRecord]) -> RuleVerdict:
         dg.AssetCheckSeverity.ERROR if firing else dg.AssetCheckSeverity.WARN,
         description,
         metadata,
+        tuple(f"{r.key.group} {r.state.value}" for r in troubled),
     )
 
 

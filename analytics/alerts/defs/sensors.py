@@ -105,7 +105,10 @@ def check_events(
     """
     now = time.time()
     latest: dict[dg.AssetKey, float] = {}
-    events, updated = [], dict(reported)
+    # Only the pack's rules: one removed or renamed is not kept in the cursor forever.
+    names = {rule.name for rule in pack.rules}
+    events = []
+    updated = {name: entry for name, entry in reported.items() if name in names}
     for rule in pack.rules:
         verdict = rule_verdicts.get(rule.name)
         if verdict is None:  # the rule failed to evaluate: its check keeps its last result
