@@ -101,7 +101,8 @@ def open_rollups(store: RollupStore, *, timezone: str | None = None) -> duckdb.D
 
     ``timezone`` sets DuckDB's ``TimeZone`` before the configuration is locked (the alert
     metrics compute in UTC). Raises NotPublished when neither the views file nor its manifest
-    exists, PublishError when the file cannot be opened and has no manifest to fall back on.
+    exists, PublishError when the file cannot be opened and has no manifest to fall back on, or
+    when it was published for another rollup root than ``store.root``.
     """
     connection = duckdb.connect(
         ":memory:",
@@ -122,7 +123,24 @@ def open_rollups(store: RollupStore, *, timezone: str | None = None) -> duckdb.D
     return connection
 
 
+def _check_root(store: RollupStore) -> None:
+    """Refuse a views file published for another rollup root: its views read Parquet files
+    outside ``store.root``, which the sandbox would refuse one query at a time."""
+    manifest = store.published_manifest()
+    if manifest is None:
+        return
+    published, expected = Path(manifest.root).resolve(), store.root.resolve()
+    if published != expected:
+        raise PublishError(
+            f"the views file {store.database} was published for the rollup root {published}, "
+            f"not {expected} (analytics.root): re-publish the views (materialize any analytics "
+            "asset, or let the freshness sensor tick) or point analytics.database at the views "
+            "file of this root"
+        )
+
+
 def _load_views(connection: duckdb.DuckDBPyConnection, store: RollupStore) -> None:
+    _check_root(store)
     if store.database.exists():
         try:
             connection.execute(

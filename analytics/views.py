@@ -8,7 +8,8 @@ averaging percentiles — and table macros that do the same for any window.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import re
+from collections.abc import Callable, Mapping, Sequence
 
 from analytics.datasets import Dataset, all_datasets
 from analytics.publish import RollupStore
@@ -98,12 +99,39 @@ def view_statements(
     budgets: Mapping[str, ServiceBudget] | None = None,
 ) -> list[str]:
     """Every statement of the views file, in order (its content hash is its version)."""
+    return _statements(store.dataset_glob, datasets, timezone, budgets)
+
+
+def view_datasets(datasets: Sequence[Dataset]) -> dict[str, Dataset]:
+    """Each view and table macro of the views file (``requests_hourly``, ``jobs_daily``,
+    ``request_stats``...) -> the first of ``datasets`` its SQL reads, directly or through
+    another view. A dataset's own view is not listed."""
+    by_name = {dataset.name: dataset for dataset in datasets}
+    views: dict[str, Dataset] = {}
+    for statement in _statements(lambda name: name, datasets, "UTC", None):
+        created = re.match(r"CREATE (?:VIEW|MACRO) ([A-Za-z_][A-Za-z0-9_]*)", statement)
+        if created is None or created.group(1) in views or created.group(1) in by_name:
+            continue
+        for word in re.findall(r"[A-Za-z_][A-Za-z0-9_]*", statement[created.end() :]):
+            read = by_name.get(word) or views.get(word)
+            if read is not None:
+                views[created.group(1)] = read
+                break
+    return views
+
+
+def _statements(
+    glob_of: Callable[[str], str],
+    datasets: Sequence[Dataset],
+    timezone: str,
+    budgets: Mapping[str, ServiceBudget] | None,
+) -> list[str]:
     tz = sql_string(timezone)
     statements = [
         f"CREATE MACRO latency_bucket_value(bucket) AS {bucket_value_sql('bucket')}",
     ]
     for dataset in datasets:
-        glob = sql_string(store.dataset_glob(dataset.name))
+        glob = sql_string(glob_of(dataset.name))
         statements.append(
             f"CREATE VIEW {dataset.name} AS SELECT * FROM read_parquet({glob}, union_by_name = true)"
         )

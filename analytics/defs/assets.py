@@ -109,10 +109,15 @@ def result_metadata(result: RollupResult) -> dict[str, Any]:
 
 
 class RollupRun:
-    """One materialization's inputs: the loaded config, the store, the partition, and the
-    databases it opens (each on first use; disposed when the ``with`` block ends)."""
+    """One materialization's (or sensor tick's) inputs: the loaded config, the store, the
+    partition, and the databases it opens (each on first use; disposed when the ``with`` block
+    ends)."""
 
-    def __init__(self, context: dg.AssetExecutionContext, analytics: AnalyticsResource) -> None:
+    def __init__(
+        self,
+        context: dg.AssetExecutionContext | dg.SensorEvaluationContext,
+        analytics: AnalyticsResource,
+    ) -> None:
         self.context = context
         self.log = context.log
         self.config, self.settings = analytics.load()

@@ -16,6 +16,7 @@ from analytics.defs.assets import (
     HOUSEKEEPING_SUMMARY_ASSET,
     REQUESTS_MINUTE_ASSET,
     TOKEN_REVOCATIONS_ASSET,
+    RollupRun,
 )
 from analytics.defs.jobs import AssetJob
 from analytics.defs.partitions import hour_partition_key
@@ -53,18 +54,14 @@ def build_freshness_sensor(
     def analytics_freshness_sensor(
         context: dg.SensorEvaluationContext, analytics: AnalyticsResource
     ) -> dg.SensorResult:
-        config, loaded = analytics.load()
-        store = analytics.store(config, loaded)
-        db = analytics.app_database()
-        try:
+        with RollupRun(context, analytics) as run:
+            db, store, loaded = run.app_database, run.store, run.settings
             now = db.clock()
             outcome = refresh_recent(
                 db, store, loaded, FreshnessCursor.from_json(context.cursor), now
             )
             jobs_note = refresh_recent_jobs(db, store, loaded, now)
-            clients_note = refresh_recent_clients(db, store, loaded, config, now)
-        finally:
-            db.dispose()
+            clients_note = refresh_recent_clients(db, store, loaded, run.config, now)
         context.log.info(f"{outcome.summary()}; {jobs_note}; {clients_note}")
         run_requests = [
             dg.RunRequest(
@@ -192,13 +189,8 @@ def build_pg_health_sensor() -> dg.SensorDefinition:
     def analytics_pg_health_sensor(
         context: dg.SensorEvaluationContext, analytics: AnalyticsResource
     ) -> dg.SensorResult:
-        config, loaded = analytics.load()
-        store = analytics.store(config, loaded)
-        db = analytics.app_database()
-        try:
-            snapshot, _ = publish_snapshot(db, store, config)
-        finally:
-            db.dispose()
+        with RollupRun(context, analytics) as run:
+            snapshot, _ = publish_snapshot(run.app_database, run.store, run.config)
         summary = snapshot_summary(snapshot)
         context.log.info(summary)
         return dg.SensorResult(skip_reason=summary)

@@ -251,3 +251,17 @@ def test_a_stale_write_ahead_log_of_a_replaced_file_does_not_break_readers(tmp_p
         assert not wal.exists()
         with duckdb.connect(str(settings.database_path), read_only=True) as connection:
             assert connection.execute("SELECT count(*) FROM requests_minute").fetchall() == [(0,)]
+
+
+def test_a_views_file_published_for_another_root_is_refused_naming_both_roots(tmp_path):
+    settings = make_settings(tmp_path)
+    publish(make_store(settings), settings)
+    moved = RollupStore(tmp_path / "elsewhere", settings.database_path)
+    with pytest.raises(PublishError) as refused:
+        open_rollups(moved)
+    message = str(refused.value)
+    assert str(settings.root_path.resolve()) in message
+    assert str((tmp_path / "elsewhere").resolve()) in message
+    assert "re-publish the views" in message
+    with open_rollups(make_store(settings)) as connection:  # its own root still opens
+        assert connection.execute("SELECT count(*) FROM requests_daily").fetchall() == [(0,)]

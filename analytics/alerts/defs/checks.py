@@ -15,7 +15,6 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 import dagster as dg
@@ -35,8 +34,7 @@ from analytics.datasets import (
     Dataset,
     all_datasets,
 )
-from analytics.publish import RollupStore
-from analytics.views import view_statements
+from analytics.views import view_datasets
 
 CHECK_PREFIX = "alert_"
 # The analytics shell's asset keys are analytics/<dataset> (analytics/defs/assets.py).
@@ -95,18 +93,8 @@ def _first_dataset(sql: str, views: dict[str, Dataset]) -> Dataset | None:
 
 @functools.cache
 def _view_datasets() -> dict[str, Dataset]:
-    """Each view and table macro of the views file (requests_hourly, jobs_daily,
-    table_stats_latest, request_stats...) -> the dataset its SQL reads (analytics/views.py)."""
-    store = RollupStore(Path("rollups"), Path("rollups.duckdb"))
-    views: dict[str, Dataset] = {}
-    for statement in view_statements(store, all_datasets(), "UTC"):
-        created = re.match(r"CREATE (?:VIEW|MACRO) ([A-Za-z_][A-Za-z0-9_]*)", statement)
-        if created is None or created.group(1) in views:
-            continue
-        dataset = _first_dataset(statement[created.end() :], views)
-        if dataset is not None and dataset.name != created.group(1):
-            views[created.group(1)] = dataset
-    return views
+    """Each view and table macro of the views file -> the dataset its SQL reads."""
+    return view_datasets(all_datasets())
 
 
 def rule_asset_key(rule: Rule) -> dg.AssetKey:
