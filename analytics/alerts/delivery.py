@@ -97,10 +97,13 @@ def _post(
     report: DeliveryReport,
 ) -> tuple[str, str, list[str]]:
     """Post ``message`` to each target (a thread, or None: the message's channel), looking each
-    up first when an earlier attempt may have posted it; (channel id, ts) of the last one, and
-    notes for the outbox row. Raises what the sender raises."""
+    up first when an earlier attempt may have posted it; (channel id, ts) of the last one
+    posted, and notes for the outbox row. Raises what the sender raises; of several threads, a
+    channel Slack cannot post to (the app removed from it) is a note and a channel error of the
+    report, and the others are still replied to: ChannelError only when every one fails."""
     notes: list[str] = []
     result = ("", "")
+    refused: list[ChannelError] = []
     for thread in targets:
         notification_id = head.notification_id
         if len(targets) > 1 and thread is not None:
@@ -120,13 +123,23 @@ def _post(
             notes.append("an earlier attempt had posted it (found in Slack's history)")
             continue
         try:
-            result = sender.send(message, thread, notification_id)
-        except MessageRejected as exc:
-            # A refused metadata goes too: the fallback must not fail for the same reason.
-            tag = None if "metadata" in str(exc) else notification_id
-            result = sender.send(message.without_blocks(), thread, tag)
-            report.plain_text += 1
-            notes.append(f"sent as plain text: {exc}")
+            try:
+                result = sender.send(message, thread, notification_id)
+            except MessageRejected as exc:
+                # A refused metadata goes too: the fallback must not fail for the same reason.
+                tag = None if "metadata" in str(exc) else notification_id
+                result = sender.send(message.without_blocks(), thread, tag)
+                report.plain_text += 1
+                notes.append(f"sent as plain text: {exc}")
+        except ChannelError as exc:
+            if thread is None or len(targets) == 1:
+                raise
+            refused.append(exc)
+            error = f"Slack cannot reply in the thread in {thread[0]} ({exc}): invite the app"
+            notes.append(error)
+            report.channel_errors.append(error)
+    if refused and len(refused) == len(targets):
+        raise refused[-1]
     return result[0], result[1], notes
 
 

@@ -613,3 +613,62 @@ def test_an_escalated_alert_is_resolved_in_the_thread_of_each_channel_it_was_pos
         "Firing since 12:00 UTC (5m) · Look at: asset analytics/requests_minute in Dagster",
     ]
     assert [row.status for row in store.rows()] == ["sent", "sent", "sent"]
+
+
+def test_a_thread_in_a_channel_the_app_left_does_not_fail_the_other_threads_or_channels(
+    tmp_path, slack
+):
+    store, clock = store_at(tmp_path), Clock(T0)
+    settings = alert_settings_at(tmp_path)
+    sender = SlackWebSender(TOKEN, slack.base_url)
+    posted = [
+        note(severity=Severity.HIGH, value=0.07, channel="#alerts"),
+        note(kind=NotificationKind.ESCALATED, channel="#oncall", at=T0 + timedelta(minutes=5)),
+    ]
+    for step in posted:
+        clock.now = step.evaluated_at
+        enqueue(store, step, now=clock.now)
+        deliver(store, sender, settings, clock, clock.sleep)
+    slack.removed_from = {"#oncall"}  # someone removed the app from #oncall meanwhile
+    clock.now = T0 + timedelta(minutes=30)
+    enqueue(
+        store,
+        note(kind=NotificationKind.RESOLVED, value=0.01, channel="#oncall", at=clock.now),
+        note(rule="latency_p95", group="/api/users", at=clock.now, channel="#alerts"),
+        now=clock.now,
+    )
+    report = deliver(store, sender, settings, clock, clock.sleep)
+
+    firing, resolved, other = slack.channel_messages("#alerts")
+    assert resolved.thread_ts == firing.ts and resolved.text.startswith("RESOLVED: route_errors")
+    assert other.thread_ts is None and "/api/users" in other.text.split("\n")[0]
+    assert len(slack.channel_messages("#oncall")) == 1  # the escalation only
+    assert report.sent == 2 and report.failed == 0
+    (error,) = report.channel_errors
+    assert error.startswith("Slack cannot reply in the thread in C_oncall (not_in_channel)")
+    rows = store.rows()
+    assert [row.status for row in rows] == ["sent"] * 4
+    assert "C_oncall (not_in_channel)" in rows[2].last_error
+
+
+def test_every_thread_refused_fails_the_resolution_and_names_the_channel(tmp_path, slack):
+    store, clock = store_at(tmp_path), Clock(T0)
+    settings = alert_settings_at(tmp_path)
+    sender = SlackWebSender(TOKEN, slack.base_url)
+    for step in [
+        note(severity=Severity.HIGH, value=0.07, channel="#alerts"),
+        note(kind=NotificationKind.ESCALATED, channel="#oncall", at=T0 + timedelta(minutes=5)),
+    ]:
+        clock.now = step.evaluated_at
+        enqueue(store, step, now=clock.now)
+        deliver(store, sender, settings, clock, clock.sleep)
+    slack.removed_from = {"#oncall", "#alerts"}
+    clock.now = T0 + timedelta(minutes=30)
+    enqueue(
+        store, note(kind=NotificationKind.RESOLVED, channel="#oncall", at=clock.now), now=clock.now
+    )
+    report = deliver(store, sender, settings, clock, clock.sleep)
+    assert report.sent == 0 and report.failed == 1
+    assert [row.status for row in store.rows()] == ["sent", "sent", "failed"]
+    assert "not_in_channel" in store.rows()[2].last_error
+    assert len(slack.posted()) == 2  # nothing more was posted

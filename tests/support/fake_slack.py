@@ -12,7 +12,7 @@ metadata only with ``include_all_metadata``; a channel name instead of an id is
 ``channel_not_found``) and ``conversations.list``. It refuses Block Kit over Slack's limits
 (``invalid_blocks``) and a top-level text over 40,000 characters (``msg_too_long``);
 ``refuse_blocks`` makes it refuse every message that has blocks, as Slack does with a layout it
-dislikes for reasons of its own.
+dislikes for reasons of its own; ``removed_from`` answers ``not_in_channel`` for its channels.
 """
 
 from __future__ import annotations
@@ -109,6 +109,8 @@ class FakeSlack:
     script: list[Scripted] = field(default_factory=list)
     down: bool = False  # every request answers 503 while set
     refuse_blocks: bool = False  # every message with blocks answers invalid_blocks while set
+    # Channels (ids or #names) the app was removed from: a post there answers not_in_channel.
+    removed_from: set[str] = field(default_factory=set)
     messages: list[Message] = field(default_factory=list)
     _server: ThreadingHTTPServer | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -151,6 +153,8 @@ class FakeSlack:
             return {"ok": False, "error": "msg_too_long"}, None
         if blocks and (self.refuse_blocks or block_problems(blocks)):
             return {"ok": False, "error": "invalid_blocks"}, None
+        if _channel_id(body.get("channel", "")) in {_channel_id(c) for c in self.removed_from}:
+            return {"ok": False, "error": "not_in_channel"}, None
         metadata = body.get("metadata")
         if isinstance(metadata, str):
             metadata = json.loads(metadata)
