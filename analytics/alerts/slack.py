@@ -113,6 +113,8 @@ class Sender:
 
 
 class ConsoleSender(Sender):
+    """Writes each message's plain text to ``write`` (print, click.echo, a Dagster log)."""
+
     description = "console (Slack is not configured: set SLACK_BOT_TOKEN or SLACK_WEBHOOK_URL)"
 
     def __init__(self, write: Callable[[str], None] = print) -> None:
@@ -124,7 +126,8 @@ class ConsoleSender(Sender):
         thread: tuple[str, str] | None,
         notification_id: str | None = None,
     ) -> tuple[str, str]:
-        self.write(f"[alert -> {message.channel}] {message.plain}")
+        # The message's further lines indented under its first, as one block in a log.
+        self.write(f"[alert -> {message.channel}] {message.plain}".replace("\n", "\n    "))
         return "", ""
 
 

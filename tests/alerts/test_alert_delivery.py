@@ -328,8 +328,8 @@ def test_without_slack_notifications_print_to_the_console(tmp_path, monkeypatch)
     assert deliver(store, sender, alert_settings_at(tmp_path), clock, clock.sleep).sent == 1
     assert lines == [
         "[alert -> #alerts] FIRING [critical]: route_errors on route /users/<int:id> is 20.0% "
-        "(> 10.0%)\nSince 12:00 UTC · Look at: asset analytics/requests_minute in Dagster\n"
-        "route_errors on route /users/<int:id>: http_error_rate is 20.0% (> 10.0%, window 5m)"
+        "(> 10.0%)\n    Since 12:00 UTC · Look at: asset analytics/requests_minute in Dagster\n"
+        "    route_errors on route /users/<int:id>: http_error_rate is 20.0% (> 10.0%, window 5m)"
     ]
 
 
