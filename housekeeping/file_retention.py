@@ -578,19 +578,17 @@ def run_and_record_files(
     return result
 
 
-def describe_policy_check(name: str, policy: FilesPolicy) -> str:
-    """One line for `hk config check`: the directory is usable and how many files match
-    (ConfigError from check_directory otherwise)."""
+def describe_policy_check(name: str, policy: FilesPolicy) -> tuple[str, int]:
+    """For `hk config check`: one line saying the directory is usable and what matches, and the
+    number of matching files (ConfigError from check_directory otherwise)."""
     directory = check_directory(name, policy, writable=True)
     files = list_files(directory, policy)
     streams = len({item.stream for item in files})
-    action = (
-        f"compress after {format_duration(policy.compress_after)}, "
-        if policy.compress_after
-        else ""
-    )
-    return (
+    compress = policy.compress_after
+    action = f"compress after {format_duration(compress)}, " if compress else ""
+    line = (
         f"{name}: {len(files)} files matching {policy.glob!r} in {directory} ({streams} "
         f"streams); {action}{'archive and ' if policy.archive else ''}delete after "
         f"{format_duration(policy.retention)}"
     )
+    return line, len(files)

@@ -47,9 +47,9 @@ def policy_asset_key(name: str) -> dg.AssetKey:
 
 
 def checked_asset_keys(config: HousekeepingConfig) -> dict[str, dg.AssetKey]:
-    """Every asset whose runs are recorded in the run history, by its name there: the policies,
-    and the Dagster run-history purge when enabled."""
-    keys = {name: policy_asset_key(name) for name in config.policies}
+    """Every asset whose runs are recorded in the run history, by its name there: the policies
+    (files policies included), and the Dagster run-history purge when enabled."""
+    keys = {name: policy_asset_key(name) for name in config.every_policy()}
     if config.dagster_runs.enabled:
         keys[DAGSTER_RUNS_POLICY] = DAGSTER_RUNS_ASSET
     return keys
@@ -81,7 +81,7 @@ def readable(value: float) -> float:
     return round(value, 1) if abs(value) >= 100 else float(f"{value:.3g}")
 
 
-def _scalar_metadata(values: dict[str, Any]) -> dict[str, Any]:
+def scalar_metadata(values: dict[str, Any]) -> dict[str, Any]:
     """The values that are set, floats rounded (``readable``); booleans and ints as they are."""
     return {
         key: readable(value) if isinstance(value, float) else value
@@ -138,7 +138,7 @@ def build_policy_asset(
         except RunLockedOut as exc:
             # The lock is the operator's to look at, not our code: one line, not a traceback,
             # and what the run deleted before it is on the record like any materialization.
-            metadata = _scalar_metadata(exc.result.metadata())
+            metadata = scalar_metadata(exc.result.metadata())
             if exc.result.deleted:
                 yield dg.AssetMaterialization(asset_key=key, metadata=metadata)
             raise dg.Failure(description=str(exc), metadata=metadata) from None
@@ -146,7 +146,7 @@ def build_policy_asset(
             db.dispose()
             history.dispose()
         context.log.info(result.summary_line())
-        metadata = _scalar_metadata(result.metadata())
+        metadata = scalar_metadata(result.metadata())
         if result.dry_run:
             # A dry run is an observation, not a materialization: the plotted history stays real.
             yield dg.AssetObservation(asset_key=key, metadata=metadata)
@@ -223,7 +223,7 @@ def build_dagster_run_history_asset(config: HousekeepingConfig) -> dg.AssetsDefi
                 )
         finally:
             history.dispose()
-        metadata = _scalar_metadata(
+        metadata = scalar_metadata(
             {
                 "runs_deleted": result.runs_deleted,
                 "failed_runs_deleted": result.failed_runs_deleted,

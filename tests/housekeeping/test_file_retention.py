@@ -5,18 +5,26 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import json
 import os
 import time
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
+import dagster as dg
 import pytest
+import yaml
+from click.testing import CliRunner
 
 from housekeeping import file_archive as file_archive_module
 from housekeeping import file_retention
 from housekeeping.archive import LocalArchiveStore
-from housekeeping.config import ConfigError, parse_config
+from housekeeping.cli import main
+from housekeeping.config import ConfigError, load_config, parse_config
+from housekeeping.database import AppDatabase
+from housekeeping.definitions import build_definitions
+from housekeeping.defs.assets import policy_asset_key
 from housekeeping.file_archive import FileArchive
 from housekeeping.file_retention import (
     check_directory,
@@ -619,3 +627,146 @@ def test_killing_the_run_between_archive_steps_then_rerunning_loses_nothing(tmp_
 
     assert result.recovered >= 1
     assert_nothing_lost_or_doubled(tmp_path, original)
+
+
+# --- Dagster, hk -------------------------------------------------------------------------------
+
+
+def write_files_config(tmp_path, **policy_overrides) -> str:
+    """hk.yaml with a table policy and the files policy ``app_logs`` (scheduled daily)."""
+    policy = {
+        "kind": "files",
+        "directory": str(tmp_path / "logs"),
+        "glob": "app*.log*",
+        "compress_after": "1d",
+        "retention": "30d",
+        "archive": True,
+        "max_delete_fraction": 0.9,
+        "schedule": "30 2 * * *",
+    }
+    policy.update(policy_overrides)
+    config = {
+        "state_database_url": f"sqlite:///{tmp_path / 'state.db'}",
+        "archive": {"root": str(tmp_path / "archive")},
+        "policies": {
+            "revoked_tokens": {
+                "kind": "expired",
+                "table": "revoked_tokens",
+                "cutoff_column": "expires_at",
+            },
+            "app_logs": policy,
+        },
+        "dagster_runs": {"enabled": False},
+    }
+    path = tmp_path / "hk.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return str(path)
+
+
+def files_definitions(tmp_path, monkeypatch) -> dg.Definitions:
+    monkeypatch.setenv("DATABASE_URL", f"sqlite:///{tmp_path / 'app.db'}")
+    config_file = write_files_config(tmp_path)
+    return build_definitions(load_config(config_file), config_file)
+
+
+def test_a_files_policy_is_an_asset_with_its_schedule_job_and_health_checks(tmp_path, monkeypatch):
+    defs = files_definitions(tmp_path, monkeypatch)
+
+    asset = defs.resolve_assets_def(policy_asset_key("app_logs"))
+    # Dagster never runs two cleanups of one directory at once: a pool per directory.
+    assert asset.op.pool.startswith("hk_files_") and asset.op.pool.endswith("_logs")
+    assert "/" not in asset.op.pool and "-" not in asset.op.pool
+    assert defs.resolve_schedule_def("app_logs_schedule").cron_schedule == "30 2 * * *"
+    assert defs.resolve_job_def("app_logs_job")
+    checks = {
+        key.name
+        for key in defs.resolve_asset_graph().asset_check_keys
+        if key.asset_key == policy_asset_key("app_logs")
+    }
+    assert checks == {"health", "deletes_progress"}
+    assert defs.resolve_assets_def(policy_asset_key("revoked_tokens"))
+
+
+def test_the_files_asset_compresses_archives_deletes_and_reports_metadata_and_health(
+    tmp_path, monkeypatch, instance, original
+):
+    defs = files_definitions(tmp_path, monkeypatch)
+
+    result = defs.resolve_job_def("app_logs_job").execute_in_process(instance=instance)
+
+    assert result.success
+    assert_nothing_lost_or_doubled(tmp_path, original)
+    [materialization] = result.asset_materializations_for_node("housekeeping__app_logs")
+    metadata = {name: value.value for name, value in materialization.metadata.items()}
+    assert (metadata["compressed"], metadata["archived"], metadata["deleted"]) == (2, 3, 3)
+    assert (metadata["skipped_active"], metadata["skipped_grace"]) == (1, 1)
+    assert metadata["bytes_freed"] > metadata["deleted_bytes"] > 0
+    checks = {
+        evaluation.check_name: evaluation.passed
+        for evaluation in result.get_asset_check_evaluations()
+        if evaluation.asset_key == policy_asset_key("app_logs")
+    }
+    assert checks == {"health": True, "deletes_progress": True}
+    history = RunHistory(load_config(tmp_path / "hk.yaml").state_database_url)
+    [run] = history.recent("app_logs")
+    history.dispose()
+    assert (run.status, run.deleted, run.dagster_run_id) == (RunStatus.SUCCESS, 3, result.run_id)
+
+
+def test_the_dry_run_job_observes_the_files_policy_and_changes_nothing(
+    tmp_path, monkeypatch, instance, original
+):
+    defs = files_definitions(tmp_path, monkeypatch)
+    job = defs.resolve_job_def("housekeeping_dry_run_job")
+
+    result = job.execute_in_process(
+        instance=instance, asset_selection=[policy_asset_key("app_logs")]
+    )
+
+    assert result.success
+    assert snapshot(tmp_path / "logs") == original.content
+    [observation] = [
+        event.asset_observation_data.asset_observation
+        for event in result.all_events
+        if event.event_type_value == "ASSET_OBSERVATION"
+    ]
+    assert observation.metadata["dry_run"].value is True
+    assert observation.metadata["expected_deleted"].value == 3
+    assert observation.metadata["to_compress"].value == 2
+
+
+def test_hk_config_check_checks_a_files_policy_directory(tmp_path, logs):
+    url = f"sqlite:///{tmp_path / 'app.db'}"
+    AppDatabase(url).table_names()  # the (empty) application database exists
+    config_file = write_files_config(tmp_path)
+    data = yaml.safe_load(Path(config_file).read_text())
+    del data["policies"]["revoked_tokens"]
+    Path(config_file).write_text(yaml.safe_dump(data))
+    command = ["config", "check", "--config", config_file, "--database-url", url]
+
+    ok = CliRunner().invoke(main, [*command, "--section", "policies"])
+    data["policies"]["app_logs"]["directory"] = str(tmp_path / "missing")
+    Path(config_file).write_text(yaml.safe_dump(data))
+    missing = CliRunner().invoke(main, [*command, "--section", "policies"])
+
+    assert ok.exit_code == 0, ok.output
+    assert "ok    app_logs: 8 files matching 'app*.log*'" in ok.output
+    assert missing.exit_code == 1
+    assert f"policies.app_logs.directory: {tmp_path / 'missing'} does not exist" in missing.output
+
+
+def test_hk_status_counts_the_files_a_files_policy_deleted(tmp_path, monkeypatch, logs):
+    config_file = write_files_config(tmp_path)
+    config = load_config(config_file)
+    history = RunHistory.from_config(config)
+    try:
+        run_and_record_files(history, config, "app_logs")
+    finally:
+        history.dispose()
+    monkeypatch.chdir(tmp_path)  # the alert store and rollups default under ./var
+
+    result = CliRunner().invoke(main, ["status", "--json", "--config", config_file])
+
+    assert result.exit_code == 0, result.output
+    metrics = json.loads(result.output)["policies"]["app_logs"]["metrics"]
+    assert (metrics["totalFilesDeleted"], metrics["totalRuns"]) == (3, 1)
