@@ -2,9 +2,12 @@
 
 Layout, beside the table archive (archive.py) under the same ``archive.root``::
 
-    <root>/files/<policy>/date=<YYYY-MM-DD>/<file name>        the file, byte for byte
-    <root>/files/<policy>/date=<YYYY-MM-DD>/_manifest.json     per file: source name, bytes,
+    <root>/files=<policy>/date=<YYYY-MM-DD>/<file name>        the file, byte for byte
+    <root>/files=<policy>/date=<YYYY-MM-DD>/_manifest.json     per file: source name, bytes,
                                                                sha256, mtime, run id
+
+(``files=<policy>``, not ``<policy>``: a table archive is ``<root>/<table>``, and a table may well
+be called ``files`` or share a policy's name.)
 
 ``date=`` is the UTC day of the file's modification time (the day its last line was written), so
 a re-run after a crash puts a file where the crashed run did. The protocol that makes the archive
@@ -80,13 +83,13 @@ def _day(mtime_ns: int) -> str:
 
 
 class FileArchive:
-    """The archive of one files policy: ``<root>/files/<policy>/date=<day>/``."""
+    """The archive of one files policy: ``<root>/files=<policy>/date=<day>/``."""
 
     def __init__(self, store: ArchiveStore, policy: str, directory: str) -> None:
         self.store = store
         self.policy = policy
         self.directory = directory
-        self.prefix = f"files/{policy}"
+        self.prefix = f"files={policy}"
 
     def archive(
         self, source: Path, mtime_ns: int, *, run_id: str, now: datetime

@@ -19,7 +19,7 @@ from click.testing import CliRunner
 
 from housekeeping import file_archive as file_archive_module
 from housekeeping import file_retention
-from housekeeping.archive import LocalArchiveStore
+from housekeeping.archive import ArchiveError, LocalArchiveStore
 from housekeeping.cli import main
 from housekeeping.config import ConfigError, load_config, parse_config
 from housekeeping.database import AppDatabase
@@ -430,7 +430,7 @@ def test_expiring_files_are_archived_with_checksums_then_deleted(tmp_path, origi
     assert (result.archived, result.deleted, result.compressed) == (3, 3, 2)
     assert (result.skipped_active, result.skipped_grace, result.remaining_expired) == (1, 1, 0)
     assert result.deleted_bytes == sum(len(original.raw[name]) for name in EXPIRING)
-    manifests = list((tmp_path / "archive" / "files" / "app_logs").glob("date=*/_manifest.json"))
+    manifests = list((tmp_path / "archive" / "files=app_logs").glob("date=*/_manifest.json"))
     assert len(manifests) == 3  # one day folder per file: its mtime's day
     for entry in archived_entries(tmp_path):
         data = original.raw[entry.source]
@@ -501,6 +501,15 @@ def test_runs_are_recorded_in_the_history_like_table_policies(tmp_path, original
     assert (success.deleted, success.expected_deleted, success.archived_rows) == (3, 3, 3)
     assert success.table_name == f"{tmp_path / 'logs'}/app*.log*"
     assert success.dagster_run_id == "run-1"
+
+
+def test_an_archive_root_that_cannot_be_written_is_refused_before_any_change(tmp_path, original):
+    (tmp_path / "archive").write_text("a file where the archive root should be")
+
+    with pytest.raises(ArchiveError, match="archive.root: cannot write to"):
+        run_file_policy(files_config(tmp_path), "app_logs")
+
+    assert snapshot(tmp_path / "logs") == original.content
 
 
 def test_a_second_run_on_the_same_directory_is_refused_while_one_holds_it(tmp_path, logs):
