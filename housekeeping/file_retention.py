@@ -23,7 +23,6 @@ touched, and the run says so.
 
 from __future__ import annotations
 
-import fcntl
 import fnmatch
 import gzip
 import hashlib
@@ -32,19 +31,19 @@ import re
 import stat
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from housekeeping.archive import ArchiveStore
+from housekeeping.archive import ArchiveStore, fsync_directory
 from housekeeping.config import ConfigError, HousekeepingConfig
 from housekeeping.config_types import format_duration
 from housekeeping.file_archive import CHUNK, FileArchive, file_sha256
 from housekeeping.history import PolicyRun, RunHistory, RunStatus
-from housekeeping.locking import AlreadyRunning
+from housekeeping.locking import exclusive_flock
 from housekeeping.policies import RunOptions, SafetyRefusal, archive_store, failure_recorded
 from housekeeping.policy_kinds import FilesPolicy
 
@@ -291,32 +290,12 @@ def check_directory(name: str, policy: FilesPolicy, *, writable: bool) -> Path:
     return directory
 
 
-@contextmanager
-def directory_lock(directory: Path) -> Iterator[None]:
-    """Hold an exclusive lock on ``directory`` (flock on the directory itself: no lock file
-    among the logs) for the block; AlreadyRunning when another run holds it."""
-    handle = os.open(directory, os.O_RDONLY)
-    try:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise AlreadyRunning(
-                f"a files policy run on {directory} is already running; this run changed nothing"
-            ) from None
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-    finally:
-        os.close(handle)
-
-
-def _fsync_directory(directory: Path) -> None:
-    handle = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(handle)
-    finally:
-        os.close(handle)
+def directory_lock(directory: Path) -> AbstractContextManager[None]:
+    """An exclusive lock on ``directory`` itself (no lock file among the logs) for a run;
+    AlreadyRunning when another run holds it."""
+    return exclusive_flock(
+        directory, f"a files policy run on {directory} is already running; this run changed nothing"
+    )
 
 
 def gzip_sha256(path: Path) -> tuple[int, str] | None:
@@ -354,11 +333,11 @@ def compress(item: LogFile) -> int | None:
         return None
     os.utime(temporary, ns=(item.mtime_ns, item.mtime_ns))
     _rename(temporary, final)
-    _fsync_directory(source.parent)
+    fsync_directory(source.parent)
     if not item.unchanged():
         # Written to between the check and the rename: the .gz misses the new lines.
         final.unlink()
-        _fsync_directory(source.parent)
+        fsync_directory(source.parent)
         return None
     _unlink(source)
     return final.stat().st_size
@@ -370,7 +349,7 @@ def _rename(source: Path, target: Path) -> None:
 
 def _unlink(path: Path) -> None:
     path.unlink()
-    _fsync_directory(path.parent)
+    fsync_directory(path.parent)
 
 
 @dataclass(frozen=True)

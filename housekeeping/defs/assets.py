@@ -4,6 +4,7 @@ Thin adapters: they load the config, call the core (`run_and_record`, `purge_dag
 report what happened as metadata the UI plots across runs.
 """
 
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -146,24 +147,34 @@ def build_policy_asset(
             db.dispose()
             history.dispose()
         context.log.info(result.summary_line())
-        metadata = scalar_metadata(result.metadata())
-        if result.dry_run:
-            # A dry run is an observation, not a materialization: the plotted history stays real.
-            yield dg.AssetObservation(asset_key=key, metadata=metadata)
-            return
-        if result.stopped_early:
-            # Yielded (not logged) so it is recorded before the failure ends the step.
-            yield dg.AssetMaterialization(asset_key=key, metadata=metadata)
-            raise dg.Failure(
-                description=(
-                    f"Stopped on request after {result.batches} batches: {result.deleted:,} rows "
-                    "deleted (and archived where configured); the next run carries on."
-                ),
-                metadata=metadata,
-            )
-        yield dg.MaterializeResult(metadata=metadata)
+        stopped = (
+            f"Stopped on request after {result.batches} batches: {result.deleted:,} rows "
+            "deleted (and archived where configured); the next run carries on."
+        )
+        yield from cleanup_events(
+            key,
+            scalar_metadata(result.metadata()),
+            dry_run=result.dry_run,
+            stopped=stopped if result.stopped_early else None,
+        )
 
     return policy_cleanup
+
+
+def cleanup_events(
+    key: dg.AssetKey, metadata: dict[str, Any], *, dry_run: bool, stopped: str | None
+) -> Iterator[dg.AssetObservation | dg.AssetMaterialization | dg.MaterializeResult]:
+    """What a cleanup asset yields once its run is done: a dry run as an observation (not a
+    materialization: the plotted history stays real), a run stopped on request as a
+    materialization then a Failure saying ``stopped``, else a MaterializeResult."""
+    if dry_run:
+        yield dg.AssetObservation(asset_key=key, metadata=metadata)
+        return
+    if stopped is not None:
+        # Yielded (not logged) so it is recorded before the failure ends the step.
+        yield dg.AssetMaterialization(asset_key=key, metadata=metadata)
+        raise dg.Failure(description=stopped, metadata=metadata)
+    yield dg.MaterializeResult(metadata=metadata)
 
 
 def build_dagster_run_history_asset(config: HousekeepingConfig) -> dg.AssetsDefinition:

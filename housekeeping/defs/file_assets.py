@@ -11,7 +11,13 @@ import dagster as dg
 
 from housekeeping.config import HousekeepingConfig
 from housekeeping.config_types import format_duration
-from housekeeping.defs.assets import GROUP, CleanupRunConfig, policy_asset_key, scalar_metadata
+from housekeeping.defs.assets import (
+    GROUP,
+    CleanupRunConfig,
+    cleanup_events,
+    policy_asset_key,
+    scalar_metadata,
+)
 from housekeeping.defs.resources import HousekeepingResource
 from housekeeping.file_retention import run_and_record_files
 from housekeeping.policies import RunOptions
@@ -82,20 +88,15 @@ def build_files_policy_asset(
         finally:
             history.dispose()
         context.log.info(result.summary_line())
-        metadata = scalar_metadata(result.metadata())
-        if result.dry_run:
-            # A dry run is an observation, not a materialization: the plotted history stays real.
-            yield dg.AssetObservation(asset_key=key, metadata=metadata)
-            return
-        if result.stopped_early:
-            yield dg.AssetMaterialization(asset_key=key, metadata=metadata)
-            raise dg.Failure(
-                description=(
-                    f"Stopped on request: {result.compressed} files compressed, "
-                    f"{result.deleted} deleted; the next run carries on."
-                ),
-                metadata=metadata,
-            )
-        yield dg.MaterializeResult(metadata=metadata)
+        stopped = (
+            f"Stopped on request: {result.compressed} files compressed, {result.deleted} "
+            "deleted; the next run carries on."
+        )
+        yield from cleanup_events(
+            key,
+            scalar_metadata(result.metadata()),
+            dry_run=result.dry_run,
+            stopped=stopped if result.stopped_early else None,
+        )
 
     return files_cleanup

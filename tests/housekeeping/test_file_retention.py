@@ -36,12 +36,13 @@ from housekeeping.file_retention import (
 from housekeeping.history import RunHistory, RunStatus
 from housekeeping.locking import AlreadyRunning
 from housekeeping.policies import RunOptions, SafetyRefusal
+from tests.housekeeping.test_archive_recovery import Crash, crash_on_call
 
 DAY = 86400
 
 
-def files_config(tmp_path: Path, **overrides):
-    """A config with one files policy ``app_logs`` over ``tmp_path/logs``."""
+def files_policy(tmp_path: Path, **overrides) -> dict:
+    """The files policy the tests run, over ``tmp_path/logs``; a None override removes a key."""
     policy = {
         "kind": "files",
         "directory": str(tmp_path / "logs"),
@@ -50,9 +51,14 @@ def files_config(tmp_path: Path, **overrides):
         "retention": "30d",
         "archive": True,
         "max_delete_fraction": 0.9,
+        **overrides,
     }
-    policy.update(overrides)
-    policy = {key: value for key, value in policy.items() if value is not None}
+    return {key: value for key, value in policy.items() if value is not None}
+
+
+def files_config(tmp_path: Path, **overrides):
+    """A config with one files policy ``app_logs`` over ``tmp_path/logs``."""
+    policy = files_policy(tmp_path, **overrides)
     return parse_config(
         {
             "archive": {"root": str(tmp_path / "archive")},
@@ -537,23 +543,6 @@ def test_two_files_of_the_same_name_and_day_are_both_archived(tmp_path):
 # --- crashes -----------------------------------------------------------------------------------
 
 
-class Crash(BaseException):
-    """Stands in for the process dying at this exact point."""
-
-
-def crash_on_call(monkeypatch, owner, name, after_calls):
-    real = getattr(owner, name)
-    calls = []
-
-    def crashing(*args, **kwargs):
-        calls.append(1)
-        if len(calls) > after_calls:
-            raise Crash(f"crash in {name}")
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(owner, name, crashing)
-
-
 CRASH_POINTS = {
     # compressing: the .gz.tmp written and fsynced, not yet renamed
     "compress_before_rename": (file_retention, "_rename", 1),
@@ -643,17 +632,7 @@ def test_killing_the_run_between_archive_steps_then_rerunning_loses_nothing(tmp_
 
 def write_files_config(tmp_path, **policy_overrides) -> str:
     """hk.yaml with a table policy and the files policy ``app_logs`` (scheduled daily)."""
-    policy = {
-        "kind": "files",
-        "directory": str(tmp_path / "logs"),
-        "glob": "app*.log*",
-        "compress_after": "1d",
-        "retention": "30d",
-        "archive": True,
-        "max_delete_fraction": 0.9,
-        "schedule": "30 2 * * *",
-    }
-    policy.update(policy_overrides)
+    policy = files_policy(tmp_path, schedule="30 2 * * *", **policy_overrides)
     config = {
         "state_database_url": f"sqlite:///{tmp_path / 'state.db'}",
         "archive": {"root": str(tmp_path / "archive")},
