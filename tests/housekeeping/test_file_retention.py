@@ -316,6 +316,48 @@ def test_compression_gzips_rotated_files_keeping_content_and_mtime(tmp_path):
     assert result.bytes_freed == len(content) - packed.stat().st_size > 0
 
 
+def test_a_file_within_grace_or_newest_of_its_stream_is_never_compressed(tmp_path):
+    directory = tmp_path / "logs"
+    log_file(directory, "app.log", 0.001)
+    log_file(directory, "app.log.1", 5 / 1440)  # older than compress_after, within grace
+    log_file(directory, "app.log.2", 20 / 1440)
+    log_file(directory, "app-audit.log", 5)  # its own stream, old but the newest of it
+    before = snapshot(directory)
+
+    result = run_file_policy(files_config(tmp_path, compress_after="1m"), "app_logs")
+
+    assert sorted(os.listdir(directory)) == [
+        "app-audit.log",
+        "app.log",
+        "app.log.1",
+        "app.log.2.gz",
+    ]
+    assert (result.compressed, result.skipped_grace, result.skipped_active) == (1, 1, 2)
+    assert snapshot(directory)["app.log.1"] == before["app.log.1"]
+
+
+def test_a_run_stopped_on_request_is_recorded_as_stopped_and_the_next_run_carries_on(
+    tmp_path, original
+):
+    config = files_config(tmp_path)
+    asked = []
+    history = RunHistory.from_config(config)
+    try:
+        stopped = run_and_record_files(
+            history, config, "app_logs", should_stop=lambda: len(asked.append(1) or asked) > 3
+        )
+        carried_on = run_and_record_files(history, config, "app_logs")
+        runs = history.recent("app_logs")
+    finally:
+        history.dispose()
+
+    assert stopped.stopped_early
+    assert (stopped.compressed, stopped.deleted) == (2, 1)
+    assert (carried_on.compressed, carried_on.deleted) == (0, 2)
+    assert [run.status for run in runs] == [RunStatus.SUCCESS, RunStatus.STOPPED]
+    assert_nothing_lost_or_doubled(tmp_path, original)
+
+
 def test_a_second_run_compresses_nothing_again(tmp_path, logs):
     config = files_config(tmp_path, archive=False, retention="400d")
     first = run_file_policy(config, "app_logs")
