@@ -402,7 +402,7 @@ def run_file_policy(
 ) -> FilesResult:
     """Run the files policy ``name`` end to end (a dry run changes nothing, recovery included).
 
-    Raises, changing nothing: ConfigError (unknown policy, a directory that is missing, not a
+    Raises, compressing and deleting nothing: ConfigError (unknown policy, a directory that is missing, not a
     directory, unreadable or not writable), ArchiveError (archive root not writable),
     AlreadyRunning (another run holds the directory), SafetyRefusal (more than
     ``max_delete_fraction`` of the matching files would be deleted, without
@@ -447,8 +447,8 @@ def run_file_policy(
                 f"{name}: this run would delete {len(plan.expiring):,} of {len(files):,} files "
                 f"matching {policy.glob!r} in {directory} ({fraction:.0%}), above the limit of "
                 f"{limit:.0%} (policies.{name}.max_delete_fraction or "
-                "safety.max_delete_fraction); nothing was changed. Check retention, or rerun "
-                "with allow_large_delete."
+                "safety.max_delete_fraction); nothing was compressed or deleted. Check "
+                "retention, or rerun with allow_large_delete."
             )
         for item in plan.to_compress:
             if should_stop():
