@@ -49,6 +49,9 @@ from housekeeping.policy_kinds import FilesPolicy
 
 GZ = ".gz"
 TMP = ".gz.tmp"
+# gzip's own default (and logrotate's): on JSON lines level 9 costs about twice the time for a
+# few percent less.
+COMPRESS_LEVEL = 6
 # hk_policy_runs.table_name holds at most this many characters.
 TARGET_WIDTH = 128
 
@@ -322,7 +325,11 @@ def compress(item: LogFile) -> int | None:
     final = source.with_name(source.name + GZ)
     with open(source, "rb") as original, open(temporary, "wb") as raw:
         with gzip.GzipFile(
-            filename=source.name, mode="wb", fileobj=raw, mtime=item.mtime_ns // 1_000_000_000
+            filename=source.name,
+            mode="wb",
+            fileobj=raw,
+            mtime=item.mtime_ns // 1_000_000_000,
+            compresslevel=COMPRESS_LEVEL,
         ) as packed:
             for chunk in iter(lambda: original.read(CHUNK), b""):
                 packed.write(chunk)
