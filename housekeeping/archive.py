@@ -87,7 +87,7 @@ class LocalArchiveStore:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
-        _fsync_directory(target.parent)
+        fsync_directory(target.parent)
 
     def write_stream_durably(self, path: str, write: Callable[[BinaryIO], None]) -> str:
         """Let ``write`` stream into the file, fsync it, and return its sha256."""
@@ -97,7 +97,7 @@ class LocalArchiveStore:
             write(handle)
             handle.flush()
             os.fsync(handle.fileno())
-        _fsync_directory(target.parent)
+        fsync_directory(target.parent)
         digest = hashlib.sha256()
         with open(target, "rb") as handle:
             for chunk in iter(lambda: handle.read(1 << 20), b""):
@@ -110,7 +110,7 @@ class LocalArchiveStore:
     def rename(self, source: str, target: str) -> None:
         destination = self._path(target)
         os.replace(self._path(source), destination)
-        _fsync_directory(destination.parent)
+        fsync_directory(destination.parent)
 
     def read_bytes(self, path: str) -> bytes:
         return self._path(path).read_bytes()
@@ -118,7 +118,7 @@ class LocalArchiveStore:
     def remove(self, path: str) -> None:
         target = self._path(path)
         target.unlink(missing_ok=True)
-        _fsync_directory(target.parent)
+        fsync_directory(target.parent)
 
     def list_files(self, prefix: str, suffix: str) -> list[str]:
         base = self._path(prefix)
@@ -137,10 +137,11 @@ class LocalArchiveStore:
             directory = directory.parent
         for created in reversed(missing):
             created.mkdir(exist_ok=True)
-            _fsync_directory(created.parent)
+            fsync_directory(created.parent)
 
 
-def _fsync_directory(directory: Path) -> None:
+def fsync_directory(directory: Path) -> None:
+    """Make the directory's entries (a file created, renamed or removed in it) durable."""
     fd = os.open(directory, os.O_RDONLY)
     try:
         os.fsync(fd)

@@ -214,6 +214,8 @@ def config_check(config_file, database_url, sections):
         problems.append(str(exc))
     if "policies" in sections and live is not None:
         problems += _check_policies(live, settings)
+    if "policies" in sections:
+        problems += _check_file_policies(settings)
     for section in sections:
         if section in SECTION_CHECKS:
             report = SECTION_CHECKS[section](live, settings, source)
@@ -298,7 +300,7 @@ def _check_policies(db: AppDatabase, settings) -> list[str]:
         click.echo(f"      {_cutoff_reading(name, checked)}")
         if tip:
             advice.append(tip)
-    if any(policy.archive for policy in settings.policies.values()):
+    if any(policy.archive for policy in settings.every_policy().values()):
         try:
             archive_store(settings).check_writable()
         except HkError as exc:
@@ -308,6 +310,24 @@ def _check_policies(db: AppDatabase, settings) -> list[str]:
             f"warn  {tip.policy}: {tip.table}.{tip.column} has no index, so every cleanup scans "
             f"the whole table. Run:\n      {tip.statement}"
         )
+    return problems
+
+
+def _check_file_policies(settings) -> list[str]:
+    """Each files policy's directory (exists, can be listed and written; printing how many files
+    match, a warning when none does); its problems."""
+    from housekeeping.file_retention import describe_policy_check
+
+    problems = []
+    for name, policy in settings.file_policies.items():
+        try:
+            line, matched = describe_policy_check(name, policy)
+        except ConfigError as exc:
+            problems.append(str(exc))
+            continue
+        click.echo(f"ok    {line}")
+        if not matched:
+            click.echo(f"warn  {name}: no file matches yet (policies.{name}.glob)")
     return problems
 
 
@@ -784,6 +804,12 @@ def rollups_backfill(
 
 
 def _report_line(asset: str, metadata: dict) -> str:
+    if "matched_files" in metadata:  # a files policy
+        return (
+            f"  {asset:<22} compressed {metadata.get('compressed', 0)}, archived "
+            f"{metadata.get('archived', 0)}, deleted {metadata.get('deleted', 0)} of "
+            f"{metadata['matched_files']} files, freed {metadata.get('bytes_freed', 0):,} bytes"
+        )
     if "runs_deleted" in metadata:
         return (
             f"  {asset:<22} purged {metadata['runs_deleted']} Dagster runs, kept "

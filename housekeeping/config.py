@@ -13,11 +13,11 @@ from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import yaml
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, PrivateAttr, ValidationError, model_validator
 
 from housekeeping.config_types import Cron, PositiveDuration, StrictModel, TimeZone
 from housekeeping.errors import HkError
-from housekeeping.policy_kinds import PolicyConfig
+from housekeeping.policy_kinds import FilesPolicy, PolicyConfig
 
 DEFAULT_CONFIG_PATH = "hk.yaml"
 DEMO_DATABASE_URL = "sqlite:///var/demo.db"
@@ -124,15 +124,54 @@ class HousekeepingConfig(StrictModel):
     analytics: dict[str, Any] = Field(default_factory=dict)
     # The alerting package validates its own section (analytics/alerts/settings.py).
     alerts: dict[str, Any] = Field(default_factory=dict)
+    # The `kind: files` entries of `policies:`, kept apart so `policies` holds table policies only.
+    _file_policies: dict[str, FilesPolicy] = PrivateAttr(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _file_policies_apart(self) -> HousekeepingConfig:
+        files = {name: p for name, p in self.policies.items() if isinstance(p, FilesPolicy)}
+        if files:
+            # The model is frozen; this runs once, while it is being built.
+            object.__setattr__(
+                self, "policies", {n: p for n, p in self.policies.items() if n not in files}
+            )
+        self._file_policies = files
+        return self
+
+    @property
+    def file_policies(self) -> dict[str, FilesPolicy]:
+        """The ``kind: files`` policies by name (``policies`` holds the table kinds)."""
+        return dict(self._file_policies)
+
+    def every_policy(self) -> dict[str, PolicyConfig | FilesPolicy]:
+        """Table and files policies by name, in config order (names are unique across both)."""
+        return {**self.policies, **self._file_policies}
 
     def policy(self, name: str) -> PolicyConfig:
+        """The table policy ``name``; ConfigError naming the configured ones otherwise."""
         try:
             return self.policies[name]
         except KeyError:
-            known = ", ".join(sorted(self.policies)) or "none"
+            if name in self._file_policies:
+                raise ConfigError(
+                    f"policy {name!r} is of kind 'files', not a table policy"
+                ) from None
+            known = ", ".join(sorted(self.every_policy())) or "none"
             raise ConfigError(f"unknown policy {name!r} (configured: {known})") from None
 
-    def delete_fraction_limit(self, policy: PolicyConfig) -> float:
+    def file_policy(self, name: str) -> FilesPolicy:
+        """The files policy ``name``; ConfigError naming the configured ones otherwise."""
+        try:
+            return self._file_policies[name]
+        except KeyError:
+            if name in self.policies:
+                raise ConfigError(
+                    f"policy {name!r} is a table policy, not of kind 'files'"
+                ) from None
+            known = ", ".join(sorted(self.every_policy())) or "none"
+            raise ConfigError(f"unknown policy {name!r} (configured: {known})") from None
+
+    def delete_fraction_limit(self, policy: PolicyConfig | FilesPolicy) -> float:
         if policy.max_delete_fraction is not None:
             return policy.max_delete_fraction
         return self.safety.max_delete_fraction

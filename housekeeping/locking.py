@@ -69,15 +69,23 @@ def _file_lock(db: AppDatabase, table: TableName) -> Iterator[None]:
         yield
         return
     path = Path(f"{database}.hk-lock-{table}")
-    handle = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    busy = f"a cleanup of table {table!r} is already running (lock file {path}); this run deleted nothing"
+    with exclusive_flock(path, busy):
+        yield
+
+
+@contextmanager
+def exclusive_flock(path: Path, busy: str) -> Iterator[None]:
+    """Hold an exclusive flock on ``path`` for the block: a lock file (created when missing) or a
+    directory (locked itself, so no lock file is needed). AlreadyRunning(busy) when another
+    process holds it."""
+    flags = os.O_RDONLY if path.is_dir() else os.O_RDWR | os.O_CREAT
+    handle = os.open(path, flags, 0o644)
     try:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise AlreadyRunning(
-                f"a cleanup of table {table!r} is already running (lock file {path}); "
-                "this run deleted nothing"
-            ) from None
+            raise AlreadyRunning(busy) from None
         try:
             yield
         finally:

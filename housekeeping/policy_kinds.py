@@ -1,4 +1,4 @@
-"""The policy kinds, ``expired | age | jobs``: a pydantic union discriminated by ``kind``.
+"""The policy kinds, ``expired | age | jobs | files``: a pydantic union discriminated by ``kind``.
 
 Each kind is one class holding its own keys, their validation and the phrase that describes it;
 the keys every kind shares are in ``BasePolicy``. A new kind is a new class added to
@@ -6,15 +6,20 @@ the keys every kind shares are in ``BasePolicy``. A new kind is a new class adde
 the database (the jobs' per-queue ones) are built in policies.py.
 
 A key of another kind is refused, naming the kind it belongs to; set to null it counts as unset.
+
+``files`` (log files in a directory, file_retention.py) shares only the keys in ``PolicyKeys``;
+the config keeps its policies apart from the table kinds' (``HousekeepingConfig.file_policies``).
 """
 
 from __future__ import annotations
 
+import re
 from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Annotated, Any, Literal, get_args
 
 from pydantic import (
+    AfterValidator,
     BeforeValidator,
     Field,
     PlainValidator,
@@ -41,6 +46,7 @@ class PolicyKind(StrEnum):
     EXPIRED = "expired"  # rows whose cutoff column (an expiry time) has passed: revoked tokens
     AGE = "age"  # rows older than a retention age: request, error and audit logs
     JOBS = "jobs"  # finished jobs, per status retention and keep-last-N per queue
+    FILES = "files"  # log files in a directory: compress rotated ones, archive then delete old ones
 
 
 class DeleteStrategy(StrEnum):
@@ -62,21 +68,26 @@ def _needed(message: str) -> BeforeValidator:
     return BeforeValidator(check)
 
 
-class BasePolicy(TableSection):
-    """The keys of every policy kind (``schema`` comes with TableSection)."""
+class PolicyKeys(StrictModel):
+    """The keys every policy kind has, the files kind included."""
 
     kind: PolicyKind
+    archive: bool = False
+    schedule: Cron | None = None
+    max_delete_fraction: float | None = Field(default=None, gt=0, le=1)
+    description: str | None = None
+
+
+class BasePolicy(TableSection, PolicyKeys):
+    """The keys of every table kind (``schema`` comes with TableSection)."""
+
     table: TableRef
     cutoff_column: Identifier
     # The zone whose wall clock a naive cutoff column (timestamp without time zone, date, any
     # SQLite column) is read in; a timestamp with time zone column holds instants and needs none.
     timezone: TimeZone = "UTC"
     primary_key: list[Identifier] | None = None
-    archive: bool = False
-    schedule: Cron | None = None
-    max_delete_fraction: float | None = Field(default=None, gt=0, le=1)
     strategy: DeleteStrategy = DeleteStrategy.AUTO
-    description: str | None = None
 
     def rule(self) -> str:
         """Which rows go, as a phrase for the asset's description."""
@@ -160,24 +171,120 @@ class JobsPolicy(BasePolicy):
         return columns
 
 
-# Every kind; a new kind is added here.
+# A file modified more recently than this may still be written to: never touched.
+DEFAULT_FILE_GRACE = timedelta(minutes=10)
+
+
+def _file_name_pattern(value: str) -> str:
+    if not value.strip() or "/" in value or value in (".", ".."):
+        raise ValueError(
+            f"expected a file-name pattern such as 'app-*.log*' (matched against the names in "
+            f"'directory', so without '/'), got {value!r}"
+        )
+    return value
+
+
+def _not_blank(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must not be empty")
+    return value
+
+
+def _stream_pattern(value: str | None) -> str | None:
+    if value is None:
+        return value
+    try:
+        compiled = re.compile(value)
+    except re.error as exc:
+        raise ValueError(f"not a valid regular expression: {exc}") from None
+    if compiled.groups == 0:
+        raise ValueError(
+            "needs a group that captures the stream's name, e.g. '^(?P<stream>[a-z]+)-' "
+            "(a named group 'stream', else the first group)"
+        )
+    return value
+
+
+class FilesPolicy(PolicyKeys):
+    """Log files in ``directory`` whose names match ``glob``: plain files older than
+    ``compress_after`` are gzipped, files older than ``retention`` are archived (with
+    ``archive: true``) then deleted. The newest file of each stream and any file modified within
+    ``grace`` are never touched (file_retention.py does the work)."""
+
+    kind: Literal[PolicyKind.FILES]
+    directory: Annotated[
+        str,
+        AfterValidator(_not_blank),
+        _needed("kind 'files' needs 'directory', the folder the log files are in"),
+    ] = Field(default=None, validate_default=True)
+    glob: Annotated[
+        str,
+        AfterValidator(_file_name_pattern),
+        _needed("kind 'files' needs 'glob', the file names it covers (e.g. glob: 'app-*.log*')"),
+    ] = Field(default=None, validate_default=True)
+    retention: Annotated[
+        PositiveDuration,
+        _needed("kind 'files' needs 'retention' (e.g. retention: 30d)"),
+    ] = Field(default=None, validate_default=True)
+    compress_after: PositiveDuration | None = None
+    grace: PositiveDuration = DEFAULT_FILE_GRACE
+    # Which files make one stream (its newest file is the one being written): a regex whose group
+    # `stream` (else its first group) captures the stream's name; None: the name without its
+    # rotation date, number and .gz (see file_retention.stream_of).
+    stream_pattern: Annotated[str | None, AfterValidator(_stream_pattern)] = None
+    # Deleting log files without a copy is a decision to write down: no default.
+    archive: Annotated[
+        bool,
+        _needed(
+            "kind 'files' needs 'archive': true (copy each file into archive.root before "
+            "deleting it) or false (delete without a copy)"
+        ),
+    ] = Field(default=None, validate_default=True)
+
+    @model_validator(mode="after")
+    def _compressed_before_deleted(self) -> FilesPolicy:
+        if self.compress_after is not None and self.compress_after >= self.retention:
+            raise ValueError(
+                f"'compress_after' ({format_duration(self.compress_after)}) must be shorter than "
+                f"'retention' ({format_duration(self.retention)}): files are deleted first"
+            )
+        return self
+
+    def rule(self) -> str:
+        """What happens to which files, as a phrase for the asset's description."""
+        rule = f"`{self.glob}` files in `{self.directory}`"
+        if self.compress_after is not None:
+            rule += f": gzipped after {format_duration(self.compress_after)},"
+        action = "archived then deleted" if self.archive else "deleted"
+        return f"{rule} {action} after {format_duration(self.retention)}"
+
+
+# Every table kind; a new one is added here.
 AnyPolicy = ExpiredPolicy | AgePolicy | JobsPolicy
 
 # Each class by its tag: the one value its ``kind: Literal[...]`` admits.
-_KINDS: dict[PolicyKind, type[BasePolicy]] = {
-    get_args(kind.model_fields["kind"].annotation)[0]: kind for kind in get_args(AnyPolicy)
+_KINDS: dict[PolicyKind, type[PolicyKeys]] = {
+    get_args(kind.model_fields["kind"].annotation)[0]: kind
+    for kind in (*get_args(AnyPolicy), FilesPolicy)
 }
 _KIND_UNION: TypeAdapter[BasePolicy] = TypeAdapter(
     Annotated[AnyPolicy, Field(discriminator="kind")]
 )
+_FILES: TypeAdapter[FilesPolicy] = TypeAdapter(FilesPolicy)
+_TABLE_KINDS = "the table kinds (expired, age and jobs)"
 
 
-def _own_keys(kind: type[BasePolicy]) -> list[str]:
-    return [key for key in kind.model_fields if key not in BasePolicy.model_fields]
+def _own_keys(kind: type[PolicyKeys]) -> list[str]:
+    shared = PolicyKeys if kind is FilesPolicy else BasePolicy
+    return [key for key in kind.model_fields if key not in shared.model_fields]
 
 
-def _owner_of(key: str) -> PolicyKind | None:
-    return next((tag for tag, kind in _KINDS.items() if key in _own_keys(kind)), None)
+def _owner_of(key: str) -> PolicyKind | str | None:
+    """The kind a key belongs to; a key every table kind has: those kinds, as a phrase."""
+    owner = next((tag for tag, kind in _KINDS.items() if key in _own_keys(kind)), None)
+    if owner is None and key in BasePolicy.model_fields and key not in PolicyKeys.model_fields:
+        return _TABLE_KINDS
+    return owner
 
 
 def _listed(words: list[str], last: str = "and") -> str:
@@ -201,9 +308,8 @@ def _as_reported(error: Any, tag: PolicyKind | None) -> InitErrorDetails:
     loc = error["loc"][1:] if tag is not None and error["loc"][:1] == (tag.value,) else error["loc"]
     owner = _owner_of(str(loc[0])) if error["type"] == "extra_forbidden" and len(loc) == 1 else None
     if owner is not None and tag is not None:
-        message = (
-            f"'{loc[0]}' is for kind '{owner}'; kind '{tag}' uses {_listed(_own_keys(_KINDS[tag]))}"
-        )
+        whose = owner if owner == _TABLE_KINDS else f"kind '{owner}'"
+        message = f"'{loc[0]}' is for {whose}; kind '{tag}' uses {_listed(_own_keys(_KINDS[tag]))}"
         return {
             "type": PydanticCustomError("policy_kind_key", message),
             "loc": loc,
@@ -215,7 +321,7 @@ def _as_reported(error: Any, tag: PolicyKind | None) -> InitErrorDetails:
     return details
 
 
-def _validate_policy(value: Any) -> BasePolicy:
+def _validate_policy(value: Any) -> BasePolicy | FilesPolicy:
     tag = None
     if isinstance(value, dict):
         try:
@@ -227,6 +333,8 @@ def _validate_policy(value: Any) -> BasePolicy:
             own = _KINDS[tag].model_fields
             value = {key: item for key, item in value.items() if item is not None or key in own}
     try:
+        if tag is PolicyKind.FILES:
+            return _FILES.validate_python(value)
         return _KIND_UNION.validate_python(value)
     except ValidationError as exc:
         raise ValidationError.from_exception_data(

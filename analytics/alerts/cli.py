@@ -482,6 +482,11 @@ def _iso(value: datetime | None) -> str | None:
     return value.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+# What `hk status --json` calls the total deleted, by policy kind (else ROWS_DELETED).
+ROWS_DELETED = "totalRowsDeleted"
+DELETED_KEYS = {PolicyKind.EXPIRED: "totalTokensDeleted", PolicyKind.FILES: "totalFilesDeleted"}
+
+
 @click.command()
 @click.option("--json", "as_json", is_flag=True, help="JSON, shaped like /admin/cleanup-metrics.")
 @config_option
@@ -490,7 +495,8 @@ def status(as_json: bool, config_file: str | None) -> None:
 
     Every policy of the config, then every other one the run history has runs of (the Dagster
     run-history purge, a policy since removed): the same list as the daily summary. A token
-    policy (kind ``expired``) counts ``totalTokensDeleted``; the others ``totalRowsDeleted``.
+    policy (kind ``expired``) counts ``totalTokensDeleted``, a files policy ``totalFilesDeleted``;
+    the others ``totalRowsDeleted``.
     """
     runtime = AlertRuntime.load(config_file)
     config = runtime.config
@@ -498,19 +504,20 @@ def status(as_json: bool, config_file: str | None) -> None:
     now = datetime.now(UTC)
     policies = {}
     statuses: dict[str, HealthStatus] = {}
+    configured = config.every_policy()
     names = [
-        *config.policies,
-        *(name for name in history.policies() if name not in config.policies),
+        *configured,
+        *(name for name in history.policies() if name not in configured),
     ]
     for name in names:
-        policy = config.policies.get(name)
+        policy = configured.get(name)
         health = history.health(name)
         statuses[name] = health.status
         next_run = None
         if policy is not None and policy.schedule:
             local = now.astimezone(ZoneInfo(config.timezone))
             next_run = croniter(policy.schedule, local).get_next(datetime)
-        tokens = policy is not None and policy.kind is PolicyKind.EXPIRED
+        deleted_key = DELETED_KEYS.get(policy.kind if policy is not None else None, ROWS_DELETED)
         policies[name] = {
             "metrics": {
                 "lastRun": _iso(health.last_run),
@@ -519,7 +526,7 @@ def status(as_json: bool, config_file: str | None) -> None:
                 "totalRuns": health.total_runs,
                 "successfulRuns": health.successful_runs,
                 "failedRuns": health.failed_runs,
-                ("totalTokensDeleted" if tokens else "totalRowsDeleted"): health.total_deleted,
+                deleted_key: health.total_deleted,
                 "averageCleanupMs": (
                     round(health.average_duration_ms)
                     if health.average_duration_ms is not None
@@ -558,7 +565,7 @@ def status(as_json: bool, config_file: str | None) -> None:
         click.echo(
             f"  {name:<22} {item['status']:<9} runs {metrics['totalRuns']:>4} "
             f"(failed {metrics['failedRuns']}), deleted "
-            f"{metrics.get('totalTokensDeleted', metrics.get('totalRowsDeleted', 0)):,}, "
+            f"{sum(metrics.get(key, 0) for key in (*DELETED_KEYS.values(), ROWS_DELETED)):,}, "
             f"avg {average if average is not None else '-'} ms, "
             f"last success {metrics['lastSuccess'] or '-'}, next {item['nextScheduledRun'] or '-'}"
         )

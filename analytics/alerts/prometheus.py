@@ -152,7 +152,7 @@ class HousekeepingCollector(Collector):
         }
         history = RunHistory.from_config(config)
         try:
-            for policy in sorted(config.policies):
+            for policy in sorted(config.every_policy()):
                 health = history.health(policy)
                 values: dict[str, float | None] = {
                     "runs": health.total_runs,

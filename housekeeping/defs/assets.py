@@ -4,6 +4,7 @@ Thin adapters: they load the config, call the core (`run_and_record`, `purge_dag
 report what happened as metadata the UI plots across runs.
 """
 
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -47,9 +48,9 @@ def policy_asset_key(name: str) -> dg.AssetKey:
 
 
 def checked_asset_keys(config: HousekeepingConfig) -> dict[str, dg.AssetKey]:
-    """Every asset whose runs are recorded in the run history, by its name there: the policies,
-    and the Dagster run-history purge when enabled."""
-    keys = {name: policy_asset_key(name) for name in config.policies}
+    """Every asset whose runs are recorded in the run history, by its name there: the policies
+    (files policies included), and the Dagster run-history purge when enabled."""
+    keys = {name: policy_asset_key(name) for name in config.every_policy()}
     if config.dagster_runs.enabled:
         keys[DAGSTER_RUNS_POLICY] = DAGSTER_RUNS_ASSET
     return keys
@@ -81,7 +82,7 @@ def readable(value: float) -> float:
     return round(value, 1) if abs(value) >= 100 else float(f"{value:.3g}")
 
 
-def _scalar_metadata(values: dict[str, Any]) -> dict[str, Any]:
+def scalar_metadata(values: dict[str, Any]) -> dict[str, Any]:
     """The values that are set, floats rounded (``readable``); booleans and ints as they are."""
     return {
         key: readable(value) if isinstance(value, float) else value
@@ -138,7 +139,7 @@ def build_policy_asset(
         except RunLockedOut as exc:
             # The lock is the operator's to look at, not our code: one line, not a traceback,
             # and what the run deleted before it is on the record like any materialization.
-            metadata = _scalar_metadata(exc.result.metadata())
+            metadata = scalar_metadata(exc.result.metadata())
             if exc.result.deleted:
                 yield dg.AssetMaterialization(asset_key=key, metadata=metadata)
             raise dg.Failure(description=str(exc), metadata=metadata) from None
@@ -146,24 +147,34 @@ def build_policy_asset(
             db.dispose()
             history.dispose()
         context.log.info(result.summary_line())
-        metadata = _scalar_metadata(result.metadata())
-        if result.dry_run:
-            # A dry run is an observation, not a materialization: the plotted history stays real.
-            yield dg.AssetObservation(asset_key=key, metadata=metadata)
-            return
-        if result.stopped_early:
-            # Yielded (not logged) so it is recorded before the failure ends the step.
-            yield dg.AssetMaterialization(asset_key=key, metadata=metadata)
-            raise dg.Failure(
-                description=(
-                    f"Stopped on request after {result.batches} batches: {result.deleted:,} rows "
-                    "deleted (and archived where configured); the next run carries on."
-                ),
-                metadata=metadata,
-            )
-        yield dg.MaterializeResult(metadata=metadata)
+        stopped = (
+            f"Stopped on request after {result.batches} batches: {result.deleted:,} rows "
+            "deleted (and archived where configured); the next run carries on."
+        )
+        yield from cleanup_events(
+            key,
+            scalar_metadata(result.metadata()),
+            dry_run=result.dry_run,
+            stopped=stopped if result.stopped_early else None,
+        )
 
     return policy_cleanup
+
+
+def cleanup_events(
+    key: dg.AssetKey, metadata: dict[str, Any], *, dry_run: bool, stopped: str | None
+) -> Iterator[dg.AssetObservation | dg.AssetMaterialization | dg.MaterializeResult]:
+    """What a cleanup asset yields once its run is done: a dry run as an observation (not a
+    materialization: the plotted history stays real), a run stopped on request as a
+    materialization then a Failure saying ``stopped``, else a MaterializeResult."""
+    if dry_run:
+        yield dg.AssetObservation(asset_key=key, metadata=metadata)
+        return
+    if stopped is not None:
+        # Yielded (not logged) so it is recorded before the failure ends the step.
+        yield dg.AssetMaterialization(asset_key=key, metadata=metadata)
+        raise dg.Failure(description=stopped, metadata=metadata)
+    yield dg.MaterializeResult(metadata=metadata)
 
 
 def build_dagster_run_history_asset(config: HousekeepingConfig) -> dg.AssetsDefinition:
@@ -223,7 +234,7 @@ def build_dagster_run_history_asset(config: HousekeepingConfig) -> dg.AssetsDefi
                 )
         finally:
             history.dispose()
-        metadata = _scalar_metadata(
+        metadata = scalar_metadata(
             {
                 "runs_deleted": result.runs_deleted,
                 "failed_runs_deleted": result.failed_runs_deleted,

@@ -34,11 +34,13 @@ def _load_health(housekeeping: HousekeepingResource, policy: str) -> PolicyHealt
 
 
 def build_health_checks(
-    policy: str, asset_key: dg.AssetKey, thresholds: HealthConfig
+    policy: str, asset_key: dg.AssetKey, thresholds: HealthConfig, *, with_duration: bool = True
 ) -> list[dg.AssetChecksDefinition]:
     """The health, deletes_progress and duration checks of one policy's asset; `thresholds` (the
     config's ``health:`` section) only words the descriptions: the verdicts come from the run
-    history, which judges by the same section."""
+    history, which judges by the same section. Files policies go without ``duration``
+    (``with_duration=False``): gzipping a day of logs takes seconds, which says nothing about an
+    index or a schedule."""
 
     @dg.asset_check(
         asset=asset_key,
@@ -94,4 +96,4 @@ def build_health_checks(
             metadata={"average_duration_ms": round(status.average_duration_ms or 0.0, 1)},
         )
 
-    return [health, deletes_progress, duration]
+    return [health, deletes_progress, duration] if with_duration else [health, deletes_progress]

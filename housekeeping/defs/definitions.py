@@ -7,6 +7,7 @@ import dagster as dg
 from housekeeping.config import HousekeepingConfig
 from housekeeping.defs.assets import build_assets, checked_asset_keys
 from housekeeping.defs.checks import build_health_checks
+from housekeeping.defs.file_assets import build_files_assets
 from housekeeping.defs.jobs import build_jobs
 from housekeeping.defs.resources import HousekeepingResource
 from housekeeping.defs.schedules import build_schedules
@@ -22,11 +23,13 @@ def build_housekeeping_defs(config: HousekeepingConfig, config_file: str = "") -
     checked = checked_asset_keys(config)
     jobs = build_jobs(config, checked)
     return dg.Definitions(
-        assets=build_assets(config),
+        assets=[*build_assets(config), *build_files_assets(config)],
         asset_checks=[
             check
             for name, key in checked.items()
-            for check in build_health_checks(name, key, config.health)
+            for check in build_health_checks(
+                name, key, config.health, with_duration=name not in config.file_policies
+            )
         ],
         jobs=jobs.all(),
         schedules=build_schedules(config, jobs),

@@ -39,7 +39,7 @@ class HousekeepingJobs:
 
 def build_jobs(config: HousekeepingConfig, checked: dict[str, dg.AssetKey]) -> HousekeepingJobs:
     """The jobs of ``config``; ``checked`` are the assets whose health checks the health job runs."""
-    policy_keys = [policy_asset_key(name) for name in config.policies]
+    policy_keys = [policy_asset_key(name) for name in config.every_policy()]
     run_history = None
     if config.dagster_runs.enabled:
         run_history = dg.define_asset_job(
@@ -81,7 +81,7 @@ def build_jobs(config: HousekeepingConfig, checked: dict[str, dg.AssetKey]) -> H
                 selection=dg.AssetSelection.assets(policy_asset_key(name)),
                 description=f"Runs the {name} policy alone.",
             )
-            for name in config.policies
+            for name in config.every_policy()
         },
         run_history=run_history,
     )

@@ -26,7 +26,7 @@ def build_schedules(
             tags=BY_SCHEDULE,
             description=f"Runs the {name} policy ({policy.schedule}, {config.timezone}).",
         )
-        for name, policy in config.policies.items()
+        for name, policy in config.every_policy().items()
         if policy.schedule
     ]
     if jobs.run_history is not None and config.dagster_runs.schedule:

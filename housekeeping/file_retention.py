@@ -1,0 +1,580 @@
+"""Retention for log files (policies of ``kind: files``): compress rotated files, archive then
+delete old ones, never touch a file that may still be written.
+
+One run, in this order: check the directory (and the archive root), take the directory's lock,
+finish what a crashed run left (a ``.gz.tmp``, a file beside its complete ``.gz``, archive
+copies), list the matching files, plan, refuse a suspiciously large delete, then compress and
+expire. Which file is in which step:
+
+- **active**: the newest file (by modification time) of its *stream*, the files that are one log
+  rotated (``app.log``, ``app.log.1``, ``app.log.2.gz``; ``app-2026-11-30.log``): the one being
+  written, kept whatever its age;
+- **within grace**: modified less than ``grace`` ago: a writer may still hold it;
+- **expiring**: older than ``retention``: copied into the archive (``archive: true``, see
+  file_archive.py) and deleted once the copy is listed in the manifest;
+- **to compress**: a plain file older than ``compress_after``: gzipped to ``<name>.gz`` (written
+  as ``<name>.gz.tmp``, fsynced, renamed with the file's mtime), then the original is deleted.
+
+Ages come from this machine's clock and the files' modification times. A file that changed
+between being read and being deleted (size, mtime or inode) is left in place and counted as
+``skipped_changed``. A file whose ``.gz`` exists but differs from it is a conflict: neither is
+touched, and the run says so.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import gzip
+import hashlib
+import os
+import re
+import stat
+import time
+import uuid
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from housekeeping.archive import ArchiveStore, fsync_directory
+from housekeeping.config import ConfigError, HousekeepingConfig
+from housekeeping.config_types import format_duration
+from housekeeping.file_archive import CHUNK, FileArchive, file_sha256
+from housekeeping.history import PolicyRun, RunHistory, RunStatus
+from housekeeping.locking import exclusive_flock
+from housekeeping.policies import RunOptions, SafetyRefusal, archive_store, failure_recorded
+from housekeeping.policy_kinds import FilesPolicy
+
+GZ = ".gz"
+TMP = ".gz.tmp"
+# gzip's own default (and logrotate's): on JSON lines level 9 costs about twice the time for a
+# few percent less.
+COMPRESS_LEVEL = 6
+# hk_policy_runs.table_name holds at most this many characters.
+TARGET_WIDTH = 128
+
+# A rotation's marks in a file name, stripped to find the stream: a date (2026-11-30, 20261130,
+# with an hour) after '-', '_' or '.', or a number after '.' (app.log.1, app.1.log). Not a number
+# after '-': worker-1.log and worker-2.log are two writers, not one log rotated.
+_ROTATION_MARK = re.compile(
+    r"(?:[-_.]?\d{4}-?\d{2}-?\d{2}(?:[T_-]?\d{2}(?:-?\d{2}){0,2})?|\.\d{1,6})(?=\.|$)"
+)
+
+
+def stream_of(name: str, pattern: re.Pattern[str] | None = None) -> str:
+    """The stream a log file belongs to: by ``pattern`` (its group ``stream``, else its first
+    group) when given and matching; else the name without ``.gz`` and its rotation dates and
+    numbers: ``app.log.2.gz``, ``app.log-20261130`` and ``app.log`` are all ``app.log``;
+    ``app-2026-11-30.log`` is ``app.log``. A name the pattern does not match is its own stream."""
+    base = name.removesuffix(GZ)
+    if pattern is not None:
+        match = pattern.search(base)
+        if match is None:
+            return base
+        return match.group("stream") if "stream" in pattern.groupindex else match.group(1)
+    return _ROTATION_MARK.sub("", base) or base
+
+
+@dataclass(frozen=True)
+class LogFile:
+    """A matching regular file as listed: sizes in bytes, mtime in ns since the epoch."""
+
+    path: Path
+    size: int
+    mtime_ns: int
+    inode: int
+    device: int
+    stream: str
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def compressed(self) -> bool:
+        return self.name.endswith(GZ)
+
+    def age(self, now: datetime) -> timedelta:
+        return now - datetime.fromtimestamp(self.mtime_ns / 1e9, UTC)
+
+    def unchanged(self) -> bool:
+        """Is the file still the one listed (same inode, size and mtime)?"""
+        try:
+            now = self.path.lstat()
+        except FileNotFoundError:
+            return False
+        return (now.st_ino, now.st_dev, now.st_size, now.st_mtime_ns) == (
+            self.inode,
+            self.device,
+            self.size,
+            self.mtime_ns,
+        )
+
+
+def _ours(name: str) -> bool:
+    """Our own in-progress files, never policy files whatever the glob."""
+    return name.endswith(TMP)
+
+
+def covers(policy: FilesPolicy, name: str) -> bool:
+    """Does the policy cover this file name? Its glob, or its glob once ``.gz`` is removed (a
+    file the policy compressed stays the policy's)."""
+    if _ours(name):
+        return False
+    return fnmatch.fnmatchcase(name, policy.glob) or (
+        name.endswith(GZ) and fnmatch.fnmatchcase(name.removesuffix(GZ), policy.glob)
+    )
+
+
+def list_files(directory: Path, policy: FilesPolicy) -> list[LogFile]:
+    """The regular files (no symlinks, no subdirectories) of ``directory`` the policy covers,
+    sorted by name."""
+    pattern = re.compile(policy.stream_pattern) if policy.stream_pattern else None
+    found = []
+    with os.scandir(directory) as entries:
+        for entry in entries:
+            if not covers(policy, entry.name):
+                continue
+            info = entry.stat(follow_symlinks=False)
+            if not stat.S_ISREG(info.st_mode):
+                continue
+            found.append(
+                LogFile(
+                    path=Path(entry.path),
+                    size=info.st_size,
+                    mtime_ns=info.st_mtime_ns,
+                    inode=info.st_ino,
+                    device=info.st_dev,
+                    stream=stream_of(entry.name, pattern),
+                )
+            )
+    return sorted(found, key=lambda item: item.name)
+
+
+@dataclass
+class FilePlan:
+    """What a run does with each listed file (each file in exactly one list)."""
+
+    active: list[LogFile] = field(default_factory=list)
+    within_grace: list[LogFile] = field(default_factory=list)
+    to_compress: list[LogFile] = field(default_factory=list)
+    expiring: list[LogFile] = field(default_factory=list)
+    kept: list[LogFile] = field(default_factory=list)
+
+
+def plan_files(files: list[LogFile], policy: FilesPolicy, now: datetime) -> FilePlan:
+    """Sort ``files`` into the plan's lists by stream, age and the policy's durations (``now``:
+    an aware instant, compared with the files' modification times)."""
+    newest: dict[str, LogFile] = {}
+    for item in files:
+        current = newest.get(item.stream)
+        if current is None or (item.mtime_ns, item.name) > (current.mtime_ns, current.name):
+            newest[item.stream] = item
+    plan = FilePlan()
+    for item in files:
+        age = item.age(now)
+        if newest[item.stream] is item:
+            plan.active.append(item)
+        elif age < policy.grace:
+            plan.within_grace.append(item)
+        elif age > policy.retention:
+            plan.expiring.append(item)
+        elif (
+            policy.compress_after is not None
+            and not item.compressed
+            and age > policy.compress_after
+        ):
+            plan.to_compress.append(item)
+        else:
+            plan.kept.append(item)
+    return plan
+
+
+@dataclass
+class FilesResult:
+    """What one run of a files policy did (a dry run: would do); sizes in bytes."""
+
+    policy: str
+    directory: str
+    glob: str
+    dry_run: bool
+    archive: bool = False
+    matched_files: int = 0
+    matched_bytes: int = 0
+    to_compress: int = 0
+    to_compress_bytes: int = 0
+    expected_deleted: int = 0
+    expected_deleted_bytes: int = 0
+    compressed: int = 0
+    # Bytes the compressed files took before and take now, as .gz.
+    compressed_bytes_before: int = 0
+    compressed_bytes_after: int = 0
+    archived: int = 0
+    archived_bytes: int = 0
+    deleted: int = 0
+    deleted_bytes: int = 0
+    skipped_active: int = 0
+    skipped_grace: int = 0
+    skipped_changed: int = 0
+    conflicts: int = 0
+    recovered: int = 0
+    duration_ms: float = 0.0
+    stopped_early: bool = False
+    exceeds_delete_fraction: bool = False
+
+    @property
+    def bytes_freed(self) -> int:
+        return self.deleted_bytes + self.compressed_bytes_before - self.compressed_bytes_after
+
+    @property
+    def remaining_expired(self) -> int:
+        return 0 if self.dry_run else max(0, self.expected_deleted - self.deleted)
+
+    def summary_line(self) -> str:
+        """One line: what the run did (or would do), with counts and bytes."""
+        where = f"{self.directory}/{self.glob}"
+        if self.dry_run:
+            return (
+                f"{self.policy}: would compress {self.to_compress:,} files "
+                f"({_size(self.to_compress_bytes)}) and "
+                f"{'archive and delete' if self.archive else 'delete'} "
+                f"{self.expected_deleted:,} ({_size(self.expected_deleted_bytes)}) of "
+                f"{self.matched_files:,} files in {where}; skipped {self.skipped_active} active, "
+                f"{self.skipped_grace} within grace"
+            )
+        line = (
+            f"{self.policy}: compressed {self.compressed:,}, archived {self.archived:,}, deleted "
+            f"{self.deleted:,} of {self.matched_files:,} files in {where}, freed "
+            f"{_size(self.bytes_freed)} in {self.duration_ms:,.0f} ms; skipped "
+            f"{self.skipped_active} active, {self.skipped_grace} within grace"
+        )
+        if self.skipped_changed:
+            line += f", {self.skipped_changed} changed while read"
+        if self.conflicts:
+            line += f"; {self.conflicts} files beside a different .gz left alone"
+        if self.stopped_early:
+            line += ", stopped early on request"
+        return line
+
+    def metadata(self) -> dict[str, Any]:
+        """What the Dagster UI shows and plots across runs (numbers only, no file contents)."""
+        values = asdict(self)
+        values["bytes_freed"] = self.bytes_freed
+        values["remaining_expired"] = self.remaining_expired
+        values["kind"] = "files"
+        return values
+
+
+def _size(count: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if count < 1024 or unit == "GiB":
+            return f"{count:,} {unit}" if unit == "B" else f"{count:,.1f} {unit}"
+        count /= 1024
+    return f"{count} B"  # pragma: no cover
+
+
+def check_directory(name: str, policy: FilesPolicy, *, writable: bool) -> Path:
+    """The policy's directory as a Path, after checking it exists, is a directory, can be listed
+    and (``writable``) written; ConfigError naming ``policies.<name>.directory`` otherwise."""
+    key = f"policies.{name}.directory"
+    directory = Path(policy.directory)
+    if not directory.exists():
+        raise ConfigError(f"{key}: {directory} does not exist")
+    if not directory.is_dir():
+        raise ConfigError(f"{key}: {directory} is not a directory")
+    if not os.access(directory, os.R_OK | os.X_OK):
+        raise ConfigError(f"{key}: {directory} cannot be listed (no read permission)")
+    if writable and not os.access(directory, os.W_OK | os.X_OK):
+        raise ConfigError(
+            f"{key}: {directory} is not writable, so no file in it can be compressed or deleted"
+        )
+    return directory
+
+
+def directory_lock(directory: Path) -> AbstractContextManager[None]:
+    """An exclusive lock on ``directory`` itself (no lock file among the logs) for a run;
+    AlreadyRunning when another run holds it."""
+    return exclusive_flock(
+        directory, f"a files policy run on {directory} is already running; this run changed nothing"
+    )
+
+
+def gzip_sha256(path: Path) -> tuple[int, str] | None:
+    """(size, sha256) of a gzip file's decompressed content; None when it is not a complete,
+    valid gzip file (gzip checks its CRC and length)."""
+    digest = hashlib.sha256()
+    size = 0
+    try:
+        with gzip.open(path, "rb") as handle:
+            for chunk in iter(lambda: handle.read(CHUNK), b""):
+                digest.update(chunk)
+                size += len(chunk)
+    except (OSError, EOFError, gzip.BadGzipFile):
+        return None
+    return size, digest.hexdigest()
+
+
+def compress(item: LogFile) -> int | None:
+    """Gzip ``item`` to ``<name>.gz`` beside it, crash-safe: write ``<name>.gz.tmp``, fsync,
+    give it the file's mtime, rename, fsync the directory, then delete the original. Returns
+    the .gz's size; None (nothing changed) when the file changed while it was read."""
+    source = item.path
+    temporary = source.with_name(source.name + TMP)
+    final = source.with_name(source.name + GZ)
+    with open(source, "rb") as original, open(temporary, "wb") as raw:
+        with gzip.GzipFile(
+            filename=source.name,
+            mode="wb",
+            fileobj=raw,
+            mtime=item.mtime_ns // 1_000_000_000,
+            compresslevel=COMPRESS_LEVEL,
+        ) as packed:
+            for chunk in iter(lambda: original.read(CHUNK), b""):
+                packed.write(chunk)
+        raw.flush()
+        os.fsync(raw.fileno())
+    if not item.unchanged():
+        temporary.unlink()
+        return None
+    os.utime(temporary, ns=(item.mtime_ns, item.mtime_ns))
+    _rename(temporary, final)
+    fsync_directory(source.parent)
+    if not item.unchanged():
+        # Written to between the check and the rename: the .gz misses the new lines.
+        final.unlink()
+        fsync_directory(source.parent)
+        return None
+    _unlink(source)
+    return final.stat().st_size
+
+
+def _rename(source: Path, target: Path) -> None:
+    os.replace(source, target)
+
+
+def _unlink(path: Path) -> None:
+    path.unlink()
+    fsync_directory(path.parent)
+
+
+@dataclass(frozen=True)
+class CompressionRecovery:
+    """What ``recover_compression`` did: leftover .gz.tmp removed, originals removed beside
+    their complete .gz, and conflicts (an original beside a different .gz) left alone."""
+
+    temporaries_removed: int = 0
+    originals_removed: int = 0
+    conflicts: list[str] = field(default_factory=list)
+
+
+def recover_compression(directory: Path, policy: FilesPolicy) -> CompressionRecovery:
+    """Finish or undo compressions a crashed run left: a ``<name>.gz.tmp`` whose original still
+    exists is removed (the file is compressed again); an original beside a ``.gz`` whose content
+    has the original's size and sha256 is removed; beside a different ``.gz`` both stay (a
+    conflict, reported)."""
+    removed_tmp = removed_originals = 0
+    conflicts = []
+    names = set(os.listdir(directory))
+    for name in sorted(names):
+        if name.endswith(TMP) and covers(policy, name.removesuffix(TMP)):
+            if name.removesuffix(TMP) in names:
+                _unlink(directory / name)
+                removed_tmp += 1
+            continue
+        if name.endswith(GZ) or not covers(policy, name) or name + GZ not in names:
+            continue
+        original, packed = directory / name, directory / (name + GZ)
+        if not (original.is_file() and packed.is_file()):
+            continue
+        if gzip_sha256(packed) == file_sha256(original):
+            _unlink(original)
+            removed_originals += 1
+        else:
+            conflicts.append(name)
+    return CompressionRecovery(removed_tmp, removed_originals, conflicts)
+
+
+def run_file_policy(
+    config: HousekeepingConfig,
+    name: str,
+    *,
+    options: RunOptions | None = None,
+    run_id: str | None = None,
+    should_stop: Callable[[], bool] = lambda: False,
+    log: Callable[[str], None] = lambda message: None,
+    clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    store: ArchiveStore | None = None,
+) -> FilesResult:
+    """Run the files policy ``name`` end to end (a dry run changes nothing, recovery included).
+
+    Raises, compressing and deleting nothing: ConfigError (unknown policy, a directory that is missing, not a
+    directory, unreadable or not writable), ArchiveError (archive root not writable),
+    AlreadyRunning (another run holds the directory), SafetyRefusal (more than
+    ``max_delete_fraction`` of the matching files would be deleted, without
+    ``allow_large_delete``).
+    """
+    started = time.perf_counter()
+    options = options or RunOptions()
+    policy = config.file_policy(name)
+    directory = check_directory(name, policy, writable=not options.dry_run)
+    result = FilesResult(name, str(directory), policy.glob, options.dry_run, policy.archive)
+    archive = None
+    if policy.archive and not options.dry_run:
+        store = store or archive_store(config)
+        store.check_writable()
+        archive = FileArchive(store, name, str(directory.resolve()))
+    run_id = run_id or uuid.uuid4().hex[:12]
+    with directory_lock(directory):
+        conflicts: set[str] = set()
+        if not options.dry_run:
+            conflicts = _recover(directory, policy, archive, result, log)
+        files = [item for item in list_files(directory, policy) if item.name not in conflicts]
+        now = clock()
+        plan = plan_files(files, policy, now)
+        result.matched_files = len(files)
+        result.matched_bytes = sum(item.size for item in files)
+        result.skipped_active = len(plan.active)
+        result.skipped_grace = len(plan.within_grace)
+        result.to_compress = len(plan.to_compress)
+        result.to_compress_bytes = sum(item.size for item in plan.to_compress)
+        result.expected_deleted = len(plan.expiring)
+        result.expected_deleted_bytes = sum(item.size for item in plan.expiring)
+        limit = config.delete_fraction_limit(policy)
+        fraction = len(plan.expiring) / len(files) if files else 0.0
+        result.exceeds_delete_fraction = fraction > limit
+        if not files:
+            log(f"{name}: no file in {directory} matches {policy.glob!r}")
+        if options.dry_run:
+            result.duration_ms = (time.perf_counter() - started) * 1000
+            return result
+        if result.exceeds_delete_fraction and not options.allow_large_delete:
+            raise SafetyRefusal(
+                f"{name}: this run would delete {len(plan.expiring):,} of {len(files):,} files "
+                f"matching {policy.glob!r} in {directory} ({fraction:.0%}), above the limit of "
+                f"{limit:.0%} (policies.{name}.max_delete_fraction or "
+                "safety.max_delete_fraction); nothing was compressed or deleted. Check "
+                "retention, or rerun with allow_large_delete."
+            )
+        for item in plan.to_compress:
+            if should_stop():
+                result.stopped_early = True
+                break
+            packed = compress(item)
+            if packed is None:
+                result.skipped_changed += 1
+                continue
+            result.compressed += 1
+            result.compressed_bytes_before += item.size
+            result.compressed_bytes_after += packed
+        for item in plan.expiring:
+            if result.stopped_early or should_stop():
+                result.stopped_early = True
+                break
+            _expire(item, archive, run_id, now, result)
+    result.duration_ms = (time.perf_counter() - started) * 1000
+    log(result.summary_line())
+    return result
+
+
+def _recover(
+    directory: Path,
+    policy: FilesPolicy,
+    archive: FileArchive | None,
+    result: FilesResult,
+    log: Callable[[str], None],
+) -> set[str]:
+    """Finish what a crashed run left (compression, then archive); the conflicting names."""
+    compression = recover_compression(directory, policy)
+    result.recovered += compression.temporaries_removed + compression.originals_removed
+    result.conflicts = len(compression.conflicts)
+    if archive is not None:
+        recovery = archive.recover(lambda source: (directory / source).exists())
+        result.recovered += recovery.discarded + recovery.repaired
+        if recovery.orphaned:
+            log(
+                f"{result.policy}: {recovery.orphaned} pending archive copies have no source "
+                "file any more; kept in the archive as *.pending for a person to look at"
+            )
+    if result.recovered:
+        log(f"{result.policy}: finished or undid {result.recovered} steps a crashed run left")
+    for name in compression.conflicts:
+        log(
+            f"{result.policy}: {directory / name} and its .gz differ; neither is touched "
+            "until one is removed"
+        )
+    return set(compression.conflicts) | {name + GZ for name in compression.conflicts}
+
+
+def _expire(
+    item: LogFile, archive: FileArchive | None, run_id: str, now: datetime, result: FilesResult
+) -> None:
+    """Archive (when configured) then delete one expiring file; a file that changed meanwhile
+    is left in place (``skipped_changed``)."""
+    if archive is not None:
+        archive.archive(item.path, item.mtime_ns, run_id=run_id, now=now)
+        result.archived += 1
+        result.archived_bytes += item.size
+    if not item.unchanged():
+        result.skipped_changed += 1
+        return
+    _unlink(item.path)
+    result.deleted += 1
+    result.deleted_bytes += item.size
+
+
+def history_target(policy: FilesPolicy) -> str:
+    """What the run history records as the policy's table: ``<directory>/<glob>``, its end
+    kept when longer than the column."""
+    target = f"{policy.directory.rstrip('/')}/{policy.glob}"
+    return target if len(target) <= TARGET_WIDTH else "…" + target[-(TARGET_WIDTH - 1) :]
+
+
+def run_and_record_files(
+    history: RunHistory,
+    config: HousekeepingConfig,
+    name: str,
+    *,
+    dagster_run_id: str | None = None,
+    **run_options: Any,
+) -> FilesResult:
+    """``run_file_policy`` plus one history row per real run (dry runs are not history), as
+    table policies: files deleted are ``deleted``, files archived ``archived_rows``. Failures
+    are recorded as failed runs, then re-raised."""
+    target = history_target(config.file_policy(name))
+    with failure_recorded(history, name, target, dagster_run_id) as started:
+        result = run_file_policy(config, name, **run_options)
+    if not result.dry_run:
+        history.record(
+            PolicyRun(
+                policy=name,
+                table_name=target,
+                status=RunStatus.STOPPED if result.stopped_early else RunStatus.SUCCESS,
+                started_at=started,
+                finished_at=datetime.now(UTC),
+                deleted=result.deleted,
+                expected_deleted=result.expected_deleted,
+                remaining_expired=result.remaining_expired,
+                archived_rows=result.archived,
+                duration_ms=result.duration_ms,
+                dagster_run_id=dagster_run_id,
+            )
+        )
+    return result
+
+
+def describe_policy_check(name: str, policy: FilesPolicy) -> tuple[str, int]:
+    """For `hk config check`: one line saying the directory is usable and what matches, and the
+    number of matching files (ConfigError from check_directory otherwise)."""
+    directory = check_directory(name, policy, writable=True)
+    files = list_files(directory, policy)
+    streams = len({item.stream for item in files})
+    compress = policy.compress_after
+    action = f"compress after {format_duration(compress)}, " if compress else ""
+    line = (
+        f"{name}: {len(files)} files matching {policy.glob!r} in {directory} ({streams} "
+        f"streams); {action}{'archive and ' if policy.archive else ''}delete after "
+        f"{format_duration(policy.retention)}"
+    )
+    return line, len(files)
