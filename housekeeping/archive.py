@@ -31,6 +31,10 @@ PENDING_SUFFIX = ".parquet.pending"
 MANIFEST_NAME = "_manifest.json"
 
 
+# Files are read and hashed in pieces of this many bytes.
+CHUNK = 1 << 20
+
+
 class ArchiveError(HkError):
     """The archive root cannot be written or holds something unexpected."""
 
@@ -49,6 +53,8 @@ class ArchiveStore(Protocol):
     def rename(self, source: str, target: str) -> None: ...
 
     def read_bytes(self, path: str) -> bytes: ...
+
+    def sha256(self, path: str) -> tuple[int, str]: ...
 
     def remove(self, path: str) -> None: ...
 
@@ -98,11 +104,7 @@ class LocalArchiveStore:
             handle.flush()
             os.fsync(handle.fileno())
         fsync_directory(target.parent)
-        digest = hashlib.sha256()
-        with open(target, "rb") as handle:
-            for chunk in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(chunk)
-        return digest.hexdigest()
+        return self.sha256(path)[1]
 
     def size(self, path: str) -> int:
         return self._path(path).stat().st_size
@@ -114,6 +116,10 @@ class LocalArchiveStore:
 
     def read_bytes(self, path: str) -> bytes:
         return self._path(path).read_bytes()
+
+    def sha256(self, path: str) -> tuple[int, str]:
+        """(size in bytes, sha256 hex) of a stored file, streamed (never read whole)."""
+        return file_sha256(self._path(path))
 
     def remove(self, path: str) -> None:
         target = self._path(path)
@@ -138,6 +144,17 @@ class LocalArchiveStore:
         for created in reversed(missing):
             created.mkdir(exist_ok=True)
             fsync_directory(created.parent)
+
+
+def file_sha256(path: Path) -> tuple[int, str]:
+    """(size in bytes, sha256 hex) of a local file, read in CHUNK (1 MiB) pieces."""
+    digest = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(CHUNK), b""):
+            digest.update(chunk)
+            size += len(chunk)
+    return size, digest.hexdigest()
 
 
 def fsync_directory(directory: Path) -> None:

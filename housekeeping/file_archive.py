@@ -29,19 +29,23 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO
 
-from housekeeping.archive import MANIFEST_NAME, ArchiveError, ArchiveStore
+from housekeeping.archive import CHUNK, MANIFEST_NAME, ArchiveError, ArchiveStore, file_sha256
 
 PENDING_SUFFIX = ".pending"
 # A stored name taken by another file of the same name (a numbered rotation reuses names): the
 # copy is stored as ``<name>~<sha256 prefix>``, a name that depends only on its content.
 COLLISION_MARK = "~"
-CHUNK = 1 << 20
+# The archive's own files in a day folder: a log file of one of these names is stored marked.
+_OWN_NAMES = (MANIFEST_NAME, f"{MANIFEST_NAME}.tmp")
+
+__all__ = ["CHUNK", "FileArchive", "file_sha256"]
 
 
 @dataclass(frozen=True)
@@ -67,15 +71,17 @@ class FileRecovery:
     orphaned: int = 0
 
 
-def file_sha256(path: Path) -> tuple[int, str]:
-    """(size in bytes, sha256 hex) of a local file, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    size = 0
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(CHUNK), b""):
-            digest.update(chunk)
-            size += len(chunk)
-    return size, digest.hexdigest()
+def _own_name(name: str) -> bool:
+    """Is ``name`` one of the archive's own files in a day folder (the manifest, its temporary,
+    a pending copy)? A log file of such a name is stored as ``<name>~<sha256 prefix>``."""
+    return name in _OWN_NAMES or name.endswith(PENDING_SUFFIX)
+
+
+def _source_of(stored: str) -> str:
+    """The source name of a stored name: without its ``~<sha256 prefix>`` mark, if it has one
+    (``app~1.log`` is its own name)."""
+    base, mark, tail = stored.rpartition(COLLISION_MARK)
+    return base if mark and re.fullmatch(r"[0-9a-f]{16}", tail) else stored
 
 
 def _day(mtime_ns: int) -> str:
@@ -92,25 +98,38 @@ class FileArchive:
         self.prefix = f"files={policy}"
 
     def archive(
-        self, source: Path, mtime_ns: int, *, run_id: str, now: datetime
+        self,
+        source: Path,
+        mtime_ns: int,
+        *,
+        run_id: str,
+        now: datetime,
+        opened: BinaryIO | None = None,
     ) -> ArchivedLogFile:
-        """Copy ``source`` into the archive and list it in its day's manifest, durably; returns
-        its entry. A file listed already (same source name, size and sha256: a crashed run got
-        that far) is not stored again. Raises ArchiveError when the copy reads back different."""
+        """Copy ``source`` (read from ``opened`` when given: the file the caller checked, at its
+        start; else opened by name) into the archive and list it in its day's manifest, durably;
+        returns its entry. A file listed already (same source name, size and sha256: a crashed
+        run got that far) is not stored again. Raises ArchiveError when the copy reads back
+        different, FileNotFoundError (nothing stored) when ``source`` is gone."""
         day_dir = f"{self.prefix}/date={_day(mtime_ns)}"
         pending = f"{day_dir}/{source.name}{PENDING_SUFFIX}"
         read = hashlib.sha256()
         size = 0
+        # Opened before the pending copy is created: a file gone meanwhile leaves nothing behind.
+        original = opened if opened is not None else open(source, "rb")  # noqa: SIM115
 
         def copy(handle: BinaryIO) -> None:
             nonlocal size
-            with open(source, "rb") as original:
-                for chunk in iter(lambda: original.read(CHUNK), b""):
-                    read.update(chunk)
-                    size += len(chunk)
-                    handle.write(chunk)
+            for chunk in iter(lambda: original.read(CHUNK), b""):
+                read.update(chunk)
+                size += len(chunk)
+                handle.write(chunk)
 
-        written = self.store.write_stream_durably(pending, copy)
+        try:
+            written = self.store.write_stream_durably(pending, copy)
+        finally:
+            if opened is None:
+                original.close()
         if written != read.hexdigest():
             self.store.remove(pending)
             raise ArchiveError(
@@ -124,7 +143,7 @@ class FileArchive:
                 return ArchivedLogFile(**entry)
         taken = {entry["file"] for entry in manifest["files"]}
         stored = source.name
-        if stored in taken or self._exists(f"{day_dir}/{stored}"):
+        if stored in taken or _own_name(stored) or self._exists(f"{day_dir}/{stored}"):
             stored = f"{source.name}{COLLISION_MARK}{written[:16]}"
         entry = ArchivedLogFile(
             file=stored,
@@ -155,16 +174,16 @@ class FileArchive:
             missing = []
             for path in self.store.list_files(day_dir, ""):
                 name = path.rsplit("/", 1)[1]
-                if name in listed or name.endswith(PENDING_SUFFIX) or name.startswith("_manifest"):
+                if name in listed or _own_name(name):
                     continue
-                data = self.store.read_bytes(path)
+                size, sha256 = self.store.sha256(path)
                 # The mtime is not known any more; the day folder still gives its day.
                 missing.append(
                     ArchivedLogFile(
                         file=name,
-                        source=name.split(COLLISION_MARK, 1)[0],
-                        bytes=len(data),
-                        sha256=hashlib.sha256(data).hexdigest(),
+                        source=_source_of(name),
+                        bytes=size,
+                        sha256=sha256,
                         mtime=day_dir.rsplit("date=", 1)[1],
                         run_id="recovered",
                         archived_at=datetime.now(UTC).isoformat(),
@@ -199,7 +218,7 @@ class FileArchive:
             for item in manifest["files"]:
                 entry = ArchivedLogFile(**item)
                 path = f"{day_dir}/{entry.file}"
-                if hashlib.sha256(self.store.read_bytes(path)).hexdigest() != entry.sha256:
+                if self.store.sha256(path)[1] != entry.sha256:
                     raise ArchiveError(f"checksum mismatch for {path}")
                 found.append((path, entry))
         return found

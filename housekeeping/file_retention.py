@@ -23,6 +23,7 @@ touched, and the run says so.
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import gzip
 import hashlib
@@ -36,7 +37,7 @@ from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from housekeeping.archive import ArchiveStore, fsync_directory
 from housekeeping.config import ConfigError, HousekeepingConfig
@@ -99,18 +100,37 @@ class LogFile:
     def age(self, now: datetime) -> timedelta:
         return now - datetime.fromtimestamp(self.mtime_ns / 1e9, UTC)
 
-    def unchanged(self) -> bool:
-        """Is the file still the one listed (same inode, size and mtime)?"""
-        try:
-            now = self.path.lstat()
-        except FileNotFoundError:
-            return False
-        return (now.st_ino, now.st_dev, now.st_size, now.st_mtime_ns) == (
+    def in_future(self, now: datetime) -> bool:
+        """Is its modification time after ``now`` (a clock ahead of this host's)?"""
+        return self.age(now) < timedelta(0)
+
+    def matches(self, info: os.stat_result) -> bool:
+        """Is ``info`` (an lstat or fstat) the file as listed (same inode, size and mtime)?"""
+        return (info.st_ino, info.st_dev, info.st_size, info.st_mtime_ns) == (
             self.inode,
             self.device,
             self.size,
             self.mtime_ns,
         )
+
+    def unchanged(self) -> bool:
+        """Is the file still the one listed (same inode, size and mtime)?"""
+        try:
+            return self.matches(self.path.lstat())
+        except FileNotFoundError:
+            return False
+
+    def open_listed(self) -> BinaryIO | None:
+        """The file opened for reading if it is still the one listed, else None (gone,
+        replaced under its name, or written to since): what is read is what was planned."""
+        try:
+            handle = open(self.path, "rb")  # noqa: SIM115
+        except FileNotFoundError:
+            return None
+        if not self.matches(os.fstat(handle.fileno())):
+            handle.close()
+            return None
+        return handle
 
 
 def _ours(name: str) -> bool:
@@ -169,13 +189,17 @@ def plan_files(files: list[LogFile], policy: FilesPolicy, now: datetime) -> File
     an aware instant, compared with the files' modification times)."""
     newest: dict[str, LogFile] = {}
     for item in files:
+        if item.in_future(now):
+            # Within grace whatever its age; the newest of the others is the one being written
+            # (a copy from a host whose clock is ahead must not unprotect it).
+            continue
         current = newest.get(item.stream)
         if current is None or (item.mtime_ns, item.name) > (current.mtime_ns, current.name):
             newest[item.stream] = item
     plan = FilePlan()
     for item in files:
         age = item.age(now)
-        if newest[item.stream] is item:
+        if newest.get(item.stream) is item:
             plan.active.append(item)
         elif age < policy.grace:
             plan.within_grace.append(item)
@@ -319,11 +343,16 @@ def gzip_sha256(path: Path) -> tuple[int, str] | None:
 def compress(item: LogFile) -> int | None:
     """Gzip ``item`` to ``<name>.gz`` beside it, crash-safe: write ``<name>.gz.tmp``, fsync,
     give it the file's mtime, rename, fsync the directory, then delete the original. Returns
-    the .gz's size; None (nothing changed) when the file changed while it was read."""
+    the .gz's size; None (nothing changed) when the file changed while it was read, is gone or
+    was replaced, or a ``<name>.gz`` appeared meanwhile. An original removed by someone else
+    after the rename leaves the .gz, which holds all it had."""
     source = item.path
     temporary = source.with_name(source.name + TMP)
     final = source.with_name(source.name + GZ)
-    with open(source, "rb") as original, open(temporary, "wb") as raw:
+    original = item.open_listed()
+    if original is None:
+        return None
+    with original, open(temporary, "wb") as raw:
         with gzip.GzipFile(
             filename=source.name,
             mode="wb",
@@ -335,18 +364,22 @@ def compress(item: LogFile) -> int | None:
                 packed.write(chunk)
         raw.flush()
         os.fsync(raw.fileno())
-    if not item.unchanged():
+    if not item.unchanged() or final.exists():
         temporary.unlink()
         return None
     os.utime(temporary, ns=(item.mtime_ns, item.mtime_ns))
     _rename(temporary, final)
     fsync_directory(source.parent)
     if not item.unchanged():
+        if not os.path.lexists(source):
+            # Removed meanwhile (logrotate): the .gz now holds the only copy of its lines.
+            return final.stat().st_size
         # Written to between the check and the rename: the .gz misses the new lines.
         final.unlink()
         fsync_directory(source.parent)
         return None
-    _unlink(source)
+    with contextlib.suppress(FileNotFoundError):  # removed meanwhile: the .gz holds it all
+        _unlink(source)
     return final.stat().st_size
 
 
@@ -367,20 +400,26 @@ class CompressionRecovery:
     temporaries_removed: int = 0
     originals_removed: int = 0
     conflicts: list[str] = field(default_factory=list)
+    # The originals removed (a dry run: that would be), by name.
+    removed: list[str] = field(default_factory=list)
 
 
-def recover_compression(directory: Path, policy: FilesPolicy) -> CompressionRecovery:
+def recover_compression(
+    directory: Path, policy: FilesPolicy, *, dry_run: bool = False
+) -> CompressionRecovery:
     """Finish or undo compressions a crashed run left: a ``<name>.gz.tmp`` whose original still
     exists is removed (the file is compressed again); an original beside a ``.gz`` whose content
     has the original's size and sha256 is removed; beside a different ``.gz`` both stay (a
-    conflict, reported)."""
+    conflict, reported). ``dry_run``: only says what it would remove (its ``removed`` names)."""
     removed_tmp = removed_originals = 0
     conflicts = []
+    removed = []
     names = set(os.listdir(directory))
     for name in sorted(names):
         if name.endswith(TMP) and covers(policy, name.removesuffix(TMP)):
             if name.removesuffix(TMP) in names:
-                _unlink(directory / name)
+                if not dry_run:
+                    _unlink(directory / name)
                 removed_tmp += 1
             continue
         if name.endswith(GZ) or not covers(policy, name) or name + GZ not in names:
@@ -389,11 +428,13 @@ def recover_compression(directory: Path, policy: FilesPolicy) -> CompressionReco
         if not (original.is_file() and packed.is_file()):
             continue
         if gzip_sha256(packed) == file_sha256(original):
-            _unlink(original)
+            if not dry_run:
+                _unlink(original)
             removed_originals += 1
+            removed.append(name)
         else:
             conflicts.append(name)
-    return CompressionRecovery(removed_tmp, removed_originals, conflicts)
+    return CompressionRecovery(removed_tmp, removed_originals, conflicts, removed)
 
 
 def run_file_policy(
@@ -427,11 +468,16 @@ def run_file_policy(
         archive = FileArchive(store, name, str(directory.resolve()))
     run_id = run_id or uuid.uuid4().hex[:12]
     with directory_lock(directory):
-        conflicts: set[str] = set()
-        if not options.dry_run:
-            conflicts = _recover(directory, policy, archive, result, log)
-        files = [item for item in list_files(directory, policy) if item.name not in conflicts]
+        # A dry run plans what recovery would leave, changing nothing.
+        left_alone = _recover(directory, policy, archive, result, log, dry_run=options.dry_run)
+        files = [item for item in list_files(directory, policy) if item.name not in left_alone]
         now = clock()
+        future = [item.name for item in files if item.in_future(now)]
+        if future:
+            log(
+                f"{name}: {len(future)} files are modified in the future by this host's clock "
+                f"(e.g. {', '.join(future[:3])}); left alone until their time has passed"
+            )
         plan = plan_files(files, policy, now)
         result.matched_files = len(files)
         result.matched_bytes = sum(item.size for item in files)
@@ -484,11 +530,17 @@ def _recover(
     archive: FileArchive | None,
     result: FilesResult,
     log: Callable[[str], None],
+    *,
+    dry_run: bool,
 ) -> set[str]:
-    """Finish what a crashed run left (compression, then archive); the conflicting names."""
-    compression = recover_compression(directory, policy)
-    result.recovered += compression.temporaries_removed + compression.originals_removed
+    """Finish what a crashed run left (compression, then archive); the names a run leaves
+    alone: conflicts, and (``dry_run``, which changes nothing) the originals it would remove."""
+    compression = recover_compression(directory, policy, dry_run=dry_run)
     result.conflicts = len(compression.conflicts)
+    left_alone = set(compression.conflicts) | {name + GZ for name in compression.conflicts}
+    if dry_run:
+        return left_alone | set(compression.removed)
+    result.recovered += compression.temporaries_removed + compression.originals_removed
     if archive is not None:
         recovery = archive.recover(lambda source: (directory / source).exists())
         result.recovered += recovery.discarded + recovery.repaired
@@ -504,22 +556,31 @@ def _recover(
             f"{result.policy}: {directory / name} and its .gz differ; neither is touched "
             "until one is removed"
         )
-    return set(compression.conflicts) | {name + GZ for name in compression.conflicts}
+    return left_alone
 
 
 def _expire(
     item: LogFile, archive: FileArchive | None, run_id: str, now: datetime, result: FilesResult
 ) -> None:
-    """Archive (when configured) then delete one expiring file; a file that changed meanwhile
-    is left in place (``skipped_changed``)."""
+    """Archive (when configured) then delete one expiring file; a file that is gone, was
+    replaced under its name or changed meanwhile is left as it is (``skipped_changed``)."""
     if archive is not None:
-        archive.archive(item.path, item.mtime_ns, run_id=run_id, now=now)
+        opened = item.open_listed()
+        if opened is None:
+            result.skipped_changed += 1
+            return
+        with opened:
+            archive.archive(item.path, item.mtime_ns, run_id=run_id, now=now, opened=opened)
         result.archived += 1
         result.archived_bytes += item.size
     if not item.unchanged():
         result.skipped_changed += 1
         return
-    _unlink(item.path)
+    try:
+        _unlink(item.path)
+    except FileNotFoundError:  # removed by someone else meanwhile
+        result.skipped_changed += 1
+        return
     result.deleted += 1
     result.deleted_bytes += item.size
 

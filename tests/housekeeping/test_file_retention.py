@@ -485,9 +485,13 @@ def test_expiring_files_are_archived_with_checksums_then_deleted(tmp_path, origi
         assert (entry.bytes, entry.sha256) == (len(data), hashlib.sha256(data).hexdigest())
 
 
+def archived_paths(tmp_path):
+    """(stored path, entry) of every archived file, checksums verified."""
+    return FileArchive(LocalArchiveStore(tmp_path / "archive"), "app_logs", "").entries()
+
+
 def archived_entries(tmp_path):
-    archive = FileArchive(LocalArchiveStore(tmp_path / "archive"), "app_logs", "")
-    return [entry for _, entry in archive.entries()]
+    return [entry for _, entry in archived_paths(tmp_path)]
 
 
 def test_without_archive_expiring_files_are_deleted_and_nothing_is_stored(tmp_path, original):
@@ -800,3 +804,157 @@ def test_hk_status_counts_the_files_a_files_policy_deleted(tmp_path, monkeypatch
     assert result.exit_code == 0, result.output
     metrics = json.loads(result.output)["policies"]["app_logs"]["metrics"]
     assert (metrics["totalFilesDeleted"], metrics["totalRuns"]) == (3, 1)
+
+
+# --- faults found by using it on real-looking directories ---------------------------------------
+
+
+def test_a_dry_run_counts_a_file_beside_its_identical_gz_once_as_the_run_does(tmp_path):
+    directory = tmp_path / "logs"
+    log_file(directory, "app.log", 0.001)
+    rotated = log_file(directory, "app.log.1", 50)
+    packed = directory / "app.log.1.gz"
+    packed.write_bytes(gzip.compress(rotated.read_bytes()))  # a crash left both
+    os.utime(packed, ns=(rotated.stat().st_mtime_ns,) * 2)
+    packed_size = packed.stat().st_size
+    log_file(directory, "app.log.2", 60)
+    log_file(directory, "app.log.2.gz", 60, text="something else\n")  # a conflict: left alone
+    config = files_config(tmp_path, max_delete_fraction=1)
+    before = snapshot(directory)
+
+    dry = run_file_policy(config, "app_logs", options=RunOptions(dry_run=True))
+    assert snapshot(directory) == before
+    real = run_file_policy(config, "app_logs")
+
+    assert (dry.matched_files, dry.expected_deleted) == (2, 1)
+    assert (dry.matched_files, dry.expected_deleted) == (real.matched_files, real.deleted)
+    assert dry.conflicts == real.conflicts == 1
+    assert dry.expected_deleted_bytes == real.deleted_bytes == packed_size
+    assert sorted(os.listdir(directory)) == ["app.log", "app.log.2", "app.log.2.gz"]
+
+
+def test_a_file_modified_in_the_future_does_not_unprotect_the_file_being_written(tmp_path):
+    directory = tmp_path / "logs"
+    # An idle application: its log last written 3 days ago, still open for writing.
+    idle = log_file(directory, "app.log", 3)
+    log_file(directory, "app.log.1", -2)  # copied from a host whose clock is ahead
+    log_file(directory, "app.log.2", 5)
+    lines = []
+
+    result = run_file_policy(files_config(tmp_path), "app_logs", log=lines.append)
+
+    assert idle.exists(), "the file being written was compressed and deleted"
+    assert sorted(os.listdir(directory)) == ["app.log", "app.log.1", "app.log.2.gz"]
+    assert (result.compressed, result.skipped_active, result.skipped_grace) == (1, 1, 1)
+    assert any("in the future" in line and "app.log.1" in line for line in lines)
+
+
+def test_files_removed_by_logrotate_while_the_run_goes_are_skipped_not_fatal(
+    tmp_path, logs, monkeypatch
+):
+    real_plan = file_retention.plan_files
+
+    def plan_then_logrotate_deletes(*args, **kwargs):
+        plan = real_plan(*args, **kwargs)
+        plan.to_compress[0].path.unlink()
+        plan.expiring[0].path.unlink()
+        return plan
+
+    monkeypatch.setattr(file_retention, "plan_files", plan_then_logrotate_deletes)
+    result = run_file_policy(files_config(tmp_path), "app_logs")
+
+    assert (result.compressed, result.deleted, result.skipped_changed) == (1, 2, 2)
+    assert result.archived == 2
+    assert not list((tmp_path / "archive").rglob("*.pending"))
+    assert not list(logs.glob("*.tmp"))
+    assert sorted(entry.source for entry in archived_entries(tmp_path)) == [
+        "app.log.6",
+        "app.log.7.gz",
+    ]
+
+
+def test_a_file_replaced_under_its_name_is_not_archived_as_the_listed_one(
+    tmp_path, logs, monkeypatch
+):
+    real_plan = file_retention.plan_files
+    newer = b"the next rotation, renamed over the listed file\n"
+
+    def plan_then_logrotate_renames(*args, **kwargs):
+        plan = real_plan(*args, **kwargs)
+        replacement = plan.expiring[0].path.with_name("incoming")
+        replacement.write_bytes(newer)
+        os.replace(replacement, plan.expiring[0].path)
+        return plan
+
+    monkeypatch.setattr(file_retention, "plan_files", plan_then_logrotate_renames)
+    result = run_file_policy(files_config(tmp_path), "app_logs")
+
+    assert (result.archived, result.deleted, result.skipped_changed) == (2, 2, 1)
+    assert (logs / "app.log.5.gz").read_bytes() == newer
+    stored = {(tmp_path / "archive" / path).read_bytes() for path, _ in archived_paths(tmp_path)}
+    assert newer not in stored
+
+
+@pytest.mark.parametrize("name", ["_manifest.json", "_manifest.json.tmp", "app.log.pending"])
+def test_a_log_file_named_like_the_archive_own_files_is_archived_as_any_other(tmp_path, name):
+    directory = tmp_path / "logs"
+    log_file(directory, "app.log", 0.001)
+    expiring = log_file(directory, name, 50, text='{"files": "a log line, not a manifest"}\n')
+    content = expiring.read_bytes()
+    # One stream: app.log is the file being written, the other one expiring.
+    config = files_config(tmp_path, glob="*", max_delete_fraction=1, stream_pattern="^(?P<stream>)")
+
+    result = run_file_policy(config, "app_logs")
+    rerun = run_file_policy(config, "app_logs")
+
+    assert (result.archived, result.deleted, rerun.recovered) == (1, 1, 0)
+    [(path, entry)] = archived_paths(tmp_path)
+    assert entry.source == name
+    assert (tmp_path / "archive" / path).read_bytes() == content
+
+
+def test_an_unlisted_archive_copy_is_hashed_without_reading_it_whole(tmp_path, monkeypatch):
+    store = LocalArchiveStore(tmp_path / "archive")
+    archive = FileArchive(store, "app_logs", str(tmp_path / "logs"))
+    copy = tmp_path / "archive" / "files=app_logs" / "date=2026-10-01" / "app.log.9"
+    copy.parent.mkdir(parents=True)
+    copy.write_bytes(b"x" * (3 * file_archive_module.CHUNK + 5))
+
+    def whole_file_read(*args):
+        raise AssertionError("read the whole copy into memory")
+
+    monkeypatch.setattr(LocalArchiveStore, "read_bytes", whole_file_read, raising=True)
+    monkeypatch.setattr(
+        FileArchive, "manifest", lambda self, day: {"files": [], "bytes": 0}, raising=True
+    )
+    added = []
+    monkeypatch.setattr(
+        FileArchive, "_add_to_manifest", lambda self, day, items: added.extend(items)
+    )
+
+    recovery = archive.recover(lambda source: True)
+
+    assert recovery.repaired == 1
+    [entry] = added
+    assert (entry.bytes, entry.sha256) == (
+        copy.stat().st_size,
+        hashlib.sha256(copy.read_bytes()).hexdigest(),
+    )
+
+
+def test_a_name_with_the_collision_mark_survives_a_crash_before_the_manifest_once(
+    tmp_path, monkeypatch
+):
+    directory = tmp_path / "logs"
+    log_file(directory, "app~1.log", 0.001)
+    log_file(directory, "app~1.log.1", 50)
+    config = files_config(tmp_path, glob="app*")
+
+    with monkeypatch.context() as patch:
+        crash_on_call(patch, file_archive_module.FileArchive, "_add_to_manifest", 0)
+        with pytest.raises(Crash):
+            run_file_policy(config, "app_logs")
+    rerun = run_file_policy(config, "app_logs")
+
+    assert (rerun.recovered, rerun.deleted) == (1, 1)
+    assert [entry.source for entry in archived_entries(tmp_path)] == ["app~1.log.1"]
