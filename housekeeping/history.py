@@ -10,7 +10,7 @@ in a row; a warning when cleanups average over 1000 ms.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -96,16 +96,20 @@ class PolicyHealth:
     last_error: str | None
     # True when `consecutive_zero_deletes` reached health.zero_deleted_runs_warning.
     zero_deletes_warning: bool = False
-    # True when `average_duration_ms` is above health.slow_average.
+    # True when `average_duration_ms` is above health.slow_average (never for an untimed policy).
     slow_warning: bool = False
+    # False for a policy whose duration is not judged (a files policy: gzipping a day of logs
+    # takes seconds by nature): no `duration` check, no value for cleanup_average_duration_ms.
+    timed: bool = True
     # Rows the newest run (failed ones included) skipped because other sessions had them locked.
     last_skipped_locked: int = 0
 
 
 def evaluate_health(
-    policy: str, runs: Sequence[PolicyRun], thresholds: HealthConfig
+    policy: str, runs: Sequence[PolicyRun], thresholds: HealthConfig, *, timed: bool = True
 ) -> PolicyHealth:
-    """Health from a policy's runs (newest first), judged by the config's ``health:`` section.
+    """Health from a policy's runs (newest first), judged by the config's ``health:`` section
+    (``timed`` False: its duration is not judged, ``slow_warning`` stays False).
 
     Critical after ``thresholds.critical_after_failures`` consecutive failed runs, degraded after
     fewer (at least one), else healthy; the average covers the newest
@@ -151,8 +155,10 @@ def evaluate_health(
         last_error=failed[0].error if failed else None,
         last_skipped_locked=runs[0].skipped_locked if runs else 0,
         zero_deletes_warning=zero_deletes >= thresholds.zero_deleted_runs_warning,
-        slow_warning=average is not None
+        slow_warning=timed
+        and average is not None
         and average > thresholds.slow_average.total_seconds() * 1000,
+        timed=timed,
     )
 
 
@@ -162,12 +168,19 @@ class StateDatabaseError(HkError):
 
 class RunHistory:
     """Reads and writes ``hk_policy_runs`` in the state database, and judges health by
-    `thresholds` (the config's ``health:`` section; `from_config` passes it)."""
+    `thresholds` (the config's ``health:`` section; `from_config` passes it); the policies in
+    `untimed` (the files policies; `from_config` passes them) have no duration judged."""
 
-    def __init__(self, url: str, thresholds: HealthConfig | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        thresholds: HealthConfig | None = None,
+        untimed: Collection[str] = (),
+    ) -> None:
         """Raises StateDatabaseError (naming ``state_database_url``) for a URL that is not one
         or a database that cannot be reached or written."""
         self.thresholds = thresholds or HealthConfig()
+        self.untimed = frozenset(untimed)
         self.engine = open_own_database(
             url,
             metadata,
@@ -180,8 +193,9 @@ class RunHistory:
 
     @classmethod
     def from_config(cls, config: HousekeepingConfig) -> RunHistory:
-        """The run history of `config`: its ``state_database_url`` and ``health:`` thresholds."""
-        return cls(config.state_database_url, config.health)
+        """The run history of `config`: its ``state_database_url`` and ``health:`` thresholds;
+        its files policies untimed."""
+        return cls(config.state_database_url, config.health, untimed=config.file_policies)
 
     def record(self, run: PolicyRun) -> None:
         values = {
@@ -234,7 +248,7 @@ class RunHistory:
         """A policy's health from its newest 500 runs, or from `runs` (newest first) if given."""
         if runs is None:
             runs = self.recent(policy, limit=500)
-        return evaluate_health(policy, runs, self.thresholds)
+        return evaluate_health(policy, runs, self.thresholds, timed=policy not in self.untimed)
 
     def dispose(self) -> None:
         self.engine.dispose()

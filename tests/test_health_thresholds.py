@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import dagster as dg
 import pytest
@@ -188,3 +189,53 @@ def test_health_section_rejects_bad_values(tmp_path):
         load_config(write_config(tmp_path, {"critical_after_failures": 0}))
     with pytest.raises(ConfigError, match="health.slow_averag"):
         load_config(write_config(tmp_path, {"slow_averag": "1s"}))
+
+
+def test_a_files_policy_has_no_duration_check_and_no_cleanup_slow_alert(
+    tmp_path, monkeypatch, sqlite_url
+):
+    """Gzipping a day of logs takes seconds by nature: a files policy has no `duration` check,
+    and the `cleanup_slow` rule, which says the same, leaves it out too (a table policy as slow
+    still warns)."""
+    monkeypatch.setenv("DATABASE_URL", sqlite_url)
+    (tmp_path / "logs").mkdir()
+    config_file = write_config(tmp_path, {"slow_average": "1s"})
+    data = yaml.safe_load(Path(config_file).read_text())
+    data["policies"]["app_logs"] = {
+        "kind": "files",
+        "directory": str(tmp_path / "logs"),
+        "glob": "*.log*",
+        "retention": "30d",
+        "archive": False,
+    }
+    Path(config_file).write_text(yaml.safe_dump(data))
+    record_runs(config_file, [RunStatus.SUCCESS] * 3, duration_ms=5000.0)
+    history = RunHistory.from_config(load_config(config_file))
+    for index in range(3):
+        history.record(
+            PolicyRun(
+                policy="app_logs",
+                table_name=f"{tmp_path / 'logs'}/*.log*",
+                status=RunStatus.SUCCESS,
+                started_at=START + timedelta(hours=index),
+                finished_at=START + timedelta(hours=index, seconds=5),
+                deleted=1,
+                duration_ms=5000.0,
+            )
+        )
+    files_health = history.health("app_logs")
+    history.dispose()
+
+    assert (files_health.average_duration_ms, files_health.slow_warning) == (5000.0, False)
+    config = load_config(config_file)
+    history = RunHistory.from_config(config)
+    result = backtest(
+        load_rules(None, config.health).select(["cleanup_slow"]),
+        tmp_path / "none.duckdb",
+        history,
+        START + timedelta(hours=2, minutes=1),
+        START + timedelta(hours=2, minutes=3),
+        timedelta(minutes=1),
+    )
+    history.dispose()
+    assert {item.key.group for item in result.notifications} == {"revoked_tokens"}

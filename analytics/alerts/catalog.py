@@ -268,9 +268,10 @@ BUILTIN_METRICS: dict[str, MetricSpec] = {
         ),
         _health(
             "cleanup_average_duration_ms",
-            "average duration of the last 10 completed runs",
+            "average duration of the last 10 completed runs (none for a files policy: "
+            "it has no `duration` check either)",
             Unit.MILLISECONDS,
-            lambda health: health.average_duration_ms,
+            lambda health: health.average_duration_ms if health.timed else None,
         ),
         MetricSpec(
             "app_database_up",
