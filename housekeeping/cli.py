@@ -229,7 +229,7 @@ def config_check(config_file, database_url, sections):
     if problems:
         raise click.ClickException(f"{len(problems)} problem(s) in the config")
     click.echo(
-        f"config OK ({', '.join(sections)}): {len(settings.policies)} policies against "
+        f"config OK ({', '.join(sections)}): {len(settings.every_policy())} policies against "
         f"{db.describe()}"
     )
 

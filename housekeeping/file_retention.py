@@ -494,6 +494,7 @@ def run_file_policy(
             log(f"{name}: no file in {directory} matches {policy.glob!r}")
         if options.dry_run:
             result.duration_ms = (time.perf_counter() - started) * 1000
+            log(result.summary_line())
             return result
         if result.exceeds_delete_fraction and not options.allow_large_delete:
             raise SafetyRefusal(

@@ -87,7 +87,6 @@ def build_files_policy_asset(
                 )
         finally:
             history.dispose()
-        context.log.info(result.summary_line())
         stopped = (
             f"Stopped on request: {result.compressed} files compressed, {result.deleted} "
             "deleted; the next run carries on."

@@ -505,8 +505,12 @@ def test_without_archive_expiring_files_are_deleted_and_nothing_is_stored(tmp_pa
 def test_a_dry_run_reports_counts_and_bytes_and_changes_nothing(tmp_path, logs, original):
     stats = {path.name: path.stat().st_mtime_ns for path in logs.iterdir()}
 
-    result = run_file_policy(files_config(tmp_path), "app_logs", options=RunOptions(dry_run=True))
+    lines = []
+    result = run_file_policy(
+        files_config(tmp_path), "app_logs", options=RunOptions(dry_run=True), log=lines.append
+    )
 
+    assert lines == [result.summary_line()]  # said once (the asset logs through `log`)
     assert snapshot(logs) == original.content
     assert {path.name: path.stat().st_mtime_ns for path in logs.iterdir()} == stats
     assert not (tmp_path / "archive").exists()
@@ -785,6 +789,7 @@ def test_hk_config_check_checks_a_files_policy_directory(tmp_path, logs):
 
     assert ok.exit_code == 0, ok.output
     assert "ok    app_logs: 8 files matching 'app*.log*'" in ok.output
+    assert "1 policies against" in ok.output  # the files policy counts as one
     assert missing.exit_code == 1
     assert f"policies.app_logs.directory: {tmp_path / 'missing'} does not exist" in missing.output
 
