@@ -31,8 +31,9 @@ dev: install $(DEMO_HOME)/dagster.yaml
 	trap 'kill $$traffic 2>/dev/null' EXIT INT TERM; \
 	$(DEMO_ENV) $(BIN)/dagster dev --host 127.0.0.1 --port 3000 -w workspace.yaml
 
+# Two workers (pytest-xdist): one test file a group, every e2e test in one group (tests/conftest.py).
 test: install
-	$(BIN)/pytest
+	$(BIN)/pytest -n 2 --dist loadgroup
 
 lint: install
 	$(BIN)/ruff check .

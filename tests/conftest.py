@@ -19,6 +19,27 @@ import pytest
 DEFAULT_PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Group the tests for ``pytest -n 2 --dist loadgroup`` (what ``make test`` runs).
+
+    Each test file is one group, so a module-scoped fixture is built once, on one worker. Every
+    end-to-end test (marker ``e2e``) joins the one group ``e2e``: each starts a webserver and a
+    daemon, and two such stacks at once would starve a 2-core machine. That group, the longest,
+    is moved to the front so it starts first and the other worker takes the files meanwhile.
+    Without xdist the marks are inert and the order is the same apart from e2e first.
+    """
+    e2e: list[pytest.Item] = []
+    rest: list[pytest.Item] = []
+    for item in items:
+        if item.get_closest_marker("e2e") is not None:
+            item.add_marker(pytest.mark.xdist_group("e2e"))
+            e2e.append(item)
+        else:
+            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::", 1)[0]))
+            rest.append(item)
+    items[:] = e2e + rest
+
+
 def postgres_base_url() -> str:
     return os.environ.get("HK_TEST_POSTGRES_URL", DEFAULT_PG_URL)
 
