@@ -505,32 +505,45 @@ def test_config_check_counts_the_log_files_or_names_the_missing_directory(tmp_pa
     ]
 
 
+def rotated_and_live(tmp_path, rotated_data: bytes, live_data: bytes):
+    """A quiet rotated file (modified an hour before START) and the live file after it."""
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    rotated, live = logs / "access.log.1", logs / "access.log"
+    append(rotated, rotated_data)
+    append(live, live_data)
+    hour_ago = START.timestamp() - 3600
+    os.utime(rotated, (hour_ago, hour_ago))
+    return rotated, live
+
+
+def record_reads(monkeypatch, before_first_read=lambda: None) -> list[list[Path]]:
+    """The files each staging read opens (``_stage``, wrapped), one list per read."""
+    reads = []
+    stage = ingest._stage
+
+    def recorded(connection, slices, source, target):
+        reads.append([piece.read for piece in slices])
+        if len(reads) == 1:
+            before_first_read()
+        return stage(connection, slices, source, target)
+
+    monkeypatch.setattr(ingest, "_stage", recorded)
+    return reads
+
+
 def test_rotated_files_read_in_place_are_read_again_from_copies_when_written_meanwhile(
     tmp_path, monkeypatch
 ):
     settings = settings_for(tmp_path, "pino")
     store = make_store(settings)
-    logs = tmp_path / "logs"
-    logs.mkdir()
     requests = make_requests(700, seed=21)
-    rotated, live = logs / "access.log.1", logs / "access.log"
-    append(rotated, lines_of("pino", requests[:400]))
-    append(live, lines_of("pino", requests[400:600]))
-    hour_ago = START.timestamp() - 3600
-    os.utime(rotated, (hour_ago, hour_ago))
-
-    reads = []
-    stage = ingest._stage
-
-    def stage_while_written(connection, slices, source, target):
-        reads.append([piece.read for piece in slices])
-        if len(reads) == 1:
-            # a process still holding the rotated file writes to it after the plan, before the
-            # read ends: the read sees lines past the planned end
-            append(rotated, lines_of("pino", requests[600:]))
-        return stage(connection, slices, source, target)
-
-    monkeypatch.setattr(ingest, "_stage", stage_while_written)
+    rotated, live = rotated_and_live(
+        tmp_path, lines_of("pino", requests[:400]), lines_of("pino", requests[400:600])
+    )
+    # a process still holding the rotated file writes to it after the plan, before the read
+    # ends: the read sees lines past the planned end
+    reads = record_reads(monkeypatch, lambda: append(rotated, lines_of("pino", requests[600:])))
     refresh(store, settings)
     refresh(store, settings)  # a later tick must not read the lines written meanwhile again
 
@@ -543,25 +556,17 @@ def test_rotated_files_read_in_place_are_read_again_from_copies_when_written_mea
 def test_settled_rotated_files_are_read_in_place_once(tmp_path, monkeypatch):
     settings = settings_for(tmp_path, "pino")
     store = make_store(settings)
-    logs = tmp_path / "logs"
-    logs.mkdir()
     requests = make_requests(300, seed=22)
-    rotated, live = logs / "access.log.1", logs / "access.log"
     # the rotated file's last line without a newline: read as a line all the same
-    append(rotated, lines_of("pino", requests[:200]).rstrip(b"\n"))
-    append(live, lines_of("pino", requests[200:]))
-    hour_ago = START.timestamp() - 3600
-    os.utime(rotated, (hour_ago, hour_ago))
-    reads = []
-    stage = ingest._stage
-
-    def recorded(connection, slices, source, target):
-        reads.append([piece.read for piece in slices])
-        return stage(connection, slices, source, target)
-
-    monkeypatch.setattr(ingest, "_stage", recorded)
+    rotated, live = rotated_and_live(
+        tmp_path,
+        lines_of("pino", requests[:200]).rstrip(b"\n"),
+        lines_of("pino", requests[200:]),
+    )
+    mtime = rotated.stat().st_mtime
+    reads = record_reads(monkeypatch)
     refresh(store, settings)
     refresh(store, settings)
     assert len(reads) == 1 and rotated in reads[0] and live not in reads[0]
-    assert rotated.stat().st_mtime == hour_ago  # only read
+    assert rotated.stat().st_mtime == mtime  # only read
     assert_published_exactly(settings, store, requests)
