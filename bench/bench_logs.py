@@ -271,8 +271,10 @@ def measure(lines: int, runs: int) -> dict[str, str]:
                 peak=filled["peak"] / 2**30,
             )
             print(
-                f"  run {run + 1}: count(*) {base:.2f} s, backfill {filled['seconds']:.2f} s, "
-                f"json.loads {loop:.2f} s, tick {tick_s:.2f} s ({ticked:,} requests)",
+                f"  run {run + 1}: count(*) {base:.2f} s (CPU {base_cpu:.2f}), backfill "
+                f"{filled['seconds']:.2f} s (CPU {filled['cpu']:.2f}, peak "
+                f"{filled['peak'] / 2**30:.2f} GB), json.loads {loop:.2f} s (CPU {loop_cpu:.2f}), "
+                f"tick {tick_s:.2f} s (CPU {tick_cpu:.2f}; {ticked:,} requests)",
                 flush=True,
             )
         m = {name: statistics.median(values) for name, values in got.items()}
