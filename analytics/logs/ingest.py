@@ -7,10 +7,11 @@ the lines (one VARCHAR column, no quoting, gzip decompressed by DuckDB) and its 
 parse each line once (``TRY_CAST(line AS JSON)``, ``json_extract_string`` of the mapped paths).
 No Python runs per line. New bytes of a plain file are copied under tmp/ first, except a settled
 rotated file read whole: it is read in place, and when its identity, size or mtime changed by
-the end of the read the tick is read again from copies (``_stage_tick``). The tick writes two Parquet files, the request rows
-(``staged/<seq>.parquet``: slice, outcome, ts, route, method, status_code, duration_ms,
-error_name) and the line counts per file and reason (``lines/<seq>.parquet``), then replaces the manifest: a crash before that
-leaves files the next load deletes, so every line is staged exactly once.
+the end of the read the tick is read again from copies (``_stage_tick``). The tick writes two
+Parquet files, the request rows (``staged/<seq>.parquet``: slice, outcome, ts, route, method,
+status_code, duration_ms, error_name) and the line counts per file and reason
+(``lines/<seq>.parquet``), then replaces the manifest: a crash before that leaves files the next
+load deletes, so every line is staged exactly once.
 
 Bad lines never stop a tick; each is counted under its file and one reason:
 
