@@ -522,11 +522,11 @@ def record_reads(monkeypatch, before_first_read=lambda: None) -> list[list[Path]
     reads = []
     stage = ingest._stage
 
-    def recorded(connection, slices, source, target):
+    def recorded(connection, slices, *rest):
         reads.append([piece.read for piece in slices])
         if len(reads) == 1:
             before_first_read()
-        return stage(connection, slices, source, target)
+        return stage(connection, slices, *rest)
 
     monkeypatch.setattr(ingest, "_stage", recorded)
     return reads
