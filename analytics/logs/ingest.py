@@ -5,10 +5,13 @@ of the source's glob the bytes not yet read (manifest.py says how rotation, comp
 copytruncate are recognised), and reads them all in one DuckDB query: DuckDB's CSV reader splits
 the lines (one VARCHAR column, no quoting, gzip decompressed by DuckDB) and its JSON functions
 parse each line once (``TRY_CAST(line AS JSON)``, ``json_extract_string`` of the mapped paths).
-No Python runs per line. The tick writes two Parquet files, the request rows
-(``staged/<seq>.parquet``: slice, outcome, ts, route, method, status_code, duration_ms,
-error_name) and the line counts per file and reason (``lines/<seq>.parquet``), then replaces the manifest: a crash before that
-leaves files the next load deletes, so every line is staged exactly once.
+No Python runs per line. New bytes of a plain file are copied under tmp/ first, except a settled
+rotated file read whole: it is read in place, and when its identity, size or mtime changed by
+the end of the read the tick is read again from copies (``_stage_tick``). The tick writes two
+Parquet files, the request rows (``staged/<seq>.parquet``: slice, outcome, ts, route, method,
+status_code, duration_ms, error_name) and the line counts per file and reason
+(``lines/<seq>.parquet``), then replaces the manifest: a crash before that leaves files the next
+load deletes, so every line is staged exactly once.
 
 Bad lines never stop a tick; each is counted under its file and one reason:
 
@@ -92,10 +95,13 @@ _REJECT_REASONS = {
 @dataclass(frozen=True)
 class Slice:
     """Bytes of one log file to read this tick: ``read`` is the file DuckDB opens (the log file
-    itself, or a copy of its new bytes under tmp/), ``file`` the log file's path."""
+    itself, or a copy of its new bytes under tmp/), ``file`` the log file's path. ``identity``:
+    (device, inode, size, mtime) when planned, for a plain file read in place (checked again
+    after the read), else None."""
 
     read: Path
     file: Path
+    identity: tuple[int, int, int, float] | None = None
 
 
 @dataclass
@@ -177,10 +183,16 @@ class _Candidate:
 
 
 def _plan(
-    manifest: Manifest, store: ManifestStore, source: JsonLinesSource, now: float
+    manifest: Manifest,
+    store: ManifestStore,
+    source: JsonLinesSource,
+    now: float,
+    in_place: bool = True,
 ) -> tuple[list[Slice], dict[str, StreamState], list[tuple[str, str]]]:
     """The slices to read, the stream states once they are read, and damaged files (path,
-    reason)."""
+    reason). ``in_place``: a settled rotated plain file read from its start is read where it is
+    (no copy; ``_stage_tick`` checks after the read that it did not change), else every plain
+    slice is a copy of its new bytes."""
     settle = source.settle.total_seconds()
     by_identity = {(s.device, s.inode): s for s in manifest.streams.values() if s.complete}
     candidates: dict[str, list[_Candidate]] = {}
@@ -244,11 +256,23 @@ def _plan(
             if best.stat.st_size < state.offset:
                 state.offset = 0  # rewritten with the same first line: new content
             end = last_newline_end(best.path, state.offset, best.stat.st_size)
-            unterminated = end < best.stat.st_size and settled and best.stat.st_mtime < newest
+            rotated = settled and best.stat.st_mtime < newest
+            unterminated = end < best.stat.st_size and rotated
             if unterminated:
                 # a rotated, quiet file's last line, written without a newline
                 end = best.stat.st_size
-            if end > state.offset:
+            if in_place and rotated and state.offset == 0 and end > 0:
+                # all of it, unlikely to change: read in place (DuckDB reads a last line
+                # without a newline as a line)
+                identity = (
+                    best.stat.st_dev,
+                    best.stat.st_ino,
+                    best.stat.st_size,
+                    best.stat.st_mtime,
+                )
+                slices.append(Slice(best.path, best.path, identity))
+                state.offset = end
+            elif end > state.offset:
                 copy_range(best.path, target, state.offset, end)
                 if unterminated:
                     with open(target, "ab") as handle:
@@ -397,6 +421,122 @@ def _gzip_readable(connection: duckdb.DuckDBPyConnection, piece: Slice) -> bool:
         return False
 
 
+@dataclass
+class _Tick:
+    """One tick's reading, staged (rows and line counts on disk) but not yet in the manifest."""
+
+    slices: list[Slice]
+    states: dict[str, StreamState]
+    damaged: list[tuple[str, str]]
+    lines: dict[str, int]
+    rows: int = 0
+    low: datetime | None = None
+    high: datetime | None = None
+    # A file read in place changed during the read: staged rows are not to be used.
+    changed: bool = False
+
+
+def _unchanged(piece: Slice) -> bool:
+    """Whether a slice read in place is still the file it was when planned."""
+    try:
+        stat = piece.file.stat()
+    except OSError:
+        return False
+    return (stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime) == piece.identity
+
+
+def _stage_tick(
+    manifest: Manifest,
+    store: ManifestStore,
+    source: JsonLinesSource,
+    now: datetime,
+    seq: int,
+    in_place: bool,
+) -> _Tick | None:
+    """Plan (``_plan``) and stage the tick ``seq``: its rows (``staged/<seq>.parquet``) and line
+    counts (``lines/<seq>.parquet``, filed under ``now``'s UTC hour). None when there is nothing
+    to read and no stream moved. ``changed`` when a file read in place was written, replaced or
+    removed between the plan and the end of the read (its device, inode, size or mtime differ):
+    the caller plans again with ``in_place=False``, reading copies."""
+    slices, states, damaged = _plan(manifest, store, source, now.timestamp(), in_place)
+    if (
+        not slices
+        and not damaged
+        and all(manifest.streams.get(key) == state for key, state in states.items())
+    ):
+        return None
+    tick = _Tick(slices, states, damaged, {})
+    hour = floor_hour(now).replace(tzinfo=None)
+    with duckdb_session(store.directory / "tmp") as connection:
+        # Row order is whatever the parallel readers give (lines of a file stay near each
+        # other, so each row group's ts range stays narrow for the readers' pruning).
+        connection.execute("SET preserve_insertion_order = false")
+        staged = store.staged_file(seq)
+        damaged += _stage(connection, slices, source, staged)
+        if not all(_unchanged(piece) for piece in slices if piece.identity is not None):
+            tick.changed = True
+            return tick
+        # The staged rows name their slice by its place in the list read (file_index).
+        names = [(i, str(s.read), str(s.file)) for i, s in enumerate(slices)] or [(0, "", "")]
+        connection.execute(
+            "CREATE TEMP TABLE slice_files (slice BIGINT, path VARCHAR, file VARCHAR)"
+        )
+        connection.executemany("INSERT INTO slice_files VALUES (?, ?, ?)", names)
+        rejects = (
+            "SELECT f.file, e.error_type FROM reject_errors e "
+            "JOIN reject_scans s USING (scan_id, file_id) JOIN slice_files f "
+            "ON f.path = s.file_path"
+            if slices
+            else "SELECT NULL::VARCHAR AS file, NULL::VARCHAR AS error_type WHERE false"
+        )
+        reject_case = " ".join(
+            f"WHEN {sql_string(kind)} THEN {sql_string(reason)}"
+            for kind, reason in _REJECT_REASONS.items()
+        )
+        connection.execute("CREATE TEMP TABLE damaged (file VARCHAR, reason VARCHAR)")
+        if damaged:
+            connection.executemany("INSERT INTO damaged VALUES (?, ?)", damaged)
+        connection.execute(
+            f"""
+            CREATE TEMP TABLE line_counts AS
+            SELECT {sql_string(hour.isoformat(sep=" "))}::TIMESTAMP AS hour, file, reason,
+                sum(lines)::BIGINT AS lines
+            FROM (
+                SELECT f.file, p.outcome AS reason, count(*) AS lines
+                FROM read_parquet({sql_string(str(staged))}) p
+                JOIN slice_files f ON f.slice = p.slice
+                WHERE p.outcome <> 'blank' GROUP BY ALL
+                UNION ALL
+                SELECT file, CASE error_type {reject_case} ELSE 'malformed_json' END, count(*)
+                FROM ({rejects}) GROUP BY ALL
+                UNION ALL
+                SELECT file, reason, 0 FROM damaged
+            ) GROUP BY ALL
+            """
+        )
+        connection.execute(
+            f"COPY (SELECT * FROM line_counts ORDER BY file, reason) "
+            f"TO {sql_string(str(store.lines_file(seq)))} (FORMAT parquet)"
+        )
+        rows, tick.low, tick.high = connection.execute(
+            f"SELECT count(*), min(ts), max(ts) FROM read_parquet({sql_string(str(staged))}) "
+            "WHERE outcome IN ('request', 'error')"
+        ).fetchone()
+        tick.rows = int(rows)
+        tick.lines = dict(
+            connection.execute(
+                "SELECT reason, sum(lines)::BIGINT FROM line_counts GROUP BY ALL"
+            ).fetchall()
+        )
+    return tick
+
+
+def _remove_copies(store: ManifestStore, slices: list[Slice]) -> None:
+    for piece in slices:
+        if piece.read.parent == store.tmp:
+            piece.read.unlink(missing_ok=True)
+
+
 def ingest_log_files(
     directory: Path, source: JsonLinesSource, now: datetime | None = None
 ) -> IngestResult:
@@ -404,8 +544,10 @@ def ingest_log_files(
 
     ``directory``: the source's state (``source_directory``). ``now`` (default: the clock) is
     the tick's instant: a file modified within ``source.settle`` of it may still be written, and
-    its line counts are filed under its UTC hour. Raises ``LogSourceError`` for a directory or
-    file that cannot be read (nothing is written then); bad lines are counted, never raised.
+    its line counts are filed under its UTC hour. Settled rotated plain files are read in place;
+    when one changes during the read, the tick is read again from copies. Raises
+    ``LogSourceError`` for a directory or file that cannot be read (nothing is written then);
+    bad lines are counted, never raised.
     """
     started = time.perf_counter()
     now = (now or datetime.now(UTC)).astimezone(UTC)
@@ -413,95 +555,35 @@ def ingest_log_files(
     result = IngestResult()
     with store.locked():
         manifest = store.load()
-        slices, states, damaged = _plan(manifest, store, source, now.timestamp())
-        if (
-            not slices
-            and not damaged
-            and all(manifest.streams.get(key) == state for key, state in states.items())
-        ):
+        seq = manifest.next_seq
+        tick = _stage_tick(manifest, store, source, now, seq, in_place=True)
+        if tick is not None and tick.changed:
+            _remove_copies(store, tick.slices)
+            tick = _stage_tick(manifest, store, source, now, seq, in_place=False)
+        if tick is None:
             result.seconds = time.perf_counter() - started
             return result
-        seq = manifest.next_seq
-        hour = floor_hour(now).replace(tzinfo=None)
-        with duckdb_session(directory / "tmp") as connection:
-            # Row order is whatever the parallel readers give (lines of a file stay near each
-            # other, so each row group's ts range stays narrow for the readers' pruning).
-            connection.execute("SET preserve_insertion_order = false")
-            staged = store.staged_file(seq)
-            damaged += _stage(connection, slices, source, staged)
-            # The staged rows name their slice by its place in the list read (file_index).
-            names = [(i, str(s.read), str(s.file)) for i, s in enumerate(slices)] or [(0, "", "")]
-            connection.execute(
-                "CREATE TEMP TABLE slice_files (slice BIGINT, path VARCHAR, file VARCHAR)"
-            )
-            connection.executemany("INSERT INTO slice_files VALUES (?, ?, ?)", names)
-            rejects = (
-                "SELECT f.file, e.error_type FROM reject_errors e "
-                "JOIN reject_scans s USING (scan_id, file_id) JOIN slice_files f "
-                "ON f.path = s.file_path"
-                if slices
-                else "SELECT NULL::VARCHAR AS file, NULL::VARCHAR AS error_type WHERE false"
-            )
-            reject_case = " ".join(
-                f"WHEN {sql_string(kind)} THEN {sql_string(reason)}"
-                for kind, reason in _REJECT_REASONS.items()
-            )
-            connection.execute("CREATE TEMP TABLE damaged (file VARCHAR, reason VARCHAR)")
-            if damaged:
-                connection.executemany("INSERT INTO damaged VALUES (?, ?)", damaged)
-            connection.execute(
-                f"""
-                CREATE TEMP TABLE line_counts AS
-                SELECT {sql_string(hour.isoformat(sep=" "))}::TIMESTAMP AS hour, file, reason,
-                    sum(lines)::BIGINT AS lines
-                FROM (
-                    SELECT f.file, p.outcome AS reason, count(*) AS lines
-                    FROM read_parquet({sql_string(str(staged))}) p
-                    JOIN slice_files f ON f.slice = p.slice
-                    WHERE p.outcome <> 'blank' GROUP BY ALL
-                    UNION ALL
-                    SELECT file, CASE error_type {reject_case} ELSE 'malformed_json' END, count(*)
-                    FROM ({rejects}) GROUP BY ALL
-                    UNION ALL
-                    SELECT file, reason, 0 FROM damaged
-                ) GROUP BY ALL
-                """
-            )
-            connection.execute(
-                f"COPY (SELECT * FROM line_counts ORDER BY file, reason) "
-                f"TO {sql_string(str(store.lines_file(seq)))} (FORMAT parquet)"
-            )
-            rows, low, high = connection.execute(
-                f"SELECT count(*), min(ts), max(ts) FROM read_parquet({sql_string(str(staged))}) "
-                "WHERE outcome IN ('request', 'error')"
-            ).fetchone()
-            result.lines = dict(
-                connection.execute(
-                    "SELECT reason, sum(lines)::BIGINT FROM line_counts GROUP BY ALL"
-                ).fetchall()
-            )
-        for key, state in states.items():
+        for key, state in tick.states.items():
             manifest.streams[key] = state
-        for path, reason in damaged:
+        for path, reason in tick.damaged:
             for state in manifest.streams.values():
                 if state.path == path:
                     state.complete, state.failed = True, reason
         manifest.chunks.append(
             Chunk(
                 seq,
-                int(rows),
-                low.isoformat() if low else "",
-                high.isoformat() if high else "",
-                hour.isoformat(),
+                tick.rows,
+                tick.low.isoformat() if tick.low else "",
+                tick.high.isoformat() if tick.high else "",
+                floor_hour(now).replace(tzinfo=None).isoformat(),
             )
         )
         manifest.next_seq = seq + 1
         store.save(manifest)
-        for piece in slices:
-            if piece.read.parent == store.tmp:
-                piece.read.unlink(missing_ok=True)
-    result.files_read = len({s.file for s in slices})
-    result.rows_staged = int(rows)
+        _remove_copies(store, tick.slices)
+    result.files_read = len({s.file for s in tick.slices})
+    result.lines = tick.lines
+    result.rows_staged = tick.rows
     result.seq = seq
     result.seconds = time.perf_counter() - started
     return result

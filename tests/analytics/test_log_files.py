@@ -25,6 +25,7 @@ from click.testing import CliRunner
 from analytics.alerts.metrics import MetricSource
 from analytics.alerts.rules import load_rules
 from analytics.config_check import check_analytics
+from analytics.logs import ingest
 from analytics.logs.generate import PRESET_NAMES, Request, error_line, other_line, request_lines
 from analytics.logs.ingest import ingest_log_files, source_directory
 from analytics.logs.manifest import LogSourceError
@@ -502,3 +503,70 @@ def test_config_check_counts_the_log_files_or_names_the_missing_directory(tmp_pa
         f"analytics.sources.request_logs.path: {tmp_path}/nowhere is not a directory "
         f"({tmp_path}/nowhere/*.log)"
     ]
+
+
+def rotated_and_live(tmp_path, rotated_data: bytes, live_data: bytes):
+    """A quiet rotated file (modified an hour before START) and the live file after it."""
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    rotated, live = logs / "access.log.1", logs / "access.log"
+    append(rotated, rotated_data)
+    append(live, live_data)
+    hour_ago = START.timestamp() - 3600
+    os.utime(rotated, (hour_ago, hour_ago))
+    return rotated, live
+
+
+def record_reads(monkeypatch, before_first_read=lambda: None) -> list[list[Path]]:
+    """The files each staging read opens (``_stage``, wrapped), one list per read."""
+    reads = []
+    stage = ingest._stage
+
+    def recorded(connection, slices, *rest):
+        reads.append([piece.read for piece in slices])
+        if len(reads) == 1:
+            before_first_read()
+        return stage(connection, slices, *rest)
+
+    monkeypatch.setattr(ingest, "_stage", recorded)
+    return reads
+
+
+def test_rotated_files_read_in_place_are_read_again_from_copies_when_written_meanwhile(
+    tmp_path, monkeypatch
+):
+    settings = settings_for(tmp_path, "pino")
+    store = make_store(settings)
+    requests = make_requests(700, seed=21)
+    rotated, live = rotated_and_live(
+        tmp_path, lines_of("pino", requests[:400]), lines_of("pino", requests[400:600])
+    )
+    # a process still holding the rotated file writes to it after the plan, before the read
+    # ends: the read sees lines past the planned end
+    reads = record_reads(monkeypatch, lambda: append(rotated, lines_of("pino", requests[600:])))
+    refresh(store, settings)
+    refresh(store, settings)  # a later tick must not read the lines written meanwhile again
+
+    assert rotated in reads[0]  # read in place first
+    assert len(reads) == 2 and rotated not in reads[1] and live not in reads[1]  # then copies
+    assert_published_exactly(settings, store, requests)
+    assert not list((source_directory(store.root) / "tmp").iterdir())
+
+
+def test_settled_rotated_files_are_read_in_place_once(tmp_path, monkeypatch):
+    settings = settings_for(tmp_path, "pino")
+    store = make_store(settings)
+    requests = make_requests(300, seed=22)
+    # the rotated file's last line without a newline: read as a line all the same
+    rotated, live = rotated_and_live(
+        tmp_path,
+        lines_of("pino", requests[:200]).rstrip(b"\n"),
+        lines_of("pino", requests[200:]),
+    )
+    mtime = rotated.stat().st_mtime
+    reads = record_reads(monkeypatch)
+    refresh(store, settings)
+    refresh(store, settings)
+    assert len(reads) == 1 and rotated in reads[0] and live not in reads[0]
+    assert rotated.stat().st_mtime == mtime  # only read
+    assert_published_exactly(settings, store, requests)
