@@ -9,11 +9,17 @@ from __future__ import annotations
 
 from datetime import date, timedelta
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import Discriminator, Field, Tag, model_validator
 
 from analytics.logs.formats import FieldMapping, PresetName, resolved_mapping
+from analytics.logs.job_formats import (
+    REQUIRED_JOB_FIELDS,
+    JobFieldMapping,
+    JobPresetName,
+    resolved_job_mapping,
+)
 from housekeeping.config import HousekeepingConfig, parse_section
 from housekeeping.config_types import (
     Identifier,
@@ -86,23 +92,30 @@ class RevokedTokensSource(TableSection):
     expires_at: Identifier = "expires_at"
 
 
-class JsonLinesSource(StrictModel):
-    """Requests read from JSON-lines log files instead of a table (analytics/logs/).
+class LogFilesSource(StrictModel):
+    """What every source read from JSON-lines log files has (analytics/logs/): ``path`` is a glob
+    (``/var/log/app/access.log*``: rotated and ``.gz`` files included)."""
 
-    ``path`` is a glob (``/var/log/app/access.log*``: rotated and ``.gz`` files included);
-    ``format`` a preset (analytics/logs/formats.py) and/or ``fields`` a mapping laid over it.
-    """
-
+    # The config key errors name (log_files).
+    config_key: ClassVar[str] = "analytics.sources.request_logs"
     kind: Literal["json_lines"]
     path: str = Field(min_length=1)
-    format: PresetName | None = None
-    fields: FieldMapping | None = None
     # The zone of ISO timestamps written without an offset.
     timezone: TimeZone = "UTC"
     # A longer line is counted as bad (line_too_long), never parsed.
     max_line_bytes: int = Field(default=1 << 20, ge=1024, le=64 << 20)
     # A file modified this recently may still be written (a .gz being compressed): wait for it.
     settle: NonNegativeDuration = timedelta(seconds=60)
+
+
+class JsonLinesSource(LogFilesSource):
+    """Requests read from JSON-lines log files instead of a table (analytics/logs/).
+
+    ``format`` a preset (analytics/logs/formats.py) and/or ``fields`` a mapping laid over it.
+    """
+
+    format: PresetName | None = None
+    fields: FieldMapping | None = None
 
     @model_validator(mode="after")
     def _mapped(self) -> JsonLinesSource:
@@ -120,7 +133,34 @@ class JsonLinesSource(StrictModel):
         return resolved_mapping(self.format, self.fields)
 
 
-def _request_source_kind(value: Any) -> str:
+class JobsJsonLinesSource(LogFilesSource):
+    """Job lifecycle lines read from JSON-lines log files instead of a jobs table
+    (analytics/logs/jobs.py): ``format`` a job preset (analytics/logs/job_formats.py) and/or
+    ``fields`` a job mapping laid over it."""
+
+    config_key: ClassVar[str] = "analytics.sources.jobs"
+    format: JobPresetName | None = None
+    fields: JobFieldMapping | None = None
+
+    @model_validator(mode="after")
+    def _mapped(self) -> JobsJsonLinesSource:
+        if self.format is None and self.fields is None:
+            raise ValueError("set format (pino, winston) or fields")
+        mapping = resolved_job_mapping(self.format, self.fields)
+        missing = [key for key in REQUIRED_JOB_FIELDS if getattr(mapping, key) is None]
+        if missing:
+            raise ValueError(f"fields: set {', '.join(missing)} (no format preset gives them)")
+        if not (mapping.completed_states or mapping.failed_states):
+            raise ValueError("fields: set completed_states or failed_states")
+        return self
+
+    @property
+    def mapping(self) -> JobFieldMapping:
+        """The preset with ``fields`` laid over it."""
+        return resolved_job_mapping(self.format, self.fields)
+
+
+def _source_kind(value: Any) -> str:
     kind = (
         value.get("kind", "table") if isinstance(value, dict) else getattr(value, "kind", "table")
     )
@@ -129,13 +169,17 @@ def _request_source_kind(value: Any) -> str:
 
 RequestSource = Annotated[
     Annotated[RequestLogsSource, Tag("table")] | Annotated[JsonLinesSource, Tag("json_lines")],
-    Discriminator(_request_source_kind),
+    Discriminator(_source_kind),
+]
+JobSource = Annotated[
+    Annotated[JobsSource, Tag("table")] | Annotated[JobsJsonLinesSource, Tag("json_lines")],
+    Discriminator(_source_kind),
 ]
 
 
 class SourcesSettings(StrictModel):
     request_logs: RequestSource = RequestLogsSource()
-    jobs: JobsSource = JobsSource()
+    jobs: JobSource = JobsSource()
     api_usage: ApiUsageSource = ApiUsageSource()
     revoked_tokens: RevokedTokensSource = RevokedTokensSource()
 

@@ -30,6 +30,8 @@ from __future__ import annotations
 import time
 from datetime import UTC, datetime
 
+import duckdb
+
 from analytics.datasets import JOBS_HOURLY
 from analytics.extract import (
     ColumnKind,
@@ -51,7 +53,7 @@ from analytics.rollups.engine import (
     replace_hour_partitions,
     timestamp_literal,
 )
-from analytics.settings import AnalyticsSettings
+from analytics.settings import AnalyticsSettings, JobsSource
 from analytics.sketch import bucket_sql, sketch_sql
 from housekeeping.config import HousekeepingConfig
 from housekeeping.database import AppDatabase
@@ -108,9 +110,6 @@ def refresh_jobs(
     archive_where = [*live, TimeRange("finished_at", start, None)]
     aliases = ["queue", "name", "status", "created_at", "started_at", "finished_at", "attempts"]
     source, stream, archived = stream_with_archive(db, config, source, aliases, live, archive_where)
-    stuck_seconds = int(settings.stuck_after.total_seconds())
-    duration = "date_diff('millisecond', started_at, finished_at)"
-    snapshot_at = f"least(h.hour + INTERVAL 1 HOUR, {timestamp_literal(now.astimezone(UTC))})"
     with duckdb_session(store.root / ".tmp") as connection:
         from_archive = load_with_archive(
             connection,
@@ -130,100 +129,15 @@ def refresh_jobs(
             archived,
             archive_where,
         )
-        low, high = timestamp_literal(start), timestamp_literal(end)
-        finished = f"status IN ({_in([jobs.completed_status, jobs.failed_status])})"
-        connection.execute(
-            f"""
-            CREATE TEMP TABLE rollup AS
-            WITH hours AS (
-                SELECT CAST(range AS TIMESTAMP) AS hour
-                FROM range({low}, {high}, INTERVAL 1 HOUR)
-            ),
-            created AS (
-                SELECT date_trunc('hour', created_at) AS hour, queue, name, count(*) AS created
-                FROM src WHERE created_at >= {low} AND created_at < {high} GROUP BY ALL
-            ),
-            done AS (
-                SELECT date_trunc('hour', finished_at) AS hour, queue, name,
-                    count_if(status = {sql_string(jobs.completed_status)}) AS completed,
-                    count_if(status = {sql_string(jobs.failed_status)}) AS failed,
-                    count_if(attempts > 1) AS retried,
-                    avg({duration}) FILTER (WHERE started_at IS NOT NULL) AS duration_avg_ms,
-                    quantile_cont({duration}, 0.95) FILTER (WHERE started_at IS NOT NULL)
-                        AS duration_p95_ms,
-                    list({bucket_sql(duration)}) FILTER (WHERE started_at IS NOT NULL)
-                        AS buckets
-                FROM src
-                WHERE finished_at >= {low} AND finished_at < {high} AND {finished}
-                GROUP BY ALL
-            ),
-            snapshots AS (
-                SELECT h.hour, s.queue, s.name,
-                    count_if(
-                        coalesce(s.started_at, s.finished_at) > {snapshot_at}
-                        OR (coalesce(s.started_at, s.finished_at) IS NULL
-                            AND s.status IN ({_in(jobs.waiting_statuses)}))
-                    ) AS backlog,
-                    count_if(
-                        s.started_at < {snapshot_at} - INTERVAL {stuck_seconds} SECOND
-                        AND (s.finished_at > {snapshot_at}
-                             OR (s.finished_at IS NULL
-                                 AND s.status = {sql_string(jobs.active_status)}))
-                    ) AS stuck
-                FROM hours h JOIN src s ON s.created_at <= {snapshot_at}
-                WHERE s.finished_at IS NULL OR s.finished_at > {snapshot_at}
-                GROUP BY ALL
-            ),
-            keys AS (
-                SELECT hour, queue, name FROM created
-                UNION SELECT hour, queue, name FROM done
-                UNION SELECT hour, queue, name FROM snapshots WHERE backlog > 0 OR stuck > 0
-            )
-            SELECT {JOBS_HOURLY.select_list()} FROM (
-                SELECT k.hour, k.queue, k.name,
-                    coalesce(c.created, 0) AS created,
-                    coalesce(d.completed, 0) AS completed,
-                    coalesce(d.failed, 0) AS failed,
-                    coalesce(d.retried, 0) AS retried,
-                    d.duration_avg_ms, CAST(d.duration_p95_ms AS DOUBLE) AS duration_p95_ms,
-                    {sketch_sql("d.buckets")} AS duration_sketch,
-                    coalesce(s.backlog, 0) AS backlog,
-                    coalesce(s.stuck, 0) AS stuck
-                FROM keys k
-                LEFT JOIN created c USING (hour, queue, name)
-                LEFT JOIN done d USING (hour, queue, name)
-                LEFT JOIN snapshots s USING (hour, queue, name)
-            )
-            """
+        rows_read, kept, partitions, rows_written, preview = publish_job_hours(
+            connection, store, settings, jobs, start, end, now
         )
-        rows_read = connection.execute("SELECT count(*) FROM src").fetchone()[0]
-        final = timestamp_literal(now.astimezone(UTC) - settings.late_row_grace)
-        snapshot_final = f"unit + INTERVAL 1 HOUR <= {final}"
-        kept = keep_published_where_lower(
-            connection,
-            store,
-            JOBS_HOURLY,
-            hour_keys(start, end),
-            "hour",
-            f"hour >= {low} AND hour < {high}",
-            {
-                "created": "TRUE",
-                "completed": "TRUE",
-                "failed": "TRUE",
-                "backlog": snapshot_final,
-                "stuck": snapshot_final,
-            },
-        )
-        partitions, rows_written = replace_hour_partitions(
-            connection, store, JOBS_HOURLY, "hour", start, end
-        )
-        preview = preview_rows(connection, "rollup", "created DESC, queue, name")
     return RollupResult(
         JOBS_HOURLY.name,
         start,
         end,
         tuple(partitions),
-        int(rows_read),
+        rows_read,
         rows_written,
         time.perf_counter() - started,
         preview,
@@ -237,3 +151,114 @@ def refresh_jobs(
         ),
         rows_without_timestamp=rows_without(db, source, "created_at"),
     )
+
+
+def publish_job_hours(
+    connection: duckdb.DuckDBPyConnection,
+    store: RollupStore,
+    settings: AnalyticsSettings,
+    statuses: JobsSource,
+    start: datetime,
+    end: datetime,
+    now: datetime,
+) -> tuple[int, int, list[str], int, list]:
+    """From the temp table ``src`` (one row per job: queue, name, status, created_at, started_at,
+    finished_at as naive UTC, attempts) to the published ``jobs_hourly`` hours of ``[start,
+    end)``, the table and the log-file source alike.
+
+    ``statuses`` names the completed, failed, waiting and active values of ``src.status``;
+    ``now`` (aware) is the moment of the current hour's snapshots. Returns the jobs read, the
+    hours kept from published (a lower recount), the partitions and rows written, a preview.
+    """
+    stuck_seconds = int(settings.stuck_after.total_seconds())
+    duration = "date_diff('millisecond', started_at, finished_at)"
+    snapshot_at = f"least(h.hour + INTERVAL 1 HOUR, {timestamp_literal(now.astimezone(UTC))})"
+    low, high = timestamp_literal(start), timestamp_literal(end)
+    finished = f"status IN ({_in([statuses.completed_status, statuses.failed_status])})"
+    connection.execute(
+        f"""
+        CREATE TEMP TABLE rollup AS
+        WITH hours AS (
+            SELECT CAST(range AS TIMESTAMP) AS hour
+            FROM range({low}, {high}, INTERVAL 1 HOUR)
+        ),
+        created AS (
+            SELECT date_trunc('hour', created_at) AS hour, queue, name, count(*) AS created
+            FROM src WHERE created_at >= {low} AND created_at < {high} GROUP BY ALL
+        ),
+        done AS (
+            SELECT date_trunc('hour', finished_at) AS hour, queue, name,
+                count_if(status = {sql_string(statuses.completed_status)}) AS completed,
+                count_if(status = {sql_string(statuses.failed_status)}) AS failed,
+                count_if(attempts > 1) AS retried,
+                avg({duration}) FILTER (WHERE started_at IS NOT NULL) AS duration_avg_ms,
+                quantile_cont({duration}, 0.95) FILTER (WHERE started_at IS NOT NULL)
+                    AS duration_p95_ms,
+                list({bucket_sql(duration)}) FILTER (WHERE started_at IS NOT NULL)
+                    AS buckets
+            FROM src
+            WHERE finished_at >= {low} AND finished_at < {high} AND {finished}
+            GROUP BY ALL
+        ),
+        snapshots AS (
+            SELECT h.hour, s.queue, s.name,
+                count_if(
+                    coalesce(s.started_at, s.finished_at) > {snapshot_at}
+                    OR (coalesce(s.started_at, s.finished_at) IS NULL
+                        AND s.status IN ({_in(statuses.waiting_statuses)}))
+                ) AS backlog,
+                count_if(
+                    s.started_at < {snapshot_at} - INTERVAL {stuck_seconds} SECOND
+                    AND (s.finished_at > {snapshot_at}
+                         OR (s.finished_at IS NULL
+                             AND s.status = {sql_string(statuses.active_status)}))
+                ) AS stuck
+            FROM hours h JOIN src s ON s.created_at <= {snapshot_at}
+            WHERE s.finished_at IS NULL OR s.finished_at > {snapshot_at}
+            GROUP BY ALL
+        ),
+        keys AS (
+            SELECT hour, queue, name FROM created
+            UNION SELECT hour, queue, name FROM done
+            UNION SELECT hour, queue, name FROM snapshots WHERE backlog > 0 OR stuck > 0
+        )
+        SELECT {JOBS_HOURLY.select_list()} FROM (
+            SELECT k.hour, k.queue, k.name,
+                coalesce(c.created, 0) AS created,
+                coalesce(d.completed, 0) AS completed,
+                coalesce(d.failed, 0) AS failed,
+                coalesce(d.retried, 0) AS retried,
+                d.duration_avg_ms, CAST(d.duration_p95_ms AS DOUBLE) AS duration_p95_ms,
+                {sketch_sql("d.buckets")} AS duration_sketch,
+                coalesce(s.backlog, 0) AS backlog,
+                coalesce(s.stuck, 0) AS stuck
+            FROM keys k
+            LEFT JOIN created c USING (hour, queue, name)
+            LEFT JOIN done d USING (hour, queue, name)
+            LEFT JOIN snapshots s USING (hour, queue, name)
+        )
+        """
+    )
+    rows_read = connection.execute("SELECT count(*) FROM src").fetchone()[0]
+    final = timestamp_literal(now.astimezone(UTC) - settings.late_row_grace)
+    snapshot_final = f"unit + INTERVAL 1 HOUR <= {final}"
+    kept = keep_published_where_lower(
+        connection,
+        store,
+        JOBS_HOURLY,
+        hour_keys(start, end),
+        "hour",
+        f"hour >= {low} AND hour < {high}",
+        {
+            "created": "TRUE",
+            "completed": "TRUE",
+            "failed": "TRUE",
+            "backlog": snapshot_final,
+            "stuck": snapshot_final,
+        },
+    )
+    partitions, rows_written = replace_hour_partitions(
+        connection, store, JOBS_HOURLY, "hour", start, end
+    )
+    preview = preview_rows(connection, "rollup", "created DESC, queue, name")
+    return int(rows_read), kept, partitions, rows_written, preview
