@@ -36,6 +36,8 @@ from housekeeping.sql import TableName
 class RequestLogsSource(TableSection):
     """One HTTP request per row."""
 
+    # json_lines instead: read from log files (JsonLinesSource, JobsJsonLinesSource).
+    kind: Literal["table"] = "table"
     table: TableRef = TableName("request_logs")
     # The zone whose wall clock naive timestamp columns hold (timestamptz ones hold instants).
     timezone: TimeZone = "UTC"
@@ -52,6 +54,8 @@ class RequestLogsSource(TableSection):
 class JobsSource(TableSection):
     """One background job per row (BullMQ/Sidekiq-style statuses)."""
 
+    # json_lines instead: read from log files (JsonLinesSource, JobsJsonLinesSource).
+    kind: Literal["table"] = "table"
     table: TableRef = TableName("jobs")
     # The zone whose wall clock naive timestamp columns hold (timestamptz ones hold instants).
     timezone: TimeZone = "UTC"

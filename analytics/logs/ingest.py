@@ -282,16 +282,14 @@ def _plan(
     return slices, states, damaged
 
 
-def _lines_sql(slices: list[Slice], source: JsonLinesSource) -> str:
-    """A SELECT of one row per line read: its slice, outcome and mapped fields (STAGED_COLUMNS).
-
-    Each line is parsed once (``json_extract_string`` of every mapped path); the outcome is
-    ``request`` (a line ``select`` picks), ``error`` (a line whose ``level`` is one of
-    ``error_levels``, not a request), ``other``, ``blank`` or a bad reason. ``error_name`` is
-    set on every error-level line (a request logged at error level is both).
-    """
-    mapping = source.mapping
-    keys = ["timestamp", "route", "method", "status", "duration", "select", "error_name", "level"]
+def parsed_lines_sql(
+    slices: list[Slice], source: LogFilesSource, mapping: Any, keys: list[str]
+) -> tuple[str, Callable[[str], str], str]:
+    """The start of a line SELECT over ``slices``: ``WITH raw AS (slice, line), fields AS
+    (slice, line, v)``, where ``v`` holds the values (JSON scalar text) of the paths ``mapping``
+    gives ``keys`` (each line parsed once; NULL for a line that is not JSON); ``value(key)``,
+    the SQL of one key's value (NULL when not mapped); and the SQL of "the mapping's ``select``
+    picks this line" (``select`` present, equal to ``select_value`` when that is set)."""
     paths: list[str] = []
     for key in keys:
         path = getattr(mapping, key)
@@ -307,15 +305,7 @@ def _lines_sql(slices: list[Slice], source: JsonLinesSource) -> str:
     selected = f"{value('select')} IS NOT NULL"
     if mapping.select_value is not None:
         selected += f" AND {value('select')} = {sql_string(mapping.select_value)}"
-    selected = f"coalesce({selected}, false)"
-    if mapping.level is not None and mapping.error_levels:
-        levels = ", ".join(sql_string(level) for level in mapping.error_levels)
-        is_error = f"coalesce({value('level')} IN ({levels}), false)"
-    else:
-        is_error = "false"
-    timestamp = timestamp_sql(value("timestamp"), mapping.timestamp_format, source.timezone)
-    return f"""
-        WITH raw AS (
+    parsed = f"""WITH raw AS (
             SELECT file_index AS slice, line
             FROM read_csv([{files}], columns = {{'line': 'VARCHAR'}}, header = false,
                 delim = E'\\x1f', quote = '', escape = '', new_line = '\\n',
@@ -324,7 +314,29 @@ def _lines_sql(slices: list[Slice], source: JsonLinesSource) -> str:
         ), fields AS (
             -- one parse a line; TRY: NULL for a line that is not JSON
             SELECT slice, line, TRY(json_extract_string(line, [{path_list}])) AS v FROM raw
-        ), typed AS (
+        )"""
+    return parsed, value, f"coalesce({selected}, false)"
+
+
+def _lines_sql(slices: list[Slice], source: JsonLinesSource) -> str:
+    """A SELECT of one row per line read: its slice, outcome and mapped fields (STAGED_COLUMNS).
+
+    Each line is parsed once (``json_extract_string`` of every mapped path); the outcome is
+    ``request`` (a line ``select`` picks), ``error`` (a line whose ``level`` is one of
+    ``error_levels``, not a request), ``other``, ``blank`` or a bad reason. ``error_name`` is
+    set on every error-level line (a request logged at error level is both).
+    """
+    mapping = source.mapping
+    keys = ["timestamp", "route", "method", "status", "duration", "select", "error_name", "level"]
+    parsed, value, selected = parsed_lines_sql(slices, source, mapping, keys)
+    if mapping.level is not None and mapping.error_levels:
+        levels = ", ".join(sql_string(level) for level in mapping.error_levels)
+        is_error = f"coalesce({value('level')} IN ({levels}), false)"
+    else:
+        is_error = "false"
+    timestamp = timestamp_sql(value("timestamp"), mapping.timestamp_format, source.timezone)
+    return f"""
+        {parsed}, typed AS (
             SELECT *, {timestamp} AS ts, {selected} AS selected, {is_error} AS is_error
             FROM fields
         )
