@@ -11,7 +11,7 @@ from datetime import date, timedelta
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import Discriminator, Field, Tag, model_validator
+from pydantic import Field, PlainValidator, model_validator
 
 from analytics.logs.formats import FieldMapping, PresetName, resolved_mapping
 from analytics.logs.job_formats import (
@@ -164,21 +164,26 @@ class JobsJsonLinesSource(LogFilesSource):
         return resolved_job_mapping(self.format, self.fields)
 
 
-def _source_kind(value: Any) -> str:
-    kind = (
-        value.get("kind", "table") if isinstance(value, dict) else getattr(value, "kind", "table")
-    )
-    return "json_lines" if kind == "json_lines" else "table"
+def _by_kind(table: type[StrictModel], files: type[StrictModel]) -> PlainValidator:
+    """A source section validated as ``table`` (``kind: table``, the default) or as ``files``
+    (``kind: json_lines``); errors are located at the section's keys, as any other section's
+    (a discriminated union would put the kind in front of them)."""
+
+    def validate(value: Any) -> StrictModel:
+        if isinstance(value, (table, files)):
+            return value
+        kind = value.get("kind", "table") if isinstance(value, dict) else "table"
+        if kind not in ("table", "json_lines"):
+            raise ValueError(f"kind: expected table or json_lines, got {kind!r}")
+        return (files if kind == "json_lines" else table).model_validate(value)
+
+    return PlainValidator(validate)
 
 
 RequestSource = Annotated[
-    Annotated[RequestLogsSource, Tag("table")] | Annotated[JsonLinesSource, Tag("json_lines")],
-    Discriminator(_source_kind),
+    RequestLogsSource | JsonLinesSource, _by_kind(RequestLogsSource, JsonLinesSource)
 ]
-JobSource = Annotated[
-    Annotated[JobsSource, Tag("table")] | Annotated[JobsJsonLinesSource, Tag("json_lines")],
-    Discriminator(_source_kind),
-]
+JobSource = Annotated[JobsSource | JobsJsonLinesSource, _by_kind(JobsSource, JobsJsonLinesSource)]
 
 
 class SourcesSettings(StrictModel):

@@ -114,7 +114,8 @@ def instance_check(home, connect_timeout):
     default=None,
     help="Write the requests and error logs as JSON-lines files under this (existing) directory "
     "instead "
-    "(pino, winston and reference shapes, rotated daily); no database is touched.",
+    "(pino, winston and reference shapes, rotated daily), and the jobs as jobs.log (pino, "
+    "winston); no database is touched.",
 )
 def seed(
     database_url,
@@ -135,8 +136,9 @@ def seed(
 
         written = write_log_files(log_files, requests=requests, days=days, seed=random_seed)
         click.echo(
-            f"wrote {written.requests:,} requests and {written.errors:,} error lines in "
-            f"{written.files} files under {log_files} (pino/, winston/, reference/; "
+            f"wrote {written.requests:,} requests, {written.errors:,} error lines and "
+            f"{written.jobs:,} jobs in {written.files} files under {log_files} "
+            f"(pino/, winston/, reference/; jobs.log in pino/ and winston/; "
             f"{written.start:%Y-%m-%d %H:%M} .. {written.now:%Y-%m-%d %H:%M} UTC)"
         )
         return

@@ -23,10 +23,13 @@ import pytest
 from analytics.config_check import check_analytics
 from analytics.logs.generate import JOB_PRESET_NAMES, JobRun, job_lines, request_lines
 from analytics.logs.manifest import LogSourceError
+from analytics.logs.seed import write_log_files
 from analytics.rollups.jobs import refresh_jobs
 from analytics.rollups.requests import refresh_requests_from_log_files
 from analytics.settings import parse_analytics_settings
 from housekeeping.config import load_config
+from housekeeping.database import AppDatabase
+from housekeeping.demo.seed import seed_database
 from tests.analytics.test_log_files import make_requests
 from tests.support.analytics_data import (
     NOW,
@@ -171,6 +174,12 @@ def test_job_hours_from_log_files_equal_those_from_the_same_jobs_in_a_table(
 
     assert len(expected) > 60
     assert published == expected
+    # the ids, e-mails and user ids job lines carry are never staged
+    for path in (tmp_path / "from_logs").rglob("*.parquet"):
+        dumped = json.dumps(
+            duckdb.sql(f"SELECT * FROM read_parquet('{path}')").fetchall(), default=str
+        )
+        assert "jane.doe@example.com" not in dumped and "user-48213" not in dumped, path
     # the retried failure and the stuck job as the table has them
     rows = {(row[0], row[1], row[2]): row for row in published}
     assert rows[(START.replace(tzinfo=None), "email", "digest")][6] >= 1  # retried
@@ -374,12 +383,12 @@ def test_a_job_source_needs_a_preset_or_the_fields_that_place_a_job(tmp_path):
                 }
             }
         )
-    with pytest.raises(
-        Exception, match=r"analytics.sources.jobs.json_lines.format: Input should be"
-    ):
+    with pytest.raises(Exception, match=r"analytics.sources.jobs.format: Input should be"):
         parse_analytics_settings(
             {"sources": {"jobs": {"kind": "json_lines", "path": "/x/*", "format": "bunyan"}}}
         )
+    with pytest.raises(Exception, match=r"analytics.sources.jobs: kind: expected table or json"):
+        parse_analytics_settings({"sources": {"jobs": {"kind": "csv"}}})
     # the table kind is still the default and still accepted by name
     settings = parse_analytics_settings({"sources": {"jobs": {"kind": "table", "table": "jobs"}}})
     assert settings.sources.jobs.table.name == "jobs"
@@ -418,3 +427,31 @@ def test_config_check_counts_the_job_log_files_and_does_not_ask_for_a_jobs_table
         f"({tmp_path}/nowhere/jobs.log*)"
     ]
     db.dispose()
+
+
+def test_hk_seed_log_files_writes_the_jobs_of_the_table_as_job_logs(tmp_path, sqlite_url):
+    now = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
+    written = write_log_files(tmp_path / "fixed", requests=3000, days=2, seed=7, now=now)
+    seed_database(sqlite_url, tokens=10, requests=3000, days=2, seed=7, now=now)
+    db = AppDatabase(sqlite_url)
+    start, end = (now - timedelta(days=3)).replace(minute=0), now + H
+    counters = "hour, queue, name, created, completed, failed, retried, backlog, stuck"
+    table_settings = make_settings(tmp_path / "from_table")
+    table_store = make_store(table_settings)
+    refresh_jobs(db, table_store, table_settings, start, end, now)
+    publish(table_store, table_settings)
+    db.dispose()
+    expected = query(table_settings, f"SELECT {counters} FROM jobs_hourly ORDER BY ALL")
+    assert int(expected.created.sum()) == written.jobs > 0
+    for shape in JOB_PRESET_NAMES:
+        settings = log_settings(
+            tmp_path / shape, shape, path=str(tmp_path / "fixed" / shape / "jobs.log*")
+        )
+        store = make_store(settings)
+        refresh_jobs(None, store, settings, start, end, now)
+        publish(store, settings)
+        got = query(settings, f"SELECT {counters} FROM jobs_hourly ORDER BY ALL")
+        # the lines' times are whole milliseconds: counts are exact, durations are not compared
+        assert got.equals(expected), shape
+    files = sorted(path.name for path in (tmp_path / "fixed" / "pino").glob("jobs.log*"))
+    assert files == ["jobs.log", "jobs.log.1", "jobs.log.2.gz"]
