@@ -197,7 +197,7 @@ def refresh_jobs_from_log_files(
             f"WHERE created_at < {timestamp_literal(end)} AND (finished_at IS NULL "
             f"OR finished_at >= {timestamp_literal(start)})"
         )
-        rows_read, kept, partitions, rows_written, preview = publish_job_hours(
+        rows_read, _, partitions, rows_written, preview = publish_job_hours(
             connection,
             store,
             settings,
@@ -218,13 +218,6 @@ def refresh_jobs_from_log_files(
         rows_written,
         time.perf_counter() - started,
         preview,
-        kept_from_published=kept,
-        kept_reason=(
-            f"{kept} hour(s) had fewer jobs in the staged log lines than published; kept the "
-            "published hours"
-            if kept
-            else ""
-        ),
         rows_without_timestamp=ingested.lines.get("missing_timestamp", 0)
         + ingested.lines.get("bad_timestamp", 0),
     )
