@@ -17,7 +17,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import duckdb
-import numpy as np
 import pytest
 
 from analytics.config_check import check_analytics
@@ -40,6 +39,7 @@ from tests.support.analytics_data import (
     make_store,
     publish,
     query,
+    random_jobs,
 )
 
 H = timedelta(hours=1)
@@ -48,13 +48,7 @@ START = datetime(2026, 11, 20, 8, 0, tzinfo=UTC)  # NOW is 12:30
 END = START + 5 * H
 
 
-def ms(value: float) -> timedelta:
-    """Whole milliseconds: the precision both log shapes write."""
-    return timedelta(milliseconds=int(value * 1000))
-
-
 def generated_jobs(count: int, seed: int) -> list[JobRun]:
-    rng = np.random.default_rng(seed)
     jobs = [
         # hand-made edges: a retried failure, a job waiting across hours, a stuck one, one
         # queued and started in the same millisecond, one finished in the current hour
@@ -65,29 +59,17 @@ def generated_jobs(count: int, seed: int) -> list[JobRun]:
         JobRun("z1", "email", "welcome", "completed", START + 7 * M, START + 7 * M, START + 8 * M),
         JobRun("c1", "reports", "weekly", "completed", START + 3 * H, START + 3 * H + M, NOW - M),
     ]
-    for index in range(count):
-        created = START + ms(float(rng.uniform(0, 4 * 3600)))
-        status = str(
-            rng.choice(["completed", "failed", "waiting", "active"], p=[0.7, 0.1, 0.1, 0.1])
-        )
-        started = created + ms(float(rng.exponential(60))) if status != "waiting" else None
-        finished = (
-            started + ms(float(rng.exponential(30)))
-            if status in ("completed", "failed") and started is not None
-            else None
-        )
-        if finished is not None and finished >= NOW:
-            finished, status = None, "active"
+    for index, row in enumerate(random_jobs(count, seed, START, NOW, timedelta(milliseconds=1))):
         jobs.append(
             JobRun(
                 f"{index}",
-                f"q{index % 3}",
-                f"n{index % 5}",
-                status,
-                created,
-                started,
-                finished,
-                int(rng.integers(1, 4)),
+                row["queue"],
+                row["name"],
+                row["status"],
+                row["created_at"],
+                row["started_at"],
+                row["finished_at"],
+                row["attempts"],
             )
         )
     return jobs
