@@ -20,7 +20,13 @@ from analytics.rollups.cleaned_up import primary_key
 from analytics.rollups.jobs import jobs_source
 from analytics.rollups.requests import request_logs_source
 from analytics.rollups.token_revocations import revoked_tokens_source
-from analytics.settings import AnalyticsSettings, JsonLinesSource, analytics_settings
+from analytics.settings import (
+    AnalyticsSettings,
+    JobsJsonLinesSource,
+    JsonLinesSource,
+    LogFilesSource,
+    analytics_settings,
+)
 from housekeeping.config import HousekeepingConfig
 from housekeeping.database import AppDatabase
 from housekeeping.errors import HkError
@@ -40,14 +46,13 @@ def sources(
 ) -> list[Source]:
     """Every source a rollup reads, as ``analytics.sources`` maps it."""
     token_table = settings.sources.revoked_tokens.table
-    tables = (
-        []
-        if isinstance(settings.sources.request_logs, JsonLinesSource)
-        else [request_logs_source(settings)]
-    )
+    tables = []
+    if not isinstance(settings.sources.request_logs, JsonLinesSource):
+        tables.append(request_logs_source(settings))
+    if not isinstance(settings.sources.jobs, JobsJsonLinesSource):
+        tables.append(jobs_source(settings))
     return [
         *tables,
-        jobs_source(settings),
         api_usage_source(settings),
         revoked_tokens_source(settings, primary_key(db, config, token_table)),
     ]
@@ -64,15 +69,13 @@ def check_analytics(
     except HkError as exc:
         report.problems.extend(str(exc).splitlines())
         return report
-    logs = settings.sources.request_logs
-    if isinstance(logs, JsonLinesSource):
-        try:
-            files = log_files(logs)
-            report.ok.append(
-                f"analytics.sources.request_logs: {len(files)} log file(s) match {logs.path}"
-            )
-        except HkError as exc:
-            report.problems.append(str(exc))
+    for logs in (settings.sources.request_logs, settings.sources.jobs):
+        if isinstance(logs, LogFilesSource):
+            try:
+                files = log_files(logs)
+                report.ok.append(f"{logs.config_key}: {len(files)} log file(s) match {logs.path}")
+            except HkError as exc:
+                report.problems.append(str(exc))
     if db is None:
         return report
     for mapped in sources(db, config, settings):

@@ -228,13 +228,19 @@ LOG_INGEST_ERRORS = Dataset(
         Column(
             "reason",
             "VARCHAR",
-            "request, error (an error-level line), other (neither), or what made a line bad: "
-            "malformed_json, "
+            "request, error (an error-level line), job (a job lifecycle line), other (none of "
+            "them), or what made a line bad: malformed_json, "
             "not_an_object, invalid_encoding, control_characters, line_too_long, "
-            "missing_timestamp, bad_timestamp, damaged_gzip",
+            "missing_timestamp, bad_timestamp, damaged_gzip, missing_job_id",
         ),
         Column("lines", "BIGINT", "lines of that file and reason read in the hour"),
         Column("bad", "BOOLEAN", "the reason makes the line bad (not counted in any rollup)"),
+        Column(
+            "source",
+            "VARCHAR",
+            "the log source that read them: request_logs or jobs (a file both read is counted "
+            "by each)",
+        ),
     ),
 )
 

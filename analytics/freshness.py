@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from analytics.extract import SourceError
+from analytics.logs.manifest import LogSourceError
 from analytics.publish import RollupStore
 from analytics.rollups.engine import HOUR, RollupResult, floor_hour, floor_minute
 from analytics.rollups.jobs import refresh_jobs
@@ -83,13 +84,14 @@ def refresh_recent_jobs(
 
     Hours of jobs are cheap (one pass over the jobs table, which job retention keeps small), so
     the sensor finalises them itself: backlog and stuck snapshots stay as fresh as the requests.
-    Without a jobs table (not every application has one) this says so and does nothing.
+    Without a jobs table (not every application has one), or with job log files it cannot read,
+    this says so and does nothing.
     """
     now = now.astimezone(UTC)
     start = floor_hour(now - settings.late_row_grace)
     try:
         result = refresh_jobs(db, store, settings, start, floor_hour(now) + HOUR, now)
-    except SourceError as exc:
+    except (SourceError, LogSourceError) as exc:
         return f"jobs rollup skipped: {exc}"
     return f"jobs from {result.start:%H:%M} UTC ({result.rows_read:,} jobs, {result.seconds:.2f} s)"
 

@@ -9,11 +9,17 @@ from __future__ import annotations
 
 from datetime import date, timedelta
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import Discriminator, Field, Tag, model_validator
+from pydantic import Field, PlainValidator, model_validator
 
 from analytics.logs.formats import FieldMapping, PresetName, resolved_mapping
+from analytics.logs.job_formats import (
+    REQUIRED_JOB_FIELDS,
+    JobFieldMapping,
+    JobPresetName,
+    resolved_job_mapping,
+)
 from housekeeping.config import HousekeepingConfig, parse_section
 from housekeeping.config_types import (
     Identifier,
@@ -30,6 +36,8 @@ from housekeeping.sql import TableName
 class RequestLogsSource(TableSection):
     """One HTTP request per row."""
 
+    # json_lines instead: read from log files (JsonLinesSource, JobsJsonLinesSource).
+    kind: Literal["table"] = "table"
     table: TableRef = TableName("request_logs")
     # The zone whose wall clock naive timestamp columns hold (timestamptz ones hold instants).
     timezone: TimeZone = "UTC"
@@ -46,6 +54,8 @@ class RequestLogsSource(TableSection):
 class JobsSource(TableSection):
     """One background job per row (BullMQ/Sidekiq-style statuses)."""
 
+    # json_lines instead: read from log files (JsonLinesSource, JobsJsonLinesSource).
+    kind: Literal["table"] = "table"
     table: TableRef = TableName("jobs")
     # The zone whose wall clock naive timestamp columns hold (timestamptz ones hold instants).
     timezone: TimeZone = "UTC"
@@ -86,23 +96,30 @@ class RevokedTokensSource(TableSection):
     expires_at: Identifier = "expires_at"
 
 
-class JsonLinesSource(StrictModel):
-    """Requests read from JSON-lines log files instead of a table (analytics/logs/).
+class LogFilesSource(StrictModel):
+    """What every source read from JSON-lines log files has (analytics/logs/): ``path`` is a glob
+    (``/var/log/app/access.log*``: rotated and ``.gz`` files included)."""
 
-    ``path`` is a glob (``/var/log/app/access.log*``: rotated and ``.gz`` files included);
-    ``format`` a preset (analytics/logs/formats.py) and/or ``fields`` a mapping laid over it.
-    """
-
+    # The config key errors name (log_files).
+    config_key: ClassVar[str] = "analytics.sources.request_logs"
     kind: Literal["json_lines"]
     path: str = Field(min_length=1)
-    format: PresetName | None = None
-    fields: FieldMapping | None = None
     # The zone of ISO timestamps written without an offset.
     timezone: TimeZone = "UTC"
     # A longer line is counted as bad (line_too_long), never parsed.
     max_line_bytes: int = Field(default=1 << 20, ge=1024, le=64 << 20)
     # A file modified this recently may still be written (a .gz being compressed): wait for it.
     settle: NonNegativeDuration = timedelta(seconds=60)
+
+
+class JsonLinesSource(LogFilesSource):
+    """Requests read from JSON-lines log files instead of a table (analytics/logs/).
+
+    ``format`` a preset (analytics/logs/formats.py) and/or ``fields`` a mapping laid over it.
+    """
+
+    format: PresetName | None = None
+    fields: FieldMapping | None = None
 
     @model_validator(mode="after")
     def _mapped(self) -> JsonLinesSource:
@@ -120,22 +137,58 @@ class JsonLinesSource(StrictModel):
         return resolved_mapping(self.format, self.fields)
 
 
-def _request_source_kind(value: Any) -> str:
-    kind = (
-        value.get("kind", "table") if isinstance(value, dict) else getattr(value, "kind", "table")
-    )
-    return "json_lines" if kind == "json_lines" else "table"
+class JobsJsonLinesSource(LogFilesSource):
+    """Job lifecycle lines read from JSON-lines log files instead of a jobs table
+    (analytics/logs/jobs.py): ``format`` a job preset (analytics/logs/job_formats.py) and/or
+    ``fields`` a job mapping laid over it."""
+
+    config_key: ClassVar[str] = "analytics.sources.jobs"
+    format: JobPresetName | None = None
+    fields: JobFieldMapping | None = None
+
+    @model_validator(mode="after")
+    def _mapped(self) -> JobsJsonLinesSource:
+        if self.format is None and self.fields is None:
+            raise ValueError("set format (pino, winston) or fields")
+        mapping = resolved_job_mapping(self.format, self.fields)
+        missing = [key for key in REQUIRED_JOB_FIELDS if getattr(mapping, key) is None]
+        if missing:
+            raise ValueError(f"fields: set {', '.join(missing)} (no format preset gives them)")
+        if not (mapping.completed_states or mapping.failed_states):
+            raise ValueError("fields: set completed_states or failed_states")
+        return self
+
+    @property
+    def mapping(self) -> JobFieldMapping:
+        """The preset with ``fields`` laid over it."""
+        return resolved_job_mapping(self.format, self.fields)
+
+
+def _by_kind(table: type[StrictModel], files: type[StrictModel]) -> PlainValidator:
+    """A source section validated as ``table`` (``kind: table``, the default) or as ``files``
+    (``kind: json_lines``); errors are located at the section's keys, as any other section's
+    (a discriminated union would put the kind in front of them)."""
+
+    def validate(value: Any) -> StrictModel:
+        if isinstance(value, (table, files)):
+            return value
+        kind = value.get("kind", "table") if isinstance(value, dict) else "table"
+        if kind not in ("table", "json_lines"):
+            raise ValueError(f"kind: expected table or json_lines, got {kind!r}")
+        return (files if kind == "json_lines" else table).model_validate(value)
+
+    return PlainValidator(validate)
 
 
 RequestSource = Annotated[
-    Annotated[RequestLogsSource, Tag("table")] | Annotated[JsonLinesSource, Tag("json_lines")],
-    Discriminator(_request_source_kind),
+    RequestLogsSource | JsonLinesSource, _by_kind(RequestLogsSource, JsonLinesSource)
 ]
+JobSource = Annotated[JobsSource | JobsJsonLinesSource, _by_kind(JobsSource, JobsJsonLinesSource)]
 
 
 class SourcesSettings(StrictModel):
     request_logs: RequestSource = RequestLogsSource()
-    jobs: JobsSource = JobsSource()
+    jobs: JobSource = JobsSource()
     api_usage: ApiUsageSource = ApiUsageSource()
     revoked_tokens: RevokedTokensSource = RevokedTokensSource()
 

@@ -114,7 +114,8 @@ def instance_check(home, connect_timeout):
     default=None,
     help="Write the requests and error logs as JSON-lines files under this (existing) directory "
     "instead "
-    "(pino, winston and reference shapes, rotated daily); no database is touched.",
+    "(pino, winston and reference shapes, rotated daily), and the jobs as jobs.log (pino, "
+    "winston); no database is touched.",
 )
 def seed(
     database_url,
@@ -135,8 +136,9 @@ def seed(
 
         written = write_log_files(log_files, requests=requests, days=days, seed=random_seed)
         click.echo(
-            f"wrote {written.requests:,} requests and {written.errors:,} error lines in "
-            f"{written.files} files under {log_files} (pino/, winston/, reference/; "
+            f"wrote {written.requests:,} requests, {written.errors:,} error lines and "
+            f"{written.jobs:,} jobs in {written.files} files under {log_files} "
+            f"(pino/, winston/, reference/; jobs.log in pino/ and winston/; "
             f"{written.start:%Y-%m-%d %H:%M} .. {written.now:%Y-%m-%d %H:%M} UTC)"
         )
         return
@@ -350,12 +352,22 @@ def _cutoff_reading(name, checked) -> str:
 @click.option("--tokens", default=20_000, show_default=True)
 @click.option("--requests", default=100_000, show_default=True)
 @click.option("--days", default=120, show_default=True)
+@click.option(
+    "--log-files",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Also write the demo's request logs, error logs and jobs as JSON-lines files under this "
+    "(existing, writable) directory and run the demo's rollups from them.",
+)
 @click.pass_context
-def demo(ctx, tokens, requests, days):
+def demo(ctx, tokens, requests, days, log_files):
     """Seed the demo database (first time), add the last 2 h of live traffic (with an incident
-    when the last 24 h have none), run the housekeeping job once through Dagster, report."""
+    when the last 24 h have none), run the housekeeping job once through Dagster, report.
+    With --log-files DIR, the rollups read the demo's traffic from log files written to DIR."""
     if ctx.invoked_subcommand is not None:
         return
+    if log_files is not None:
+        _check_log_files_directory(log_files)
     from housekeeping.dagster_runs import open_instance
     from housekeeping.demo.seed import seed_database
     from housekeeping.history import RunHistory
@@ -427,6 +439,8 @@ def demo(ctx, tokens, requests, days):
         warnings = "; ".join(failed_checks.get(name, [])) or "all checks passed"
         click.echo(f"  {name:<22} {health.status:<9} {warnings}")
     history.dispose()
+    if log_files is not None:
+        _demo_on_log_files(log_files, url)
     rolled_up = _demo_rollups(defs, instance)
     _demo_lifecycle(incident)
     _demo_alerts()
@@ -508,6 +522,58 @@ def _demo_rollups(defs, instance) -> bool:
         f" (or open {settings.database_path} read-only with DuckDB)"
     )
     return True
+
+
+def _check_log_files_directory(directory: Path) -> None:
+    """``hk demo --log-files DIR``: DIR must be an existing directory this user can write, found
+    out before the demo's first side effect."""
+    if not directory.exists():
+        raise click.ClickException(f"--log-files: {directory} does not exist; create it first")
+    if not directory.is_dir():
+        raise click.ClickException(f"--log-files: {directory} is not a directory")
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise click.ClickException(f"--log-files: cannot write to {directory} (permission denied)")
+
+
+def _demo_on_log_files(directory: Path, url: str) -> None:
+    """Write the demo database's request logs, error logs and jobs into ``directory`` (what is
+    new since the last demo, after the first) and point the rest of the demo at them: a copy of
+    the config file whose request and job sources are the pino files
+    (``var/hk-demo-log-files.yaml``), named by HK_CONFIG for this process."""
+    from datetime import UTC, datetime
+
+    import yaml
+
+    from analytics.logs.seed import export_log_files
+
+    db = AppDatabase(url)
+    try:
+        written = export_log_files(directory, db, datetime.now(UTC))
+    finally:
+        db.dispose()
+    click.echo("")
+    click.echo(
+        f"Log files: wrote {written.requests:,} requests, {written.errors:,} error lines and "
+        f"the jobs' lifecycle lines under {directory} (pino/, winston/, reference/); the "
+        "rollups below read pino/access.log* and pino/jobs.log*"
+    )
+    data = yaml.safe_load(config_path().read_text(encoding="utf-8")) or {}
+    analytics = data.setdefault("analytics", None) or {}
+    data["analytics"] = analytics
+    sources = analytics.setdefault("sources", None) or {}
+    analytics["sources"] = sources
+    # The files were written before this read: no need to wait for them to settle.
+    for key, stem in (("request_logs", "access.log"), ("jobs", "jobs.log")):
+        sources[key] = {
+            "kind": "json_lines",
+            "path": str((directory / "pino" / f"{stem}*").resolve()),
+            "format": "pino",
+            "settle": "0s",
+        }
+    derived = Path("var") / "hk-demo-log-files.yaml"
+    derived.parent.mkdir(parents=True, exist_ok=True)
+    derived.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+    os.environ["HK_CONFIG"] = str(derived.resolve())
 
 
 def _demo_partitions_start() -> None:

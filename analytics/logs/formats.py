@@ -40,7 +40,7 @@ _PATH = re.compile(r"^[A-Za-z_@$][A-Za-z0-9_@$\-]*(\.[A-Za-z_@$][A-Za-z0-9_@$\-]
 _UNIT_MS = {"ns": 0.000001, "us": 0.001, "µs": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}
 
 
-def _valid_path(value: str) -> str:
+def valid_path(value: str) -> str:
     if not _PATH.match(value):
         raise ValueError(
             f"{value!r} is not a dotted field path (letters, digits, _ - @ $, parts joined by '.')"
@@ -76,9 +76,9 @@ class FieldMapping(StrictModel):
         for key in ("timestamp", "method", "route", "status", "duration", "select", "level"):
             value = getattr(self, key)
             if value is not None:
-                _valid_path(value)
+                valid_path(value)
         if self.error_name is not None:
-            _valid_path(self.error_name)
+            valid_path(self.error_name)
 
 
 PRESETS: dict[str, FieldMapping] = {

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 PRESET_NAMES = ("pino", "winston", "bunyan", "reference")
 
@@ -169,3 +169,83 @@ def error_line(preset: str, moment: datetime, url: str, name: str, message: str)
             "body": {"email": "jane.doe@example.com"},
         }
     )
+
+
+JOB_PRESET_NAMES = ("pino", "winston")
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+@dataclass(frozen=True)
+class JobRun:
+    """One background job as a jobs table row holds it: id, queue, name, status (waiting,
+    delayed, active, completed, failed), created/started/finished (aware or None), attempts."""
+
+    job_id: str
+    queue: str
+    name: str
+    status: str
+    created: datetime
+    started: datetime | None = None
+    finished: datetime | None = None
+    attempts: int = 1
+
+
+def job_line(
+    preset: str,
+    job: JobRun,
+    moment: datetime,
+    state: str,
+    duration_ms: float | None = None,
+) -> str:
+    """The line a job leaves in a log of ``preset``'s shape when it reaches ``state``
+    (queued, started, completed, failed) at ``moment``; ValueError for another preset."""
+    millis = (moment - _EPOCH) // timedelta(milliseconds=1)
+    if preset == "pino":
+        line = {
+            "level": 50 if state == "failed" else 30,
+            "time": millis,
+            "pid": 4242,
+            "hostname": "worker-1",
+            "queue": job.queue,
+            "jobId": job.job_id,
+            "jobName": job.name,
+            "phase": state,
+            "attempt": job.attempts,
+            "data": {"userId": "user-48213", "email": "jane.doe@example.com"},
+            "msg": f"job {job.name} {state}",
+        }
+        if duration_ms is not None:
+            line["totalDuration"] = f"{duration_ms / 1000:.3f}s"
+        return json.dumps(line, separators=(",", ":"))
+    if preset == "winston":
+        line = {
+            "level": "error" if state == "failed" else "info",
+            "message": f"Job {job.name} {state}",
+            "timestamp": _iso(moment),
+            "category": "jobs",
+            "jobId": job.job_id,
+            "jobName": job.name,
+            "queue": job.queue,
+            "status": state,
+            "attempt": job.attempts,
+        }
+        if duration_ms is not None:
+            line["duration"] = duration_ms
+        return json.dumps(line)
+    raise ValueError(f"unknown job log preset {preset!r}; known: {', '.join(JOB_PRESET_NAMES)}")
+
+
+def job_lines(preset: str, job: JobRun) -> list[tuple[datetime, str]]:
+    """The (moment, line) pairs ``job`` leaves in a log of ``preset``'s shape: queued when
+    created, started, and completed or failed (with its duration) when it finished."""
+    lines = [(job.created, job_line(preset, job, job.created, "queued"))]
+    if job.started is not None:
+        lines.append((job.started, job_line(preset, job, job.started, "started")))
+    if job.finished is not None and job.status in ("completed", "failed"):
+        duration = (
+            (job.finished - job.started) / timedelta(milliseconds=1)
+            if job.started is not None
+            else None
+        )
+        lines.append((job.finished, job_line(preset, job, job.finished, job.status, duration)))
+    return lines

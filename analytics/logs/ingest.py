@@ -32,9 +32,11 @@ from __future__ import annotations
 import glob
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import duckdb
 
@@ -57,7 +59,7 @@ from analytics.logs.manifest import (
 )
 from analytics.publish import RollupStore, hour_key
 from analytics.rollups.engine import duckdb_session, floor_hour, replace_dataset_partition
-from analytics.settings import JsonLinesSource
+from analytics.settings import JsonLinesSource, LogFilesSource
 from housekeeping.sql import sql_string
 
 STAGED_COLUMNS = (
@@ -83,6 +85,7 @@ BAD_REASONS = (
     "missing_timestamp",
     "bad_timestamp",
     "damaged_gzip",
+    "missing_job_id",
 )
 # DuckDB's CSV reject types -> our reasons.
 _REJECT_REASONS = {
@@ -146,7 +149,7 @@ def source_directory(root: Path, name: str = "request_logs") -> Path:
     return root / ".logs" / name
 
 
-def log_files(source: JsonLinesSource) -> list[Path]:
+def log_files(source: LogFilesSource) -> list[Path]:
     """The regular files ``source.path`` matches, sorted; ``LogSourceError`` naming the
     directory or file when one cannot be read (a missing directory too)."""
     pattern = os.path.expanduser(source.path)
@@ -155,12 +158,11 @@ def log_files(source: JsonLinesSource) -> list[Path]:
         folder = folder.parent
     if not folder.is_dir():
         raise LogSourceError(
-            f"analytics.sources.request_logs.path: {folder} is not a directory ({source.path})"
+            f"{source.config_key}.path: {folder} is not a directory ({source.path})"
         )
     if not os.access(folder, os.R_OK | os.X_OK):
         raise LogSourceError(
-            f"analytics.sources.request_logs.path: cannot read directory {folder} "
-            "(permission denied)"
+            f"{source.config_key}.path: cannot read directory {folder} (permission denied)"
         )
     files = []
     for name in sorted(glob.glob(pattern)):
@@ -304,16 +306,14 @@ def _plan(
     return slices, states, damaged
 
 
-def _lines_sql(slices: list[Slice], source: JsonLinesSource) -> str:
-    """A SELECT of one row per line read: its slice, outcome and mapped fields (STAGED_COLUMNS).
-
-    Each line is parsed once (``json_extract_string`` of every mapped path); the outcome is
-    ``request`` (a line ``select`` picks), ``error`` (a line whose ``level`` is one of
-    ``error_levels``, not a request), ``other``, ``blank`` or a bad reason. ``error_name`` is
-    set on every error-level line (a request logged at error level is both).
-    """
-    mapping = source.mapping
-    keys = ["timestamp", "route", "method", "status", "duration", "select", "error_name", "level"]
+def parsed_lines_sql(
+    slices: list[Slice], source: LogFilesSource, mapping: Any, keys: list[str]
+) -> tuple[str, Callable[[str], str], str]:
+    """The start of a line SELECT over ``slices``: ``WITH raw AS (slice, line), fields AS
+    (slice, line, v)``, where ``v`` holds the values (JSON scalar text) of the paths ``mapping``
+    gives ``keys`` (each line parsed once; NULL for a line that is not JSON); ``value(key)``,
+    the SQL of one key's value (NULL when not mapped); and the SQL of "the mapping's ``select``
+    picks this line" (``select`` present, equal to ``select_value`` when that is set)."""
     paths: list[str] = []
     for key in keys:
         path = getattr(mapping, key)
@@ -329,15 +329,7 @@ def _lines_sql(slices: list[Slice], source: JsonLinesSource) -> str:
     selected = f"{value('select')} IS NOT NULL"
     if mapping.select_value is not None:
         selected += f" AND {value('select')} = {sql_string(mapping.select_value)}"
-    selected = f"coalesce({selected}, false)"
-    if mapping.level is not None and mapping.error_levels:
-        levels = ", ".join(sql_string(level) for level in mapping.error_levels)
-        is_error = f"coalesce({value('level')} IN ({levels}), false)"
-    else:
-        is_error = "false"
-    timestamp = timestamp_sql(value("timestamp"), mapping.timestamp_format, source.timezone)
-    return f"""
-        WITH raw AS (
+    parsed = f"""WITH raw AS (
             SELECT file_index AS slice, line
             FROM read_csv([{files}], columns = {{'line': 'VARCHAR'}}, header = false,
                 delim = E'\\x1f', quote = '', escape = '', new_line = '\\n',
@@ -346,7 +338,29 @@ def _lines_sql(slices: list[Slice], source: JsonLinesSource) -> str:
         ), fields AS (
             -- one parse a line; TRY: NULL for a line that is not JSON
             SELECT slice, line, TRY(json_extract_string(line, [{path_list}])) AS v FROM raw
-        ), typed AS (
+        )"""
+    return parsed, value, f"coalesce({selected}, false)"
+
+
+def _lines_sql(slices: list[Slice], source: JsonLinesSource) -> str:
+    """A SELECT of one row per line read: its slice, outcome and mapped fields (STAGED_COLUMNS).
+
+    Each line is parsed once (``json_extract_string`` of every mapped path); the outcome is
+    ``request`` (a line ``select`` picks), ``error`` (a line whose ``level`` is one of
+    ``error_levels``, not a request), ``other``, ``blank`` or a bad reason. ``error_name`` is
+    set on every error-level line (a request logged at error level is both).
+    """
+    mapping = source.mapping
+    keys = ["timestamp", "route", "method", "status", "duration", "select", "error_name", "level"]
+    parsed, value, selected = parsed_lines_sql(slices, source, mapping, keys)
+    if mapping.level is not None and mapping.error_levels:
+        levels = ", ".join(sql_string(level) for level in mapping.error_levels)
+        is_error = f"coalesce({value('level')} IN ({levels}), false)"
+    else:
+        is_error = "false"
+    timestamp = timestamp_sql(value("timestamp"), mapping.timestamp_format, source.timezone)
+    return f"""
+        {parsed}, typed AS (
             SELECT *, {timestamp} AS ts, {selected} AS selected, {is_error} AS is_error
             FROM fields
         )
@@ -375,11 +389,25 @@ def _lines_sql(slices: list[Slice], source: JsonLinesSource) -> str:
     """
 
 
+@dataclass(frozen=True)
+class LineShape:
+    """What a source stages of its lines: ``sql(slices, source)``, the SELECT of one row per
+    line (``slice``, ``outcome``, then ``columns``), and the outcomes kept as staged rows."""
+
+    sql: Callable[[list[Slice], Any], str]
+    columns: tuple[tuple[str, str], ...]
+    outcomes: tuple[str, ...]
+
+
+REQUEST_LINES = LineShape(_lines_sql, STAGED_COLUMNS, ("request", "error"))
+
+
 def _stage(
     connection: duckdb.DuckDBPyConnection,
     slices: list[Slice],
     source: JsonLinesSource,
     target: Path,
+    shape: LineShape = REQUEST_LINES,
 ) -> list[tuple[str, str]]:
     """Write the slices' lines to ``target`` (Parquet, STAGED_COLUMNS plus slice and outcome);
     a .gz DuckDB cannot decompress is left out and returned as damaged (the others are read
@@ -388,7 +416,7 @@ def _stage(
     while slices:
         try:
             connection.execute(
-                f"COPY ({_lines_sql(slices, source)}) TO {sql_string(str(target))} "
+                f"COPY ({shape.sql(slices, source)}) TO {sql_string(str(target))} "
                 "(FORMAT parquet, COMPRESSION zstd)"
             )
             return damaged
@@ -401,7 +429,7 @@ def _stage(
                 raise
             damaged.append((str(bad.file), "damaged_gzip"))
             slices.remove(bad)
-    columns = ", ".join(f"NULL::{kind} AS {name}" for name, kind in STAGED_COLUMNS)
+    columns = ", ".join(f"NULL::{kind} AS {name}" for name, kind in shape.columns)
     connection.execute(
         f"COPY (SELECT NULL::BIGINT AS slice, NULL::VARCHAR AS outcome, {columns} WHERE false) "
         f"TO {sql_string(str(target))} (FORMAT parquet)"
@@ -452,6 +480,7 @@ def _stage_tick(
     now: datetime,
     seq: int,
     in_place: bool,
+    shape: LineShape = REQUEST_LINES,
 ) -> _Tick | None:
     """Plan (``_plan``) and stage the tick ``seq``: its rows (``staged/<seq>.parquet``) and line
     counts (``lines/<seq>.parquet``, filed under ``now``'s UTC hour). None when there is nothing
@@ -472,7 +501,7 @@ def _stage_tick(
         # other, so each row group's ts range stays narrow for the readers' pruning).
         connection.execute("SET preserve_insertion_order = false")
         staged = store.staged_file(seq)
-        damaged += _stage(connection, slices, source, staged)
+        damaged += _stage(connection, slices, source, staged, shape)
         if not all(_unchanged(piece) for piece in slices if piece.identity is not None):
             tick.changed = True
             return tick
@@ -520,7 +549,7 @@ def _stage_tick(
         )
         rows, tick.low, tick.high = connection.execute(
             f"SELECT count(*), min(ts), max(ts) FROM read_parquet({sql_string(str(staged))}) "
-            "WHERE outcome IN ('request', 'error')"
+            f"WHERE outcome IN ({', '.join(sql_string(o) for o in shape.outcomes)})"
         ).fetchone()
         tick.rows = int(rows)
         tick.lines = dict(
@@ -538,13 +567,17 @@ def _remove_copies(store: ManifestStore, slices: list[Slice]) -> None:
 
 
 def ingest_log_files(
-    directory: Path, source: JsonLinesSource, now: datetime | None = None
+    directory: Path,
+    source: LogFilesSource,
+    now: datetime | None = None,
+    shape: LineShape = REQUEST_LINES,
 ) -> IngestResult:
     """Stage the lines of ``source``'s files not staged before; one tick, exactly once.
 
     ``directory``: the source's state (``source_directory``). ``now`` (default: the clock) is
     the tick's instant: a file modified within ``source.settle`` of it may still be written, and
-    its line counts are filed under its UTC hour. Settled rotated plain files are read in place;
+    its line counts are filed under its UTC hour. ``shape``: what is staged (the request lines;
+    analytics/logs/jobs.py stages job lines). Settled rotated plain files are read in place;
     when one changes during the read, the tick is read again from copies. Raises
     ``LogSourceError`` for a directory or file that cannot be read (nothing is written then);
     bad lines are counted, never raised.
@@ -556,10 +589,10 @@ def ingest_log_files(
     with store.locked():
         manifest = store.load()
         seq = manifest.next_seq
-        tick = _stage_tick(manifest, store, source, now, seq, in_place=True)
+        tick = _stage_tick(manifest, store, source, now, seq, in_place=True, shape=shape)
         if tick is not None and tick.changed:
             _remove_copies(store, tick.slices)
-            tick = _stage_tick(manifest, store, source, now, seq, in_place=False)
+            tick = _stage_tick(manifest, store, source, now, seq, in_place=False, shape=shape)
         if tick is None:
             result.seconds = time.perf_counter() - started
             return result
@@ -620,31 +653,39 @@ def line_count_files(directory: Path) -> list[Path]:
     return [store.lines_file(chunk.seq) for chunk in manifest.chunks]
 
 
-def publish_line_counts(store: RollupStore, directory: Path, hour: datetime) -> str | None:
-    """Publish the ``log_ingest_errors`` partition of the UTC ``hour`` (every tick of that hour
-    summed per file and reason); returns its key, or None when no tick ran in the hour."""
-    path = directory / "manifest.json"
-    if not path.exists():
-        return None
-    manifest = Manifest.from_json(path.read_text())
+def log_source_directories(root: Path) -> list[Path]:
+    """Every log source's state directory under the analytics ``root`` (request_logs, jobs)."""
+    return sorted(path.parent for path in (root / ".logs").glob("*/manifest.json"))
+
+
+def publish_line_counts(store: RollupStore, hour: datetime) -> str | None:
+    """Publish the ``log_ingest_errors`` partition of the UTC ``hour``: every tick of that hour
+    of every log source (``log_source_directories``) summed per source, file and reason;
+    returns its key, or None when no tick ran in the hour."""
     wanted = floor_hour(hour).replace(tzinfo=None).isoformat()
-    files = [
-        ManifestStore(directory).lines_file(chunk.seq)
-        for chunk in manifest.chunks
-        if chunk.hour == wanted
-    ]
+    files: list[tuple[str, Path]] = []
+    for directory in log_source_directories(store.root):
+        manifest = Manifest.from_json((directory / "manifest.json").read_text())
+        files += [
+            (directory.name, ManifestStore(directory).lines_file(chunk.seq))
+            for chunk in manifest.chunks
+            if chunk.hour == wanted
+        ]
     if not files:
         return None
     key = hour_key(floor_hour(hour))
-    paths = "[" + ", ".join(sql_string(str(file)) for file in files) + "]"
+    parts = " UNION ALL ".join(
+        f"SELECT {sql_string(name)} AS source, * FROM read_parquet({sql_string(str(file))})"
+        for name, file in files
+    )
     bad = ", ".join(sql_string(reason) for reason in BAD_REASONS)
     with duckdb_session(store.root / ".tmp") as connection:
         connection.execute(
             f"CREATE TEMP TABLE counts AS SELECT {LOG_INGEST_ERRORS.select_list()} FROM ("
-            f"SELECT hour, file, reason, sum(lines) AS lines, reason IN ({bad}) AS bad "
-            f"FROM read_parquet({paths}) GROUP BY ALL)"
+            f"SELECT hour, file, reason, sum(lines) AS lines, reason IN ({bad}) AS bad, source "
+            f"FROM ({parts}) GROUP BY ALL)"
         )
         replace_dataset_partition(
-            connection, store, LOG_INGEST_ERRORS, key, "counts", "file, reason"
+            connection, store, LOG_INGEST_ERRORS, key, "counts", "source, file, reason"
         )
     return key

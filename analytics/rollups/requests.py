@@ -218,7 +218,7 @@ def refresh_requests_from_log_files(
     directory = source_directory(store.root)
     ingested = ingest_log_files(directory, source, now)
     if ingested.seq is not None:
-        publish_line_counts(store, directory, now or datetime.now(UTC))
+        publish_line_counts(store, now or datetime.now(UTC))
     refresh_log_errors(store, start, end)
     files = staged_files(directory, start, end)
     with duckdb_session(store.root / ".tmp") as connection:

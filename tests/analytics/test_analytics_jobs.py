@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-import numpy as np
 import pytest
 
 from analytics.alerts.metrics import MetricSource
@@ -21,6 +20,7 @@ from tests.support.analytics_data import (
     make_store,
     publish,
     query,
+    random_jobs,
 )
 
 H = timedelta(hours=1)
@@ -94,32 +94,7 @@ def test_hourly_outcomes_durations_backlog_and_stuck(app_url, tmp_path):
 
 
 def test_counts_match_the_raw_rows_on_generated_jobs(app_url, tmp_path):
-    rng = np.random.default_rng(7)
-    rows = []
-    for index in range(3000):
-        created = START + timedelta(seconds=float(rng.uniform(0, 4 * 3600)))
-        status = rng.choice(["completed", "failed", "waiting", "active"], p=[0.7, 0.1, 0.1, 0.1])
-        started = (
-            created + timedelta(seconds=float(rng.exponential(60))) if status != "waiting" else None
-        )
-        finished = (
-            started + timedelta(seconds=float(rng.exponential(30)))
-            if status in ("completed", "failed")
-            else None
-        )
-        if finished is not None and finished >= NOW:
-            finished, status = None, "active"
-        rows.append(
-            job(
-                f"q{index % 3}",
-                f"n{index % 5}",
-                status,
-                created,
-                started,
-                finished,
-                int(rng.integers(1, 4)),
-            )
-        )
+    rows = random_jobs(3000, 7, START, NOW)
     db = empty_reference_schema(app_url)
     insert_jobs(db, rows)
     settings = make_settings(tmp_path)
