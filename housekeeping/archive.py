@@ -13,10 +13,10 @@ discarding the first kind (the rows will be archived again) and finishing the se
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
-import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -25,10 +25,18 @@ from typing import BinaryIO, Protocol
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from housekeeping.atomic import (
+    MANIFEST_NAME,
+    DiskFull,
+    fsync_directory,
+    publish_manifest,
+    read_manifest,
+    replace_durably,
+    write_durably,
+)
 from housekeeping.errors import HkError
 
 PENDING_SUFFIX = ".parquet.pending"
-MANIFEST_NAME = "_manifest.json"
 
 
 # Files are read and hashed in pieces of this many bytes.
@@ -47,6 +55,8 @@ class ArchiveStore(Protocol):
     def check_writable(self) -> None: ...
 
     def write_durably(self, path: str, data: bytes) -> None: ...
+
+    def replace_durably(self, path: str, data: bytes) -> None: ...
 
     def write_stream_durably(self, path: str, write: Callable[[BinaryIO], None]) -> str: ...
 
@@ -87,24 +97,39 @@ class LocalArchiveStore:
         return self.root / path
 
     def write_durably(self, path: str, data: bytes) -> None:
+        """Write ``data`` to ``path`` (under the root) and fsync it; DiskFull naming
+        archive.root when the root's device is full (the partial file removed)."""
         target = self._path(path)
         self._make_dirs(target.parent)
-        with open(target, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        fsync_directory(target.parent)
+        with self._full_is_named(path):
+            write_durably(target, lambda handle: handle.write(data))
+
+    def replace_durably(self, path: str, data: bytes) -> None:
+        """Replace ``path`` (under the root) with ``data`` atomically (a temporary beside it,
+        fsynced, renamed); DiskFull naming archive.root as ``write_durably``."""
+        target = self._path(path)
+        self._make_dirs(target.parent)
+        with self._full_is_named(path):
+            replace_durably(target, lambda handle: handle.write(data))
 
     def write_stream_durably(self, path: str, write: Callable[[BinaryIO], None]) -> str:
         """Let ``write`` stream into the file, fsync it, and return its sha256."""
         target = self._path(path)
         self._make_dirs(target.parent)
-        with open(target, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        fsync_directory(target.parent)
+        with self._full_is_named(path):
+            write_durably(target, write)
         return self.sha256(path)[1]
+
+    @contextlib.contextmanager
+    def _full_is_named(self, path: str) -> Iterator[None]:
+        try:
+            yield
+        except DiskFull:
+            raise DiskFull(
+                f"archive.root: {self.root} is full (writing {path}); the partial copy was "
+                "removed and its source kept. Free space there or point archive.root at a "
+                "bigger disk, then rerun"
+            ) from None
 
     def size(self, path: str) -> int:
         return self._path(path).stat().st_size
@@ -155,15 +180,6 @@ def file_sha256(path: Path) -> tuple[int, str]:
             digest.update(chunk)
             size += len(chunk)
     return size, digest.hexdigest()
-
-
-def fsync_directory(directory: Path) -> None:
-    """Make the directory's entries (a file created, renamed or removed in it) durable."""
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 @dataclass(frozen=True)
@@ -323,14 +339,8 @@ class TableArchive:
         return RecoveryResult(completed, discarded, rows_completed)
 
     def manifest(self, directory: str) -> dict:
-        try:
-            return json.loads(self.store.read_bytes(f"{directory}/{MANIFEST_NAME}"))
-        except FileNotFoundError:
-            return {"table": self.table, "files": [], "rows": 0}
-        except json.JSONDecodeError as exc:
-            raise ArchiveError(
-                f"archive manifest {directory}/{MANIFEST_NAME} is corrupt: {exc}"
-            ) from None
+        """A day's manifest (empty when there is none yet); ArchiveError when it is corrupt."""
+        return read_manifest(self.store, directory, {"table": self.table, "rows": 0})
 
     def manifests(self) -> dict[str, dict]:
         directories = {
@@ -358,9 +368,7 @@ class TableArchive:
         manifest["rows"] = sum(item["rows"] for item in manifest["files"])
         manifest["table"] = self.table
         manifest["cutoff_column"] = self.cutoff_column
-        temporary = f"{directory}/{MANIFEST_NAME}.tmp"
-        self.store.write_durably(temporary, json.dumps(manifest, indent=1).encode())
-        self.store.rename(temporary, f"{directory}/{MANIFEST_NAME}")
+        publish_manifest(self.store, directory, manifest)
 
     def _repair_manifests(self) -> None:
         """Enter published files a crash left out of their manifest (renamed, not yet listed)."""

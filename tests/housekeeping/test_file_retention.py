@@ -599,7 +599,7 @@ CRASH_POINTS = {
     # compressing: the .gz in place, the original not yet deleted
     "compress_before_unlink": (file_retention, "_unlink", 1),
     # archiving the second expiring file: copied to .pending, not yet published
-    "archive_after_copy": (LocalArchiveStore, "rename", 2),
+    "archive_after_copy": (LocalArchiveStore, "rename", 1),
     # archiving the second expiring file: published, not yet in the manifest
     "archive_before_manifest": (file_archive_module.FileArchive, "_add_to_manifest", 1),
     # the second expiring file listed in the manifest, not yet deleted (two compressions and
