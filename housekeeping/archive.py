@@ -14,6 +14,7 @@ discarding the first kind (the rows will be archived again) and finishing the se
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 from collections.abc import Callable, Iterator
@@ -52,7 +53,7 @@ class ArchiveStore(Protocol):
 
     def describe(self) -> str: ...
 
-    def check_writable(self) -> None: ...
+    def check_writable(self, *, create: bool = True) -> str: ...
 
     def write_durably(self, path: str, data: bytes) -> None: ...
 
@@ -82,16 +83,27 @@ class LocalArchiveStore:
     def describe(self) -> str:
         return str(self.root)
 
-    def check_writable(self) -> None:
+    def check_writable(self, *, create: bool = True) -> str:
+        """Can the root be written (a probe file written and removed)? ``create``: make the
+        root first (a run); else a missing root is judged by its nearest existing parent,
+        and nothing is left behind (`hk config check`). Returns one line saying so;
+        ArchiveError naming archive.root otherwise."""
         probe = self.root / f".hk-write-probe-{os.getpid()}"
         try:
-            self.root.mkdir(parents=True, exist_ok=True)
+            if create:
+                self.root.mkdir(parents=True, exist_ok=True)
+            elif not self.root.exists():
+                parent = next(path for path in self.root.absolute().parents if path.exists())
+                if not (parent.is_dir() and os.access(parent, os.W_OK | os.X_OK)):
+                    raise PermissionError(errno.EACCES, f"{parent} cannot be written")
+                return f"archive.root: {self.root} does not exist yet; the first run creates it"
             probe.write_bytes(b"ok")
             probe.unlink()
         except OSError as exc:
             raise ArchiveError(
                 f"archive.root: cannot write to {self.root} ({exc.strerror or exc})"
             ) from None
+        return f"archive.root: {self.root} is writable"
 
     def _path(self, path: str) -> Path:
         return self.root / path

@@ -17,8 +17,8 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
+from housekeeping import atomic, file_retention
 from housekeeping import file_archive as file_archive_module
-from housekeeping import file_retention
 from housekeeping.archive import ArchiveError, LocalArchiveStore
 from housekeeping.cli import main
 from housekeeping.config import ConfigError, load_config, parse_config
@@ -595,7 +595,7 @@ def test_two_files_of_the_same_name_and_day_are_both_archived(tmp_path):
 
 CRASH_POINTS = {
     # compressing: the .gz.tmp written and fsynced, not yet renamed
-    "compress_before_rename": (file_retention, "_rename", 1),
+    "compress_before_rename": (atomic, "_rename", 1),
     # compressing: the .gz in place, the original not yet deleted
     "compress_before_unlink": (file_retention, "_unlink", 1),
     # archiving the second expiring file: copied to .pending, not yet published
