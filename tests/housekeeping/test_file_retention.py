@@ -721,8 +721,27 @@ def test_a_files_policy_is_an_asset_with_its_schedule_job_and_health_checks(tmp_
         for key in defs.resolve_asset_graph().asset_check_keys
         if key.asset_key == policy_asset_key("app_logs")
     }
-    assert checks == {"health", "deletes_progress"}
+    assert checks == {"health", "deletes_progress", "readable"}
     assert defs.resolve_assets_def(policy_asset_key("revoked_tokens"))
+
+
+def test_the_health_job_leaves_out_the_readable_check_and_runs_no_cleanup(
+    tmp_path, monkeypatch, instance, original
+):
+    defs = files_definitions(tmp_path, monkeypatch)
+
+    result = defs.resolve_job_def("housekeeping_health_job").execute_in_process(instance=instance)
+
+    assert result.success
+    evaluated = {
+        evaluation.check_name
+        for evaluation in result.get_asset_check_evaluations()
+        if evaluation.asset_key == policy_asset_key("app_logs")
+    }
+    # readable is evaluated by the policy's own runs; here it would run the cleanup.
+    assert evaluated == {"health", "deletes_progress"}
+    assert result.asset_materializations_for_node("housekeeping__app_logs") == []
+    assert snapshot(tmp_path / "logs") == original.content
 
 
 def test_the_files_asset_compresses_archives_deletes_and_reports_metadata_and_health(
@@ -744,7 +763,7 @@ def test_the_files_asset_compresses_archives_deletes_and_reports_metadata_and_he
         for evaluation in result.get_asset_check_evaluations()
         if evaluation.asset_key == policy_asset_key("app_logs")
     }
-    assert checks == {"health": True, "deletes_progress": True}
+    assert checks == {"health": True, "deletes_progress": True, "readable": True}
     history = RunHistory(load_config(tmp_path / "hk.yaml").state_database_url)
     [run] = history.recent("app_logs")
     history.dispose()
