@@ -414,8 +414,8 @@ def compress(item: LogFile) -> int | None:
     ``<name>.gz.tmp`` with the file's mode (and owner, where this process may give it), fsync,
     give it the file's mtime, rename, fsync the directory, then delete the original. Returns
     the .gz's size; None (nothing changed) when the file changed while it was read, is gone or
-    was replaced (a symlink under its name is never followed), or a ``<name>.gz`` appeared
-    meanwhile. An original removed by someone else after the rename leaves the .gz, which
+    was replaced (a symlink under its name is never followed), a ``<name>.gz`` appeared
+    meanwhile, or a symlink stands at ``<name>.gz.tmp`` (never written through). An original removed by someone else after the rename leaves the .gz, which
     holds all it had. Raises PermissionError (nothing written) when the file cannot be read,
     DiskFull naming it when its device fills up (no .gz nor .gz.tmp left, the file intact)."""
     source = item.path
@@ -448,6 +448,10 @@ def compress(item: LogFile) -> int | None:
     with original:
         try:
             published = replace_durably(final, write, temporary=temporary, ready=ready)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:  # a symlink stands where our temporary goes
+                return None
+            raise
         except DiskFull:
             raise DiskFull(
                 f"{source}: disk full while compressing it to {final.name} (no space left on "
