@@ -103,9 +103,14 @@ def archived(tmp_path: Path) -> dict[str, bytes]:
 
 @pytest.fixture
 def logs(tmp_path):
-    """A directory with one stream rotated daily: today's file (active), one written 5 minutes
-    ago (within grace), plain ones of 2 and 10 days (to compress), a .gz of 20 days (kept),
-    and three of 40-60 days (expiring), plus a file the glob does not match."""
+    """``make_logs``'s directory."""
+    return make_logs(tmp_path)
+
+
+def make_logs(tmp_path: Path) -> Path:
+    """``tmp_path/logs`` with one stream rotated daily: today's file (active), one written 5
+    minutes ago (within grace), plain ones of 2 and 10 days (to compress), a .gz of 20 days
+    (kept), and three of 40-60 days (expiring), plus a file the glob does not match."""
     directory = tmp_path / "logs"
     log_file(directory, "app.log", 0.001)
     log_file(directory, "app.log.1", 5 / 1440)

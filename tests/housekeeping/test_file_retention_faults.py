@@ -32,6 +32,7 @@ from tests.housekeeping.test_file_retention import (
     files_config,
     files_policy,
     log_file,
+    make_logs,
     snapshot,
 )
 
@@ -89,18 +90,8 @@ def sha256(path: Path) -> str:
 
 @pytest.fixture
 def logs(tmp_path):
-    """One stream: active, within grace, two to compress (2 and 10 days), one .gz kept (20
-    days), three expiring (40-60 days)."""
-    directory = tmp_path / "logs"
-    log_file(directory, "app.log", 0.001)
-    log_file(directory, "app.log.1", 5 / 1440)
-    log_file(directory, "app.log.2", 2)
-    log_file(directory, "app.log.3", 10)
-    log_file(directory, "app.log.4.gz", 20)
-    log_file(directory, "app.log.5.gz", 40)
-    log_file(directory, "app.log.6", 50)
-    log_file(directory, "app.log.7.gz", 60)
-    return directory
+    """test_file_retention.py's directory of logs (``make_logs``)."""
+    return make_logs(tmp_path)
 
 
 def write_config(tmp_path: Path, **overrides) -> Path:
