@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import json
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
@@ -29,9 +30,9 @@ import pyarrow.parquet as pq
 from housekeeping.atomic import (
     MANIFEST_NAME,
     DiskFull,
+    ManifestStore,
     fsync_directory,
     publish_manifest,
-    read_manifest,
     replace_durably,
     write_durably,
 )
@@ -181,6 +182,18 @@ class LocalArchiveStore:
         for created in reversed(missing):
             created.mkdir(exist_ok=True)
             fsync_directory(created.parent)
+
+
+def read_manifest(store: ManifestStore, directory: str, empty: dict) -> dict:
+    """The ``_manifest.json`` of an archive folder (a copy of ``empty`` when there is none
+    yet); ArchiveError naming it when it is not JSON."""
+    path = f"{directory}/{MANIFEST_NAME}"
+    try:
+        return json.loads(store.read_bytes(path))
+    except FileNotFoundError:
+        return dict(empty, files=[])
+    except json.JSONDecodeError as exc:
+        raise ArchiveError(f"archive manifest {path} is corrupt: {exc}") from None
 
 
 def file_sha256(path: Path) -> tuple[int, str]:

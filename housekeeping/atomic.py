@@ -107,25 +107,11 @@ def replace_durably(
 
 
 class ManifestStore(Protocol):
-    """What ``publish_manifest`` and ``read_manifest`` need of an archive store."""
+    """What ``publish_manifest`` (and archive.read_manifest) need of an archive store."""
 
     def replace_durably(self, path: str, data: bytes) -> None: ...
 
     def read_bytes(self, path: str) -> bytes: ...
-
-
-def read_manifest(store: ManifestStore, directory: str, empty: dict) -> dict:
-    """The ``_manifest.json`` of an archive folder (a copy of ``empty`` when there is none
-    yet); ArchiveError naming it when it is not JSON."""
-    from housekeeping.archive import ArchiveError
-
-    path = f"{directory}/{MANIFEST_NAME}"
-    try:
-        return json.loads(store.read_bytes(path))
-    except FileNotFoundError:
-        return dict(empty, files=[])
-    except json.JSONDecodeError as exc:
-        raise ArchiveError(f"archive manifest {path} is corrupt: {exc}") from None
 
 
 def publish_manifest(store: ManifestStore, directory: str, manifest: dict) -> None:

@@ -35,8 +35,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO
 
-from housekeeping.archive import CHUNK, ArchiveError, ArchiveStore, file_sha256
-from housekeeping.atomic import MANIFEST_NAME, TEMPORARY_SUFFIX, publish_manifest, read_manifest
+from housekeeping.archive import CHUNK, ArchiveError, ArchiveStore, file_sha256, read_manifest
+from housekeeping.atomic import MANIFEST_NAME, TEMPORARY_SUFFIX, publish_manifest
 
 PENDING_SUFFIX = ".pending"
 # A stored name taken by another file of the same name (a numbered rotation reuses names): the
