@@ -32,6 +32,7 @@ from housekeeping.atomic import (
     DiskFull,
     ManifestStore,
     fsync_directory,
+    is_disk_full,
     publish_manifest,
     replace_durably,
     write_durably,
@@ -113,23 +114,23 @@ class LocalArchiveStore:
         """Write ``data`` to ``path`` (under the root) and fsync it; DiskFull naming
         archive.root when the root's device is full (the partial file removed)."""
         target = self._path(path)
-        self._make_dirs(target.parent)
         with self._full_is_named(path):
+            self._make_dirs(target.parent)
             write_durably(target, lambda handle: handle.write(data))
 
     def replace_durably(self, path: str, data: bytes) -> None:
         """Replace ``path`` (under the root) with ``data`` atomically (a temporary beside it,
         fsynced, renamed); DiskFull naming archive.root as ``write_durably``."""
         target = self._path(path)
-        self._make_dirs(target.parent)
         with self._full_is_named(path):
+            self._make_dirs(target.parent)
             replace_durably(target, lambda handle: handle.write(data))
 
     def write_stream_durably(self, path: str, write: Callable[[BinaryIO], None]) -> str:
         """Let ``write`` stream into the file, fsync it, and return its sha256."""
         target = self._path(path)
-        self._make_dirs(target.parent)
         with self._full_is_named(path):
+            self._make_dirs(target.parent)
             write_durably(target, write)
         return self.sha256(path)[1]
 
@@ -137,7 +138,9 @@ class LocalArchiveStore:
     def _full_is_named(self, path: str) -> Iterator[None]:
         try:
             yield
-        except DiskFull:
+        except (DiskFull, OSError) as exc:
+            if isinstance(exc, OSError) and not is_disk_full(exc):
+                raise
             raise DiskFull(
                 f"archive.root: {self.root} is full (writing {path}); the partial copy was "
                 "removed and its source kept. Free space there or point archive.root at a "
