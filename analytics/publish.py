@@ -40,6 +40,7 @@ from pathlib import Path
 import duckdb
 import pyarrow.parquet as pq
 
+from housekeeping.atomic import fsync_directory
 from housekeeping.errors import HkError, first_line
 from housekeeping.sql import sql_string
 
@@ -61,14 +62,6 @@ def hour_key(hour: datetime, key_format: str = HOUR_FILE_FORMAT) -> str:
     hourly format (analytics/defs/partitions.py), whose colon a file name should not carry.
     """
     return hour.astimezone(UTC).strftime(key_format)
-
-
-def _fsync_directory(path: Path) -> None:
-    descriptor = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
 
 
 @contextmanager
@@ -173,7 +166,7 @@ class RollupStore:
                 os.fsync(handle.fileno())
             rows = pq.read_metadata(temporary).num_rows
             os.replace(temporary, final)
-            _fsync_directory(final.parent)
+            fsync_directory(final.parent)
         finally:
             temporary.unlink(missing_ok=True)
         return rows
@@ -275,7 +268,7 @@ class RollupStore:
             # would refuse to open it ("WAL does not match database file"). The session keeps
             # its own open handle.
             Path(f"{self.database}.wal").unlink(missing_ok=True)
-            _fsync_directory(self.database.parent)
+            fsync_directory(self.database.parent)
             new_identity = _identity(self.database)
             assert new_identity is not None  # just renamed into place
             self._write_manifest(

@@ -13,10 +13,12 @@ discarding the first kind (the rows will be archived again) and finishing the se
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -25,10 +27,19 @@ from typing import BinaryIO, Protocol
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from housekeeping.atomic import (
+    MANIFEST_NAME,
+    DiskFull,
+    ManifestStore,
+    fsync_directory,
+    is_disk_full,
+    publish_manifest,
+    replace_durably,
+    write_durably,
+)
 from housekeeping.errors import HkError
 
 PENDING_SUFFIX = ".parquet.pending"
-MANIFEST_NAME = "_manifest.json"
 
 
 # Files are read and hashed in pieces of this many bytes.
@@ -44,9 +55,11 @@ class ArchiveStore(Protocol):
 
     def describe(self) -> str: ...
 
-    def check_writable(self) -> None: ...
+    def check_writable(self, *, create: bool = True) -> str: ...
 
     def write_durably(self, path: str, data: bytes) -> None: ...
+
+    def replace_durably(self, path: str, data: bytes) -> None: ...
 
     def write_stream_durably(self, path: str, write: Callable[[BinaryIO], None]) -> str: ...
 
@@ -72,39 +85,67 @@ class LocalArchiveStore:
     def describe(self) -> str:
         return str(self.root)
 
-    def check_writable(self) -> None:
+    def check_writable(self, *, create: bool = True) -> str:
+        """Can the root be written (a probe file written and removed)? ``create``: make the
+        root first (a run); else a missing root is judged by its nearest existing parent,
+        and nothing is left behind (`hk config check`). Returns one line saying so;
+        ArchiveError naming archive.root otherwise."""
         probe = self.root / f".hk-write-probe-{os.getpid()}"
         try:
-            self.root.mkdir(parents=True, exist_ok=True)
+            if create:
+                self.root.mkdir(parents=True, exist_ok=True)
+            elif not self.root.exists():
+                parent = next(path for path in self.root.absolute().parents if path.exists())
+                if not (parent.is_dir() and os.access(parent, os.W_OK | os.X_OK)):
+                    raise PermissionError(errno.EACCES, f"{parent} cannot be written")
+                return f"archive.root: {self.root} does not exist yet; the first run creates it"
             probe.write_bytes(b"ok")
             probe.unlink()
         except OSError as exc:
             raise ArchiveError(
                 f"archive.root: cannot write to {self.root} ({exc.strerror or exc})"
             ) from None
+        return f"archive.root: {self.root} is writable"
 
     def _path(self, path: str) -> Path:
         return self.root / path
 
     def write_durably(self, path: str, data: bytes) -> None:
+        """Write ``data`` to ``path`` (under the root) and fsync it; DiskFull naming
+        archive.root when the root's device is full (the partial file removed)."""
         target = self._path(path)
-        self._make_dirs(target.parent)
-        with open(target, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        fsync_directory(target.parent)
+        with self._full_is_named(path):
+            self._make_dirs(target.parent)
+            write_durably(target, lambda handle: handle.write(data))
+
+    def replace_durably(self, path: str, data: bytes) -> None:
+        """Replace ``path`` (under the root) with ``data`` atomically (a temporary beside it,
+        fsynced, renamed); DiskFull naming archive.root as ``write_durably``."""
+        target = self._path(path)
+        with self._full_is_named(path):
+            self._make_dirs(target.parent)
+            replace_durably(target, lambda handle: handle.write(data))
 
     def write_stream_durably(self, path: str, write: Callable[[BinaryIO], None]) -> str:
         """Let ``write`` stream into the file, fsync it, and return its sha256."""
         target = self._path(path)
-        self._make_dirs(target.parent)
-        with open(target, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        fsync_directory(target.parent)
+        with self._full_is_named(path):
+            self._make_dirs(target.parent)
+            write_durably(target, write)
         return self.sha256(path)[1]
+
+    @contextlib.contextmanager
+    def _full_is_named(self, path: str) -> Iterator[None]:
+        try:
+            yield
+        except (DiskFull, OSError) as exc:
+            if isinstance(exc, OSError) and not is_disk_full(exc):
+                raise
+            raise DiskFull(
+                f"archive.root: {self.root} is full (writing {path}); the partial copy was "
+                "removed and its source kept. Free space there or point archive.root at a "
+                "bigger disk, then rerun"
+            ) from None
 
     def size(self, path: str) -> int:
         return self._path(path).stat().st_size
@@ -146,6 +187,18 @@ class LocalArchiveStore:
             fsync_directory(created.parent)
 
 
+def read_manifest(store: ManifestStore, directory: str, empty: dict) -> dict:
+    """The ``_manifest.json`` of an archive folder (a copy of ``empty`` when there is none
+    yet); ArchiveError naming it when it is not JSON."""
+    path = f"{directory}/{MANIFEST_NAME}"
+    try:
+        return json.loads(store.read_bytes(path))
+    except FileNotFoundError:
+        return dict(empty, files=[])
+    except json.JSONDecodeError as exc:
+        raise ArchiveError(f"archive manifest {path} is corrupt: {exc}") from None
+
+
 def file_sha256(path: Path) -> tuple[int, str]:
     """(size in bytes, sha256 hex) of a local file, read in CHUNK (1 MiB) pieces."""
     digest = hashlib.sha256()
@@ -155,15 +208,6 @@ def file_sha256(path: Path) -> tuple[int, str]:
             digest.update(chunk)
             size += len(chunk)
     return size, digest.hexdigest()
-
-
-def fsync_directory(directory: Path) -> None:
-    """Make the directory's entries (a file created, renamed or removed in it) durable."""
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 @dataclass(frozen=True)
@@ -323,14 +367,8 @@ class TableArchive:
         return RecoveryResult(completed, discarded, rows_completed)
 
     def manifest(self, directory: str) -> dict:
-        try:
-            return json.loads(self.store.read_bytes(f"{directory}/{MANIFEST_NAME}"))
-        except FileNotFoundError:
-            return {"table": self.table, "files": [], "rows": 0}
-        except json.JSONDecodeError as exc:
-            raise ArchiveError(
-                f"archive manifest {directory}/{MANIFEST_NAME} is corrupt: {exc}"
-            ) from None
+        """A day's manifest (empty when there is none yet); ArchiveError when it is corrupt."""
+        return read_manifest(self.store, directory, {"table": self.table, "rows": 0})
 
     def manifests(self) -> dict[str, dict]:
         directories = {
@@ -358,9 +396,7 @@ class TableArchive:
         manifest["rows"] = sum(item["rows"] for item in manifest["files"])
         manifest["table"] = self.table
         manifest["cutoff_column"] = self.cutoff_column
-        temporary = f"{directory}/{MANIFEST_NAME}.tmp"
-        self.store.write_durably(temporary, json.dumps(manifest, indent=1).encode())
-        self.store.rename(temporary, f"{directory}/{MANIFEST_NAME}")
+        publish_manifest(self.store, directory, manifest)
 
     def _repair_manifests(self) -> None:
         """Enter published files a crash left out of their manifest (renamed, not yet listed)."""

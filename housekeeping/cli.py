@@ -198,17 +198,24 @@ def config_check(config_file, database_url, sections):
     settings = load_config(config_file)
     source = str(config_file or config_path())
     sections = sections or CONFIG_SECTIONS
-    db = AppDatabase(database_url or _default_database_url())
-    # The database itself first, even with no policies (the analytics sources live there too);
-    # SQLite would create a missing file on connect, so a missing one is named instead, and the
-    # sections are still parsed (live is None: nothing is checked against a database).
     problems = []
-    live: AppDatabase | None = db
-    if not db.is_postgres and db.url.database and not Path(db.url.database).exists():
-        problems.append(f"DATABASE_URL: the SQLite file {db.url.database} does not exist")
-        live = None
+    db: AppDatabase | None = None
+    live: AppDatabase | None = None
+    if database_url or os.environ.get("DATABASE_URL") or _needs_database(settings, sections):
+        db = live = AppDatabase(database_url or _default_database_url())
     else:
-        db.table_names()
+        click.echo(
+            "ok    DATABASE_URL: not needed (no table policy, no analytics: section); not checked"
+        )
+    # The database itself first (the analytics sources live there too); SQLite would create a
+    # missing file on connect, so a missing one is named instead, and the sections are still
+    # parsed (live is None: nothing is checked against a database).
+    sqlite_file = db.url.database if db is not None and not db.is_postgres else None
+    if sqlite_file and not Path(sqlite_file).exists():
+        problems.append(f"DATABASE_URL: the SQLite file {sqlite_file} does not exist")
+        live = None
+    if live is not None:
+        live.table_names()
     try:
         for line in _check_own_databases(settings):
             click.echo(f"ok    {line}")
@@ -218,6 +225,7 @@ def config_check(config_file, database_url, sections):
         problems += _check_policies(live, settings)
     if "policies" in sections:
         problems += _check_file_policies(settings)
+        problems += _check_archive_root(settings)
     for section in sections:
         if section in SECTION_CHECKS:
             report = SECTION_CHECKS[section](live, settings, source)
@@ -230,10 +238,34 @@ def config_check(config_file, database_url, sections):
         click.echo(f"error {problem}", err=True)
     if problems:
         raise click.ClickException(f"{len(problems)} problem(s) in the config")
+    against = db.describe() if db is not None else "no application database (none needed)"
     click.echo(
         f"config OK ({', '.join(sections)}): {len(settings.every_policy())} policies against "
-        f"{db.describe()}"
+        f"{against}"
     )
+
+
+def _needs_database(settings, sections) -> bool:
+    """Does `hk config check` need the application database: a table policy, or an
+    `analytics:` section, among the sections checked? (Files policies and alerts do not.)"""
+    return bool(
+        ("policies" in sections and settings.policies)
+        or ("analytics" in sections and settings.analytics)
+    )
+
+
+def _check_archive_root(settings) -> list[str]:
+    """archive.root can be written when a policy archives (printing so); its problem. Nothing
+    is created: a missing root is judged by its nearest existing parent."""
+    from housekeeping.policies import archive_store
+
+    if not any(policy.archive for policy in settings.every_policy().values()):
+        return []
+    try:
+        click.echo(f"ok    {archive_store(settings).check_writable(create=False)}")
+    except HkError as exc:
+        return [str(exc)]
+    return []
 
 
 def _check_own_databases(config) -> list[str]:
@@ -277,7 +309,6 @@ def _check_own_databases(config) -> list[str]:
 
 def _check_policies(db: AppDatabase, settings) -> list[str]:
     """Each policy against the live schema (printing what is fine); its problems."""
-    from housekeeping.policies import archive_store
     from housekeeping.schema_check import check_policy, index_advice
 
     problems = []
@@ -302,11 +333,6 @@ def _check_policies(db: AppDatabase, settings) -> list[str]:
         click.echo(f"      {_cutoff_reading(name, checked)}")
         if tip:
             advice.append(tip)
-    if any(policy.archive for policy in settings.every_policy().values()):
-        try:
-            archive_store(settings).check_writable()
-        except HkError as exc:
-            problems.append(str(exc))
     for tip in advice:
         click.echo(
             f"warn  {tip.policy}: {tip.table}.{tip.column} has no index, so every cleanup scans "
@@ -316,20 +342,26 @@ def _check_policies(db: AppDatabase, settings) -> list[str]:
 
 
 def _check_file_policies(settings) -> list[str]:
-    """Each files policy's directory (exists, can be listed and written; printing how many files
-    match, a warning when none does); its problems."""
-    from housekeeping.file_retention import describe_policy_check
+    """Each files policy's directory (exists, can be listed and written, is not inside
+    archive.root; printing how many files match, a warning when none does, and one naming the
+    files a run could not read); its problems."""
+    from housekeeping.file_retention import describe_policy_check, some_names
 
     problems = []
     for name, policy in settings.file_policies.items():
         try:
-            line, matched = describe_policy_check(name, policy)
+            checked = describe_policy_check(name, policy, settings.archive.root)
         except ConfigError as exc:
             problems.append(str(exc))
             continue
-        click.echo(f"ok    {line}")
-        if not matched:
+        click.echo(f"ok    {checked.line}")
+        if not checked.matched:
             click.echo(f"warn  {name}: no file matches yet (policies.{name}.glob)")
+        if checked.unreadable:
+            click.echo(
+                f"warn  {name}: {len(checked.unreadable)} files cannot be read (permission "
+                f"denied), so runs will skip them: {some_names(checked.unreadable)}"
+            )
     return problems
 
 

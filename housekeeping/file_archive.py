@@ -28,7 +28,6 @@ size and sha256) and does not copy twice.
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -36,14 +35,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO
 
-from housekeeping.archive import CHUNK, MANIFEST_NAME, ArchiveError, ArchiveStore, file_sha256
+from housekeeping.archive import CHUNK, ArchiveError, ArchiveStore, file_sha256, read_manifest
+from housekeeping.atomic import MANIFEST_NAME, TEMPORARY_SUFFIX, publish_manifest
 
 PENDING_SUFFIX = ".pending"
 # A stored name taken by another file of the same name (a numbered rotation reuses names): the
 # copy is stored as ``<name>~<sha256 prefix>``, a name that depends only on its content.
 COLLISION_MARK = "~"
 # The archive's own files in a day folder: a log file of one of these names is stored marked.
-_OWN_NAMES = (MANIFEST_NAME, f"{MANIFEST_NAME}.tmp")
+_OWN_NAMES = (MANIFEST_NAME, f"{MANIFEST_NAME}{TEMPORARY_SUFFIX}")
 
 __all__ = ["CHUNK", "FileArchive", "file_sha256"]
 
@@ -196,14 +196,9 @@ class FileArchive:
 
     def manifest(self, day_dir: str) -> dict:
         """A day's manifest (empty when there is none yet); ArchiveError when it is corrupt."""
-        try:
-            return json.loads(self.store.read_bytes(f"{day_dir}/{MANIFEST_NAME}"))
-        except FileNotFoundError:
-            return {"policy": self.policy, "directory": self.directory, "files": [], "bytes": 0}
-        except json.JSONDecodeError as exc:
-            raise ArchiveError(
-                f"archive manifest {day_dir}/{MANIFEST_NAME} is corrupt: {exc}"
-            ) from None
+        return read_manifest(
+            self.store, day_dir, {"policy": self.policy, "directory": self.directory, "bytes": 0}
+        )
 
     def manifests(self) -> dict[str, dict]:
         """Every day folder of this policy with its manifest (folders without one included)."""
@@ -237,6 +232,4 @@ class FileArchive:
         manifest["bytes"] = sum(item["bytes"] for item in manifest["files"])
         manifest["policy"] = self.policy
         manifest["directory"] = self.directory
-        temporary = f"{day_dir}/{MANIFEST_NAME}.tmp"
-        self.store.write_durably(temporary, json.dumps(manifest, indent=1).encode())
-        self.store.rename(temporary, f"{day_dir}/{MANIFEST_NAME}")
+        publish_manifest(self.store, day_dir, manifest)

@@ -24,6 +24,7 @@ touched, and the run says so.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fnmatch
 import gzip
 import hashlib
@@ -39,7 +40,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from housekeeping.archive import ArchiveStore, fsync_directory
+from housekeeping.archive import ArchiveStore
+from housekeeping.atomic import DiskFull, fsync_directory, replace_durably
 from housekeeping.config import ConfigError, HousekeepingConfig
 from housekeeping.config_types import format_duration
 from housekeeping.file_archive import CHUNK, FileArchive, file_sha256
@@ -55,6 +57,8 @@ TMP = ".gz.tmp"
 COMPRESS_LEVEL = 6
 # hk_policy_runs.table_name holds at most this many characters.
 TARGET_WIDTH = 128
+# Unreadable files named in a run's summary line and metadata (all are counted).
+NAMED_UNREADABLE = 10
 
 # A rotation's marks in a file name, stripped to find the stream: a date (2026-11-30, 20261130,
 # with an hour) after '-', '_' or '.', or a number after '.' (app.log.1, app.1.log). Not a number
@@ -80,7 +84,8 @@ def stream_of(name: str, pattern: re.Pattern[str] | None = None) -> str:
 
 @dataclass(frozen=True)
 class LogFile:
-    """A matching regular file as listed: sizes in bytes, mtime in ns since the epoch."""
+    """A matching regular file as listed: sizes in bytes, mtime in ns since the epoch, ``mode``
+    its permission bits, ``uid``/``gid`` its owner (given to its .gz)."""
 
     path: Path
     size: int
@@ -88,6 +93,9 @@ class LogFile:
     inode: int
     device: int
     stream: str
+    mode: int = 0o644
+    uid: int = -1
+    gid: int = -1
 
     @property
     def name(self) -> str:
@@ -122,11 +130,17 @@ class LogFile:
 
     def open_listed(self) -> BinaryIO | None:
         """The file opened for reading if it is still the one listed, else None (gone,
-        replaced under its name, or written to since): what is read is what was planned."""
+        replaced under its name, by a symlink too, which is never followed, or written to
+        since): what is read is what was planned. PermissionError when it cannot be read."""
         try:
-            handle = open(self.path, "rb")  # noqa: SIM115
+            fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
         except FileNotFoundError:
             return None
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:  # a symlink now stands under its name
+                return None
+            raise
+        handle = os.fdopen(fd, "rb")
         if not self.matches(os.fstat(handle.fileno())):
             handle.close()
             return None
@@ -168,6 +182,9 @@ def list_files(directory: Path, policy: FilesPolicy) -> list[LogFile]:
                     inode=info.st_ino,
                     device=info.st_dev,
                     stream=stream_of(entry.name, pattern),
+                    mode=stat.S_IMODE(info.st_mode),
+                    uid=info.st_uid,
+                    gid=info.st_gid,
                 )
             )
     return sorted(found, key=lambda item: item.name)
@@ -242,6 +259,9 @@ class FilesResult:
     skipped_active: int = 0
     skipped_grace: int = 0
     skipped_changed: int = 0
+    # Files that had to be read (to compress or archive them) and could not be: left alone.
+    unreadable: int = 0
+    unreadable_files: list[str] = field(default_factory=list)
     conflicts: int = 0
     recovered: int = 0
     duration_ms: float = 0.0
@@ -256,6 +276,16 @@ class FilesResult:
     def remaining_expired(self) -> int:
         return 0 if self.dry_run else max(0, self.expected_deleted - self.deleted)
 
+    def add_unreadable(self, path: Path) -> None:
+        """Count ``path`` as unreadable (left alone), once."""
+        if path.name not in self.unreadable_files:
+            self.unreadable += 1
+            self.unreadable_files.append(path.name)
+
+    def unreadable_named(self) -> str:
+        """The unreadable files by name (``some_names``), '' when none."""
+        return some_names(self.unreadable_files)
+
     def summary_line(self) -> str:
         """One line: what the run did (or would do), with counts and bytes."""
         where = f"{self.directory}/{self.glob}"
@@ -267,7 +297,7 @@ class FilesResult:
                 f"{self.expected_deleted:,} ({_size(self.expected_deleted_bytes)}) of "
                 f"{self.matched_files:,} files in {where}; skipped {self.skipped_active} active, "
                 f"{self.skipped_grace} within grace"
-            )
+            ) + self._unreadable_clause()
         line = (
             f"{self.policy}: compressed {self.compressed:,}, archived {self.archived:,}, deleted "
             f"{self.deleted:,} of {self.matched_files:,} files in {where}, freed "
@@ -276,19 +306,33 @@ class FilesResult:
         )
         if self.skipped_changed:
             line += f", {self.skipped_changed} changed while read"
+        line += self._unreadable_clause()
         if self.conflicts:
             line += f"; {self.conflicts} files beside a different .gz left alone"
         if self.stopped_early:
             line += ", stopped early on request"
         return line
 
+    def _unreadable_clause(self) -> str:
+        if not self.unreadable:
+            return ""
+        return f", {self.unreadable} unreadable (permission denied: {self.unreadable_named()})"
+
     def metadata(self) -> dict[str, Any]:
-        """What the Dagster UI shows and plots across runs (numbers only, no file contents)."""
+        """What the Dagster UI shows and plots across runs (numbers, and the unreadable files'
+        names; never file contents)."""
         values = asdict(self)
+        values["unreadable_files"] = self.unreadable_named()
         values["bytes_freed"] = self.bytes_freed
         values["remaining_expired"] = self.remaining_expired
         values["kind"] = "files"
         return values
+
+
+def some_names(names: list[str]) -> str:
+    """``names`` joined, the first NAMED_UNREADABLE (10) of them and how many more."""
+    more = len(names) - NAMED_UNREADABLE
+    return ", ".join(names[:NAMED_UNREADABLE]) + (f" and {more} more" if more > 0 else "")
 
 
 def _size(count: int) -> str:
@@ -299,9 +343,19 @@ def _size(count: int) -> str:
     return f"{count} B"  # pragma: no cover
 
 
-def check_directory(name: str, policy: FilesPolicy, *, writable: bool) -> Path:
+def check_directory(
+    name: str,
+    policy: FilesPolicy,
+    *,
+    writable: bool,
+    archive_root: str | os.PathLike[str] | None = None,
+) -> Path:
     """The policy's directory as a Path, after checking it exists, is a directory, can be listed
-    and (``writable``) written; ConfigError naming ``policies.<name>.directory`` otherwise."""
+    (really listed: permission bits, ACLs and capabilities all have their say), (``writable``)
+    written, and is not ``archive_root`` nor inside it (a policy there would compress or delete
+    the archive's own files; an archive root *inside* the directory is fine, as only the
+    directory's own files are listed, never a subdirectory's). ConfigError naming
+    ``policies.<name>.directory`` otherwise; nothing is changed."""
     key = f"policies.{name}.directory"
     directory = Path(policy.directory)
     if not directory.exists():
@@ -310,6 +364,19 @@ def check_directory(name: str, policy: FilesPolicy, *, writable: bool) -> Path:
         raise ConfigError(f"{key}: {directory} is not a directory")
     if not os.access(directory, os.R_OK | os.X_OK):
         raise ConfigError(f"{key}: {directory} cannot be listed (no read permission)")
+    try:
+        with os.scandir(directory):
+            pass
+    except OSError as exc:
+        raise ConfigError(f"{key}: {directory} cannot be listed ({exc.strerror or exc})") from None
+    if archive_root is not None:
+        root, real = Path(archive_root).resolve(), directory.resolve()
+        if real == root or root in real.parents:
+            raise ConfigError(
+                f"{key}: {directory} is inside archive.root ({root}); a files policy there "
+                "would compress or delete the archive's own files. Point it at the log "
+                "directory, or archive.root elsewhere"
+            )
     if writable and not os.access(directory, os.W_OK | os.X_OK):
         raise ConfigError(
             f"{key}: {directory} is not writable, so no file in it can be compressed or deleted"
@@ -335,24 +402,30 @@ def gzip_sha256(path: Path) -> tuple[int, str] | None:
             for chunk in iter(lambda: handle.read(CHUNK), b""):
                 digest.update(chunk)
                 size += len(chunk)
+    except PermissionError:
+        raise
     except (OSError, EOFError, gzip.BadGzipFile):
         return None
     return size, digest.hexdigest()
 
 
 def compress(item: LogFile) -> int | None:
-    """Gzip ``item`` to ``<name>.gz`` beside it, crash-safe: write ``<name>.gz.tmp``, fsync,
+    """Gzip ``item`` to ``<name>.gz`` beside it, crash-safe (atomic.replace_durably): write
+    ``<name>.gz.tmp`` with the file's mode (and owner, where this process may give it), fsync,
     give it the file's mtime, rename, fsync the directory, then delete the original. Returns
     the .gz's size; None (nothing changed) when the file changed while it was read, is gone or
-    was replaced, or a ``<name>.gz`` appeared meanwhile. An original removed by someone else
-    after the rename leaves the .gz, which holds all it had."""
+    was replaced (a symlink under its name is never followed), a ``<name>.gz`` appeared
+    meanwhile, or a symlink stands at ``<name>.gz.tmp`` (never written through). An original removed by someone else after the rename leaves the .gz, which
+    holds all it had. Raises PermissionError (nothing written) when the file cannot be read,
+    DiskFull naming it when its device fills up (no .gz nor .gz.tmp left, the file intact)."""
     source = item.path
     temporary = source.with_name(source.name + TMP)
     final = source.with_name(source.name + GZ)
     original = item.open_listed()
     if original is None:
         return None
-    with original, open(temporary, "wb") as raw:
+
+    def write(raw: BinaryIO) -> None:
         with gzip.GzipFile(
             filename=source.name,
             mode="wb",
@@ -362,14 +435,31 @@ def compress(item: LogFile) -> int | None:
         ) as packed:
             for chunk in iter(lambda: original.read(CHUNK), b""):
                 packed.write(chunk)
-        raw.flush()
-        os.fsync(raw.fileno())
-    if not item.unchanged() or final.exists():
-        temporary.unlink()
+        with contextlib.suppress(PermissionError):  # only root gives a file away
+            os.fchown(raw.fileno(), item.uid, item.gid)
+        os.fchmod(raw.fileno(), item.mode)
+
+    def ready(written: Path) -> bool:
+        if not item.unchanged() or os.path.lexists(final):
+            return False
+        os.utime(written, ns=(item.mtime_ns, item.mtime_ns), follow_symlinks=False)
+        return True
+
+    with original:
+        try:
+            published = replace_durably(final, write, temporary=temporary, ready=ready)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:  # a symlink stands where our temporary goes
+                return None
+            raise
+        except DiskFull:
+            raise DiskFull(
+                f"{source}: disk full while compressing it to {final.name} (no space left on "
+                f"its device); no .gz was left and the file is as it was. Free space in "
+                f"{source.parent}, then rerun"
+            ) from None
+    if not published:
         return None
-    os.utime(temporary, ns=(item.mtime_ns, item.mtime_ns))
-    _rename(temporary, final)
-    fsync_directory(source.parent)
     if not item.unchanged():
         if not os.path.lexists(source):
             # Removed meanwhile (logrotate): the .gz now holds the only copy of its lines.
@@ -383,10 +473,6 @@ def compress(item: LogFile) -> int | None:
     return final.stat().st_size
 
 
-def _rename(source: Path, target: Path) -> None:
-    os.replace(source, target)
-
-
 def _unlink(path: Path) -> None:
     path.unlink()
     fsync_directory(path.parent)
@@ -395,13 +481,24 @@ def _unlink(path: Path) -> None:
 @dataclass(frozen=True)
 class CompressionRecovery:
     """What ``recover_compression`` did: leftover .gz.tmp removed, originals removed beside
-    their complete .gz, and conflicts (an original beside a different .gz) left alone."""
+    their complete .gz, conflicts (an original beside a different .gz) and unreadable pairs
+    left alone."""
 
     temporaries_removed: int = 0
     originals_removed: int = 0
     conflicts: list[str] = field(default_factory=list)
     # The originals removed (a dry run: that would be), by name.
     removed: list[str] = field(default_factory=list)
+    # Originals (or their .gz) that could not be read to compare them, by name.
+    unreadable: list[str] = field(default_factory=list)
+
+
+def _regular(path: Path) -> bool:
+    """Is ``path`` a regular file itself (not a symlink to one)?"""
+    try:
+        return stat.S_ISREG(path.lstat().st_mode)
+    except FileNotFoundError:
+        return False
 
 
 def recover_compression(
@@ -410,14 +507,14 @@ def recover_compression(
     """Finish or undo compressions a crashed run left: a ``<name>.gz.tmp`` whose original still
     exists is removed (the file is compressed again); an original beside a ``.gz`` whose content
     has the original's size and sha256 is removed; beside a different ``.gz`` both stay (a
-    conflict, reported). ``dry_run``: only says what it would remove (its ``removed`` names)."""
+    conflict, reported); a pair that cannot be read stays (``unreadable``). Symlinks are never
+    followed nor removed. ``dry_run``: only says what it would remove (its ``removed`` names)."""
     removed_tmp = removed_originals = 0
-    conflicts = []
-    removed = []
+    conflicts, removed, unreadable = [], [], []
     names = set(os.listdir(directory))
     for name in sorted(names):
         if name.endswith(TMP) and covers(policy, name.removesuffix(TMP)):
-            if name.removesuffix(TMP) in names:
+            if name.removesuffix(TMP) in names and _regular(directory / name):
                 if not dry_run:
                     _unlink(directory / name)
                 removed_tmp += 1
@@ -425,16 +522,21 @@ def recover_compression(
         if name.endswith(GZ) or not covers(policy, name) or name + GZ not in names:
             continue
         original, packed = directory / name, directory / (name + GZ)
-        if not (original.is_file() and packed.is_file()):
+        if not (_regular(original) and _regular(packed)):
             continue
-        if gzip_sha256(packed) == file_sha256(original):
+        try:
+            same = gzip_sha256(packed) == file_sha256(original)
+        except PermissionError:
+            unreadable.append(name)
+            continue
+        if same:
             if not dry_run:
                 _unlink(original)
             removed_originals += 1
             removed.append(name)
         else:
             conflicts.append(name)
-    return CompressionRecovery(removed_tmp, removed_originals, conflicts, removed)
+    return CompressionRecovery(removed_tmp, removed_originals, conflicts, removed, unreadable)
 
 
 def run_file_policy(
@@ -450,16 +552,22 @@ def run_file_policy(
 ) -> FilesResult:
     """Run the files policy ``name`` end to end (a dry run changes nothing, recovery included).
 
-    Raises, compressing and deleting nothing: ConfigError (unknown policy, a directory that is missing, not a
-    directory, unreadable or not writable), ArchiveError (archive root not writable),
-    AlreadyRunning (another run holds the directory), SafetyRefusal (more than
-    ``max_delete_fraction`` of the matching files would be deleted, without
-    ``allow_large_delete``).
+    A file that must be read (to compress or archive it) and cannot be (permission denied)
+    is left alone, counted and named (``unreadable``, ``unreadable_files``); the run goes on.
+
+    Raises, compressing and deleting nothing: ConfigError (unknown policy, a directory that is
+    missing, not a directory, cannot be listed, is not writable, or is inside archive.root),
+    ArchiveError (archive root not writable), AlreadyRunning (another run holds the directory),
+    SafetyRefusal (more than ``max_delete_fraction`` of the matching files would be deleted,
+    without ``allow_large_delete``). Raises mid-run, leaving what is done done and the file at
+    hand as it was: DiskFull (the log directory's device, naming the file; or archive.root's).
     """
     started = time.perf_counter()
     options = options or RunOptions()
     policy = config.file_policy(name)
-    directory = check_directory(name, policy, writable=not options.dry_run)
+    directory = check_directory(
+        name, policy, writable=not options.dry_run, archive_root=config.archive.root
+    )
     result = FilesResult(name, str(directory), policy.glob, options.dry_run, policy.archive)
     archive = None
     if policy.archive and not options.dry_run:
@@ -493,6 +601,10 @@ def run_file_policy(
         if not files:
             log(f"{name}: no file in {directory} matches {policy.glob!r}")
         if options.dry_run:
+            to_read = plan.to_compress + (plan.expiring if policy.archive else [])
+            for item in to_read:
+                if not _readable(item):
+                    result.add_unreadable(item.path)
             result.duration_ms = (time.perf_counter() - started) * 1000
             log(result.summary_line())
             return result
@@ -508,7 +620,11 @@ def run_file_policy(
             if should_stop():
                 result.stopped_early = True
                 break
-            packed = compress(item)
+            try:
+                packed = compress(item)
+            except PermissionError:
+                result.add_unreadable(item.path)
+                continue
             if packed is None:
                 result.skipped_changed += 1
                 continue
@@ -538,7 +654,10 @@ def _recover(
     alone: conflicts, and (``dry_run``, which changes nothing) the originals it would remove."""
     compression = recover_compression(directory, policy, dry_run=dry_run)
     result.conflicts = len(compression.conflicts)
-    left_alone = set(compression.conflicts) | {name + GZ for name in compression.conflicts}
+    for name in compression.unreadable:
+        result.add_unreadable(directory / name)
+    pairs = compression.conflicts + compression.unreadable
+    left_alone = set(pairs) | {name + GZ for name in pairs}
     if dry_run:
         return left_alone | set(compression.removed)
     result.recovered += compression.temporaries_removed + compression.originals_removed
@@ -566,7 +685,11 @@ def _expire(
     """Archive (when configured) then delete one expiring file; a file that is gone, was
     replaced under its name or changed meanwhile is left as it is (``skipped_changed``)."""
     if archive is not None:
-        opened = item.open_listed()
+        try:
+            opened = item.open_listed()
+        except PermissionError:
+            result.add_unreadable(item.path)
+            return
         if opened is None:
             result.skipped_changed += 1
             return
@@ -584,6 +707,18 @@ def _expire(
         return
     result.deleted += 1
     result.deleted_bytes += item.size
+
+
+def _readable(item: LogFile) -> bool:
+    """Can ``item`` be opened for reading (a dry run's look ahead; a file gone meanwhile
+    counts as readable: the run will skip it as changed)?"""
+    try:
+        opened = item.open_listed()
+    except PermissionError:
+        return False
+    if opened is not None:
+        opened.close()
+    return True
 
 
 def history_target(policy: FilesPolicy) -> str:
@@ -626,10 +761,23 @@ def run_and_record_files(
     return result
 
 
-def describe_policy_check(name: str, policy: FilesPolicy) -> tuple[str, int]:
-    """For `hk config check`: one line saying the directory is usable and what matches, and the
-    number of matching files (ConfigError from check_directory otherwise)."""
-    directory = check_directory(name, policy, writable=True)
+@dataclass(frozen=True)
+class PolicyCheck:
+    """What `hk config check` says of a files policy: ``line`` (the directory is usable, what
+    matches, what happens), ``matched`` files, and the ``unreadable`` ones by name."""
+
+    line: str
+    matched: int
+    unreadable: list[str]
+
+
+def describe_policy_check(
+    name: str, policy: FilesPolicy, archive_root: str | os.PathLike[str] | None = None
+) -> PolicyCheck:
+    """For `hk config check`: the directory checked as a real run checks it (ConfigError from
+    check_directory), its matching files listed and each opened for reading (nothing is read
+    nor changed), so files a run would have to skip as unreadable are named beforehand."""
+    directory = check_directory(name, policy, writable=True, archive_root=archive_root)
     files = list_files(directory, policy)
     streams = len({item.stream for item in files})
     compress = policy.compress_after
@@ -639,4 +787,5 @@ def describe_policy_check(name: str, policy: FilesPolicy) -> tuple[str, int]:
         f"streams); {action}{'archive and ' if policy.archive else ''}delete after "
         f"{format_duration(policy.retention)}"
     )
-    return line, len(files)
+    unreadable = [item.name for item in files if not _readable(item)]
+    return PolicyCheck(line, len(files), unreadable)

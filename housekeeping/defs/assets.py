@@ -4,9 +4,9 @@ Thin adapters: they load the config, call the core (`run_and_record`, `purge_dag
 report what happened as metadata the UI plots across runs.
 """
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 import dagster as dg
 from pydantic import Field
@@ -15,7 +15,7 @@ from housekeeping.config import HousekeepingConfig, database_url
 from housekeeping.config_types import format_duration
 from housekeeping.dagster_runs import purge_dagster_runs
 from housekeeping.defs.resources import HousekeepingResource
-from housekeeping.history import PolicyRun, RunStatus
+from housekeeping.history import PolicyRun, RunHistory, RunStatus
 from housekeeping.policies import RunLockedOut, RunOptions, failure_recorded, run_and_record
 from housekeeping.policy_kinds import PolicyConfig
 from housekeeping.stopping import stop_on_terminate
@@ -120,61 +120,112 @@ def build_policy_asset(
         config: CleanupRunConfig,
         housekeeping: HousekeepingResource,
     ):
-        settings = housekeeping.load()
         db = housekeeping.app_database()
-        history = housekeeping.run_history(settings)
+
+        def run(settings: HousekeepingConfig, history: RunHistory, **options: Any) -> Any:
+            result = run_and_record(history, db, settings, name, **options)
+            context.log.info(result.summary_line())
+            return result
+
         try:
-            with stop_on_terminate() as stop:
-                result = run_and_record(
-                    history,
-                    db,
-                    settings,
-                    name,
-                    dagster_run_id=context.run_id,
-                    options=RunOptions(config.dry_run, config.allow_large_delete),
-                    run_id=context.run_id,
-                    should_stop=stop,
-                    log=context.log.info,
-                )
-        except RunLockedOut as exc:
-            # The lock is the operator's to look at, not our code: one line, not a traceback,
-            # and what the run deleted before it is on the record like any materialization.
-            metadata = scalar_metadata(exc.result.metadata())
-            if exc.result.deleted:
-                yield dg.AssetMaterialization(asset_key=key, metadata=metadata)
-            raise dg.Failure(description=str(exc), metadata=metadata) from None
+            yield from run_cleanup(
+                context,
+                key,
+                config,
+                housekeeping,
+                run,
+                stopped=lambda result: (
+                    f"Stopped on request after {result.batches} batches: {result.deleted:,} "
+                    "rows deleted (and archived where configured); the next run carries on."
+                ),
+            )
         finally:
             db.dispose()
-            history.dispose()
-        context.log.info(result.summary_line())
-        stopped = (
-            f"Stopped on request after {result.batches} batches: {result.deleted:,} rows "
-            "deleted (and archived where configured); the next run carries on."
-        )
-        yield from cleanup_events(
-            key,
-            scalar_metadata(result.metadata()),
-            dry_run=result.dry_run,
-            stopped=stopped if result.stopped_early else None,
-        )
 
     return policy_cleanup
 
 
-def cleanup_events(
-    key: dg.AssetKey, metadata: dict[str, Any], *, dry_run: bool, stopped: str | None
+class CleanupResult(Protocol):
+    """What a cleanup core returns (a table policy's RunResult, a files policy's FilesResult)."""
+
+    dry_run: bool
+    stopped_early: bool
+
+    def metadata(self) -> dict[str, Any]: ...
+
+
+def run_cleanup(
+    context: dg.AssetExecutionContext,
+    key: dg.AssetKey,
+    run_config: CleanupRunConfig,
+    housekeeping: HousekeepingResource,
+    run: Callable[..., CleanupResult],
+    *,
+    stopped: Callable[[Any], str],
+    checks: Callable[[Any], list[dg.AssetCheckResult]] = lambda result: [],
 ) -> Iterator[dg.AssetObservation | dg.AssetMaterialization | dg.MaterializeResult]:
+    """The one shell of every cleanup asset (table and files policies): loads the config and
+    the run history, calls ``run(settings, history, dagster_run_id=, options=, run_id=,
+    should_stop=, log=)`` (the core, which records the run in the history) with the run's
+    dry-run and large-delete switches and a stop on SIGTERM, then yields what ``cleanup_events``
+    yields, the asset's ``checks(result)`` included. A run locked out (RunLockedOut) is one
+    line: what it deleted before is materialized, then a Failure."""
+    settings = housekeeping.load()
+    history = housekeeping.run_history(settings)
+    try:
+        with stop_on_terminate() as stop:
+            result = run(
+                settings,
+                history,
+                dagster_run_id=context.run_id,
+                options=RunOptions(run_config.dry_run, run_config.allow_large_delete),
+                run_id=context.run_id,
+                should_stop=stop,
+                log=context.log.info,
+            )
+    except RunLockedOut as exc:
+        # The lock is the operator's to look at, not our code: one line, not a traceback,
+        # and what the run deleted before it is on the record like any materialization.
+        metadata = scalar_metadata(exc.result.metadata())
+        if exc.result.deleted:
+            yield dg.AssetMaterialization(asset_key=key, metadata=metadata)
+        raise dg.Failure(description=str(exc), metadata=metadata) from None
+    finally:
+        history.dispose()
+    yield from cleanup_events(
+        key,
+        scalar_metadata(result.metadata()),
+        dry_run=result.dry_run,
+        stopped=stopped(result) if result.stopped_early else None,
+        checks=checks(result),
+    )
+
+
+def cleanup_events(
+    key: dg.AssetKey,
+    metadata: dict[str, Any],
+    *,
+    dry_run: bool,
+    stopped: str | None,
+    checks: list[dg.AssetCheckResult] | None = None,
+) -> Iterator[
+    dg.AssetObservation | dg.AssetMaterialization | dg.MaterializeResult | dg.AssetCheckResult
+]:
     """What a cleanup asset yields once its run is done: a dry run as an observation (not a
     materialization: the plotted history stays real), a run stopped on request as a
-    materialization then a Failure saying ``stopped``, else a MaterializeResult."""
+    materialization then a Failure saying ``stopped``, else a MaterializeResult; the asset's
+    own ``checks`` (results of its check specs) with each."""
+    checks = checks or []
     if dry_run:
         yield dg.AssetObservation(asset_key=key, metadata=metadata)
+        yield from checks
         return
     if stopped is not None:
         # Yielded (not logged) so it is recorded before the failure ends the step.
         yield dg.AssetMaterialization(asset_key=key, metadata=metadata)
+        yield from checks
         raise dg.Failure(description=stopped, metadata=metadata)
-    yield dg.MaterializeResult(metadata=metadata)
+    yield dg.MaterializeResult(metadata=metadata, check_results=checks)
 
 
 def build_dagster_run_history_asset(config: HousekeepingConfig) -> dg.AssetsDefinition:

@@ -11,6 +11,7 @@ import dagster as dg
 from housekeeping.config import HousekeepingConfig
 from housekeeping.dagster_runs import MANUAL
 from housekeeping.defs.assets import DAGSTER_RUNS_ASSET, GROUP, policy_asset_key
+from housekeeping.defs.file_assets import readable_check_key
 
 # What dg.define_asset_job returns: Dagster does not export its class (it is resolved later).
 AssetJob = Any
@@ -71,7 +72,10 @@ def build_jobs(config: HousekeepingConfig, checked: dict[str, dg.AssetKey]) -> H
         health=dg.define_asset_job(
             "housekeeping_health_job",
             tags=MANUAL,
-            selection=dg.AssetSelection.checks_for_assets(*checked.values()),
+            # The readable checks are evaluated by the files policies' own runs (check specs
+            # of their assets): selected here they would run the cleanups.
+            selection=dg.AssetSelection.checks_for_assets(*checked.values())
+            - dg.AssetSelection.checks(*map(readable_check_key, config.file_policies)),
             description="Re-evaluates every policy's health checks from its run history.",
         ),
         per_policy={

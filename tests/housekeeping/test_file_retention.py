@@ -17,8 +17,8 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
+from housekeeping import atomic, file_retention
 from housekeeping import file_archive as file_archive_module
-from housekeeping import file_retention
 from housekeeping.archive import ArchiveError, LocalArchiveStore
 from housekeeping.cli import main
 from housekeeping.config import ConfigError, load_config, parse_config
@@ -103,9 +103,14 @@ def archived(tmp_path: Path) -> dict[str, bytes]:
 
 @pytest.fixture
 def logs(tmp_path):
-    """A directory with one stream rotated daily: today's file (active), one written 5 minutes
-    ago (within grace), plain ones of 2 and 10 days (to compress), a .gz of 20 days (kept),
-    and three of 40-60 days (expiring), plus a file the glob does not match."""
+    """``make_logs``'s directory."""
+    return make_logs(tmp_path)
+
+
+def make_logs(tmp_path: Path) -> Path:
+    """``tmp_path/logs`` with one stream rotated daily: today's file (active), one written 5
+    minutes ago (within grace), plain ones of 2 and 10 days (to compress), a .gz of 20 days
+    (kept), and three of 40-60 days (expiring), plus a file the glob does not match."""
     directory = tmp_path / "logs"
     log_file(directory, "app.log", 0.001)
     log_file(directory, "app.log.1", 5 / 1440)
@@ -595,11 +600,11 @@ def test_two_files_of_the_same_name_and_day_are_both_archived(tmp_path):
 
 CRASH_POINTS = {
     # compressing: the .gz.tmp written and fsynced, not yet renamed
-    "compress_before_rename": (file_retention, "_rename", 1),
+    "compress_before_rename": (atomic, "_rename", 1),
     # compressing: the .gz in place, the original not yet deleted
     "compress_before_unlink": (file_retention, "_unlink", 1),
     # archiving the second expiring file: copied to .pending, not yet published
-    "archive_after_copy": (LocalArchiveStore, "rename", 2),
+    "archive_after_copy": (LocalArchiveStore, "rename", 1),
     # archiving the second expiring file: published, not yet in the manifest
     "archive_before_manifest": (file_archive_module.FileArchive, "_add_to_manifest", 1),
     # the second expiring file listed in the manifest, not yet deleted (two compressions and
@@ -721,8 +726,27 @@ def test_a_files_policy_is_an_asset_with_its_schedule_job_and_health_checks(tmp_
         for key in defs.resolve_asset_graph().asset_check_keys
         if key.asset_key == policy_asset_key("app_logs")
     }
-    assert checks == {"health", "deletes_progress"}
+    assert checks == {"health", "deletes_progress", "readable"}
     assert defs.resolve_assets_def(policy_asset_key("revoked_tokens"))
+
+
+def test_the_health_job_leaves_out_the_readable_check_and_runs_no_cleanup(
+    tmp_path, monkeypatch, instance, original
+):
+    defs = files_definitions(tmp_path, monkeypatch)
+
+    result = defs.resolve_job_def("housekeeping_health_job").execute_in_process(instance=instance)
+
+    assert result.success
+    evaluated = {
+        evaluation.check_name
+        for evaluation in result.get_asset_check_evaluations()
+        if evaluation.asset_key == policy_asset_key("app_logs")
+    }
+    # readable is evaluated by the policy's own runs; here it would run the cleanup.
+    assert evaluated == {"health", "deletes_progress"}
+    assert result.asset_materializations_for_node("housekeeping__app_logs") == []
+    assert snapshot(tmp_path / "logs") == original.content
 
 
 def test_the_files_asset_compresses_archives_deletes_and_reports_metadata_and_health(
@@ -744,7 +768,7 @@ def test_the_files_asset_compresses_archives_deletes_and_reports_metadata_and_he
         for evaluation in result.get_asset_check_evaluations()
         if evaluation.asset_key == policy_asset_key("app_logs")
     }
-    assert checks == {"health": True, "deletes_progress": True}
+    assert checks == {"health": True, "deletes_progress": True, "readable": True}
     history = RunHistory(load_config(tmp_path / "hk.yaml").state_database_url)
     [run] = history.recent("app_logs")
     history.dispose()
