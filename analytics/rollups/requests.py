@@ -252,6 +252,14 @@ def _publish_minutes(
 ) -> tuple[int, int, list[str], int, list]:
     """From the temp table ``fine`` (MINUTE_GROUPS_SQL) to the published hour files of
     ``[start, end)``: rows read, minutes kept from published, partitions, rows written, preview."""
+    rows_read = sketch_minutes(connection)
+    kept, partitions, rows_written, preview = publish_minutes(connection, store, start, end)
+    return rows_read, kept, partitions, rows_written, preview
+
+
+def sketch_minutes(connection: duckdb.DuckDBPyConnection) -> int:
+    """The temp table ``rollup`` (REQUESTS_MINUTE's columns, latency sketches counted from the
+    bucket lists) from ``fine``, which is dropped; returns the requests it counts."""
     connection.execute(
         f"""
         CREATE TEMP TABLE rollup AS
@@ -266,7 +274,14 @@ def _publish_minutes(
         """
     )
     connection.execute("DROP TABLE fine")
-    rows_read = connection.execute("SELECT coalesce(sum(requests), 0) FROM rollup").fetchone()[0]
+    return int(connection.execute("SELECT coalesce(sum(requests), 0) FROM rollup").fetchone()[0])
+
+
+def publish_minutes(
+    connection: duckdb.DuckDBPyConnection, store: RollupStore, start: datetime, end: datetime
+) -> tuple[int, list[str], int, list]:
+    """The temp table ``rollup`` published as the hour files of ``[start, end)`` (a minute whose
+    recount is lower keeps its published rows): minutes kept, partitions, rows written, preview."""
     kept = keep_published_where_lower(
         connection,
         store,
@@ -280,7 +295,7 @@ def _publish_minutes(
         connection, store, REQUESTS_MINUTE, "minute", start, end
     )
     preview = preview_rows(connection, "rollup", "requests DESC")
-    return int(rows_read), kept, partitions, rows_written, preview
+    return kept, partitions, rows_written, preview
 
 
 def refresh_requests_from_log_files(
