@@ -181,7 +181,9 @@ class AnalyticsSettings(StrictModel):
     stuck_after: PositiveDuration = timedelta(hours=2)
     # Connections (each a database backend and a client thread) a rollup extract reads over at
     # once, one UTC hour per COPY; docs/analytics.md ("Extract workers") says how to choose it.
-    extract_workers: int = Field(default=DEFAULT_EXTRACT_WORKERS, ge=1, le=MAX_EXTRACT_WORKERS)
+    extract_workers: int = Field(
+        default=DEFAULT_EXTRACT_WORKERS, ge=1, le=MAX_EXTRACT_WORKERS, strict=True
+    )
     # Environment variable holding the key that hashes user ids; unset: a key file under root.
     user_hash_key_env: Identifier = "HK_USER_HASH_KEY"
     sources: SourcesSettings = SourcesSettings()
