@@ -423,21 +423,22 @@ def read_pieces(
         threading.Thread(target=run, args=(index, connection), name=f"hk-analytics-copy-{index}")
         for index, connection in enumerate(connections)
     ]
+    interrupted: BaseException | None = None
     try:
         for thread in threads:
             thread.start()
     finally:
-        try:
-            for thread in threads:
-                while thread.is_alive():
-                    try:
-                        thread.join()
-                    except BaseException:  # an interrupt: stop the workers, still wait for them
-                        stop.set()
-                        raise
-        finally:
-            for connection in connections:
-                connection.close()
+        for thread in threads:
+            while thread.is_alive():
+                try:
+                    thread.join()
+                except BaseException as exc:  # an interrupt: stop the workers, wait for them
+                    stop.set()
+                    interrupted = interrupted or exc
+        for connection in connections:
+            connection.close()
+    if interrupted is not None:
+        raise interrupted
     if failures:
         raise failures[0]
 
@@ -480,7 +481,7 @@ def _stream_postgres_parallel(
     """
     batches: queue.Queue = queue.Queue(maxsize=PREFETCH_BATCHES * streams)
     stop = threading.Event()
-    schema_sent = threading.Event()
+    first_piece = threading.Lock()  # taken once, by the first piece: it sends the schema
 
     def put(item: object) -> None:
         while True:
@@ -493,8 +494,7 @@ def _stream_postgres_parallel(
                 continue
 
     def consume(_worker: int, reader: pa.RecordBatchReader) -> None:
-        if not schema_sent.is_set():
-            schema_sent.set()
+        if first_piece.acquire(blocking=False):
             put(reader.schema)
         for batch in reader:
             put(batch)
