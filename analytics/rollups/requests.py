@@ -144,8 +144,12 @@ def refresh_requests(
     NULLs: a request without ``duration_ms`` counts as a request but not in the latency
     columns; without ``status_code`` it counts in ``status_other``; a NULL route or method is
     ``(none)``; a row without ``ts`` falls in no minute (``rows_without_timestamp``).
-    Raises ``SourceError`` (mapping, archive) or ``DatabaseError``; ``ValueError`` for a range
-    that is not whole minutes.
+
+    On PostgreSQL without archived rows to add, the rows are read and grouped per UTC hour by
+    ``analytics.extract_workers`` workers (``group_minutes_in_pieces``) and merged; the first
+    failing hour stops them all and nothing is published. Raises ``SourceError`` (mapping,
+    archive) or ``DatabaseError`` ("reading <table>: ..."); ``ValueError`` for a range that is
+    not whole minutes.
     """
     check_range(start, end, MINUTE)
     if isinstance(settings.sources.request_logs, JsonLinesSource):
