@@ -18,12 +18,13 @@ session's ``TimeZone`` nor the analytics time zone shifts a row.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import queue
 import sqlite3
 import threading
 from collections import deque
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -34,7 +35,7 @@ import pyarrow as pa
 import sqlalchemy as sa
 from psycopg import sql
 
-from housekeeping.column_time import column_instant, column_value
+from housekeeping.column_time import column_instant, column_value, wall_clock
 from housekeeping.database import AppDatabase, DatabaseError, libpq_url
 from housekeeping.errors import HkError, first_line
 from housekeeping.schema_check import missing_column, missing_table
@@ -42,8 +43,12 @@ from housekeeping.sql import TableName, quote_identifier
 
 SQLITE_BATCH_ROWS = 50_000
 # A bounded range of at least two hours on an indexed timestamp column is read as one COPY per
-# whole UTC hour, over this many connections at once (each its own backend), into one stream.
-COPY_STREAMS = 2
+# whole UTC hour, over this many connections at once (each its own backend): the default and
+# the limit of ``analytics.extract_workers``.
+DEFAULT_EXTRACT_WORKERS = 2
+MAX_EXTRACT_WORKERS = 32
+# What pg_stat_activity shows for the extract's connections.
+APPLICATION_NAME = "hk-analytics"
 _HOUR = timedelta(hours=1)
 
 
@@ -198,10 +203,10 @@ def stream_rows(
     """The source's ``aliases`` columns (renamed to the aliases) of rows inside every range.
 
     The rows come in no particular order. On PostgreSQL a range of two hours or more on an
-    indexed timestamp column (``hour_pieces``) is read by ``streams`` (default COPY_STREAMS)
-    connections at once, each
-    taking the next whole UTC hour as its own COPY; at most PREFETCH_BATCHES record batches per
-    connection wait in memory.
+    indexed timestamp column (``copy_pieces``) is read by ``streams`` connections at once
+    (``read_pieces``; default DEFAULT_EXTRACT_WORKERS, the rollups pass
+    ``analytics.extract_workers``), each taking the next whole UTC hour as its own COPY; at most
+    PREFETCH_BATCHES record batches per connection wait in memory.
 
     PostgreSQL timestamps arrive as ``timestamp[us, tz=UTC]``; SQLite's as text, which the
     rollup SQL casts (and names the column when a value does not parse): as stored when the
@@ -212,10 +217,9 @@ def stream_rows(
         source = check_source(db, source)
     columns = [source.column(alias) for alias in aliases]
     if db.is_postgres:
-        streams = COPY_STREAMS if streams is None else streams
-        pieces = hour_pieces(source, where) if streams > 1 else [list(where)]
-        if len(pieces) > 1:
-            texts = [_postgres_query(source, columns, piece) for piece in pieces]
+        streams = DEFAULT_EXTRACT_WORKERS if streams is None else streams
+        texts = copy_pieces(source, aliases, where) if streams > 1 else []
+        if len(texts) > 1:
             return _stream_postgres_parallel(db, source, texts, min(streams, len(texts)))
         return _stream_postgres(db, source, columns, where)
     return _stream_sqlite(db, source, columns, where)
@@ -224,7 +228,15 @@ def stream_rows(
 def hour_pieces(source: Source, where: Sequence[TimeRange]) -> list[list[TimeRange]]:
     """``where`` cut into one condition per whole UTC hour of its first range that is bounded on
     both sides, spans two hours or more and is on an indexed column (each piece is then an index
-    range, not a pass over the table); ``[where]`` when no range qualifies."""
+    range, not a pass over the table); ``[where]`` when no range qualifies.
+
+    Adjacent pieces share their bound, so their conditions meet without gap or overlap as long as
+    the bounds' values in the column's terms ascend. On a naive column they may not: after an
+    autumn clock change the first UTC hour edge reads earlier than a start inside the repeated
+    hour (Europe/Berlin: 00:30 UTC reads 02:30, 01:00 UTC reads 02:00 again), and the pieces
+    would read rows the range leaves out. Such an edge is moved back to the bound before it (its
+    piece is then empty and dropped), so the pieces select exactly the rows the range does.
+    """
     for index, bounds in enumerate(where):
         column = source.column(bounds.column)
         if (
@@ -240,9 +252,14 @@ def hour_pieces(source: Source, where: Sequence[TimeRange]) -> list[list[TimeRan
             edges.append(hour)
             hour += _HOUR
         edges.append(_utc(bounds.end))
+        if column.zone is not None:
+            for at in range(1, len(edges)):
+                if wall_clock(edges[at], column.zone) < wall_clock(edges[at - 1], column.zone):
+                    edges[at] = edges[at - 1]
         return [
             [*where[:index], TimeRange(bounds.column, low, high), *where[index + 1 :]]
             for low, high in zip(edges, edges[1:], strict=False)
+            if low < high
         ]
     return [list(where)]
 
@@ -278,9 +295,13 @@ def _postgres_query(source: Source, columns: list[SourceColumn], where: Sequence
 
 
 def _connect(db: AppDatabase) -> Any:
-    """An ADBC connection whose session reads timestamptz literals without offset as UTC."""
+    """An ADBC connection whose session reads timestamptz literals without offset as UTC,
+    named APPLICATION_NAME unless the URL names it."""
+    url = db.url
+    if "application_name" not in url.query:
+        url = url.update_query_dict({"application_name": APPLICATION_NAME})
     try:
-        connection = adbc.connect(libpq_url(db.url))
+        connection = adbc.connect(libpq_url(url))
     except adbc.Error as exc:
         raise DatabaseError(
             f"cannot connect to the application database {db.describe()}: {first_line(exc)}"
@@ -331,91 +352,187 @@ PREFETCH_BATCHES = 4
 _DONE = object()
 
 
-def _stream_postgres_parallel(
-    db: AppDatabase, source: Source, texts: Sequence[str], streams: int
-) -> RowStream:
-    """The rows of every query of ``texts`` (same columns), read by ``streams`` connections at
-    once, each taking the next query when done with its last, into one stream.
+def copy_pieces(source: Source, aliases: Sequence[str], where: Sequence[TimeRange]) -> list[str]:
+    """The queries of one extract of ``aliases`` in ``where``: one per whole UTC hour of a range
+    ``hour_pieces`` cuts, else one. Each is a query without bound parameters, so ADBC runs it as
+    ``COPY (query) TO STDOUT (FORMAT binary)``; together they select every row once (adjacent
+    pieces share their bound, turned into the column's terms once; see ``hour_pieces``).
+    ``source`` must be checked (``check_source``: naive columns' zones, the indexes)."""
+    columns = [source.column(alias) for alias in aliases]
+    return [_postgres_query(source, columns, piece) for piece in hour_pieces(source, where)]
 
-    The connections and the first query are opened here, so a bad connection or query raises
-    (DatabaseError) before any row is read. At most PREFETCH_BATCHES record batches per
-    connection wait for the consumer; when it stops early, every reader stops after its batch.
+
+class _Stopped(Exception):
+    """A piece stopped after its batch because another failed or the reader was closed."""
+
+
+def read_pieces(
+    db: AppDatabase,
+    source: Source,
+    pieces: Sequence[str],
+    workers: int,
+    consume: Callable[[int, pa.RecordBatchReader], None],
+    stop: threading.Event | None = None,
+) -> None:
+    """Run every query of ``pieces`` (``copy_pieces``) on PostgreSQL, ``workers`` at once.
+
+    Each worker is a thread with a connection of its own (a backend; ``application_name``
+    APPLICATION_NAME). A free worker takes the next piece in order and calls ``consume(worker,
+    reader)`` on its own thread, ``worker`` in ``range(workers)``, with the piece's rows as an
+    Arrow reader. All connections are opened before any piece runs and all are closed on return.
+
+    The first failure (a piece's query or read, or ``consume`` raising) stops every worker after
+    its current batch and no further piece starts; once all have stopped it is raised: a
+    ``DatabaseError`` reading "reading <table>: <first line of the error>" for the database's,
+    ``consume``'s own exception as it is. Setting ``stop`` from outside stops them the same way
+    without an error.
     """
+    stop = threading.Event() if stop is None else stop
     connections: list[Any] = []
     try:
-        for _ in range(streams):
+        for _ in range(max(1, min(workers, len(pieces)))):
             connections.append(_connect(db))
-        first = _copy(connections[0], source, texts[0])
     except BaseException:
         for connection in connections:
             connection.close()
         raise
-    pending = deque(texts[1:])
-    pending_lock = threading.Lock()
-    batches: queue.Queue = queue.Queue(maxsize=PREFETCH_BATCHES * streams)
-    stop = threading.Event()
+    pending = deque(pieces)
+    lock = threading.Lock()
+    failures: list[BaseException] = []
 
-    def put(item: object) -> bool:
-        while not stop.is_set():
-            try:
-                batches.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def produce(connection: Any, opened: tuple[Any, pa.RecordBatchReader] | None) -> None:
+    def run(worker: int, connection: Any) -> None:
+        reading: list[BaseException] = []  # the reader's own error, as DuckDB re-wraps it
         try:
-            while True:
-                if opened is None:
-                    with pending_lock:
-                        text = pending.popleft() if pending else None
-                    if text is None:
-                        break
-                    opened = _copy(connection, source, text)
-                cursor, reader = opened
+            while not stop.is_set():
+                with lock:
+                    text = pending.popleft() if pending else None
+                if text is None:
+                    return
+                cursor, reader = _copy(connection, source, text)
                 try:
-                    for batch in reader:
-                        if not put(batch):
-                            return
+                    consume(worker, _until_stopped(reader, stop, source, reading))
                 finally:
                     cursor.close()
-                opened = None
-            put(_DONE)
-        except BaseException as exc:  # handed to the consumer, which re-raises it
-            put(exc)
+        except BaseException as exc:
+            with lock:
+                if not stop.is_set():  # the first failure; the others follow from the stop
+                    failures.append(reading[0] if reading else exc)
+                stop.set()
 
-    producers = [
-        threading.Thread(
-            target=produce,
-            args=(connection, first if index == 0 else None),
-            name=f"analytics-copy-{index}",
-            daemon=True,
-        )
+    threads = [
+        threading.Thread(target=run, args=(index, connection), name=f"hk-analytics-copy-{index}")
         for index, connection in enumerate(connections)
     ]
-    for producer in producers:
-        producer.start()
+    interrupted: BaseException | None = None
+    try:
+        for thread in threads:
+            thread.start()
+    finally:
+        for thread in threads:
+            while thread.is_alive():
+                try:
+                    thread.join()
+                except BaseException as exc:  # an interrupt: stop the workers, wait for them
+                    stop.set()
+                    interrupted = interrupted or exc
+        for connection in connections:
+            connection.close()
+    if interrupted is not None:
+        raise interrupted
+    if failures:
+        raise failures[0]
+
+
+def _until_stopped(
+    reader: pa.RecordBatchReader,
+    stop: threading.Event,
+    source: Source,
+    reading: list[BaseException],
+) -> pa.RecordBatchReader:
+    """``reader``, ending with ``_Stopped`` at the first batch after ``stop`` is set; an error
+    of the reader itself becomes a DatabaseError naming the table, kept in ``reading``."""
+
+    def batches() -> Iterator[pa.RecordBatch]:
+        iterator = iter(reader)
+        while True:
+            if stop.is_set():
+                raise _Stopped()
+            try:
+                batch = next(iterator)
+            except StopIteration:
+                return
+            except (adbc.Error, pa.ArrowException) as exc:
+                reading.append(DatabaseError(f"reading {source.table}: {first_line(exc)}"))
+                raise reading[-1] from None
+            yield batch
+
+    return pa.RecordBatchReader.from_batches(reader.schema, batches())
+
+
+def _stream_postgres_parallel(
+    db: AppDatabase, source: Source, texts: Sequence[str], streams: int
+) -> RowStream:
+    """The rows of every query of ``texts`` (same columns) read by ``read_pieces`` on a thread
+    of its own, into one stream.
+
+    A bad connection or first query raises (DatabaseError) here, before any row is read. At most
+    PREFETCH_BATCHES record batches per connection wait for the consumer; when it stops early,
+    every reader stops after its batch.
+    """
+    batches: queue.Queue = queue.Queue(maxsize=PREFETCH_BATCHES * streams)
+    stop = threading.Event()
+    first_piece = threading.Lock()  # taken once, by the first piece: it sends the schema
+
+    def put(item: object) -> None:
+        while True:
+            if stop.is_set():
+                raise _Stopped()
+            try:
+                batches.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def consume(_worker: int, reader: pa.RecordBatchReader) -> None:
+        if first_piece.acquire(blocking=False):
+            put(reader.schema)
+        for batch in reader:
+            put(batch)
+
+    def produce() -> None:
+        item: object = _DONE
+        try:
+            read_pieces(db, source, texts, streams, consume, stop)
+        except BaseException as exc:  # handed to the consumer, which re-raises it
+            item = exc
+        with contextlib.suppress(_Stopped):
+            put(item)
+
+    producer = threading.Thread(target=produce, name="hk-analytics-pieces", daemon=True)
+    producer.start()
+
+    def finish() -> None:
+        stop.set()
+        producer.join()
+
+    first = batches.get()
+    if isinstance(first, BaseException):
+        finish()
+        raise first
 
     def merged() -> Iterator[pa.RecordBatch]:
         try:
-            finished = 0
-            while finished < len(producers):
+            while True:
                 item = batches.get()
                 if item is _DONE:
-                    finished += 1
-                    continue
+                    return
                 if isinstance(item, BaseException):
                     raise item
                 yield item
         finally:
-            stop.set()
-            for producer in producers:
-                producer.join()
-            for connection in connections:
-                connection.close()
+            finish()
 
-    return _recording_errors(first[1].schema, merged())
+    return _recording_errors(first, merged())
 
 
 def _prefetched(reader: pa.RecordBatchReader) -> Iterator[pa.RecordBatch]:

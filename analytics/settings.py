@@ -13,6 +13,7 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import Field, PlainValidator, model_validator
 
+from analytics.extract import DEFAULT_EXTRACT_WORKERS, MAX_EXTRACT_WORKERS
 from analytics.logs.formats import FieldMapping, PresetName, resolved_mapping
 from analytics.logs.job_formats import (
     REQUIRED_JOB_FIELDS,
@@ -231,6 +232,11 @@ class AnalyticsSettings(StrictModel):
     max_catch_up: PositiveDuration = timedelta(hours=2)
     # A job active for longer than this counts as stuck.
     stuck_after: PositiveDuration = timedelta(hours=2)
+    # Connections (each a database backend and a client thread) a rollup extract reads over at
+    # once, one UTC hour per COPY; docs/analytics.md ("Extract workers") says how to choose it.
+    extract_workers: int = Field(
+        default=DEFAULT_EXTRACT_WORKERS, ge=1, le=MAX_EXTRACT_WORKERS, strict=True
+    )
     # Environment variable holding the key that hashes user ids; unset: a key file under root.
     user_hash_key_env: Identifier = "HK_USER_HASH_KEY"
     sources: SourcesSettings = SourcesSettings()

@@ -90,7 +90,9 @@ def refresh_api_usage(
         "cost_usd",
         "success",
     ]
-    source, stream, archived = stream_with_archive(db, config, source, aliases, where)
+    source, stream, archived = stream_with_archive(
+        db, config, source, aliases, where, streams=settings.extract_workers
+    )
     response = "CAST(response_time_ms AS DOUBLE)"
     buckets = f"list({bucket_sql(response)})"
     with duckdb_session(store.root / ".tmp") as connection:

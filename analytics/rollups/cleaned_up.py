@@ -236,16 +236,19 @@ def stream_with_archive(
     aliases: Sequence[str],
     where: Sequence[TimeRange],
     archive_where: Sequence[TimeRange] | None = None,
+    *,
+    streams: int | None = None,
 ) -> tuple[Source, RowStream, ArchivedRows | None]:
-    """The live rows of ``where`` as a stream, and what of the archive to add to them (rows in
-    ``archive_where``, default ``where``): the source carries the key columns then, and the
-    stream them too, as ``load_with_archive`` expects. Returns (source, stream, archived)."""
+    """The live rows of ``where`` as a stream (read over ``streams`` connections, see
+    ``stream_rows``), and what of the archive to add to them (rows in ``archive_where``, default
+    ``where``): the source carries the key columns then, and the stream them too, as
+    ``load_with_archive`` expects. Returns (source, stream, archived)."""
     archived = archived_rows(db, config, source, where if archive_where is None else archive_where)
     aliases = list(aliases)
     if archived is not None:
         source = archived.source_with_keys(db, source)
         aliases += archived.key_aliases
-    return source, stream_rows(db, source, aliases, where), archived
+    return source, stream_rows(db, source, aliases, where, streams=streams), archived
 
 
 def unreadable_archive(source: Source, files: Sequence[Path], error: duckdb.Error) -> SourceError:

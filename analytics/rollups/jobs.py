@@ -120,7 +120,9 @@ def refresh_jobs(
     # Archived jobs are finished; one that finished before the range touches none of its hours.
     archive_where = [*live, TimeRange("finished_at", start, None)]
     aliases = ["queue", "name", "status", "created_at", "started_at", "finished_at", "attempts"]
-    source, stream, archived = stream_with_archive(db, config, source, aliases, live, archive_where)
+    source, stream, archived = stream_with_archive(
+        db, config, source, aliases, live, archive_where, streams=settings.extract_workers
+    )
     with duckdb_session(store.root / ".tmp") as connection:
         from_archive = load_with_archive(
             connection,

@@ -74,7 +74,9 @@ def refresh_request_clients(
     where = [TimeRange("ts", start, end)]
     aliases = ["ts", "status_code", "ip", "user_id"]
     key = user_hash_key(settings, config)
-    source, stream, archived = stream_with_archive(db, config, source, aliases, where)
+    source, stream, archived = stream_with_archive(
+        db, config, source, aliases, where, streams=settings.extract_workers
+    )
     with duckdb_session(store.root / ".tmp") as connection:
         connection.execute("SET VARIABLE user_hash_key = $key", {"key": key})
         load_with_archive(

@@ -10,7 +10,13 @@ retention deleted rows reads them back from the archive, or keeps the published 
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
+from contextlib import ExitStack
 from datetime import UTC, datetime
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
 
 from analytics.datasets import REQUESTS_MINUTE
 from analytics.extract import (
@@ -18,6 +24,8 @@ from analytics.extract import (
     Source,
     TimeRange,
     check_source,
+    copy_pieces,
+    read_pieces,
     rows_without,
 )
 from analytics.logs.errors import refresh_log_errors
@@ -28,11 +36,17 @@ from analytics.logs.ingest import (
     staged_files,
 )
 from analytics.publish import RollupStore
-from analytics.rollups.cleaned_up import Cleanup, load_with_archive, stream_with_archive
+from analytics.rollups.cleaned_up import (
+    Cleanup,
+    archived_rows,
+    load_with_archive,
+    stream_with_archive,
+)
 from analytics.rollups.engine import (
     MINUTE,
     RollupResult,
     check_range,
+    conversion_failure,
     duckdb_session,
     hour_keys,
     keep_published_where_lower,
@@ -47,12 +61,13 @@ from housekeeping.database import AppDatabase
 from housekeeping.sql import sql_string
 
 _DURATION = "CAST(duration_ms AS DOUBLE)"
+# The source columns the minute rollup reads, by alias.
+ALIASES = ("ts", "route", "method", "status_code", "duration_ms")
 # One pass over ``source_rows`` (ts, route, method, status_code, duration_ms) grouped by
 # minute x route x method; each group keeps its latency buckets as a plain list (2 bytes a row;
 # NULL for a request without duration, which the sketch does not count), counted per bucket
 # afterwards. Much cheaper than grouping by bucket too (millions of small hash groups).
-MINUTE_GROUPS_SQL = f"""
-    CREATE TEMP TABLE fine AS
+MINUTE_GROUPS_SELECT = f"""
     SELECT
         make_timestamp(epoch_us(CAST(ts AS TIMESTAMPTZ)) // 60000000 * 60000000) AS minute,
         coalesce(CAST(route AS VARCHAR), '(none)') AS route,
@@ -71,6 +86,26 @@ MINUTE_GROUPS_SQL = f"""
         list({bucket_sql(_DURATION)}) AS buckets
     FROM source_rows
     GROUP BY ALL
+"""
+MINUTE_GROUPS_SQL = f"CREATE TEMP TABLE fine AS {MINUTE_GROUPS_SELECT}"
+_COUNTS = ("requests", "status_2xx", "status_3xx", "status_4xx", "status_5xx", "status_429")
+# The groups of several pieces (``piece_groups``, MINUTE_GROUPS_SELECT's columns) as one group
+# per minute x route x method: a minute can have groups in two pieces (naive timestamps around a
+# clock change; a piece bound inside a minute). Sums, min, max and the concatenated bucket lists
+# are what one pass over all the rows gives, in any order.
+MERGE_PIECE_GROUPS_SQL = f"""
+    CREATE TEMP TABLE fine AS
+    SELECT
+        minute,
+        route,
+        method,
+        {", ".join(f"CAST(sum({name}) AS BIGINT) AS {name}" for name in _COUNTS)},
+        min(latency_min_ms) AS latency_min_ms,
+        max(latency_max_ms) AS latency_max_ms,
+        CAST(sum(latency_sum_us) AS BIGINT) AS latency_sum_us,
+        flatten(list(buckets)) AS buckets
+    FROM piece_groups
+    GROUP BY minute, route, method
 """
 
 
@@ -109,32 +144,40 @@ def refresh_requests(
     NULLs: a request without ``duration_ms`` counts as a request but not in the latency
     columns; without ``status_code`` it counts in ``status_other``; a NULL route or method is
     ``(none)``; a row without ``ts`` falls in no minute (``rows_without_timestamp``).
-    Raises ``SourceError`` (mapping, archive) or ``DatabaseError``; ``ValueError`` for a range
-    that is not whole minutes.
+
+    On PostgreSQL without archived rows to add, the rows are read and grouped per UTC hour by
+    ``analytics.extract_workers`` workers (``group_minutes_in_pieces``) and merged; the first
+    failing hour stops them all and nothing is published. Raises ``SourceError`` (mapping,
+    archive) or ``DatabaseError`` ("reading <table>: ..."); ``ValueError`` for a range that is
+    not whole minutes.
     """
     check_range(start, end, MINUTE)
     if isinstance(settings.sources.request_logs, JsonLinesSource):
         return refresh_requests_from_log_files(store, settings, start, end)
     started = time.perf_counter()
     source = request_logs_source(settings)
-    if check:
+    if check or db.is_postgres:  # the pieces need the live schema: indexes, naive columns
         source = check_source(db, source)
     where = [TimeRange("ts", start, end)]
-    aliases = ["ts", "route", "method", "status_code", "duration_ms"]
-    source, stream, archived = stream_with_archive(db, config, source, aliases, where)
+    in_pieces = db.is_postgres and archived_rows(db, config, source, where) is None
     with duckdb_session(store.root / ".tmp") as connection:
-        # While the stream is read, one DuckDB thread aggregates and the prefetch thread decodes
-        # (and the database server produces the rows): more threads only contend on two cores.
-        connection.execute("SET threads = 1")
-        from_archive = load_with_archive(
-            connection,
-            stream,
-            source,
-            MINUTE_GROUPS_SQL,
-            archived,
-            where,
-        )
-        connection.execute("RESET threads")
+        if in_pieces:
+            groups = group_minutes_in_pieces(
+                db, source, where, settings.extract_workers, store.root / ".tmp"
+            )
+            merge_minute_groups(connection, groups)
+            from_archive = 0
+        else:
+            source, stream, archived = stream_with_archive(
+                db, config, source, ALIASES, where, streams=settings.extract_workers
+            )
+            # While the stream is read, one DuckDB thread aggregates and the prefetch thread
+            # decodes (and the server produces the rows): more threads contend on two cores.
+            connection.execute("SET threads = 1")
+            from_archive = load_with_archive(
+                connection, stream, source, MINUTE_GROUPS_SQL, archived, where
+            )
+            connection.execute("RESET threads")
         rows_read, kept, partitions, rows_written, preview = _publish_minutes(
             connection, store, start, end
         )
@@ -159,11 +202,68 @@ def refresh_requests(
     )
 
 
+def group_minutes_in_pieces(
+    db: AppDatabase,
+    source: Source,
+    where: Sequence[TimeRange],
+    workers: int,
+    temp_directory: Path | None = None,
+) -> pa.Table:
+    """The request rows of ``where`` (PostgreSQL; ``source`` checked) grouped per piece.
+
+    The extract is cut into ``copy_pieces`` (one COPY per UTC hour of a long range) and read by
+    ``read_pieces`` on ``workers`` connections; each worker groups the pieces it reads
+    (MINUTE_GROUPS_SELECT) in a DuckDB of its own with one thread, so reading, decoding and
+    grouping run in parallel. Returns every piece's groups (MINUTE_GROUPS_SELECT's columns) for
+    ``merge_minute_groups``; nothing is published. Raises what ``read_pieces`` raises (the first
+    failure stops every worker): ``DatabaseError`` "reading <table>: ...", or ``SourceError``
+    naming the column of a value that does not convert.
+    """
+    pieces = copy_pieces(source, ALIASES, where)
+    workers = max(1, min(workers, len(pieces)))
+    groups: list[pa.Table] = []
+    with ExitStack() as stack:
+        sessions = [stack.enter_context(duckdb_session(temp_directory)) for _ in range(workers)]
+        for session in sessions:
+            session.execute("SET threads = 1")
+
+        def consume(worker: int, reader: pa.RecordBatchReader) -> None:
+            session = sessions[worker]
+            session.register("source_rows", reader)
+            try:
+                groups.append(session.sql(MINUTE_GROUPS_SELECT).to_arrow_table())
+            except duckdb.ConversionException as exc:
+                raise conversion_failure(source, exc) from None
+            finally:
+                session.unregister("source_rows")
+
+        read_pieces(db, source, pieces, workers, consume)
+    return pa.concat_tables(groups)
+
+
+def merge_minute_groups(connection: duckdb.DuckDBPyConnection, groups: pa.Table) -> None:
+    """The temp table ``fine`` (one row per minute x route x method, MINUTE_GROUPS_SQL's
+    columns) from the groups of several pieces (``group_minutes_in_pieces``)."""
+    connection.register("piece_groups", groups)
+    try:
+        connection.execute(MERGE_PIECE_GROUPS_SQL)
+    finally:
+        connection.unregister("piece_groups")
+
+
 def _publish_minutes(
     connection, store: RollupStore, start: datetime, end: datetime
 ) -> tuple[int, int, list[str], int, list]:
     """From the temp table ``fine`` (MINUTE_GROUPS_SQL) to the published hour files of
     ``[start, end)``: rows read, minutes kept from published, partitions, rows written, preview."""
+    rows_read = sketch_minutes(connection)
+    kept, partitions, rows_written, preview = publish_minutes(connection, store, start, end)
+    return rows_read, kept, partitions, rows_written, preview
+
+
+def sketch_minutes(connection: duckdb.DuckDBPyConnection) -> int:
+    """The temp table ``rollup`` (REQUESTS_MINUTE's columns, latency sketches counted from the
+    bucket lists) from ``fine``, which is dropped; returns the requests it counts."""
     connection.execute(
         f"""
         CREATE TEMP TABLE rollup AS
@@ -178,7 +278,14 @@ def _publish_minutes(
         """
     )
     connection.execute("DROP TABLE fine")
-    rows_read = connection.execute("SELECT coalesce(sum(requests), 0) FROM rollup").fetchone()[0]
+    return int(connection.execute("SELECT coalesce(sum(requests), 0) FROM rollup").fetchone()[0])
+
+
+def publish_minutes(
+    connection: duckdb.DuckDBPyConnection, store: RollupStore, start: datetime, end: datetime
+) -> tuple[int, list[str], int, list]:
+    """The temp table ``rollup`` published as the hour files of ``[start, end)`` (a minute whose
+    recount is lower keeps its published rows): minutes kept, partitions, rows written, preview."""
     kept = keep_published_where_lower(
         connection,
         store,
@@ -192,7 +299,7 @@ def _publish_minutes(
         connection, store, REQUESTS_MINUTE, "minute", start, end
     )
     preview = preview_rows(connection, "rollup", "requests DESC")
-    return int(rows_read), kept, partitions, rows_written, preview
+    return kept, partitions, rows_written, preview
 
 
 def refresh_requests_from_log_files(

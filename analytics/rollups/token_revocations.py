@@ -192,6 +192,7 @@ def refresh_token_revocations(
                 source,
                 ["user_id", "revoked_at", "expires_at", *keys],
                 [TimeRange(column, start, upper)],
+                streams=settings.extract_workers,
             )
             load_stream(
                 connection,
