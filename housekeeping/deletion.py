@@ -763,6 +763,10 @@ class _Batch:
     skipped_locked: int = 0
     rows: pa.Table | None = None
     committed: float = 0.0  # perf_counter once COMMIT returned
+    # perf_counter once the part of the transaction that grows with the batch's size ended (a
+    # snapshot batch's DELETE); 0: at COMMIT. A COMMIT's WAL flush costs the same for any size,
+    # so a batch shrunk for it would only make more commits.
+    sized: float = 0.0
     archived: bool = False
     # A snapshot batch (see the module docstring): its condition and values, the snapshot its
     # rows were read in, and their file, staged before the DELETE.
@@ -776,6 +780,11 @@ class _Batch:
     @property
     def transaction_seconds(self) -> float:
         return self.committed - self.started
+
+    @property
+    def sizing_seconds(self) -> float:
+        """What the next batch's size is fitted to (``batch.target_duration``)."""
+        return (self.sized or self.committed) - self.started
 
 
 def _run_batch(batch: _Batch, walk: _Walk, method: _Method) -> None:
@@ -881,6 +890,7 @@ def _delete_snapshot_batch(
         batch.deleted = session.execute(
             f"DELETE FROM {walk.table} WHERE {batch.where}", batch.params
         )
+        batch.sized = time.perf_counter()
         if batch.deleted != batch.seen:
             raise DatabaseError(
                 f"batch {batch.sequence} of {walk.target.describe()} read {batch.seen} rows but "
@@ -927,15 +937,31 @@ def _fall_back_to_skipping_locks(
 
 
 class _ArchivePublisher:
-    """Serializes publishing: each day's manifest is rewritten by one batch at a time."""
+    """Publishing for the batches of every worker: each batch renames its own file, and the
+    day's manifest is rewritten by one batch at a time, for every file published since the last
+    rewrite (a group commit: with many batches one rewrite per batch, each fsynced, would cost
+    more than the batches). ``commit`` returns once the batch's file is listed."""
 
     def __init__(self, archive: TableArchive) -> None:
         self.archive = archive
         self.lock = threading.Lock()
+        self.unlisted: list[StagedFile] = []
+        self.unlisted_lock = threading.Lock()
 
     def commit(self, staged: StagedFile) -> None:
+        self.archive.commit(staged, list_in_manifest=False)
+        with self.unlisted_lock:
+            self.unlisted.append(staged)
         with self.lock:
-            self.archive.commit(staged)
+            with self.unlisted_lock:
+                published, self.unlisted = self.unlisted, []
+            if published:  # else a batch that held the lock before listed this one too
+                try:
+                    self.archive.list_in_manifests(published)
+                except BaseException:
+                    with self.unlisted_lock:
+                        self.unlisted[:0] = published
+                    raise
 
 
 def _finish_batch(
@@ -1210,7 +1236,7 @@ def _delete_walk(
             outcome.archived_rows += done.deleted
             outcome.archive_files += 1
         if elapsed > 0:
-            size = _next_size(done.size, elapsed, batch)
+            size = _next_size(done.size, done.sizing_seconds, batch)
 
     def record_all() -> None:
         while in_flight:
