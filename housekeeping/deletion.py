@@ -199,7 +199,7 @@ class _BatchSession(Protocol):
 
     def begin_skipping_locks(self) -> None: ...
 
-    def export_snapshot(self) -> str: ...
+    def export_snapshot(self, params: BoundParams | None = None) -> str: ...
 
     def import_snapshot(self, snapshot: str) -> None: ...
 
@@ -216,6 +216,16 @@ class _BatchSession(Protocol):
     def rollback(self) -> None: ...
 
     def close(self) -> None: ...
+
+
+def _setting_calls(params: BoundParams | None) -> tuple[list[str], list[str]]:
+    """The ``set_config`` calls (transaction-local) and their bound values that carry a
+    SettingParams' values; nothing for other params."""
+    settings = params.settings() if isinstance(params, SettingParams) else []
+    calls = [
+        f"set_config(${2 * index + 1}, ${2 * index + 2}, true)" for index in range(len(settings))
+    ]
+    return calls, [item for pair in settings for item in pair]
 
 
 class _PostgresSession:
@@ -241,6 +251,7 @@ class _PostgresSession:
         # DML goes through its own cursor: executemany reports the row count without RETURNING.
         self.dml_cursor = self.conn.cursor()
         self.lock_timeout_ms = timeout_ms(safety.lock_timeout)
+        self.repeatable_read = repeatable_read
         # For the whole session, which only runs batch transactions: every statement of every
         # batch gets them, without a round trip per batch. ``None`` keeps the server's setting.
         settings = {
@@ -275,32 +286,32 @@ class _PostgresSession:
         self.cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
         self.cursor.execute(f"SET LOCAL lock_timeout = '{self.lock_timeout_ms}ms'")
 
-    def export_snapshot(self) -> str:
+    def export_snapshot(self, params: BoundParams | None = None) -> str:
         """The id of this (REPEATABLE READ) transaction's snapshot, for ``import_snapshot`` on
-        another session while this transaction stays open."""
-        self.cursor.execute("SELECT pg_export_snapshot()")
-        (snapshot,) = self.cursor.fetchone()
+        another session while this transaction stays open; with ``params`` (SettingParams) their
+        settings are applied in the same round trip."""
+        calls, values = _setting_calls(params)
+        self.cursor.execute(
+            f"SELECT {', '.join(['pg_export_snapshot()', *calls])}", parameters=values or None
+        )
+        snapshot = self.cursor.fetchone()[0]
         return str(snapshot)
 
     def import_snapshot(self, snapshot: str) -> None:
-        """Start a REPEATABLE READ transaction that sees exactly what ``snapshot`` (exported by a
-        transaction still open on another session) sees."""
+        """Start a transaction that sees exactly what ``snapshot`` (exported by a transaction
+        still open on another session) sees; the session must be REPEATABLE READ already
+        (``repeatable_read=True``), which saves a round trip per batch."""
+        if not self.repeatable_read:
+            raise DatabaseError("importing a snapshot needs a REPEATABLE READ batch session")
         if not _SNAPSHOT_ID.fullmatch(snapshot):
             raise DatabaseError(f"not a PostgreSQL snapshot id: {snapshot!r}")
-        self.cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
         self.cursor.execute(f"SET TRANSACTION SNAPSHOT '{snapshot}'")
 
     def apply_settings(self, params: SettingParams) -> None:
-        settings = params.settings()
-        if not settings:
+        calls, values = _setting_calls(params)
+        if not calls:
             return
-        calls = ", ".join(
-            f"set_config(${2 * index + 1}, ${2 * index + 2}, true)"
-            for index in range(len(settings))
-        )
-        self.cursor.execute(
-            f"SELECT {calls}", parameters=[item for pair in settings for item in pair]
-        )
+        self.cursor.execute(f"SELECT {', '.join(calls)}", parameters=values)
         self.cursor.fetchall()
 
     def query(self, sql: str, params: BoundParams) -> pa.Table:
@@ -346,7 +357,7 @@ class _SqlAlchemySession:
     def begin_skipping_locks(self) -> None:
         raise NotImplementedError("SQLite has no row locks to skip")
 
-    def export_snapshot(self) -> str:
+    def export_snapshot(self, params: BoundParams | None = None) -> str:
         raise NotImplementedError("exporting a snapshot needs PostgreSQL")
 
     def import_snapshot(self, snapshot: str) -> None:
@@ -852,9 +863,7 @@ def _read_snapshot_batch(
     try:
         batch.where = walk.where(reader, params, batch.size)
         batch.params = params
-        batch.snapshot = reader.export_snapshot()
-        if isinstance(params, SettingParams):
-            reader.apply_settings(params)
+        batch.snapshot = reader.export_snapshot(params)
         select = f"SELECT * FROM {walk.table} WHERE {batch.where}"
         batch.rows = reader.stream(select) if method.streaming else reader.query(select, params)
     except adbc.Error as exc:
