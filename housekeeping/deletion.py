@@ -876,20 +876,25 @@ def _read_snapshot_batch(
         raise
 
 
-def _delete_snapshot_batch(
-    batch: _Batch,
-    walk: _Walk,
-    method: _Method,
-    archive: TableArchive,
-    publisher: _ArchivePublisher | None,
-    run_id: str,
-    failed: threading.Event,
-) -> None:
+@dataclass(frozen=True)
+class _SnapshotRun:
+    """What every snapshot batch of one worker shares (see ``_start_snapshot_batch``)."""
+
+    walk: _Walk
+    method: _Method
+    archive: TableArchive
+    publisher: _ArchivePublisher | None
+    run_id: str
+    failed: threading.Event
+
+
+def _delete_snapshot_batch(batch: _Batch, run: _SnapshotRun) -> None:
     """A snapshot batch's write: its session has imported the read's snapshot and the rows are
     staged durably; DELETE with the read's condition, which in that snapshot meets exactly the
     rows read, then commit and publish. A row changed (serialization failure) or locked (the
     first try's 1 ms lock_timeout) since the read rolls the DELETE back, discards the staged
     file and runs the batch again on the skip-locked path (``_run_batch_skipping_locked``)."""
+    walk, failed = run.walk, run.failed
     session = batch.session
     try:
         if failed.is_set():
@@ -910,39 +915,32 @@ def _delete_snapshot_batch(
         if exc.sqlstate not in (LOCK_NOT_AVAILABLE, SERIALIZATION_FAILURE):
             failed.set()
             raise
-        _fall_back_to_skipping_locks(batch, walk, method, archive, publisher, run_id, failed)
+        _fall_back_to_skipping_locks(batch, run)
         return
     except BaseException:
         failed.set()
         session.rollback()
         raise
-    _finish_batch(batch, archive, publisher, run_id, failed)
+    _finish_batch(batch, run.archive, run.publisher, run.run_id, failed)
 
 
-def _fall_back_to_skipping_locks(
-    batch: _Batch,
-    walk: _Walk,
-    method: _Method,
-    archive: TableArchive,
-    publisher: _ArchivePublisher | None,
-    run_id: str,
-    failed: threading.Event,
-) -> None:
+def _fall_back_to_skipping_locks(batch: _Batch, run: _SnapshotRun) -> None:
     """Run a snapshot batch whose rows changed or were locked again, skipping locked rows; its
     staged file (rows still in the table) is discarded first."""
+    archive, failed = run.archive, run.failed
     try:
         if batch.staged is not None:
             archive.discard(batch.staged)
             batch.staged = None
         batch.skip_locked, batch.deleted = True, 0
-        _run_with_retries(batch, walk, method)
+        _run_with_retries(batch, run.walk, run.method)
     except _TableLocked:
         batch.table_locked = True
         return
     except BaseException:
         failed.set()
         raise
-    _finish_batch(batch, archive, publisher, run_id, failed)
+    _finish_batch(batch, archive, run.publisher, run.run_id, failed)
 
 
 class _ArchivePublisher:
@@ -1271,10 +1269,10 @@ def _delete_walk(
             planned += 1
             if worker is not None:
                 assert archive is not None
+                run = _SnapshotRun(walk, method, archive, publisher, run_id, failed)
                 done = _start_snapshot_batch(
-                    current, sessions[0], walk, method, archive, publisher, run_id, failed,
-                    worker, in_flight, record_all, outcome,
-                )  # fmt: skip
+                    current, sessions[0], run, worker, in_flight, record_all, outcome
+                )
             else:
                 try:
                     _run_with_retries(current, walk, method)
@@ -1302,12 +1300,7 @@ def _delete_walk(
 def _start_snapshot_batch(
     current: _Batch,
     reader: _BatchSession,
-    walk: _Walk,
-    method: _Method,
-    archive: TableArchive,
-    publisher: _ArchivePublisher | None,
-    run_id: str,
-    failed: threading.Event,
+    run: _SnapshotRun,
     worker: ThreadPoolExecutor,
     in_flight: deque[tuple[_Batch, Future[None] | None]],
     record_all: Callable[[], None],
@@ -1315,6 +1308,7 @@ def _start_snapshot_batch(
 ) -> bool:
     """Read and stage ``current`` (this thread) while the previous batch deletes (``worker``);
     then hand it to the deleter once that one is recorded. True when the walk is complete."""
+    walk, method, archive, run_id = run.walk, run.method, run.archive, run.run_id
     deleter = current.session
     _read_snapshot_batch(current, reader, walk, method)
     if current.skip_locked:
@@ -1324,7 +1318,7 @@ def _start_snapshot_batch(
         record_all()
         if outcome.locked_out is not None:
             return True
-        _fall_back_to_skipping_locks(current, walk, method, archive, publisher, run_id, failed)
+        _fall_back_to_skipping_locks(current, run)
         in_flight.append((current, None))
         return walk.advance(None, current.seen, current.size)
     done = walk.advance(None, current.seen, current.size)
@@ -1361,7 +1355,5 @@ def _start_snapshot_batch(
         raise
     # The deleter's transaction holds the snapshot now: the read's may end.
     reader.commit()
-    in_flight.append((current, worker.submit(
-        _delete_snapshot_batch, current, walk, method, archive, publisher, run_id, failed,
-    )))  # fmt: skip
+    in_flight.append((current, worker.submit(_delete_snapshot_batch, current, run)))
     return done
