@@ -384,6 +384,88 @@ def measure_peak_memory(
     return outcome
 
 
+# What --profile times: (module, owner or None, attribute, label). Thread-summed: the workers'
+# phases overlap, so the column adds up to more than the run's wall time.
+PROFILED = [
+    ("policies", None, "check_policy", "schema check (reflection)"),
+    ("policies", None, "check_clock_skew", "clock check"),
+    ("policies", None, "table_lock", "table lock (advisory)"),
+    ("archive", "TableArchive", "recover", "archive recovery"),
+    ("policies", None, "planned_counts", "counts before (estimate or exact)"),
+    ("deletion", None, "_open_sessions", "open every worker's connections"),
+    ("deletion", "_PostgresSession", "export_snapshot", "export snapshot (reader)"),
+    ("deletion", "_PostgresSession", "stream", "COPY read -> Arrow (reader)"),
+    ("archive", "TableArchive", "stage", "Parquet write + fsync (stage)"),
+    ("deletion", "_PostgresSession", "import_snapshot", "import snapshot (deleter)"),
+    ("deletion", "_PostgresSession", "apply_settings", "batch settings (set_config)"),
+    ("deletion", "_PostgresSession", "execute", "DELETE (deleter)"),
+    ("deletion", "_PostgresSession", "commit", "COMMIT"),
+    ("archive", "TableArchive", "commit", "publish (rename + fsync dir)"),
+    ("archive", "TableArchive", "list_in_manifests", "manifest rewrite (group)"),
+    ("policies", None, "_remaining_expired", "counts after"),
+]
+
+
+def profile_run(bench: BenchDatabase, workers: int) -> None:
+    """One archived cleanup with its phases timed (wrapped in this process), printed as a table."""
+    import housekeeping.archive as archive_module
+    import housekeeping.deletion as deletion_module
+    import housekeeping.policies as policies_module
+
+    modules = {
+        "policies": policies_module,
+        "deletion": deletion_module,
+        "archive": archive_module,
+    }
+    totals: dict[str, list[float]] = {}
+    lock = threading.Lock()
+    restore = []
+
+    def wrap(label: str, real: Callable) -> Callable:
+        def timed_call(*args, **kwargs):
+            started = time.perf_counter()
+            try:
+                return real(*args, **kwargs)
+            finally:
+                elapsed = time.perf_counter() - started
+                name = label
+                if label == "COMMIT":
+                    thread = threading.current_thread().name
+                    name = "COMMIT (deleter)" if "archive" in thread else "COMMIT (reader)"
+                with lock:
+                    entry = totals.setdefault(name, [0.0, 0])
+                    entry[0] += elapsed
+                    entry[1] += 1
+
+        return timed_call
+
+    for module_name, owner_name, attribute, label in PROFILED:
+        owner = modules[module_name]
+        if owner_name is not None:
+            owner = getattr(owner, owner_name)
+        real = getattr(owner, attribute)
+        restore.append((owner, attribute, real))
+        setattr(owner, attribute, wrap(label, real))
+    expired = bench.fresh_copy()
+    root = tempfile.mkdtemp(prefix="hk-bench-archive-")
+    try:
+        with app_inserting(bench.url, 0.01):
+            outcome = run_cleanup(bench.url, root, archive=True, workers=workers)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+        for owner, attribute, real in restore:
+            setattr(owner, attribute, real)
+    print()
+    print(
+        f"profile: one archived run_policy, {workers} workers, {outcome['deleted']:,} of "
+        f"{expired:,} expired rows deleted in {outcome['batches']} batches, "
+        f"{outcome['seconds']:.2f} s wall (phases summed over threads)"
+    )
+    print(f"{'phase':<40} {'seconds':>8} {'calls':>6} {'of wall':>8}")
+    for name, (seconds, calls) in totals.items():
+        print(f"{name:<40} {seconds:>8.2f} {calls:>6} {seconds / outcome['seconds']:>7.0%}")
+
+
 def _fmt_ratio(value: float) -> str:
     return f"{value:.2f}x"
 
@@ -525,6 +607,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help=f"also clean up {SCALE_ROWS:,} rows (75%% expired) and compare per-row time, peak "
         "memory and longest transaction with the --rows run (builds a large template: slow)",
     )
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="also time the phases of one archived cleanup (COPY read, Parquet, DELETE, ...)",
+    )
+    parser.add_argument("--profile-only", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--memory-child", metavar="URL", help=argparse.SUPPRESS)
     parser.add_argument("--archive", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -616,6 +704,9 @@ def main(argv: list[str] | None = None) -> int:
             + f" on {os.cpu_count()} cores; app inserts every {args.insert_every:g} s"
         )
         workers = args.workers
+        if args.profile_only:
+            profile_run(bench, workers)
+            return 0
         contenders = [
             Contender("single DELETE", None, args.rows, single_delete),
             Contender(
@@ -692,6 +783,8 @@ def main(argv: list[str] | None = None) -> int:
         if scale is not None:
             small = next(m for m in memory if not m["archive"] and m["rows"] == args.rows)
             failures += print_scale_line(small, scale)
+        if args.profile:
+            profile_run(bench, workers)
         print()
         if failures:
             print("SUMMARY: FAIL: " + " | ".join(failures))

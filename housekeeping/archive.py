@@ -263,7 +263,9 @@ class TableArchive:
     def stage(self, rows: pa.Table, *, run_id: str, sequence: int, now: datetime) -> StagedFile:
         """Write the rows a batch is deleting, durably, before the batch commits."""
         sink = pa.BufferOutputStream()
-        pq.write_table(rows, sink, compression="zstd")
+        # No dictionary: token hashes, ids and timestamps rarely repeat, so building one per
+        # column costs time and saves nothing.
+        pq.write_table(rows, sink, compression="zstd", use_dictionary=False)
         data = sink.getvalue().to_pybytes()
         name = f"{run_id}-{sequence:06d}.parquet"
         directory = archive_day_dir(self.table, now.astimezone(UTC).date())
@@ -320,10 +322,21 @@ class TableArchive:
         )
         return StagedFile(pending, f"{directory}/{name}.parquet", entry)
 
-    def commit(self, staged: StagedFile) -> None:
-        """After the delete committed: publish the file and enter it in the manifest."""
+    def commit(self, staged: StagedFile, *, list_in_manifest: bool = True) -> None:
+        """After the delete committed: publish the file and enter it in the manifest (or, with
+        ``list_in_manifest=False``, leave that to ``list_in_manifests``: a crash in between
+        leaves a published file recovery lists)."""
         self.store.rename(staged.pending_path, staged.final_path)
-        self._add_to_manifest(staged.final_path.rsplit("/", 1)[0], [staged.entry])
+        if list_in_manifest:
+            self.list_in_manifests([staged])
+
+    def list_in_manifests(self, published: list[StagedFile]) -> None:
+        """Enter published files in their day's manifest: one rewrite per day directory."""
+        by_directory: dict[str, list[ArchivedFile]] = {}
+        for staged in published:
+            by_directory.setdefault(staged.final_path.rsplit("/", 1)[0], []).append(staged.entry)
+        for directory, entries in by_directory.items():
+            self._add_to_manifest(directory, entries)
 
     def discard(self, staged: StagedFile) -> None:
         self.store.remove(staged.pending_path)

@@ -42,6 +42,7 @@ locks: a write transaction of another connection holds the whole file, and a bat
 from __future__ import annotations
 
 import contextlib
+import re
 import threading
 import time
 from collections import deque
@@ -72,6 +73,8 @@ from housekeeping.sql import TableName, quote_identifier
 
 # Transaction-local settings that carry a streamed batch's values (see SettingParams).
 BATCH_SETTING_PREFIX = "housekeeping.batch_value_"
+# What pg_export_snapshot() returns (e.g. 00000003-0000001B-1): checked before it is quoted.
+_SNAPSHOT_ID = re.compile(r"[0-9A-Fa-f]+(-[0-9A-Fa-f]+)+")
 
 
 @dataclass(frozen=True)
@@ -196,6 +199,10 @@ class _BatchSession(Protocol):
 
     def begin_skipping_locks(self) -> None: ...
 
+    def export_snapshot(self, params: BoundParams | None = None) -> str: ...
+
+    def import_snapshot(self, snapshot: str) -> None: ...
+
     def apply_settings(self, params: SettingParams) -> None: ...
 
     def query(self, sql: str, params: BoundParams) -> pa.Table: ...
@@ -209,6 +216,16 @@ class _BatchSession(Protocol):
     def rollback(self) -> None: ...
 
     def close(self) -> None: ...
+
+
+def _setting_calls(params: BoundParams | None) -> tuple[list[str], list[str]]:
+    """The ``set_config`` calls (transaction-local) and their bound values that carry a
+    SettingParams' values; nothing for other params."""
+    settings = params.settings() if isinstance(params, SettingParams) else []
+    calls = [
+        f"set_config(${2 * index + 1}, ${2 * index + 2}, true)" for index in range(len(settings))
+    ]
+    return calls, [item for pair in settings for item in pair]
 
 
 class _PostgresSession:
@@ -234,6 +251,7 @@ class _PostgresSession:
         # DML goes through its own cursor: executemany reports the row count without RETURNING.
         self.dml_cursor = self.conn.cursor()
         self.lock_timeout_ms = timeout_ms(safety.lock_timeout)
+        self.repeatable_read = repeatable_read
         # For the whole session, which only runs batch transactions: every statement of every
         # batch gets them, without a round trip per batch. ``None`` keeps the server's setting.
         settings = {
@@ -268,17 +286,32 @@ class _PostgresSession:
         self.cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
         self.cursor.execute(f"SET LOCAL lock_timeout = '{self.lock_timeout_ms}ms'")
 
-    def apply_settings(self, params: SettingParams) -> None:
-        settings = params.settings()
-        if not settings:
-            return
-        calls = ", ".join(
-            f"set_config(${2 * index + 1}, ${2 * index + 2}, true)"
-            for index in range(len(settings))
-        )
+    def export_snapshot(self, params: BoundParams | None = None) -> str:
+        """The id of this (REPEATABLE READ) transaction's snapshot, for ``import_snapshot`` on
+        another session while this transaction stays open; with ``params`` (SettingParams) their
+        settings are applied in the same round trip."""
+        calls, values = _setting_calls(params)
         self.cursor.execute(
-            f"SELECT {calls}", parameters=[item for pair in settings for item in pair]
+            f"SELECT {', '.join(['pg_export_snapshot()', *calls])}", parameters=values or None
         )
+        snapshot = self.cursor.fetchone()[0]
+        return str(snapshot)
+
+    def import_snapshot(self, snapshot: str) -> None:
+        """Start a transaction that sees exactly what ``snapshot`` (exported by a transaction
+        still open on another session) sees; the session must be REPEATABLE READ already
+        (``repeatable_read=True``), which saves a round trip per batch."""
+        if not self.repeatable_read:
+            raise DatabaseError("importing a snapshot needs a REPEATABLE READ batch session")
+        if not _SNAPSHOT_ID.fullmatch(snapshot):
+            raise DatabaseError(f"not a PostgreSQL snapshot id: {snapshot!r}")
+        self.cursor.execute(f"SET TRANSACTION SNAPSHOT '{snapshot}'")
+
+    def apply_settings(self, params: SettingParams) -> None:
+        calls, values = _setting_calls(params)
+        if not calls:
+            return
+        self.cursor.execute(f"SELECT {', '.join(calls)}", parameters=values)
         self.cursor.fetchall()
 
     def query(self, sql: str, params: BoundParams) -> pa.Table:
@@ -323,6 +356,12 @@ class _SqlAlchemySession:
 
     def begin_skipping_locks(self) -> None:
         raise NotImplementedError("SQLite has no row locks to skip")
+
+    def export_snapshot(self, params: BoundParams | None = None) -> str:
+        raise NotImplementedError("exporting a snapshot needs PostgreSQL")
+
+    def import_snapshot(self, snapshot: str) -> None:
+        raise NotImplementedError("importing a snapshot needs PostgreSQL")
 
     def apply_settings(self, params: SettingParams) -> None:
         raise NotImplementedError("streaming a batch needs PostgreSQL")
@@ -633,11 +672,13 @@ class _Method:
 
     # what DELETE ... RETURNING brings back, if anything
     returning: str | None
-    # read the rows with a SELECT before deleting them, in one REPEATABLE READ snapshot
+    # a snapshot batch: read the rows (COPY) in one session's REPEATABLE READ transaction, stage
+    # them, then DELETE them in another session that imported the read's snapshot
     select_first: bool
     # values as transaction-local settings, so rows can come back through COPY
     streaming: bool
-    # batches in flight at once: while one is being archived, the next one's DELETE runs
+    # sessions per worker: a reader and a deleter for snapshot batches (while one batch
+    # deletes, the next one is read and staged), else one
     lanes: int
     # deleted rows go to the archive, so every batch must bring them back
     archive: bool
@@ -733,11 +774,28 @@ class _Batch:
     skipped_locked: int = 0
     rows: pa.Table | None = None
     committed: float = 0.0  # perf_counter once COMMIT returned
+    # perf_counter once the part of the transaction that grows with the batch's size ended (a
+    # snapshot batch's DELETE); 0: at COMMIT. A COMMIT's WAL flush costs the same for any size,
+    # so a batch shrunk for it would only make more commits.
+    sized: float = 0.0
     archived: bool = False
+    # A snapshot batch (see the module docstring): its condition and values, the snapshot its
+    # rows were read in, and their file, staged before the DELETE.
+    where: str | None = None
+    params: BoundParams | None = None
+    snapshot: str | None = None
+    staged: StagedFile | None = None
+    # Its skip-locked try waited lock_timeout for the table: the walk ends (locked_out).
+    table_locked: bool = False
 
     @property
     def transaction_seconds(self) -> float:
         return self.committed - self.started
+
+    @property
+    def sizing_seconds(self) -> float:
+        """What the next batch's size is fitted to (``batch.target_duration``)."""
+        return (self.sized or self.committed) - self.started
 
 
 def _run_batch(batch: _Batch, walk: _Walk, method: _Method) -> None:
@@ -751,17 +809,7 @@ def _run_batch(batch: _Batch, walk: _Walk, method: _Method) -> None:
     if isinstance(params, SettingParams):
         session.apply_settings(params)
     delete = f"DELETE FROM {walk.table} WHERE {where}"
-    if method.select_first:
-        select = f"SELECT * FROM {walk.table} WHERE {where}"
-        batch.rows = session.stream(select) if method.streaming else session.query(select, params)
-        batch.deleted = session.execute(delete, params)
-        if batch.deleted != batch.rows.num_rows:
-            raise DatabaseError(
-                f"batch {batch.sequence} of {walk.target.describe()} read {batch.rows.num_rows} "
-                f"rows but deleted {batch.deleted}; rolled back (is the session really in "
-                "REPEATABLE READ?)"
-            )
-    elif method.returning is None:
+    if method.returning is None:
         batch.deleted = session.execute(delete, params)
     else:
         returning = f"{delete} RETURNING {method.returning}"
@@ -777,8 +825,12 @@ def _run_batch_skipping_locked(batch: _Batch, walk: _Walk, method: _Method) -> N
     exactly the rows it could lock; counts the rest as skipped."""
     session = batch.session
     session.begin_skipping_locks()
-    params = SettingParams() if method.streaming else BoundParams(session.numeric_params)
-    where = walk.where(session, params, batch.size, skip_locked=True)
+    if batch.where is not None:
+        # A snapshot batch read its rows already: the same condition, the walk has moved on.
+        where, params = batch.where, batch.params
+    else:
+        params = SettingParams() if method.streaming else BoundParams(session.numeric_params)
+        where = walk.where(session, params, batch.size, skip_locked=True)
     if isinstance(params, SettingParams):
         session.apply_settings(params)
     table = walk.table
@@ -800,16 +852,123 @@ def _run_batch_skipping_locked(batch: _Batch, walk: _Walk, method: _Method) -> N
     batch.skipped_locked = batch.seen - batch.deleted
 
 
+def _read_snapshot_batch(
+    batch: _Batch, reader: _BatchSession, walk: _Walk, method: _Method
+) -> None:
+    """A snapshot batch's read: in ``reader``'s REPEATABLE READ transaction, export its snapshot
+    and read the batch's rows (COPY). The transaction stays open until the deleting session has
+    imported the snapshot. A lock on the table (not granted within the first try's 1 ms) rolls
+    the read back and marks the batch for the skip-locked path instead."""
+    params = SettingParams() if method.streaming else BoundParams(reader.numeric_params)
+    try:
+        batch.where = walk.where(reader, params, batch.size)
+        batch.params = params
+        batch.snapshot = reader.export_snapshot(params)
+        select = f"SELECT * FROM {walk.table} WHERE {batch.where}"
+        batch.rows = reader.stream(select) if method.streaming else reader.query(select, params)
+    except adbc.Error as exc:
+        reader.rollback()
+        if exc.sqlstate != LOCK_NOT_AVAILABLE:
+            raise
+        batch.skip_locked, batch.snapshot, batch.rows = True, None, None
+    except BaseException:
+        reader.rollback()
+        raise
+
+
+@dataclass(frozen=True)
+class _SnapshotRun:
+    """What every snapshot batch of one worker shares (see ``_start_snapshot_batch``)."""
+
+    walk: _Walk
+    method: _Method
+    archive: TableArchive
+    publisher: _ArchivePublisher | None
+    run_id: str
+    failed: threading.Event
+
+
+def _delete_snapshot_batch(batch: _Batch, run: _SnapshotRun) -> None:
+    """A snapshot batch's write: its session has imported the read's snapshot and the rows are
+    staged durably; DELETE with the read's condition, which in that snapshot meets exactly the
+    rows read, then commit and publish. A row changed (serialization failure) or locked (the
+    first try's 1 ms lock_timeout) since the read rolls the DELETE back, discards the staged
+    file and runs the batch again on the skip-locked path (``_run_batch_skipping_locked``)."""
+    walk, failed = run.walk, run.failed
+    session = batch.session
+    try:
+        if failed.is_set():
+            raise _AbandonedBatch
+        if isinstance(batch.params, SettingParams):
+            session.apply_settings(batch.params)
+        batch.deleted = session.execute(
+            f"DELETE FROM {walk.table} WHERE {batch.where}", batch.params
+        )
+        batch.sized = time.perf_counter()
+        if batch.deleted != batch.seen:
+            raise DatabaseError(
+                f"batch {batch.sequence} of {walk.target.describe()} read {batch.seen} rows but "
+                f"deleted {batch.deleted} in the same snapshot; rolled back"
+            )
+    except adbc.Error as exc:
+        session.rollback()
+        if exc.sqlstate not in (LOCK_NOT_AVAILABLE, SERIALIZATION_FAILURE):
+            failed.set()
+            raise
+        _fall_back_to_skipping_locks(batch, run)
+        return
+    except BaseException:
+        failed.set()
+        session.rollback()
+        raise
+    _finish_batch(batch, run.archive, run.publisher, run.run_id, failed)
+
+
+def _fall_back_to_skipping_locks(batch: _Batch, run: _SnapshotRun) -> None:
+    """Run a snapshot batch whose rows changed or were locked again, skipping locked rows; its
+    staged file (rows still in the table) is discarded first."""
+    archive, failed = run.archive, run.failed
+    try:
+        if batch.staged is not None:
+            archive.discard(batch.staged)
+            batch.staged = None
+        batch.skip_locked, batch.deleted = True, 0
+        _run_with_retries(batch, run.walk, run.method)
+    except _TableLocked:
+        batch.table_locked = True
+        return
+    except BaseException:
+        failed.set()
+        raise
+    _finish_batch(batch, archive, run.publisher, run.run_id, failed)
+
+
 class _ArchivePublisher:
-    """Serializes publishing: each day's manifest is rewritten by one batch at a time."""
+    """Publishing for the batches of every worker: each batch renames its own file, and the
+    day's manifest is rewritten by one batch at a time, for every file published since the last
+    rewrite (a group commit: with many batches one rewrite per batch, each fsynced, would cost
+    more than the batches). ``commit`` returns once the batch's file is listed."""
 
     def __init__(self, archive: TableArchive) -> None:
         self.archive = archive
         self.lock = threading.Lock()
+        self.unlisted: list[StagedFile] = []
+        self.unlisted_lock = threading.Lock()
 
     def commit(self, staged: StagedFile) -> None:
+        self.archive.commit(staged, list_in_manifest=False)
+        with self.unlisted_lock:
+            self.unlisted.append(staged)
         with self.lock:
-            self.archive.commit(staged)
+            with self.unlisted_lock:
+                published, self.unlisted = self.unlisted, []
+            if published:  # else a batch that held the lock before listed this one too
+                try:
+                    self.archive.list_in_manifests(published)
+                except BaseException:
+                    with self.unlisted_lock:
+                        self.unlisted[:0] = published
+                    raise
 
 
 def _finish_batch(
@@ -820,11 +979,11 @@ def _finish_batch(
     failed: threading.Event,
 ) -> None:
     """The archive protocol for one batch: stage durably, then commit, then publish."""
-    session, staged = batch.session, None
+    session, staged = batch.session, batch.staged
     try:
         if failed.is_set():
             raise _AbandonedBatch
-        if archive is not None and batch.rows is not None and batch.deleted:
+        if staged is None and archive is not None and batch.rows is not None and batch.deleted:
             staged = archive.stage(
                 batch.rows, run_id=run_id, sequence=batch.sequence, now=datetime.now(UTC)
             )
@@ -899,7 +1058,9 @@ def delete_in_batches(
 
     A page walk on PostgreSQL runs ``batch.workers`` workers at once, each on its own
     connection(s), taking disjoint runs of pages from one shared cursor (``_PageCursor``); every
-    other walk runs one. Each worker sizes its own batches to ``batch.target_duration``.
+    other walk runs one. Every worker's connections are opened before any batch starts (a
+    connection that cannot be opened fails the run before anything is deleted). Each worker
+    sizes its own batches to ``batch.target_duration`` (the write transaction's length).
 
     ``should_stop`` is asked between batches (by one worker at a time): the batches in flight
     always finish (commit and are archived), so a stopped run leaves nothing half-done and the
@@ -912,10 +1073,11 @@ def delete_in_batches(
     worker's batches not yet committed, lets the other workers finish their batch in flight, and
     is raised.
 
-    Archiving a range walk on PostgreSQL, each worker overlaps two batches: while one batch's rows
-    are written to the archive (its transaction still open, as the protocol wants), the next batch
-    already reads and deletes on a second connection. Every batch keeps its own
-    stage -> commit -> publish order, and publishing (the day's manifest) is one batch at a time.
+    Archiving a range walk on PostgreSQL, each batch is a snapshot batch (see the module
+    docstring) and each worker overlaps two: while one batch's DELETE runs and commits on the
+    worker's deleting connection, the next batch is read and its Parquet file written on the
+    reading one. Every batch keeps its own stage -> commit -> publish order, and publishing (the
+    day's manifest) is one batch at a time.
     """
     if strategy is DeleteStrategy.AUTO:
         raise ValueError("resolve the AUTO strategy before deleting (see choose_strategy)")
@@ -929,39 +1091,45 @@ def delete_in_batches(
     publisher = _ArchivePublisher(archive) if archive is not None else None
     sequences = _Sequences(first_sequence)
     started = time.perf_counter()
-    if workers == 1:
-        outcome = _delete_walk(
-            db, target, first_walk, method, batch, safety, archive, publisher, run_id,
-            sequences, should_stop,
-        )  # fmt: skip
-        outcome.duration_ms = (time.perf_counter() - started) * 1000
-        return outcome
-    stop = _SharedStop(should_stop)
-    outcomes: list[DeleteOutcome] = []
-    errors: list[BaseException] = []
-
-    def work(walk: _Walk) -> None:
-        try:
+    sessions = _open_sessions(db, safety, method, workers)
+    try:
+        if workers == 1:
             outcome = _delete_walk(
-                db, target, walk, method, batch, safety, archive, publisher, run_id,
-                sequences, stop,
+                db, target, first_walk, method, batch, safety, archive, publisher, run_id,
+                sequences, should_stop, sessions[0],
             )  # fmt: skip
-        except BaseException as exc:
-            errors.append(exc)  # list.append is atomic; the first error is the cause
-            stop.stopped.set()
-            return
-        outcomes.append(outcome)
-        if outcome.locked_out is not None:
-            stop.stopped.set()
+            outcome.duration_ms = (time.perf_counter() - started) * 1000
+            return outcome
+        stop = _SharedStop(should_stop)
+        outcomes: list[DeleteOutcome] = []
+        errors: list[BaseException] = []
 
-    threads = [
-        threading.Thread(target=work, args=(walk,), name=f"hk-delete-{index}")
-        for index, walk in enumerate(walks)
-    ]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+        def work(walk: _Walk, own: list[_BatchSession]) -> None:
+            try:
+                outcome = _delete_walk(
+                    db, target, walk, method, batch, safety, archive, publisher, run_id,
+                    sequences, stop, own,
+                )  # fmt: skip
+            except BaseException as exc:
+                errors.append(exc)  # list.append is atomic; the first error is the cause
+                stop.stopped.set()
+                return
+            outcomes.append(outcome)
+            if outcome.locked_out is not None:
+                stop.stopped.set()
+
+        threads = [
+            threading.Thread(target=work, args=(walk, own), name=f"hk-delete-{index}")
+            for index, (walk, own) in enumerate(zip(walks, sessions, strict=True))
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        for own in sessions:
+            for session in own:
+                session.close()
     if errors:
         raise errors[0]
     merged = _merged(strategy, outcomes)
@@ -969,6 +1137,39 @@ def delete_in_batches(
     merged.stopped_early = merged.locked_out is None and stop.stopped.is_set()
     merged.duration_ms = (time.perf_counter() - started) * 1000
     return merged
+
+
+def _open_sessions(
+    db: AppDatabase, safety: SafetyConfig, method: _Method, workers: int
+) -> list[list[_BatchSession]]:
+    """Every worker's sessions (``method.lanes`` each), opened at once before any batch runs;
+    on any failure the ones opened are closed and the error is raised."""
+
+    def open_one(_: int) -> _BatchSession:
+        return open_batch_session(
+            db,
+            safety,
+            durable_commits=method.archive,
+            repeatable_read=method.select_first,
+        )
+
+    count = workers * method.lanes
+    opened: list[_BatchSession] = []
+    errors: list[BaseException] = []
+    if count == 1:
+        opened.append(open_one(0))
+    else:
+        with ThreadPoolExecutor(max_workers=min(count, 8)) as pool:
+            for future in [pool.submit(open_one, index) for index in range(count)]:
+                try:
+                    opened.append(future.result())
+                except BaseException as exc:
+                    errors.append(exc)
+    if errors:
+        for session in opened:
+            session.close()
+        raise errors[0]
+    return [opened[index : index + method.lanes] for index in range(0, count, method.lanes)]
 
 
 def _merged(strategy: DeleteStrategy, outcomes: Sequence[DeleteOutcome]) -> DeleteOutcome:
@@ -998,14 +1199,20 @@ def _delete_walk(
     run_id: str,
     sequences: _Sequences,
     should_stop: Callable[[], bool],
+    sessions: list[_BatchSession],
 ) -> DeleteOutcome:
-    """One worker: batches along ``walk`` until it is done, stopped or locked out."""
+    """One worker: batches along ``walk`` until it is done, stopped or locked out.
+
+    ``sessions``: one, or for snapshot batches a reader and a deleter (``_Method.lanes``).
+    """
     outcome = DeleteOutcome(strategy=method.strategy)
-    lanes = method.lanes
     failed = threading.Event()
+    # Batches started and not yet recorded: at most one, or two for snapshot batches (one
+    # deleting while the next is read).
     in_flight: deque[tuple[_Batch, Future[None] | None]] = deque()
     size = planned_size = batch.initial_size
     planned = 0
+    deleter = sessions[-1]
 
     def settle(future: Future[None]) -> None:
         """Wait for a batch; if it failed, raise the error that started the failure."""
@@ -1023,6 +1230,9 @@ def _delete_walk(
         done, future = item
         if future is not None:
             settle(future)
+        if done.table_locked:
+            outcome.locked_out = db.lock_not_granted(target.table, safety.lock_timeout)
+            return
         elapsed = done.transaction_seconds
         outcome.batches += 1
         outcome.deleted += done.deleted
@@ -1032,57 +1242,51 @@ def _delete_walk(
         if done.archived:
             outcome.archived_rows += done.deleted
             outcome.archive_files += 1
-        size = _next_size(done.size, elapsed, batch)
+        if elapsed > 0:
+            size = _next_size(done.size, done.sizing_seconds, batch)
 
-    sessions: list[_BatchSession] = []
+    def record_all() -> None:
+        while in_flight:
+            record(in_flight.popleft())
+
     worker = None
     try:
-        for _ in range(lanes):
-            sessions.append(
-                open_batch_session(
-                    db,
-                    safety,
-                    durable_commits=archive is not None,
-                    repeatable_read=method.select_first,
-                )
-            )
-        if lanes > 1:
+        if method.select_first:
             # Named after the worker, so a log line (or a test) can tell whose batch it was.
             prefix = f"{threading.current_thread().name}-archive"
-            worker = ThreadPoolExecutor(max_workers=lanes, thread_name_prefix=prefix)
-        while True:
+            worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix=prefix)
+        while outcome.locked_out is None:
             while in_flight and (in_flight[0][1] is None or in_flight[0][1].done()):
                 record(in_flight.popleft())
-            if planned and should_stop():
-                outcome.stopped_early = True
+            if outcome.locked_out is not None or (planned and should_stop()):
+                outcome.stopped_early = outcome.locked_out is None
                 break
-            # A connection holds one batch at a time: wait until its previous batch committed.
-            while len(in_flight) >= lanes:
-                record(in_flight.popleft())
             # At most 1.5x the previous batch, also when the last measured batch is an older one.
             planned_size = size = min(size, int(planned_size * 1.5))
             if not walk.claim(size):
                 break  # other workers took the rest of the table
-            current = _Batch(sessions[planned % lanes], sequences.take(), size)
+            current = _Batch(deleter, sequences.take(), size)
             planned += 1
-            try:
-                _run_with_retries(current, walk, method)
-            except _TableLocked:
-                outcome.locked_out = db.lock_not_granted(target.table, safety.lock_timeout)
-                break
-            done = walk.advance(current.rows, current.seen, size)
-            if archive is None:
-                current.rows = None
-            if worker is None:
+            if worker is not None:
+                assert archive is not None
+                run = _SnapshotRun(walk, method, archive, publisher, run_id, failed)
+                done = _start_snapshot_batch(
+                    current, sessions[0], run, worker, in_flight, record_all, outcome
+                )
+            else:
+                try:
+                    _run_with_retries(current, walk, method)
+                except _TableLocked:
+                    outcome.locked_out = db.lock_not_granted(target.table, safety.lock_timeout)
+                    break
+                done = walk.advance(current.rows, current.seen, size)
+                if archive is None:
+                    current.rows = None
                 _finish_batch(current, archive, publisher, run_id, failed)
                 in_flight.append((current, None))
-            else:
-                future = worker.submit(_finish_batch, current, archive, publisher, run_id, failed)
-                in_flight.append((current, future))
             if done:
                 break
-        while in_flight:
-            record(in_flight.popleft())
+        record_all()
     except BaseException:
         # Batches not yet committed roll back; one already committing finishes its publish.
         failed.set()
@@ -1090,6 +1294,66 @@ def _delete_walk(
     finally:
         if worker is not None:
             worker.shutdown(wait=True)
-        for session in sessions:
-            session.close()
     return outcome
+
+
+def _start_snapshot_batch(
+    current: _Batch,
+    reader: _BatchSession,
+    run: _SnapshotRun,
+    worker: ThreadPoolExecutor,
+    in_flight: deque[tuple[_Batch, Future[None] | None]],
+    record_all: Callable[[], None],
+    outcome: DeleteOutcome,
+) -> bool:
+    """Read and stage ``current`` (this thread) while the previous batch deletes (``worker``);
+    then hand it to the deleter once that one is recorded. True when the walk is complete."""
+    walk, method, archive, run_id = run.walk, run.method, run.archive, run.run_id
+    deleter = current.session
+    _read_snapshot_batch(current, reader, walk, method)
+    if current.skip_locked:
+        # The read met a lock on the table: the previous batch finishes first, then this one
+        # runs on the skip-locked path right here (before the walk moves on), waiting up to
+        # lock_timeout for the table.
+        record_all()
+        if outcome.locked_out is not None:
+            return True
+        _fall_back_to_skipping_locks(current, run)
+        in_flight.append((current, None))
+        return walk.advance(None, current.seen, current.size)
+    done = walk.advance(None, current.seen, current.size)
+    try:
+        if current.rows is not None:
+            current.seen = current.rows.num_rows
+            if current.seen:
+                current.staged = archive.stage(
+                    current.rows, run_id=run_id, sequence=current.sequence, now=datetime.now(UTC)
+                )
+            current.rows = None  # on disk now: free the memory before the next batch arrives
+        # The deleter holds one batch at a time: the previous one must be done (and recorded).
+        record_all()
+    except BaseException:
+        reader.rollback()
+        raise
+    if outcome.locked_out is not None:
+        # The previous batch found the table locked: the walk ends; these rows stay for the
+        # next run.
+        reader.rollback()
+        if current.staged is not None:
+            archive.discard(current.staged)
+        return True
+    if not current.seen:  # nothing expired in these pages: nothing to delete or commit
+        reader.commit()
+        in_flight.append((current, None))
+        return done
+    current.started = time.perf_counter()
+    try:
+        deleter.import_snapshot(current.snapshot or "")
+    except BaseException:
+        deleter.rollback()
+        reader.rollback()
+        raise
+    # The deleter's transaction holds the snapshot now: the read's may end.
+    reader.commit()
+    in_flight.append((current, worker.submit(_delete_snapshot_batch, current, run)))
+    return done

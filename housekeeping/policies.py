@@ -11,6 +11,7 @@ have locked are skipped and reported (``skipped_locked``); a lock on the whole t
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -50,6 +51,15 @@ from housekeeping.sql import TableName, quote_identifier
 
 # Above this share of expiring rows, walking the whole table beats walking the cutoff index.
 PRIMARY_KEY_WALK_FRACTION = 0.10
+# Below this many rows (pg_class.reltuples) a table is counted exactly before every run: the
+# pass is cheap, and an estimate's margin would be most of a small table.
+ESTIMATE_MIN_ROWS = 100_000
+# Statistics older than this share of the table (rows changed since ANALYZE, pages added) are not
+# trusted at all: the run counts exactly.
+ESTIMATE_MAX_STALENESS = 0.10
+# What ANALYZE's sample (30,000 rows at the default statistics target) and histogram may be off
+# by, as a share of the table, on top of the rows changed since.
+ESTIMATE_ERROR = 0.02
 
 
 class SafetyRefusal(HkError):
@@ -97,12 +107,16 @@ class PolicyResult:
     strategies: list[DeleteStrategy] = field(default_factory=list)
     stopped_early: bool = False
     exceeds_delete_fraction: bool = False
+    # table_rows came from the planner's statistics, not a count (see estimate_rows); the
+    # expected_deleted of a run that finished is then what its batches met.
+    counts_estimated: bool = False
 
     def summary_line(self) -> str:
         verb = "would delete" if self.dry_run else "deleted"
         count = self.expected_deleted if self.dry_run else self.deleted
+        about = "about " if self.counts_estimated else ""
         line = (
-            f"{self.policy}: {verb} {count:,} of {self.table_rows:,} rows from {self.table} "
+            f"{self.policy}: {verb} {count:,} of {about}{self.table_rows:,} rows from {self.table} "
             f"(cutoff {', '.join(self.cutoffs)})"
         )
         if not self.dry_run:
@@ -165,6 +179,70 @@ def count_rows(
                 conn.execute(sa.text(f"SET LOCAL {setting} = off"))
         counts = conn.execute(sa.text(sql), params.as_driver_params()).one()
     return int(counts[0]), [int(value or 0) for value in counts[1:]]
+
+
+@dataclass(frozen=True)
+class RowEstimate:
+    """The planner's idea of a table (rows) and of a target (rows matching), with how far off
+    either may be (``margin``, rows: changed since ANALYZE, in pages added since, plus
+    ESTIMATE_ERROR of the table)."""
+
+    table_rows: int
+    target_rows: int
+    margin: int
+
+    def fraction_bounds(self) -> tuple[float, float]:
+        """The lowest and highest share of the table the target can be, given ``margin``."""
+        low = max(0, self.target_rows - self.margin) / max(1, self.table_rows + self.margin)
+        high = (self.target_rows + self.margin) / max(1, self.table_rows - self.margin)
+        return low, min(1.0, high)
+
+
+def estimate_rows(db: AppDatabase, table: TableName, target: DeleteTarget) -> RowEstimate | None:
+    """The table's and ``target``'s row counts from PostgreSQL's statistics (pg_class, the
+    planner's estimate of the target's condition, pg_stat_user_tables): one catalog query and
+    one EXPLAIN instead of a pass over the table. None when they cannot be trusted: not
+    PostgreSQL, never analyzed, fewer than ESTIMATE_MIN_ROWS rows, or more than
+    ESTIMATE_MAX_STALENESS of the table changed (rows modified, pages added or gone) since.
+
+    Statistics are flushed by other sessions within seconds: a mass change made in the last
+    seconds may not be counted in the staleness yet.
+    """
+    if not db.is_postgres:
+        return None
+    params = BoundParams(numeric=False)
+    where = " AND ".join(target_conditions(db, target, params))
+    with db.connect() as conn, conn.begin():
+        stats = conn.execute(
+            sa.text(
+                "SELECT c.reltuples, c.relpages, "
+                "pg_relation_size(c.oid) / current_setting('block_size')::int, "
+                "coalesce(s.n_mod_since_analyze, 0), "
+                "coalesce(s.last_analyze, s.last_autoanalyze) IS NOT NULL "
+                "FROM pg_class c LEFT JOIN pg_stat_all_tables s ON s.relid = c.oid "
+                "WHERE c.oid = to_regclass(:name) AND c.relkind = 'r'"
+            ),
+            {"name": table.sql},
+        ).one_or_none()
+        if stats is None:
+            return None
+        reltuples, relpages, pages, modified, analyzed = stats
+        if not analyzed or reltuples < ESTIMATE_MIN_ROWS or relpages <= 0:
+            return None
+        plan = conn.execute(
+            sa.text(f"EXPLAIN (FORMAT JSON) SELECT 1 FROM {table.sql} WHERE {where}"),
+            params.as_driver_params(),
+        ).scalar_one()
+    plan = json.loads(plan) if isinstance(plan, str) else plan
+    target_rows = float(plan[0]["Plan"]["Plan Rows"])
+    rows_per_page = reltuples / relpages
+    # As the planner does: the rows per page of the last ANALYZE, over the pages there are now.
+    table_rows = rows_per_page * pages
+    changed = modified + abs(pages - relpages) * rows_per_page
+    if changed > ESTIMATE_MAX_STALENESS * reltuples:
+        return None
+    margin = changed + ESTIMATE_ERROR * max(table_rows, reltuples)
+    return RowEstimate(round(table_rows), round(min(target_rows, table_rows)), round(margin))
 
 
 def build_targets(
@@ -422,14 +500,16 @@ def _run_policy(
                 )
         with db.connect() as conn:
             targets = build_targets(db, conn, checked, database_now)
-        total, expected_by_target = count_rows(db, policy.table, targets)
+        limit = config.delete_fraction_limit(policy)
+        total, expected_by_target, result.counts_estimated = planned_counts(
+            db, checked, targets, limit=limit, options=options
+        )
         expected = sum(expected_by_target)
         result.cutoffs = sorted({target.cutoff.isoformat(timespec="seconds") for target in targets})
         result.table_rows = total
         result.expected_deleted = expected
         result.not_expiring = total - expected
         result.remaining_expired = expected if options.dry_run else 0
-        limit = config.delete_fraction_limit(policy)
         result.exceeds_delete_fraction = bool(total) and expected / total > limit
         if options.dry_run:
             result.duration_ms = (time.perf_counter() - started) * 1000
@@ -500,6 +580,35 @@ def _run_policy(
     return result
 
 
+def planned_counts(
+    db: AppDatabase,
+    checked: CheckedPolicy,
+    targets: list[DeleteTarget],
+    *,
+    limit: float,
+    options: RunOptions,
+) -> tuple[int, list[int], bool]:
+    """(table rows, each target's rows, estimated?) for the run's plan and its delete-fraction
+    guard (``limit``, a share of the table).
+
+    The planner's estimate (``estimate_rows``: no pass over the table) is used only for a real
+    run of one target on a plain PostgreSQL table, and only when the guard cannot depend on it:
+    the run allows a large delete, or even the estimate's highest possible share is within
+    ``limit``. Near or above the limit, for a dry run (which reports exact numbers), and
+    whenever the statistics are missing or stale, the rows are counted exactly (``count_rows``),
+    so a refusal always quotes exact counts.
+    """
+    table = checked.policy.table
+    if not options.dry_run and len(targets) == 1 and not checked.table.is_partitioned:
+        estimate = estimate_rows(db, table, targets[0])
+        if estimate is not None and (
+            options.allow_large_delete or estimate.fraction_bounds()[1] <= limit
+        ):
+            return estimate.table_rows, [estimate.target_rows], True
+    total, expected = count_rows(db, table, targets)
+    return total, expected, False
+
+
 def _remaining_expired(
     db: AppDatabase,
     table: TableName,
@@ -512,9 +621,16 @@ def _remaining_expired(
 
     When the batches met exactly the rows counted before the run (each deleted or skipped as
     locked) and the run was not stopped, that is the skipped rows: no second pass over the
-    table. Otherwise (stopped early, or rows were added, changed or deleted by others meanwhile)
-    they are counted again, in one sequential pass.
+    table. So it is after a run planned on estimates that was not stopped: its batches met every
+    row of the target as their snapshots saw it (rows added or changed meanwhile are the next
+    run's), and ``result``'s expected_deleted becomes what they met. Otherwise (stopped early, or
+    rows were added, changed or deleted by others meanwhile) they are counted again, in one
+    sequential pass.
     """
+    if not result.stopped_early and result.counts_estimated:
+        result.expected_deleted = accounted
+        result.not_expiring = max(0, result.table_rows - accounted)
+        return result.skipped_locked
     if not result.stopped_early and accounted == expected:
         return result.skipped_locked
     walked_whole_table = any(

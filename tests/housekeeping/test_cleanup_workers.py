@@ -44,17 +44,25 @@ def workers_config(tmp_path, workers: int = WORKERS, **policy) -> HousekeepingCo
     return with_workers(token_config(tmp_path, strategy="page_ranges", **policy), workers)
 
 
-def crash_in_worker(monkeypatch, owner, name: str, worker: int, after_calls: int = 0) -> list:
-    """``owner.name`` raises Crash on its call number ``after_calls + 1`` (default: the first) made for ``worker``'s
-    batches (its own thread or its archive threads); every other worker's calls go through."""
+def crash_in_worker(
+    monkeypatch, owner, name: str, worker: int, after_calls: int = 0, *, thread: str = ""
+) -> list:
+    """``owner.name`` raises Crash on its call number ``after_calls + 1`` (default: the first) made
+    for ``worker``'s batches (its own thread or its archive thread; ``thread="archive"``: only
+    the archive thread, where snapshot batches DELETE and COMMIT); every other worker's calls go
+    through."""
     real = getattr(owner, name)
     calls: list[str] = []
     prefix = f"hk-delete-{worker}"
 
     def crashing(*args, **kwargs):
-        thread = threading.current_thread().name
-        if thread == prefix or thread.startswith(f"{prefix}-"):
-            calls.append(thread)
+        current = threading.current_thread().name
+        if thread:
+            ours = current.startswith(f"{prefix}-{thread}")
+        else:
+            ours = current == prefix or current.startswith(f"{prefix}-")
+        if ours:
+            calls.append(current)
             if len(calls) > after_calls:
                 raise Crash(f"crash in {name} of worker {worker}")
         return real(*args, **kwargs)
@@ -63,15 +71,18 @@ def crash_in_worker(monkeypatch, owner, name: str, worker: int, after_calls: int
     return calls
 
 
+# (owner, method, the worker's thread it crashes in: "" any, "archive" the deleting one)
 CRASH_POINTS = {
-    # rows read and deleted, before they are staged
-    "before_stage": (archive_module.TableArchive, "stage"),
-    # staged durably, before the database commits
-    "before_commit": (deletion._PostgresSession, "commit"),
+    # rows read in the exported snapshot, before they are staged (nothing deleted)
+    "before_stage": (archive_module.TableArchive, "stage", ""),
+    # staged durably, before the deleting transaction imports the read's snapshot
+    "before_snapshot_delete": (deletion._PostgresSession, "import_snapshot", ""),
+    # the DELETE ran in the imported snapshot, before its COMMIT
+    "after_delete_before_commit": (deletion._PostgresSession, "commit", "archive"),
     # committed, before the pending file is published
-    "after_commit": (archive_module.TableArchive, "commit"),
+    "after_commit": (archive_module.TableArchive, "commit", ""),
     # published, before the manifest lists it
-    "before_manifest": (archive_module.TableArchive, "_add_to_manifest"),
+    "before_manifest": (archive_module.TableArchive, "_add_to_manifest", ""),
 }
 
 
@@ -87,8 +98,8 @@ def test_a_crash_in_any_worker_at_any_step_loses_nothing_and_duplicates_nothing(
     config = workers_config(tmp_path, archive=True)
 
     with monkeypatch.context() as patch:
-        owner, name = CRASH_POINTS[crash_point]
-        calls = crash_in_worker(patch, owner, name, worker)
+        owner, name, thread = CRASH_POINTS[crash_point]
+        calls = crash_in_worker(patch, owner, name, worker, thread=thread)
         with pytest.raises(Crash, match=f"worker {worker}"):
             run_policy(pg, config, "revoked_tokens")
         # the worker's first batch crashed (and its other lane's, if it had one in flight); every

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
@@ -295,8 +296,11 @@ def test_a_table_lock_taken_mid_run_keeps_what_was_deleted_and_archived_on_recor
     asked = []
 
     def lock_the_table_after_two_batches() -> bool:
+        # Asked before each batch but the first: by the third question some worker has asked
+        # twice, so its first batch has committed (an archived batch's DELETE may still be
+        # waiting to start when its worker asks next, and would then meet the lock).
         asked.append(1)
-        if len(asked) == 2:
+        if len(asked) == 3:
             # SHARE: the application's reads go on, every write (ours too) waits.
             app.execute("LOCK TABLE revoked_tokens IN SHARE MODE")
         return False
@@ -508,3 +512,97 @@ def test_the_asset_reports_skipped_rows_and_a_locked_table_fails_in_one_line(
         (RunStatus.SUCCESS, 2),
     ]
     history.dispose()
+
+
+@contextmanager
+def app_touches_a_row_while_its_batch_is_staged(
+    monkeypatch, url: str, change: str
+) -> Iterator[dict[str, int]]:
+    """While the first archived batch's file is written (its rows read in the exported snapshot,
+    the DELETE not yet run), the application changes or locks the first row of that batch:
+    ``change`` is 'expiry_extended' (committed, no longer expired), 'rewritten' (committed, still
+    expired, token_hash 'rewritten') or 'locked' (FOR UPDATE, held until the block ends).
+    Yields {'id': the row's id} once it happened."""
+    real = TableArchive.stage
+    touched: dict[str, int] = {}
+    app = psycopg.connect(url)
+    once = threading.Lock()  # several workers stage at once
+
+    def stage(self, rows, **kwargs):
+        with once:
+            if not touched and rows.num_rows:
+                touch(rows)
+        return real(self, rows, **kwargs)
+
+    def touch(rows) -> None:
+        row_id = rows.column("id")[0].as_py()
+        statement = {
+            "expiry_extended": "UPDATE revoked_tokens SET expires_at = now() + interval "
+            "'30 days' WHERE id = %s",
+            "rewritten": "UPDATE revoked_tokens SET token_hash = 'rewritten' WHERE id = %s",
+            "locked": "SELECT id FROM revoked_tokens WHERE id = %s FOR UPDATE",
+        }[change]
+        app.execute(statement, (row_id,))
+        if change != "locked":
+            app.commit()
+        touched["id"] = row_id
+
+    monkeypatch.setattr(TableArchive, "stage", stage)
+    try:
+        yield touched
+    finally:
+        app.rollback()
+        app.close()
+        monkeypatch.setattr(TableArchive, "stage", real)
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("workers", [1, 3])
+@pytest.mark.parametrize("change", ["expiry_extended", "rewritten", "locked"])
+def test_a_row_changed_or_locked_between_read_and_delete_is_neither_lost_nor_deleted_unarchived(
+    pg, pg_url, tmp_path, monkeypatch, change, workers
+):
+    create_revoked_tokens(pg, rows=3000, expired_fraction=0.7)
+    original = remaining_ids(pg)
+    expired = set(expired_ids_by_expiry(pg))
+    config = locked_config(tmp_path, strategy="page_ranges", archive=True)
+    config = config.model_copy(
+        update={"batch": config.batch.model_copy(update={"workers": workers})}
+    )
+
+    with app_touches_a_row_while_its_batch_is_staged(monkeypatch, pg_url, change) as touched:
+        first = run_policy(pg, config, "revoked_tokens")
+        row = touched["id"]
+        remaining = remaining_ids(pg)
+        archive = TableArchive(
+            LocalArchiveStore(tmp_path / "archive"), "revoked_tokens", "expires_at"
+        )
+        rows = archive.read_all()
+
+    ids = rows.column("id").to_pylist()
+    assert len(ids) == len(set(ids)), "a row was archived twice"
+    assert sorted(ids + list(remaining)) == sorted(original), "a row was lost"
+    assert set(ids) == original - remaining, "a row was deleted without being archived"
+    assert not list((tmp_path / "archive").rglob("*.pending"))
+    assert first.deleted == first.archived_rows == len(ids)
+    if change == "expiry_extended":
+        # No longer expired: the batch ran again on the skip-locked path, which left it.
+        assert row in remaining and row not in ids
+        assert first.skipped_locked == 0 and first.remaining_expired == 0
+        assert set(ids) == expired - {row}
+    elif change == "rewritten":
+        # Still expired: deleted, and archived as it is now, not as the first read saw it.
+        assert row not in remaining and set(ids) == expired
+        [hash_of_row] = [
+            value
+            for value, row_id in zip(rows.column("token_hash").to_pylist(), ids, strict=True)
+            if row_id == row
+        ]
+        assert hash_of_row == "rewritten"
+        assert first.skipped_locked == 0 and first.remaining_expired == 0
+    else:
+        assert row in remaining and row not in ids
+        assert first.skipped_locked == 1 and first.remaining_expired == 1
+        second = run_policy(pg, config, "revoked_tokens")
+        assert second.deleted == 1 and second.remaining_expired == 0
+        assert sorted(archived_ids(tmp_path)) == sorted(expired)

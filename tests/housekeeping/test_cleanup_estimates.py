@@ -1,0 +1,124 @@
+"""A run plans on the planner's statistics instead of counting the table, but only where the
+delete-fraction guard cannot depend on it: near or above the limit, with stale or missing
+statistics, on small tables and for dry runs it counts exactly."""
+
+from __future__ import annotations
+
+import psycopg
+import pytest
+import sqlalchemy as sa
+
+from housekeeping.database import AppDatabase
+from housekeeping.policies import RunOptions, SafetyRefusal, run_policy
+from tests.housekeeping.test_token_cleanup import token_config
+
+ROWS = 150_000
+
+
+@pytest.fixture
+def pg(pg_url):
+    database = AppDatabase(pg_url)
+    yield database
+    database.dispose()
+
+
+def create_analyzed_tokens(pg: AppDatabase, expired_share: float) -> int:
+    """ROWS tokens, ``expired_share`` of them expired (shuffled), analyzed; returns how many
+    expired."""
+    expired = int(ROWS * expired_share)
+    with pg.engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                "CREATE TABLE revoked_tokens (id bigint PRIMARY KEY, user_id bigint, "
+                "token_hash text, revoked_at timestamptz, expires_at timestamptz)"
+            )
+        )
+        conn.execute(sa.text("CREATE INDEX ON revoked_tokens (expires_at)"))
+        conn.execute(
+            sa.text(
+                "INSERT INTO revoked_tokens "
+                "SELECT g, g % 500, md5(g::text), now() - interval '31 days', "
+                "CASE WHEN (g * 7919) % :rows < :expired "
+                "THEN now() - interval '2 hours' - (g % 1000) * interval '1 minute' "
+                "ELSE now() + interval '2 hours' + (g % 1000) * interval '1 minute' END "
+                "FROM generate_series(1, :rows) g"
+            ),
+            {"rows": ROWS, "expired": expired},
+        )
+    with pg.engine.connect() as conn:
+        conn.execution_options(isolation_level="AUTOCOMMIT").execute(
+            sa.text("ANALYZE revoked_tokens")
+        )
+    return expired
+
+
+@pytest.mark.postgres
+def test_a_run_clearly_under_the_limit_plans_on_estimates_and_its_batches_count(pg, tmp_path):
+    expired = create_analyzed_tokens(pg, 0.3)
+    config = token_config(tmp_path, strategy="page_ranges", max_delete_fraction=0.9)
+    config = config.model_copy(
+        update={"batch": config.batch.model_copy(update={"max_size": 20000})}
+    )
+
+    result = run_policy(pg, config, "revoked_tokens")
+
+    assert result.counts_estimated
+    assert result.deleted == expired and result.remaining_expired == 0
+    assert result.expected_deleted == expired  # what the batches met, not the estimate
+    assert abs(result.table_rows - ROWS) < 0.05 * ROWS
+    assert " of about " in result.summary_line()
+
+
+@pytest.mark.postgres
+def test_near_the_limit_the_guard_counts_exactly_and_quotes_exact_numbers(pg, tmp_path):
+    expired = create_analyzed_tokens(pg, 0.6)
+    config = token_config(tmp_path, max_delete_fraction=0.61)
+
+    with pytest.raises(SafetyRefusal) as refused:
+        run_policy(pg, token_config(tmp_path, max_delete_fraction=0.59), "revoked_tokens")
+    assert f"would delete {expired:,} of {ROWS:,} rows" in str(refused.value)
+
+    result = run_policy(pg, config, "revoked_tokens")
+    assert not result.counts_estimated
+    assert result.expected_deleted == result.deleted == expired and result.table_rows == ROWS
+
+
+@pytest.mark.postgres
+def test_stale_statistics_are_not_trusted_by_the_guard(pg, pg_url, tmp_path):
+    create_analyzed_tokens(pg, 0.1)
+    # After ANALYZE, most tokens become expired: the statistics still say 10%.
+    with psycopg.connect(pg_url, autocommit=True) as app:
+        app.execute(
+            "UPDATE revoked_tokens SET expires_at = now() - interval '1 day' WHERE id % 10 < 8"
+        )
+        app.execute("SELECT pg_stat_force_next_flush()")
+    with pg.connect() as conn:
+        expired = conn.execute(
+            sa.text("SELECT count(*) FROM revoked_tokens WHERE expires_at < now()")
+        ).scalar_one()
+    before = expired
+
+    with pytest.raises(SafetyRefusal, match=f"would delete {expired:,} of {ROWS:,} rows"):
+        run_policy(pg, token_config(tmp_path, max_delete_fraction=0.5), "revoked_tokens")
+    with pg.connect() as conn:
+        assert (
+            conn.execute(
+                sa.text("SELECT count(*) FROM revoked_tokens WHERE expires_at < now()")
+            ).scalar_one()
+            == before
+        )
+
+
+@pytest.mark.postgres
+def test_a_dry_run_and_a_small_table_count_exactly(pg, tmp_path):
+    expired = create_analyzed_tokens(pg, 0.3)
+    dry = run_policy(pg, token_config(tmp_path), "revoked_tokens", options=RunOptions(dry_run=True))
+    assert not dry.counts_estimated and dry.expected_deleted == expired
+    with pg.engine.begin() as conn:
+        conn.execute(sa.text("DELETE FROM revoked_tokens WHERE id > 1000"))
+    with pg.engine.connect() as conn:
+        conn.execution_options(isolation_level="AUTOCOMMIT").execute(
+            sa.text("VACUUM ANALYZE revoked_tokens")
+        )
+    small = run_policy(pg, token_config(tmp_path), "revoked_tokens")
+    assert not small.counts_estimated
