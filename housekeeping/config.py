@@ -51,8 +51,9 @@ class BatchConfig(StrictModel):
     # Backends deleting at once, each on its own slice of the table's pages in its own short
     # transactions (PostgreSQL's page_ranges walk; every other walk, and SQLite, uses one).
     # Rule: at most the database server's cores that may go to housekeeping, fewer when its
-    # storage is the bottleneck; 1 keeps a busy primary at one backend. See README.
-    workers: int = Field(default=DEFAULT_WORKERS, ge=1, le=MAX_WORKERS)
+    # storage is the bottleneck; 1 keeps a busy primary at one backend. See README. Strict: `true`,
+    # `"3"` or `2.0` are errors, not silently 1, 3 or 2 (as analytics.extract_workers).
+    workers: int = Field(default=DEFAULT_WORKERS, ge=1, le=MAX_WORKERS, strict=True)
 
     @model_validator(mode="after")
     def _ordered(self) -> BatchConfig:

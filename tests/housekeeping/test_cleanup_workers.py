@@ -200,7 +200,7 @@ def test_sqlite_runs_one_worker_whatever_the_config_says(sqlite_url, tmp_path):
         db.dispose()
 
 
-@pytest.mark.parametrize("workers", [0, -1, 33, "two"])
+@pytest.mark.parametrize("workers", [0, -1, 33, 1000, "two", "3", True, None, 2.0, 2.5])
 def test_a_bad_worker_count_is_one_line_naming_the_key(workers):
     with pytest.raises(ConfigError) as error:
         parse_config({"batch": {"workers": workers}}, "hk.yaml")
