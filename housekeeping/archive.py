@@ -262,6 +262,7 @@ class TableArchive:
 
     def stage(self, rows: pa.Table, *, run_id: str, sequence: int, now: datetime) -> StagedFile:
         """Write the rows a batch is deleting, durably, before the batch commits."""
+        rows = parquet_writable(rows)
         sink = pa.BufferOutputStream()
         # No dictionary: token hashes, ids and timestamps rarely repeat, so building one per
         # column costs time and saves nothing.
@@ -295,10 +296,12 @@ class TableArchive:
 
         def write(handle: BinaryIO) -> None:
             nonlocal rows, low, high
-            with pq.ParquetWriter(handle, batches.schema, compression="zstd") as writer:
+            schema = parquet_writable_schema(batches.schema)
+            with pq.ParquetWriter(handle, schema, compression="zstd") as writer:
                 for batch in batches:
                     if batch.num_rows == 0:
                         continue
+                    batch = parquet_writable(batch)
                     writer.write_batch(batch)
                     rows += batch.num_rows
                     batch_low, batch_high = _cutoff_range(
@@ -441,6 +444,54 @@ class TableArchive:
                 )
             if missing:
                 self._add_to_manifest(directory, missing)
+
+
+# PostgreSQL's interval arrives as Arrow's month_day_nano_interval, which Parquet cannot store;
+# it is archived as this struct, losslessly (months and days are not fixed lengths of time).
+INTERVAL_STRUCT = pa.struct(
+    [("months", pa.int32()), ("days", pa.int32()), ("nanoseconds", pa.int64())]
+)
+
+
+def parquet_writable_schema(schema: pa.Schema) -> pa.Schema:
+    """``schema`` with every interval column as INTERVAL_STRUCT (what ``parquet_writable``
+    makes of its data)."""
+    return pa.schema(
+        [
+            field.with_type(INTERVAL_STRUCT) if pa.types.is_interval(field.type) else field
+            for field in schema
+        ],
+        metadata=schema.metadata,
+    )
+
+
+def parquet_writable(rows: pa.Table | pa.RecordBatch) -> pa.Table | pa.RecordBatch:
+    """``rows`` with every interval column (PostgreSQL ``interval``) rewritten as INTERVAL_STRUCT
+    {months, days, nanoseconds}, so Parquet can store it; other columns are returned as they are.
+    """
+    if not any(pa.types.is_interval(field.type) for field in rows.schema):
+        return rows
+    columns = []
+    for field, column in zip(rows.schema, rows.columns, strict=True):
+        if pa.types.is_interval(field.type):
+            column = pa.array(
+                [
+                    None
+                    if value is None
+                    else {
+                        "months": value.months,
+                        "days": value.days,
+                        "nanoseconds": value.nanoseconds,
+                    }
+                    for value in column.to_pylist()
+                ],
+                type=INTERVAL_STRUCT,
+            )
+        columns.append(column)
+    schema = parquet_writable_schema(rows.schema)
+    if isinstance(rows, pa.RecordBatch):
+        return pa.RecordBatch.from_arrays(columns, schema=schema)
+    return pa.Table.from_arrays(columns, schema=schema)
 
 
 def _cutoff_range(rows: pa.Table, column: str) -> tuple[str | None, str | None]:
