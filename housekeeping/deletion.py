@@ -68,6 +68,7 @@ from housekeeping.database import (
     libpq_url,
     timeout_ms,
 )
+from housekeeping.errors import first_line
 from housekeeping.policy_kinds import DeleteStrategy
 from housekeeping.sql import TableName, quote_identifier
 
@@ -245,7 +246,7 @@ class _PostgresSession:
             self.conn = adbc.connect(libpq_url(db.url))
         except adbc.Error as exc:
             raise DatabaseError(
-                f"cannot connect to the application database {db.describe()}: {exc}"
+                f"cannot connect to the application database {db.describe()}: {first_line(exc)}"
             ) from None
         self.cursor = self.conn.cursor()
         # DML goes through its own cursor: executemany reports the row count without RETURNING.
@@ -1168,6 +1169,11 @@ def _open_sessions(
     if errors:
         for session in opened:
             session.close()
+        if isinstance(errors[0], DatabaseError) and count > 1:
+            raise DatabaseError(
+                f"{errors[0]} (a run opens {count} connections at once: batch.workers {workers}"
+                f" x {method.lanes}; lower batch.workers or raise the connection limit)"
+            ) from None
         raise errors[0]
     return [opened[index : index + method.lanes] for index in range(0, count, method.lanes)]
 

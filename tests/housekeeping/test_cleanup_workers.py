@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import threading
 
+import psycopg
 import pytest
 
 from housekeeping import archive as archive_module
 from housekeeping import deletion
 from housekeeping.archive import LocalArchiveStore, TableArchive
 from housekeeping.config import ConfigError, HousekeepingConfig, parse_config
-from housekeeping.database import AppDatabase
+from housekeeping.database import AppDatabase, DatabaseError
 from housekeeping.policies import RunOptions, SafetyRefusal, run_policy
 from housekeeping.policy_kinds import DeleteStrategy
+from tests.conftest import with_search_path
 from tests.housekeeping.test_archive_recovery import (
     Crash,
     assert_archive_plus_table_is_the_original,
@@ -206,3 +208,33 @@ def test_a_bad_worker_count_is_one_line_naming_the_key(workers):
         parse_config({"batch": {"workers": workers}}, "hk.yaml")
     message = str(error.value)
     assert "batch.workers" in message and "\n" not in message
+
+
+@pytest.mark.postgres
+def test_a_connection_limit_below_the_workers_is_one_line_naming_the_key_and_deletes_nothing(
+    pg, postgres_server, tmp_path
+):
+    create_revoked_tokens(pg, rows=300, expired_fraction=0.5)
+    before = rows_of(pg, "revoked_tokens")
+    schema = pg.engine.url.query["options"].split("=", 1)[1]
+    role = f"hk_limited_{schema[-10:]}"
+    with psycopg.connect(postgres_server, autocommit=True) as conn:
+        conn.execute(f'CREATE ROLE "{role}" LOGIN CONNECTION LIMIT 3')
+        conn.execute(f'GRANT USAGE ON SCHEMA "{schema}" TO "{role}"')
+        conn.execute(f'GRANT SELECT, DELETE ON ALL TABLES IN SCHEMA "{schema}" TO "{role}"')
+    limited = AppDatabase(
+        with_search_path(postgres_server.replace("postgres@", f"{role}@", 1), schema)
+    )
+    try:
+        config = workers_config(tmp_path, workers=4, archive=True, max_delete_fraction=0.9)
+        with pytest.raises(DatabaseError) as error:
+            run_policy(limited, config, "revoked_tokens")
+        message = str(error.value)
+        assert "too many connections" in message and "batch.workers 4" in message
+        assert "\n" not in message
+        assert rows_of(pg, "revoked_tokens") == before
+    finally:
+        limited.dispose()
+        with psycopg.connect(postgres_server, autocommit=True) as conn:
+            conn.execute(f'DROP OWNED BY "{role}"')
+            conn.execute(f'DROP ROLE "{role}"')
