@@ -389,12 +389,18 @@ def read_pieces(
     """
     stop = threading.Event() if stop is None else stop
     connections: list[Any] = []
+    count = max(1, min(workers, len(pieces)))
     try:
-        for _ in range(max(1, min(workers, len(pieces)))):
+        for _ in range(count):
             connections.append(_connect(db))
-    except BaseException:
+    except BaseException as exc:
         for connection in connections:
             connection.close()
+        if isinstance(exc, DatabaseError) and count > 1:
+            raise DatabaseError(
+                f"{exc} (the extract opens {count} connections at once: analytics.extract_workers;"
+                " lower it or raise the connection limit)"
+            ) from None
         raise
     pending = deque(pieces)
     lock = threading.Lock()
