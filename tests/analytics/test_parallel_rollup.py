@@ -31,8 +31,8 @@ from analytics.rollups.requests import refresh_requests
 from housekeeping.config import ConfigError
 from housekeeping.database import AppDatabase, DatabaseError, libpq_url
 from housekeeping.sql import TableName
-from tests.conftest import with_search_path
 from tests.support.analytics_data import make_settings, make_store
+from tests.support.roles import role_database
 
 START = datetime(2026, 11, 20, 0, 0, tzinfo=UTC)
 HOURS = 6
@@ -328,27 +328,17 @@ def test_extract_workers_defaults_to_two(tmp_path):
 def test_a_connection_limit_below_the_extract_workers_names_the_key_and_publishes_nothing(
     requests_db, postgres_server, tmp_path
 ):
-    schema = requests_db.engine.url.query["options"].split("=", 1)[1]
-    role = f"hk_limited_{schema[-10:]}"
-    with psycopg.connect(postgres_server, autocommit=True) as conn:
-        conn.execute(f'CREATE ROLE "{role}" LOGIN CONNECTION LIMIT 2')
-        conn.execute(f'GRANT USAGE ON SCHEMA "{schema}" TO "{role}"')
-        conn.execute(f'GRANT SELECT ON ALL TABLES IN SCHEMA "{schema}" TO "{role}"')
-    limited = AppDatabase(
-        with_search_path(postgres_server.replace("postgres@", f"{role}@", 1), schema)
-    )
-    try:
-        settings = make_settings(tmp_path / "store", extract_workers=4)
-        with pytest.raises(DatabaseError) as caught:
-            refresh_requests(
-                limited, make_store(settings), settings, START, START + timedelta(hours=HOURS)
-            )
-        message = str(caught.value)
-        assert "too many connections" in message and "analytics.extract_workers" in message
-        assert "\n" not in message
-        assert not list(settings.root_path.rglob("*.parquet"))
-    finally:
-        limited.dispose()
-        with psycopg.connect(postgres_server, autocommit=True) as conn:
-            conn.execute(f'DROP OWNED BY "{role}"')
-            conn.execute(f'DROP ROLE "{role}"')
+    settings = make_settings(tmp_path / "store", extract_workers=4)
+    with (
+        role_database(
+            postgres_server, requests_db, "hk_limited", "SELECT", connection_limit=2
+        ) as limited,
+        pytest.raises(DatabaseError) as caught,
+    ):
+        refresh_requests(
+            limited, make_store(settings), settings, START, START + timedelta(hours=HOURS)
+        )
+    message = str(caught.value)
+    assert "too many connections" in message and "analytics.extract_workers" in message
+    assert "\n" not in message
+    assert not list(settings.root_path.rglob("*.parquet"))

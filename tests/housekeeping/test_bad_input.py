@@ -5,16 +5,15 @@ from __future__ import annotations
 import os
 import stat
 
-import psycopg
 import pytest
 
 from housekeeping.archive import ArchiveError
 from housekeeping.config import ConfigError, load_config, parse_config
 from housekeeping.database import AppDatabase, DatabaseError
 from housekeeping.policies import run_policy
-from tests.conftest import with_search_path
 from tests.housekeeping.test_token_cleanup import token_config
 from tests.support.app_tables import create_revoked_tokens, rows_of
+from tests.support.roles import role_database
 
 
 @pytest.fixture
@@ -164,23 +163,13 @@ def test_an_archive_root_that_cannot_be_written_is_refused_before_deleting(db, t
 def test_a_user_without_delete_rights_is_refused_by_name(pg_url, postgres_server, tmp_path):
     db = AppDatabase(pg_url)
     create_revoked_tokens(db, rows=50, expired_fraction=0.5)
-    schema = db.engine.url.query["options"].split("=", 1)[1]
-    role = f"hk_reader_{schema[-10:]}"
-    with psycopg.connect(postgres_server, autocommit=True) as conn:
-        conn.execute(f'CREATE ROLE "{role}" LOGIN')
-        conn.execute(f'GRANT USAGE ON SCHEMA "{schema}" TO "{role}"')
-        conn.execute(f'GRANT SELECT ON ALL TABLES IN SCHEMA "{schema}" TO "{role}"')
     try:
-        base = postgres_server.replace("postgres@", f"{role}@", 1)
-        reader = AppDatabase(with_search_path(base, schema))
-        with pytest.raises(
-            ConfigError, match=r"policies\.revoked_tokens\.table: the database user may not DELETE"
+        denied = r"policies\.revoked_tokens\.table: the database user may not DELETE"
+        with (
+            role_database(postgres_server, db, "hk_reader", "SELECT") as reader,
+            pytest.raises(ConfigError, match=denied),
         ):
             run_policy(reader, token_config(tmp_path), "revoked_tokens")
-        reader.dispose()
         assert len(rows_of(db, "revoked_tokens")) == 50
     finally:
         db.dispose()
-        with psycopg.connect(postgres_server, autocommit=True) as conn:
-            conn.execute(f'DROP OWNED BY "{role}"')
-            conn.execute(f'DROP ROLE "{role}"')

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import threading
 
-import psycopg
 import pytest
 
 from housekeeping import archive as archive_module
@@ -19,7 +18,6 @@ from housekeeping.config import ConfigError, HousekeepingConfig, parse_config
 from housekeeping.database import AppDatabase, DatabaseError
 from housekeeping.policies import RunOptions, SafetyRefusal, run_policy
 from housekeeping.policy_kinds import DeleteStrategy
-from tests.conftest import with_search_path
 from tests.housekeeping.test_archive_recovery import (
     Crash,
     assert_archive_plus_table_is_the_original,
@@ -27,6 +25,7 @@ from tests.housekeeping.test_archive_recovery import (
 from tests.housekeeping.test_locked_rows import expired_ids_by_expiry, remaining_ids, rows_locked
 from tests.housekeeping.test_token_cleanup import expired_ids, token_config
 from tests.support.app_tables import create_revoked_tokens, rows_of
+from tests.support.roles import role_database
 
 WORKERS = 3
 
@@ -216,25 +215,13 @@ def test_a_connection_limit_below_the_workers_is_one_line_naming_the_key_and_del
 ):
     create_revoked_tokens(pg, rows=300, expired_fraction=0.5)
     before = rows_of(pg, "revoked_tokens")
-    schema = pg.engine.url.query["options"].split("=", 1)[1]
-    role = f"hk_limited_{schema[-10:]}"
-    with psycopg.connect(postgres_server, autocommit=True) as conn:
-        conn.execute(f'CREATE ROLE "{role}" LOGIN CONNECTION LIMIT 3')
-        conn.execute(f'GRANT USAGE ON SCHEMA "{schema}" TO "{role}"')
-        conn.execute(f'GRANT SELECT, DELETE ON ALL TABLES IN SCHEMA "{schema}" TO "{role}"')
-    limited = AppDatabase(
-        with_search_path(postgres_server.replace("postgres@", f"{role}@", 1), schema)
-    )
-    try:
+    with role_database(
+        postgres_server, pg, "hk_limited", "SELECT, DELETE", connection_limit=3
+    ) as limited:
         config = workers_config(tmp_path, workers=4, archive=True, max_delete_fraction=0.9)
         with pytest.raises(DatabaseError) as error:
             run_policy(limited, config, "revoked_tokens")
-        message = str(error.value)
-        assert "too many connections" in message and "batch.workers 4" in message
-        assert "\n" not in message
-        assert rows_of(pg, "revoked_tokens") == before
-    finally:
-        limited.dispose()
-        with psycopg.connect(postgres_server, autocommit=True) as conn:
-            conn.execute(f'DROP OWNED BY "{role}"')
-            conn.execute(f'DROP ROLE "{role}"')
+    message = str(error.value)
+    assert "too many connections" in message and "batch.workers 4" in message
+    assert "\n" not in message
+    assert rows_of(pg, "revoked_tokens") == before
