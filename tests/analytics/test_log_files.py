@@ -498,6 +498,13 @@ def test_config_check_counts_the_log_files_or_names_the_missing_directory(tmp_pa
     assert found.ok == [
         f"analytics.sources.request_logs: 2 log file(s) match {tmp_path}/logs/access.log*"
     ]
+    assert found.warnings == []
+    none_match = check(tmp_path / "logs" / "acess.log*")
+    assert none_match.problems == []
+    assert none_match.warnings == [
+        f"analytics.sources.request_logs.path: no file matches {tmp_path}/logs/acess.log* yet "
+        "(check the glob: a rollup would read nothing)"
+    ]
     missing = check(tmp_path / "nowhere" / "*.log")
     assert missing.problems == [
         f"analytics.sources.request_logs.path: {tmp_path}/nowhere is not a directory "
