@@ -577,3 +577,28 @@ def test_settled_rotated_files_are_read_in_place_once(tmp_path, monkeypatch):
     assert len(reads) == 1 and rotated in reads[0] and live not in reads[0]
     assert rotated.stat().st_mtime == mtime  # only read
     assert_published_exactly(settings, store, requests)
+
+
+def test_out_of_range_times_and_durations_are_counted_never_stop_the_rollup(tmp_path):
+    """Numbers no log line means (NaN, infinities, 1e300, a year past 9999, before 1970): a
+    time is a bad_timestamp line, a duration none (the request counts, not its latency)."""
+    settings = settings_for(tmp_path, "pino")
+    store = make_store(settings)
+    (tmp_path / "logs").mkdir()
+    at = int((START + timedelta(minutes=5)).timestamp() * 1000)
+
+    def line(time, duration) -> bytes:
+        req = '"req":{"method":"GET","url":"/a"},"res":{"statusCode":200}'
+        return f'{{"level":30,"time":{time},{req},"responseTime":{duration}}}\n'.encode()
+
+    durations = ["1e300", "NaN", "1e400", "-5", '"99999999999999999999s"', '"inf"', "12.5"]
+    times = ["1e30", "-1e30", "NaN", "1e400", "-5", str(at * 1000), "9223372036854775807"]
+    data = b"".join(line(at, d) for d in durations) + b"".join(line(t, 1) for t in times)
+    append(tmp_path / "logs" / "access.log", data)
+    refresh(store, settings)
+    publish(store, settings)
+    assert bad_line_counts(settings) == {"bad_timestamp": len(times)}
+    minute = query(
+        settings, "SELECT requests, latency_min_ms, latency_max_ms FROM requests_minute"
+    )
+    assert minute.values.tolist() == [[len(durations), 12.5, 12.5]]
