@@ -602,3 +602,33 @@ def test_out_of_range_times_and_durations_are_counted_never_stop_the_rollup(tmp_
         settings, "SELECT requests, latency_min_ms, latency_max_ms FROM requests_minute"
     )
     assert minute.values.tolist() == [[len(durations), 12.5, 12.5]]
+
+
+def test_crlf_line_ends_and_a_binary_blob_with_carriage_returns_never_stop_the_rollup(tmp_path):
+    """Windows line ends (CRLF) are line ends; a blob holding CR bytes is counted as bad lines.
+    Both stopped DuckDB's CSV reader ("state machine reached an invalid state")."""
+    settings = settings_for(tmp_path, "pino")
+    store = make_store(settings)
+    (tmp_path / "logs").mkdir()
+    requests = make_requests(40, seed=7)
+    crlf = lines_of("pino", requests[:20]).replace(b"\n", b"\r\n")
+    blob = b"\x8b\x1f\r\x00\xfe\r\r\xc3\x28garbage\r\x9c\n"
+    append(tmp_path / "logs" / "access.log", crlf + blob + lines_of("pino", requests[20:]))
+    refresh(store, settings)
+    assert_published_exactly(settings, store, requests)
+    bad = bad_line_counts(settings)
+    assert set(bad) == {"invalid_encoding"} and bad["invalid_encoding"] >= 1
+
+
+def test_a_gz_whose_one_line_has_no_newline_is_read_not_skipped_forever(tmp_path):
+    """A rotated .gz is complete: a single line without its newline was never fingerprinted,
+    so the file was skipped on every tick and its line lost."""
+    settings = settings_for(tmp_path, "pino")
+    store = make_store(settings)
+    (tmp_path / "logs").mkdir()
+    requests = make_requests(11, seed=3)
+    append(tmp_path / "logs" / "access.log.1.gz", gzip.compress(lines_of("pino", requests[:1])[:-1]))
+    append(tmp_path / "logs" / "access.log", lines_of("pino", requests[1:]))
+    refresh(store, settings)
+    refresh(store, settings)
+    assert_published_exactly(settings, store, requests)
