@@ -43,6 +43,7 @@ import duckdb
 from analytics.datasets import LOG_INGEST_ERRORS
 from analytics.logs.formats import duration_ms_sql, json_path, timestamp_sql
 from analytics.logs.manifest import (
+    FINGERPRINT_BYTES,
     GZIP_ERRORS,
     Chunk,
     LogSourceError,
@@ -217,6 +218,7 @@ def _plan(
     candidates: dict[str, list[_Candidate]] = {}
     damaged: list[tuple[str, str]] = []
     damaged_states: dict[str, StreamState] = {}
+    unterminated: list[tuple[Path, os.stat_result]] = []  # plain files without a complete line
     for path in log_files(source):
         stat = path.stat()
         compressed = is_gzip(path)
@@ -248,13 +250,27 @@ def _plan(
         except OSError as exc:
             raise LogSourceError(f"cannot read log file {path} ({exc.strerror})") from None
         if head is None:
+            unterminated.append((path, stat))
             continue
         candidates.setdefault(fingerprint(head), []).append(_Candidate(path, stat, compressed))
 
     slices: list[Slice] = []
     states: dict[str, StreamState] = dict(damaged_states)
     # The file written last may be in the middle of a line even when quiet for a while.
-    newest = max((c.stat.st_mtime for f in candidates.values() for c in f), default=0.0)
+    newest = max(
+        [c.stat.st_mtime for f in candidates.values() for c in f]
+        + [stat.st_mtime for _, stat in unterminated],
+        default=0.0,
+    )
+    for path, stat in unterminated:
+        # A rotated, quiet plain file whose one line has no newline: that line is its first.
+        if now - stat.st_mtime >= settle and stat.st_mtime < newest and stat.st_size > 0:
+            try:
+                with open(path, "rb") as handle:
+                    head = handle.read(FINGERPRINT_BYTES)
+            except OSError as exc:
+                raise LogSourceError(f"cannot read log file {path} ({exc.strerror})") from None
+            candidates.setdefault(fingerprint(head), []).append(_Candidate(path, stat, False))
     for key, found in candidates.items():
         # The plain file while it exists (a .gz beside it may still be being written), else the
         # largest.

@@ -632,3 +632,17 @@ def test_a_gz_whose_one_line_has_no_newline_is_read_not_skipped_forever(tmp_path
     refresh(store, settings)
     refresh(store, settings)
     assert_published_exactly(settings, store, requests)
+
+
+def test_a_rotated_plain_file_whose_one_line_has_no_newline_is_read_once(tmp_path):
+    """A quiet rotated file holding one line without its newline had no first line to be known
+    by: it was skipped on every tick and its line lost (unless it was gzipped later)."""
+    settings = settings_for(tmp_path, "pino")
+    store = make_store(settings)
+    requests = make_requests(11, seed=5)
+    rotated, _ = rotated_and_live(
+        tmp_path, lines_of("pino", requests[:1])[:-1], lines_of("pino", requests[1:])
+    )
+    refresh(store, settings)
+    refresh(store, settings)
+    assert_published_exactly(settings, store, requests)
