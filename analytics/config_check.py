@@ -74,6 +74,11 @@ def check_analytics(
             try:
                 files = log_files(logs)
                 report.ok.append(f"{logs.config_key}: {len(files)} log file(s) match {logs.path}")
+                if not files:
+                    report.warnings.append(
+                        f"{logs.config_key}.path: no file matches {logs.path} yet "
+                        "(check the glob: a rollup would read nothing)"
+                    )
             except HkError as exc:
                 report.problems.append(str(exc))
     if db is None:

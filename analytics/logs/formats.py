@@ -37,6 +37,12 @@ from housekeeping.sql import sql_string
 TimestampFormat = Literal["iso", "epoch_s", "epoch_ms"]
 DurationUnit = Literal["ms", "s", "us"]
 _PATH = re.compile(r"^[A-Za-z_@$][A-Za-z0-9_@$\-]*(\.[A-Za-z_@$][A-Za-z0-9_@$\-]*)*$")
+# A line time outside [EARLIEST_TIME, LATEST_TIME) is a bad timestamp: no log line is older than
+# the epoch, and a year past 9999 has no Python datetime (the tick could not record its span).
+EARLIEST_TIME, LATEST_TIME = "1970-01-01", "10000-01-01"
+# The longest duration taken (about 31 years, in ms); a longer one is none, as text that does not
+# parse (the staged microseconds must fit a BIGINT).
+MAX_DURATION_MS = 1e12
 _UNIT_MS = {"ns": 0.000001, "us": 0.001, "µs": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}
 
 
@@ -170,13 +176,15 @@ def duration_ms_sql(text: str, unit: str) -> str:
     )
     pattern = "'^\\s*([0-9]*\\.?[0-9]+)\\s*([a-zµ]*)\\s*$'"
     # CASE, not coalesce: the regular expressions run only for values that are not numbers.
-    return (
+    duration = (
         f"CASE WHEN TRY_CAST({text} AS DOUBLE) IS NOT NULL "
         f"THEN TRY_CAST({text} AS DOUBLE) * {_UNIT_MS[unit]} "
         f"ELSE TRY_CAST(regexp_extract({text}, {pattern}, 1) AS DOUBLE) * "
         f"CASE regexp_extract({text}, {pattern}, 2) {factors} "
         f"WHEN '' THEN {_UNIT_MS[unit]} END END"
     )
+    # A negative, NaN, infinite or absurd number is no duration (NaN compares above all).
+    return f"CASE WHEN ({duration}) BETWEEN 0 AND {MAX_DURATION_MS} THEN ({duration}) END"
 
 
 def timestamp_sql(text: str, timestamp_format: str, timezone: str) -> str:
@@ -185,13 +193,17 @@ def timestamp_sql(text: str, timestamp_format: str, timezone: str) -> str:
     ``iso`` text with an offset or ``Z`` is an instant; without one it is a wall-clock reading in
     ``timezone`` (the source's). ``epoch_s``/``epoch_ms``: numbers (or numeric text).
     """
-    if timestamp_format == "epoch_ms":
-        return f"make_timestamp(CAST(TRY_CAST({text} AS DOUBLE) * 1000 AS BIGINT))"
-    if timestamp_format == "epoch_s":
-        return f"make_timestamp(CAST(TRY_CAST({text} AS DOUBLE) * 1000000 AS BIGINT))"
-    zone = sql_string(timezone)
-    has_zone = f"regexp_matches({text}, '(Z|z|[+-][0-9]{{2}}:?[0-9]{{2}})$')"
+    if timestamp_format in ("epoch_ms", "epoch_s"):
+        micros = 1000 if timestamp_format == "epoch_ms" else 1000000
+        instant = f"make_timestamp(TRY_CAST(TRY_CAST({text} AS DOUBLE) * {micros} AS BIGINT))"
+    else:
+        zone = sql_string(timezone)
+        has_zone = f"regexp_matches({text}, '(Z|z|[+-][0-9]{{2}}:?[0-9]{{2}})$')"
+        instant = (
+            f"CASE WHEN {has_zone} THEN TRY_CAST(TRY_CAST({text} AS TIMESTAMPTZ) AS TIMESTAMP) "
+            f"ELSE TRY_CAST(timezone({zone}, TRY_CAST({text} AS TIMESTAMP)) AS TIMESTAMP) END"
+        )
     return (
-        f"CASE WHEN {has_zone} THEN TRY_CAST(TRY_CAST({text} AS TIMESTAMPTZ) AS TIMESTAMP) "
-        f"ELSE TRY_CAST(timezone({zone}, TRY_CAST({text} AS TIMESTAMP)) AS TIMESTAMP) END"
+        f"CASE WHEN ({instant}) >= TIMESTAMP '{EARLIEST_TIME}' "
+        f"AND ({instant}) < TIMESTAMP '{LATEST_TIME}' THEN ({instant}) END"
     )

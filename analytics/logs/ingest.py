@@ -43,6 +43,7 @@ import duckdb
 from analytics.datasets import LOG_INGEST_ERRORS
 from analytics.logs.formats import duration_ms_sql, json_path, timestamp_sql
 from analytics.logs.manifest import (
+    FINGERPRINT_BYTES,
     GZIP_ERRORS,
     Chunk,
     LogSourceError,
@@ -87,6 +88,23 @@ BAD_REASONS = (
     "damaged_gzip",
     "missing_job_id",
 )
+# A line is one CSV column: a delimiter no log line holds (a single control character would
+# cut a line holding it). Not strict: a CR (CRLF line ends, a binary blob) is a line end, where
+# the strict reader stops the whole read.
+_NO_DELIMITER = "E'\\x1f\\x1e\\x1d\\x1c'"
+
+
+def unparsed_outcome_sql() -> str:
+    """SQL: the outcome of a line that is not JSON (``line``): ``blank``,
+    ``control_characters`` (a control character other than tab, CR or LF) or
+    ``malformed_json``."""
+    return (
+        "CASE WHEN line IS NULL OR trim(line) = '' THEN 'blank' "
+        "WHEN regexp_matches(line, '[\\x00-\\x08\\x0b\\x0c\\x0e-\\x1f]') "
+        "THEN 'control_characters' ELSE 'malformed_json' END"
+    )
+
+
 # DuckDB's CSV reject types -> our reasons.
 _REJECT_REASONS = {
     "INVALID ENCODING": "invalid_encoding",
@@ -200,6 +218,7 @@ def _plan(
     candidates: dict[str, list[_Candidate]] = {}
     damaged: list[tuple[str, str]] = []
     damaged_states: dict[str, StreamState] = {}
+    unterminated: list[tuple[Path, os.stat_result]] = []  # plain files without a complete line
     for path in log_files(source):
         stat = path.stat()
         compressed = is_gzip(path)
@@ -231,13 +250,27 @@ def _plan(
         except OSError as exc:
             raise LogSourceError(f"cannot read log file {path} ({exc.strerror})") from None
         if head is None:
+            unterminated.append((path, stat))
             continue
         candidates.setdefault(fingerprint(head), []).append(_Candidate(path, stat, compressed))
 
     slices: list[Slice] = []
     states: dict[str, StreamState] = dict(damaged_states)
     # The file written last may be in the middle of a line even when quiet for a while.
-    newest = max((c.stat.st_mtime for f in candidates.values() for c in f), default=0.0)
+    newest = max(
+        [c.stat.st_mtime for f in candidates.values() for c in f]
+        + [stat.st_mtime for _, stat in unterminated],
+        default=0.0,
+    )
+    for path, stat in unterminated:
+        # A rotated, quiet plain file whose one line has no newline: that line is its first.
+        if now - stat.st_mtime >= settle and stat.st_mtime < newest and stat.st_size > 0:
+            try:
+                with open(path, "rb") as handle:
+                    head = handle.read(FINGERPRINT_BYTES)
+            except OSError as exc:
+                raise LogSourceError(f"cannot read log file {path} ({exc.strerror})") from None
+            candidates.setdefault(fingerprint(head), []).append(_Candidate(path, stat, False))
     for key, found in candidates.items():
         # The plain file while it exists (a .gz beside it may still be being written), else the
         # largest.
@@ -332,8 +365,8 @@ def parsed_lines_sql(
     parsed = f"""WITH raw AS (
             SELECT file_index AS slice, line
             FROM read_csv([{files}], columns = {{'line': 'VARCHAR'}}, header = false,
-                delim = E'\\x1f', quote = '', escape = '', new_line = '\\n',
-                auto_detect = false, ignore_errors = true,
+                delim = {_NO_DELIMITER}, quote = '', escape = '', new_line = '\\n',
+                strict_mode = false, auto_detect = false, ignore_errors = true,
                 store_rejects = true, max_line_size = {source.max_line_bytes})
         ), fields AS (
             -- one parse a line; TRY: NULL for a line that is not JSON
@@ -367,9 +400,7 @@ def _lines_sql(slices: list[Slice], source: JsonLinesSource) -> str:
         SELECT
             slice,
             CASE
-                WHEN v IS NULL THEN
-                    CASE WHEN line IS NULL OR trim(line) = '' THEN 'blank'
-                    ELSE 'malformed_json' END
+                WHEN v IS NULL THEN {unparsed_outcome_sql()}
                 WHEN selected OR is_error THEN
                     CASE WHEN {value("timestamp")} IS NULL THEN 'missing_timestamp'
                     WHEN ts IS NULL THEN 'bad_timestamp'
@@ -441,8 +472,9 @@ def _gzip_readable(connection: duckdb.DuckDBPyConnection, piece: Slice) -> bool:
     try:
         connection.execute(
             f"SELECT count(*) FROM read_csv({sql_string(str(piece.read))}, "
-            "columns = {'line': 'VARCHAR'}, header = false, delim = E'\\x1f', quote = '', "
-            "escape = '', auto_detect = false, ignore_errors = true)"
+            f"columns = {{'line': 'VARCHAR'}}, header = false, delim = {_NO_DELIMITER}, "
+            "quote = '', escape = '', strict_mode = false, auto_detect = false, "
+            "ignore_errors = true)"
         ).fetchone()
         return True
     except duckdb.Error:

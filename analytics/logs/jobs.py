@@ -28,7 +28,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from analytics.logs.formats import duration_ms_sql, timestamp_sql
-from analytics.logs.ingest import LineShape, Slice, parsed_lines_sql
+from analytics.logs.ingest import LineShape, Slice, parsed_lines_sql, unparsed_outcome_sql
 from analytics.logs.job_formats import JOB_STATES
 from analytics.settings import JobsJsonLinesSource, JobsSource
 from housekeeping.sql import sql_string
@@ -74,9 +74,7 @@ def job_lines_sql(slices: list[Slice], source: JobsJsonLinesSource) -> str:
         SELECT
             slice,
             CASE
-                WHEN v IS NULL THEN
-                    CASE WHEN line IS NULL OR trim(line) = '' THEN 'blank'
-                    ELSE 'malformed_json' END
+                WHEN v IS NULL THEN {unparsed_outcome_sql()}
                 WHEN selected AND state IS NOT NULL THEN
                     CASE WHEN {value("job_id")} IS NULL THEN 'missing_job_id'
                     WHEN {value("timestamp")} IS NULL THEN 'missing_timestamp'

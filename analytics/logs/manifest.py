@@ -172,7 +172,8 @@ def is_gzip(path: Path) -> bool:
 
 def first_line(path: Path) -> bytes | None:
     """The first complete line (at most FINGERPRINT_BYTES; a longer first line counts by its
-    first FINGERPRINT_BYTES) of the file's content; None while it has no complete line yet.
+    first FINGERPRINT_BYTES) of the file's content; None while it has no complete line yet. A
+    ``.gz`` is complete: its content without a newline is its first line (None when empty).
 
     Raises OSError (unreadable) or EOFError/zlib.error/gzip.BadGzipFile (a damaged .gz).
     """
@@ -185,7 +186,7 @@ def first_line(path: Path) -> bytes | None:
     end = head.find(b"\n")
     if end >= 0:
         return head[: end + 1]
-    return head if len(head) >= FINGERPRINT_BYTES else None
+    return head if len(head) >= FINGERPRINT_BYTES or (head and is_gzip(path)) else None
 
 
 def fingerprint(line: bytes) -> str:

@@ -498,6 +498,13 @@ def test_config_check_counts_the_log_files_or_names_the_missing_directory(tmp_pa
     assert found.ok == [
         f"analytics.sources.request_logs: 2 log file(s) match {tmp_path}/logs/access.log*"
     ]
+    assert found.warnings == []
+    none_match = check(tmp_path / "logs" / "acess.log*")
+    assert none_match.problems == []
+    assert none_match.warnings == [
+        f"analytics.sources.request_logs.path: no file matches {tmp_path}/logs/acess.log* yet "
+        "(check the glob: a rollup would read nothing)"
+    ]
     missing = check(tmp_path / "nowhere" / "*.log")
     assert missing.problems == [
         f"analytics.sources.request_logs.path: {tmp_path}/nowhere is not a directory "
@@ -569,4 +576,73 @@ def test_settled_rotated_files_are_read_in_place_once(tmp_path, monkeypatch):
     refresh(store, settings)
     assert len(reads) == 1 and rotated in reads[0] and live not in reads[0]
     assert rotated.stat().st_mtime == mtime  # only read
+    assert_published_exactly(settings, store, requests)
+
+
+def test_out_of_range_times_and_durations_are_counted_never_stop_the_rollup(tmp_path):
+    """Numbers no log line means (NaN, infinities, 1e300, a year past 9999, before 1970): a
+    time is a bad_timestamp line, a duration none (the request counts, not its latency)."""
+    settings = settings_for(tmp_path, "pino")
+    store = make_store(settings)
+    (tmp_path / "logs").mkdir()
+    at = int((START + timedelta(minutes=5)).timestamp() * 1000)
+
+    def line(time, duration) -> bytes:
+        req = '"req":{"method":"GET","url":"/a"},"res":{"statusCode":200}'
+        return f'{{"level":30,"time":{time},{req},"responseTime":{duration}}}\n'.encode()
+
+    durations = ["1e300", "NaN", "1e400", "-5", '"99999999999999999999s"', '"inf"', "12.5"]
+    times = ["1e30", "-1e30", "NaN", "1e400", "-5", str(at * 1000), "9223372036854775807"]
+    data = b"".join(line(at, d) for d in durations) + b"".join(line(t, 1) for t in times)
+    append(tmp_path / "logs" / "access.log", data)
+    refresh(store, settings)
+    publish(store, settings)
+    assert bad_line_counts(settings) == {"bad_timestamp": len(times)}
+    minute = query(
+        settings, "SELECT requests, latency_min_ms, latency_max_ms FROM requests_minute"
+    )
+    assert minute.values.tolist() == [[len(durations), 12.5, 12.5]]
+
+
+def test_crlf_line_ends_and_a_binary_blob_with_carriage_returns_never_stop_the_rollup(tmp_path):
+    """Windows line ends (CRLF) are line ends; a blob holding CR bytes is counted as bad lines.
+    Both stopped DuckDB's CSV reader ("state machine reached an invalid state")."""
+    settings = settings_for(tmp_path, "pino")
+    store = make_store(settings)
+    (tmp_path / "logs").mkdir()
+    requests = make_requests(40, seed=7)
+    crlf = lines_of("pino", requests[:20]).replace(b"\n", b"\r\n")
+    blob = b"\x8b\x1f\r\x00\xfe\r\r\xc3\x28garbage\r\x9c\n"
+    append(tmp_path / "logs" / "access.log", crlf + blob + lines_of("pino", requests[20:]))
+    refresh(store, settings)
+    assert_published_exactly(settings, store, requests)
+    bad = bad_line_counts(settings)
+    assert set(bad) == {"invalid_encoding"} and bad["invalid_encoding"] >= 1
+
+
+def test_a_gz_whose_one_line_has_no_newline_is_read_not_skipped_forever(tmp_path):
+    """A rotated .gz is complete: a single line without its newline was never fingerprinted,
+    so the file was skipped on every tick and its line lost."""
+    settings = settings_for(tmp_path, "pino")
+    store = make_store(settings)
+    (tmp_path / "logs").mkdir()
+    requests = make_requests(11, seed=3)
+    append(tmp_path / "logs" / "access.log.1.gz", gzip.compress(lines_of("pino", requests[:1])[:-1]))
+    append(tmp_path / "logs" / "access.log", lines_of("pino", requests[1:]))
+    refresh(store, settings)
+    refresh(store, settings)
+    assert_published_exactly(settings, store, requests)
+
+
+def test_a_rotated_plain_file_whose_one_line_has_no_newline_is_read_once(tmp_path):
+    """A quiet rotated file holding one line without its newline had no first line to be known
+    by: it was skipped on every tick and its line lost (unless it was gzipped later)."""
+    settings = settings_for(tmp_path, "pino")
+    store = make_store(settings)
+    requests = make_requests(11, seed=5)
+    rotated, _ = rotated_and_live(
+        tmp_path, lines_of("pino", requests[:1])[:-1], lines_of("pino", requests[1:])
+    )
+    refresh(store, settings)
+    refresh(store, settings)
     assert_published_exactly(settings, store, requests)
