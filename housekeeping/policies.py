@@ -191,12 +191,6 @@ class RowEstimate:
     target_rows: int
     margin: int
 
-    def fraction_bounds(self) -> tuple[float, float]:
-        """The lowest and highest share of the table the target can be, given ``margin``."""
-        low = max(0, self.target_rows - self.margin) / max(1, self.table_rows + self.margin)
-        high = (self.target_rows + self.margin) / max(1, self.table_rows - self.margin)
-        return low, min(1.0, high)
-
 
 def estimate_rows(db: AppDatabase, table: TableName, target: DeleteTarget) -> RowEstimate | None:
     """The table's and ``target``'s row counts from PostgreSQL's statistics (pg_class, the
@@ -592,18 +586,19 @@ def planned_counts(
     guard (``limit``, a share of the table).
 
     The planner's estimate (``estimate_rows``: no pass over the table) is used only for a real
-    run of one target on a plain PostgreSQL table, and only when the guard cannot depend on it:
-    the run allows a large delete, or even the estimate's highest possible share is within
-    ``limit``. Near or above the limit, for a dry run (which reports exact numbers), and
-    whenever the statistics are missing or stale, the rows are counted exactly (``count_rows``),
-    so a refusal always quotes exact counts.
+    run of one target on a plain PostgreSQL table, and only when the guard cannot refuse it: the
+    run allows a large delete, or ``limit`` is the whole table. Statistics cannot be trusted to
+    guard: another session's changes reach them only when it flushes them (up to seconds after
+    its commit, longer while it stays busy), so a mass UPDATE just before a run can leave them
+    saying 10% while 70% has expired. With a guard, for a dry run (which reports exact
+    numbers), and whenever the statistics are missing or stale, the rows are counted exactly
+    (``count_rows``), so a refusal always quotes exact counts.
     """
     table = checked.policy.table
-    if not options.dry_run and len(targets) == 1 and not checked.table.is_partitioned:
-        estimate = estimate_rows(db, table, targets[0])
-        if estimate is not None and (
-            options.allow_large_delete or estimate.fraction_bounds()[1] <= limit
-        ):
+    guarded = limit < 1.0 and not options.allow_large_delete
+    if not guarded and not options.dry_run and len(targets) == 1:
+        estimate = None if checked.table.is_partitioned else estimate_rows(db, table, targets[0])
+        if estimate is not None:
             return estimate.table_rows, [estimate.target_rows], True
     total, expected = count_rows(db, table, targets)
     return total, expected, False

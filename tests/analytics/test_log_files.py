@@ -598,9 +598,7 @@ def test_out_of_range_times_and_durations_are_counted_never_stop_the_rollup(tmp_
     refresh(store, settings)
     publish(store, settings)
     assert bad_line_counts(settings) == {"bad_timestamp": len(times)}
-    minute = query(
-        settings, "SELECT requests, latency_min_ms, latency_max_ms FROM requests_minute"
-    )
+    minute = query(settings, "SELECT requests, latency_min_ms, latency_max_ms FROM requests_minute")
     assert minute.values.tolist() == [[len(durations), 12.5, 12.5]]
 
 
@@ -627,7 +625,9 @@ def test_a_gz_whose_one_line_has_no_newline_is_read_not_skipped_forever(tmp_path
     store = make_store(settings)
     (tmp_path / "logs").mkdir()
     requests = make_requests(11, seed=3)
-    append(tmp_path / "logs" / "access.log.1.gz", gzip.compress(lines_of("pino", requests[:1])[:-1]))
+    append(
+        tmp_path / "logs" / "access.log.1.gz", gzip.compress(lines_of("pino", requests[:1])[:-1])
+    )
     append(tmp_path / "logs" / "access.log", lines_of("pino", requests[1:]))
     refresh(store, settings)
     refresh(store, settings)

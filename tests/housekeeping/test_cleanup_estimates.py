@@ -1,6 +1,7 @@
 """A run plans on the planner's statistics instead of counting the table, but only where the
-delete-fraction guard cannot depend on it: near or above the limit, with stale or missing
-statistics, on small tables and for dry runs it counts exactly."""
+delete-fraction guard cannot refuse it (a large delete allowed, or a limit of the whole table):
+under a guard, with stale or missing statistics, on small tables and for dry runs it counts
+exactly."""
 
 from __future__ import annotations
 
@@ -53,9 +54,9 @@ def create_analyzed_tokens(pg: AppDatabase, expired_share: float) -> int:
 
 
 @pytest.mark.postgres
-def test_a_run_clearly_under_the_limit_plans_on_estimates_and_its_batches_count(pg, tmp_path):
+def test_a_run_the_guard_cannot_refuse_plans_on_estimates_and_its_batches_count(pg, tmp_path):
     expired = create_analyzed_tokens(pg, 0.3)
-    config = token_config(tmp_path, strategy="page_ranges", max_delete_fraction=0.9)
+    config = token_config(tmp_path, strategy="page_ranges", max_delete_fraction=1.0)
     config = config.model_copy(
         update={"batch": config.batch.model_copy(update={"max_size": 20000})}
     )
@@ -110,6 +111,52 @@ def test_stale_statistics_are_not_trusted_by_the_guard(pg, pg_url, tmp_path):
 
 
 @pytest.mark.postgres
+def test_a_guarded_run_counts_exactly_even_well_under_the_limit(pg, tmp_path):
+    expired = create_analyzed_tokens(pg, 0.3)
+
+    result = run_policy(pg, token_config(tmp_path, max_delete_fraction=0.9), "revoked_tokens")
+
+    assert not result.counts_estimated
+    assert result.expected_deleted == result.deleted == expired and result.table_rows == ROWS
+
+
+@pytest.mark.postgres
+def test_a_mass_update_whose_statistics_are_not_flushed_yet_is_refused(pg, pg_url, tmp_path):
+    create_analyzed_tokens(pg, 0.1)
+    # Room on every page, so the updated rows stay on their pages: the table does not grow.
+    with pg.engine.connect() as conn:
+        conn = conn.execution_options(isolation_level="AUTOCOMMIT")
+        conn.execute(sa.text("ALTER TABLE revoked_tokens SET (fillfactor = 45)"))
+        conn.execute(sa.text("VACUUM FULL revoked_tokens"))
+        conn.execute(sa.text("ANALYZE revoked_tokens"))
+    # The application's session flushes its statistics after one small change, then makes most
+    # tokens expire within the second after and stays connected: its changes are not in
+    # pg_stat_user_tables yet, so the statistics still look fresh and say 10%.
+    with psycopg.connect(pg_url, autocommit=True) as app:
+        app.execute("UPDATE revoked_tokens SET user_id = user_id WHERE id = 1")
+        app.execute("SELECT pg_stat_force_next_flush()")
+        app.execute("SELECT 1")
+        app.execute(
+            "UPDATE revoked_tokens SET expires_at = now() - interval '2 days' WHERE id % 10 < 7"
+        )
+        with pg.connect() as conn:
+            expired = conn.execute(
+                sa.text("SELECT count(*) FROM revoked_tokens WHERE expires_at < now()")
+            ).scalar_one()
+
+        with pytest.raises(SafetyRefusal, match=f"would delete {expired:,} of {ROWS:,} rows"):
+            run_policy(pg, token_config(tmp_path, max_delete_fraction=0.5), "revoked_tokens")
+
+        with pg.connect() as conn:
+            assert (
+                conn.execute(
+                    sa.text("SELECT count(*) FROM revoked_tokens WHERE expires_at < now()")
+                ).scalar_one()
+                == expired
+            )
+
+
+@pytest.mark.postgres
 def test_a_dry_run_and_a_small_table_count_exactly(pg, tmp_path):
     expired = create_analyzed_tokens(pg, 0.3)
     dry = run_policy(pg, token_config(tmp_path), "revoked_tokens", options=RunOptions(dry_run=True))
@@ -120,5 +167,5 @@ def test_a_dry_run_and_a_small_table_count_exactly(pg, tmp_path):
         conn.execution_options(isolation_level="AUTOCOMMIT").execute(
             sa.text("VACUUM ANALYZE revoked_tokens")
         )
-    small = run_policy(pg, token_config(tmp_path), "revoked_tokens")
+    small = run_policy(pg, token_config(tmp_path, max_delete_fraction=1.0), "revoked_tokens")
     assert not small.counts_estimated
