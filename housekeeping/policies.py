@@ -57,9 +57,6 @@ ESTIMATE_MIN_ROWS = 100_000
 # Statistics older than this share of the table (rows changed since ANALYZE, pages added) are not
 # trusted at all: the run counts exactly.
 ESTIMATE_MAX_STALENESS = 0.10
-# What ANALYZE's sample (30,000 rows at the default statistics target) and histogram may be off
-# by, as a share of the table, on top of the rows changed since.
-ESTIMATE_ERROR = 0.02
 
 
 class SafetyRefusal(HkError):
@@ -183,13 +180,12 @@ def count_rows(
 
 @dataclass(frozen=True)
 class RowEstimate:
-    """The planner's idea of a table (rows) and of a target (rows matching), with how far off
-    either may be (``margin``, rows: changed since ANALYZE, in pages added since, plus
-    ESTIMATE_ERROR of the table)."""
+    """The planner's idea of a table (rows) and of a target (rows matching). Used only where an
+    estimate cannot change a decision (no delete-fraction guard can refuse the run): ANALYZE's
+    sample may be off, and other sessions' changes reach the statistics seconds late."""
 
     table_rows: int
     target_rows: int
-    margin: int
 
 
 def estimate_rows(db: AppDatabase, table: TableName, target: DeleteTarget) -> RowEstimate | None:
@@ -235,8 +231,7 @@ def estimate_rows(db: AppDatabase, table: TableName, target: DeleteTarget) -> Ro
     changed = modified + abs(pages - relpages) * rows_per_page
     if changed > ESTIMATE_MAX_STALENESS * reltuples:
         return None
-    margin = changed + ESTIMATE_ERROR * max(table_rows, reltuples)
-    return RowEstimate(round(table_rows), round(min(target_rows, table_rows)), round(margin))
+    return RowEstimate(round(table_rows), round(min(target_rows, table_rows)))
 
 
 def build_targets(

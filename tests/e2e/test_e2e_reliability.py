@@ -34,7 +34,7 @@ import psycopg
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from dagster_graphql import DagsterGraphQLClient
+from dagster_graphql import DagsterGraphQLClient, DagsterGraphQLClientError
 from psycopg.conninfo import conninfo_to_dict
 
 from housekeeping.defs.assets import policy_asset_key
@@ -324,7 +324,43 @@ def test_a_daemon_killed_mid_tick_resumes_the_tick_with_one_run_and_ticks_again(
     assert daemon_is_up(deployment)
 
 
-def test_the_daemon_rides_out_30_seconds_without_its_storage_database(deployment, proxy):
+def set_schedule_running(client: DagsterGraphQLClient, name: str, running: bool) -> None:
+    """Start or stop a schedule through the webserver's GraphQL API, as the UI's toggle does."""
+    selector = {
+        "repositoryLocationName": LOCATION,
+        "repositoryName": "__repository__",
+        "scheduleName": name,
+    }
+    if running:
+        result = client._execute(
+            "mutation($s: ScheduleSelector!) { startSchedule(scheduleSelector: $s) "
+            "{ __typename ... on PythonError { message } } }",
+            {"s": selector},
+        )["startSchedule"]
+    else:
+        state = client._execute(
+            "query($s: ScheduleSelector!) { scheduleOrError(scheduleSelector: $s) "
+            "{ __typename ... on Schedule { scheduleState { id } } } }",
+            {"s": selector},
+        )["scheduleOrError"]
+        result = client._execute(
+            "mutation($id: String!) { stopRunningSchedule(id: $id) "
+            "{ __typename ... on PythonError { message } } }",
+            {"id": state["scheduleState"]["id"]},
+        )["stopRunningSchedule"]
+    assert result["__typename"] == "ScheduleStateResult", result
+
+
+def try_set_schedule_running(client: DagsterGraphQLClient, name: str, running: bool) -> bool:
+    """``set_schedule_running``, False while the webserver cannot reach its storage yet."""
+    try:
+        set_schedule_running(client, name, running)
+    except (DagsterGraphQLClientError, AssertionError):  # unreachable, or a PythonError result
+        return False
+    return True
+
+
+def test_the_daemon_rides_out_30_seconds_without_its_storage_database(deployment, proxy, client):
     # A running daemon: one still starting gives up on its storage after a few quick retries and
     # exits ("too many retries for DB connection"); its supervisor restarts it (see the README).
     wait_until(
@@ -332,10 +368,13 @@ def test_the_daemon_rides_out_30_seconds_without_its_storage_database(deployment
         lambda: [t for t in ticks(deployment, "alert_rules_sensor") if t[0] != "STARTED"],
         deployment,
     )
-    # Cut between two minute-schedule runs (a run caught mid-way by the outage fails and is
-    # cleaned up by run monitoring only after its maximum runtime).
+    # Cut when no minute-schedule run is in flight (a run caught mid-way by the outage fails and
+    # is cleaned up by run monitoring only after its maximum runtime). On a busy machine a minute's
+    # run can take a whole minute, so there may be no gap between runs: stop the schedule (as an
+    # operator would from the UI), let its runs drain, and start it again once storage is back.
+    set_schedule_running(client, SCHEDULE, False)
     wait_until(
-        "the minute schedule's run to finish",
+        "the minute schedule's runs to finish",
         lambda: (
             not deployment.storage(
                 "SELECT 1 FROM runs WHERE pipeline_name = 'error_logs_job' AND status = ANY(%s)",
@@ -343,7 +382,6 @@ def test_the_daemon_rides_out_30_seconds_without_its_storage_database(deployment
             )
         ),
         deployment,
-        # On a busy machine a minute's run can take most of the minute: wait for a gap longer.
         timeout=600,
     )
     daemon = deployment.processes["daemon"]
@@ -360,6 +398,12 @@ def test_the_daemon_rides_out_30_seconds_without_its_storage_database(deployment
     time.sleep(30)
     proxy.restore()
     restored = datetime.now(UTC)
+    wait_until(
+        "the webserver to start the minute schedule again",
+        lambda: try_set_schedule_running(client, SCHEDULE, True),
+        deployment,
+        timeout=120,
+    )
 
     assert daemon.poll() is None, "the daemon exited during the outage"
     # The alert sensor skips when nothing is to be sent, so a completed tick is SKIPPED or SUCCESS.

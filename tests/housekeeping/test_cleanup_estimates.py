@@ -53,6 +53,20 @@ def create_analyzed_tokens(pg: AppDatabase, expired_share: float) -> int:
     return expired
 
 
+def count_expired(pg: AppDatabase) -> int:
+    with pg.connect() as conn:
+        return conn.execute(
+            sa.text("SELECT count(*) FROM revoked_tokens WHERE expires_at < now()")
+        ).scalar_one()
+
+
+def assert_refused_without_deleting(pg: AppDatabase, tmp_path, expired: int) -> None:
+    """A run guarded at 50% quotes the exact ``expired`` count in its refusal and deletes nothing."""
+    with pytest.raises(SafetyRefusal, match=f"would delete {expired:,} of {ROWS:,} rows"):
+        run_policy(pg, token_config(tmp_path, max_delete_fraction=0.5), "revoked_tokens")
+    assert count_expired(pg) == expired
+
+
 @pytest.mark.postgres
 def test_a_run_the_guard_cannot_refuse_plans_on_estimates_and_its_batches_count(pg, tmp_path):
     expired = create_analyzed_tokens(pg, 0.3)
@@ -93,21 +107,7 @@ def test_stale_statistics_are_not_trusted_by_the_guard(pg, pg_url, tmp_path):
             "UPDATE revoked_tokens SET expires_at = now() - interval '1 day' WHERE id % 10 < 8"
         )
         app.execute("SELECT pg_stat_force_next_flush()")
-    with pg.connect() as conn:
-        expired = conn.execute(
-            sa.text("SELECT count(*) FROM revoked_tokens WHERE expires_at < now()")
-        ).scalar_one()
-    before = expired
-
-    with pytest.raises(SafetyRefusal, match=f"would delete {expired:,} of {ROWS:,} rows"):
-        run_policy(pg, token_config(tmp_path, max_delete_fraction=0.5), "revoked_tokens")
-    with pg.connect() as conn:
-        assert (
-            conn.execute(
-                sa.text("SELECT count(*) FROM revoked_tokens WHERE expires_at < now()")
-            ).scalar_one()
-            == before
-        )
+    assert_refused_without_deleting(pg, tmp_path, count_expired(pg))
 
 
 @pytest.mark.postgres
@@ -139,21 +139,7 @@ def test_a_mass_update_whose_statistics_are_not_flushed_yet_is_refused(pg, pg_ur
         app.execute(
             "UPDATE revoked_tokens SET expires_at = now() - interval '2 days' WHERE id % 10 < 7"
         )
-        with pg.connect() as conn:
-            expired = conn.execute(
-                sa.text("SELECT count(*) FROM revoked_tokens WHERE expires_at < now()")
-            ).scalar_one()
-
-        with pytest.raises(SafetyRefusal, match=f"would delete {expired:,} of {ROWS:,} rows"):
-            run_policy(pg, token_config(tmp_path, max_delete_fraction=0.5), "revoked_tokens")
-
-        with pg.connect() as conn:
-            assert (
-                conn.execute(
-                    sa.text("SELECT count(*) FROM revoked_tokens WHERE expires_at < now()")
-                ).scalar_one()
-                == expired
-            )
+        assert_refused_without_deleting(pg, tmp_path, count_expired(pg))
 
 
 @pytest.mark.postgres
