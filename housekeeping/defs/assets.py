@@ -15,6 +15,7 @@ from housekeeping.config import HousekeepingConfig, database_url
 from housekeeping.config_types import format_duration
 from housekeeping.dagster_runs import purge_dagster_runs
 from housekeeping.defs.resources import HousekeepingResource
+from housekeeping.errors import HkError
 from housekeeping.history import PolicyRun, RunHistory, RunStatus
 from housekeeping.policies import RunLockedOut, RunOptions, failure_recorded, run_and_record
 from housekeeping.policy_kinds import PolicyConfig
@@ -169,9 +170,13 @@ def run_cleanup(
     should_stop=, log=)`` (the core, which records the run in the history) with the run's
     dry-run and large-delete switches and a stop on SIGTERM, then yields what ``cleanup_events``
     yields, the asset's ``checks(result)`` included. A run locked out (RunLockedOut) is one
-    line: what it deleted before is materialized, then a Failure."""
-    settings = housekeeping.load()
-    history = housekeeping.run_history(settings)
+    line: what it deleted before is materialized, then a Failure. Any other HkError (a refusal,
+    bad config, a full disk) is a Failure with its message, not a traceback."""
+    try:
+        settings = housekeeping.load()
+        history = housekeeping.run_history(settings)
+    except HkError as exc:
+        raise dg.Failure(description=str(exc), metadata={"error": type(exc).__name__}) from None
     try:
         with stop_on_terminate() as stop:
             result = run(
@@ -190,6 +195,9 @@ def run_cleanup(
         if exc.result.deleted:
             yield dg.AssetMaterialization(asset_key=key, metadata=metadata)
         raise dg.Failure(description=str(exc), metadata=metadata) from None
+    except HkError as exc:
+        # The product's own explanation (HkError) is the operator's to read, not our code.
+        raise dg.Failure(description=str(exc), metadata={"error": type(exc).__name__}) from None
     finally:
         history.dispose()
     yield from cleanup_events(

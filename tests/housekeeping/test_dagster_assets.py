@@ -146,6 +146,10 @@ def test_three_failed_runs_in_a_row_turn_the_health_check_critical(tmp_path, app
     ]
     failure = [event for event in result.all_events if event.is_step_failure][0]
     assert "revoked_tokens" in failure.event_specific_data.error.message
+    # The product's explanation is the failure itself, not a traceback through our code.
+    assert "revoked_tokens" in failure.event_specific_data.user_failure_data.description
+    assert failure.event_specific_data.error.cause is None
+    assert failure.event_specific_data.error.context is None
 
 
 def test_a_failed_dagster_run_purge_is_recorded_and_degrades_its_health_check(
