@@ -15,7 +15,7 @@ minute, and batches of 10 rows so a request_logs cleanup lasts long enough to be
   and runs carry on once the database is back.
 
 Only one value of the shipped dagster.yaml is changed: run_monitoring.max_runtime_seconds (6 h)
-becomes 120 s, so that the runs every kill takes down with the daemon (the minute schedule's, a
+becomes 300 s, so that the runs every kill takes down with the daemon (the minute schedule's, a
 health check's) are failed and free their pools within the test, as they would be in production
 after 6 h.
 """
@@ -43,6 +43,9 @@ from tests.support.tcp_proxy import TcpProxy
 
 pytestmark = [pytest.mark.e2e, pytest.mark.postgres, pytest.mark.slow]
 LOCATION = "housekeeping"
+# A run the test expects to finish (a cleanup in 10-row batches) may take minutes on a busy
+# machine: its own maximum runtime (a per-run tag) keeps run monitoring from terminating it.
+EXPECTED_TO_FINISH = {"dagster/max_runtime": "1800"}
 SCHEDULE = "error_logs_schedule"
 FINISHED = ("SUCCESS", "FAILURE", "CANCELED")
 
@@ -86,7 +89,7 @@ def deployment(postgres_server, proxy, tmp_path_factory):
     try:
         live.prepare()
         instance = yaml.safe_load((live.home / "dagster.yaml").read_text())
-        instance["run_monitoring"]["max_runtime_seconds"] = 120
+        instance["run_monitoring"]["max_runtime_seconds"] = 300
         (live.home / "dagster.yaml").write_text(yaml.safe_dump(instance))
         live.start_webserver()
         live.start_daemon()
@@ -210,12 +213,16 @@ def test_a_run_whose_worker_died_with_the_daemon_is_failed_and_the_next_run_fini
     )
     assert run_status(deployment, run_id) == "FAILURE"
     recovery_id = client.submit_job_execution(
-        "request_logs_job", repository_location_name=LOCATION, run_config=run_config
+        "request_logs_job",
+        repository_location_name=LOCATION,
+        run_config=run_config,
+        tags=EXPECTED_TO_FINISH,
     )
     wait_until(
         "the next cleanup (its table's pool slot freed)",
         lambda: run_status(deployment, recovery_id) in FINISHED,
         deployment,
+        timeout=900,
     )
 
     assert run_status(deployment, recovery_id) == "SUCCESS", deployment.log("daemon")
@@ -241,7 +248,10 @@ def test_a_daemon_stopped_with_sigterm_mid_run_lets_the_run_finish_once(deployme
         }
     }
     run_id = client.submit_job_execution(
-        "revoked_tokens_job", repository_location_name=LOCATION, run_config=run_config
+        "revoked_tokens_job",
+        repository_location_name=LOCATION,
+        run_config=run_config,
+        tags=EXPECTED_TO_FINISH,
     )
     archive = deployment.workdir / "var" / "archive" / "revoked_tokens"
     wait_until(
@@ -255,7 +265,12 @@ def test_a_daemon_stopped_with_sigterm_mid_run_lets_the_run_finish_once(deployme
     deployment.kill("daemon", signal.SIGTERM, group=False)
     assert run_status(deployment, run_id) == "STARTED", "the run ended before the restart"
     restart_daemon(deployment)
-    wait_until("the run to finish", lambda: run_status(deployment, run_id) in FINISHED, deployment)
+    wait_until(
+        "the run to finish",
+        lambda: run_status(deployment, run_id) in FINISHED,
+        deployment,
+        timeout=900,
+    )
 
     assert run_status(deployment, run_id) == "SUCCESS", deployment.log("daemon")
     runs = deployment.storage("SELECT run_id FROM runs WHERE pipeline_name = 'revoked_tokens_job'")
