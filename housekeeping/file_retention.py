@@ -293,13 +293,17 @@ class FilesResult:
         where = f"{self.directory}/{self.glob}"
         if self.dry_run:
             return (
-                f"{self.policy}: would compress {self.to_compress:,} files "
-                f"({_size(self.to_compress_bytes)}) and "
-                f"{'archive and delete' if self.archive else 'delete'} "
-                f"{self.expected_deleted:,} ({_size(self.expected_deleted_bytes)}) of "
-                f"{self.matched_files:,} files in {where}; skipped {self.skipped_active} active, "
-                f"{self.skipped_grace} within grace"
-            ) + self._unreadable_clause() + self._refusal_clause()
+                (
+                    f"{self.policy}: would compress {self.to_compress:,} files "
+                    f"({_size(self.to_compress_bytes)}) and "
+                    f"{'archive and delete' if self.archive else 'delete'} "
+                    f"{self.expected_deleted:,} ({_size(self.expected_deleted_bytes)}) of "
+                    f"{self.matched_files:,} files in {where}; skipped {self.skipped_active} active, "
+                    f"{self.skipped_grace} within grace"
+                )
+                + self._unreadable_clause()
+                + self._refusal_clause()
+            )
         line = (
             f"{self.policy}: compressed {self.compressed:,}, archived {self.archived:,}, deleted "
             f"{self.deleted:,} of {self.matched_files:,} files in {where}, freed "

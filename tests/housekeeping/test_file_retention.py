@@ -552,8 +552,8 @@ def test_a_dry_run_says_when_max_delete_fraction_would_refuse_the_run(tmp_path, 
 
     assert dry.exceeds_delete_fraction and dry.expected_deleted == 3
     assert lines == [dry.summary_line()]
-    assert "; a real run would refuse: 38% of the files is above max_delete_fraction 25%" in (
-        lines[0]
+    assert (
+        "; a real run would refuse: 38% of the files is above max_delete_fraction 25%" in (lines[0])
     )
     assert snapshot(tmp_path / "logs") == original.content
     within = run_file_policy(files_config(tmp_path), "app_logs", options=RunOptions(dry_run=True))
