@@ -25,6 +25,7 @@ from analytics.rollups.engine import (
     duckdb_session,
     floor_hour,
     replace_hour_partitions,
+    text_or_placeholder,
     timestamp_literal,
 )
 from housekeeping.sql import sql_string
@@ -42,7 +43,9 @@ def refresh_log_errors(store: RollupStore, start: datetime, end: datetime) -> tu
             paths = "[" + ", ".join(sql_string(str(path)) for path in files) + "]"
             source = (
                 f"SELECT make_timestamp(epoch_us(ts) // 3600000000 * 3600000000) AS hour, "
-                f"coalesce(route, '(none)') AS route, error_name, count(*) AS errors "
+                f"{text_or_placeholder('route')} AS route, "
+                f"{text_or_placeholder('error_name', '(unnamed)')} AS error_name, "
+                f"count(*) AS errors "
                 f"FROM read_parquet({paths}) WHERE error_name IS NOT NULL "
                 f"AND outcome = 'error' AND ts >= {timestamp_literal(low)} "
                 f"AND ts < {timestamp_literal(high)} GROUP BY ALL"

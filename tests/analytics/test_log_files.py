@@ -34,7 +34,7 @@ from analytics.rollups.requests import refresh_requests
 from analytics.settings import parse_analytics_settings
 from analytics.sketch import PERCENTILES, RELATIVE_ACCURACY
 from housekeeping.cli import main
-from housekeeping.config import load_config
+from housekeeping.config import ConfigError, load_config
 from housekeeping.database import AppDatabase
 from housekeeping.demo.clock import to_us
 from housekeeping.demo.live import DEMO_BURST_ROUTE
@@ -336,6 +336,36 @@ def test_an_unreadable_directory_or_file_is_one_line_naming_it_and_stages_nothin
     assert refresh(store, settings).rows_read == 10
 
 
+@pytest.mark.parametrize(
+    ("source", "fields", "key"),
+    [
+        ("request_logs", {"duration": "bad path!"}, "request_logs.fields.duration"),
+        ("request_logs", {"error_name": "err..type"}, "request_logs.fields.error_name"),
+        ("jobs", {"job_id": "job id"}, "jobs.fields.job_id"),
+    ],
+)
+def test_a_bad_field_path_names_its_full_key_path(source, fields, key):
+    with pytest.raises(ConfigError) as refused:
+        parse_analytics_settings(
+            {
+                "sources": {
+                    source: {
+                        "kind": "json_lines",
+                        "path": "/var/log/app/*.log",
+                        "format": "pino",
+                        "fields": fields,
+                    }
+                }
+            }
+        )
+
+    (bad,) = fields.values()
+    assert str(refused.value) == (
+        f"config: analytics.sources.{key}: {bad!r} is not a dotted field path "
+        "(letters, digits, _ - @ $, parts joined by '.')"
+    )
+
+
 def test_a_source_without_format_or_fields_is_a_one_line_error(tmp_path):
     with pytest.raises(Exception, match="set format .* or fields"):
         parse_analytics_settings(
@@ -420,7 +450,12 @@ def test_the_demos_error_burst_in_log_files_is_one_error_spike_not_one_per_route
     with its 20-minute burst (``hk demo --log-files``) must give one spike, its cause on its
     route, not an "(unnamed)" error per route and name."""
     end = START + 2 * H
-    incident = ("error-burst", DEMO_BURST_ROUTE, to_us(START + H), to_us(START + H + timedelta(minutes=20)))
+    incident = (
+        "error-burst",
+        DEMO_BURST_ROUTE,
+        to_us(START + H),
+        to_us(START + H + timedelta(minutes=20)),
+    )
     tables = live_rows(np.random.default_rng(5), to_us(START), to_us(end), 300.0, [incident])
     rows = [row for table in ("request_logs", "error_logs") for row in tables[table].to_pylist()]
     _write_logs(tmp_path / "out", rows, [], end)
@@ -436,6 +471,26 @@ def test_the_demos_error_burst_in_log_files_is_one_error_spike_not_one_per_route
         values = metrics.values(rule, end)
     firing = {group for group, value in values.items() if value > rule.thresholds["high"].value}
     assert firing == {f"{DEMO_BURST_ROUTE} DatabaseError"}
+
+
+@pytest.mark.parametrize("preset", ["pino", "reference"])
+def test_an_empty_route_or_error_name_is_shown_as_missing_like_an_absent_one(tmp_path, preset):
+    settings = settings_for(tmp_path, preset)
+    store = make_store(settings)
+    (tmp_path / "logs").mkdir()
+    requests = [Request(START + timedelta(seconds=i), "GET", "", 200, 5.0) for i in range(3)]
+    errors = [error_line(preset, START + timedelta(seconds=9), "", "", "no route, no name")]
+    append(tmp_path / "logs" / "access.log", lines_of(preset, requests))
+    append(tmp_path / "logs" / "access.log", ("\n".join(errors) + "\n").encode())
+    refresh(store, settings)
+    publish(store, settings)
+
+    minutes = query(
+        settings, "SELECT route, sum(requests)::BIGINT AS n FROM requests_minute GROUP BY 1"
+    )
+    assert list(map(tuple, minutes.itertuples(index=False))) == [("(none)", 3)]
+    named = query(settings, "SELECT route, error_name, errors FROM log_errors_hourly")
+    assert list(map(tuple, named.itertuples(index=False))) == [("(none)", "(unnamed)", 1)]
 
 
 def test_hk_seed_log_files_writes_the_same_traffic_as_the_tables(tmp_path, sqlite_url):
