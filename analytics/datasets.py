@@ -247,8 +247,8 @@ LOG_INGEST_ERRORS = Dataset(
 
 LOG_ERRORS_HOURLY = Dataset(
     "log_errors_hourly",
-    "Error-level log lines per hour x route x error name, for a log-file source (never the "
-    "message or the stack).",
+    "Error-level log lines that are not requests per hour x route x error name, for a log-file "
+    "source (never the message or the stack; a request logged at error level is a request).",
     (
         Column("hour", "TIMESTAMP", "start of the hour (UTC)"),
         Column("route", "VARCHAR", "the route of the request that failed, (none) without one"),

@@ -621,13 +621,20 @@ def _demo_partitions_start() -> None:
 
 
 def _demo_live_traffic(url: str):
-    """The last 2 h of live traffic (hk demo traffic's rows), with a 20-minute error burst
-    ending 40 minutes ago when the last 24 h hold no injected incident; that incident."""
+    """The last 2 h of live traffic (hk demo traffic's rows), with a 20-minute error burst on
+    the busiest route ending 40 minutes ago when the last 24 h hold no injected incident; that
+    incident."""
     from datetime import UTC, datetime, timedelta
 
     import numpy as np
 
-    from housekeeping.demo.live import MAX_CATCH_UP, LiveDatabase, LiveIncident, write_traffic
+    from housekeeping.demo.live import (
+        DEMO_BURST_ROUTE,
+        MAX_CATCH_UP,
+        LiveDatabase,
+        LiveIncident,
+        write_traffic,
+    )
 
     now = datetime.now(UTC).replace(microsecond=0)
     live = LiveDatabase(url)
@@ -641,7 +648,8 @@ def _demo_live_traffic(url: str):
         else:
             start = now - MAX_CATCH_UP
             burst = (now - timedelta(minutes=60)).replace(second=0)
-            incident = LiveIncident("error-burst", None, burst, burst + timedelta(minutes=20))
+            end = burst + timedelta(minutes=20)
+            incident = LiveIncident("error-burst", DEMO_BURST_ROUTE, burst, end)
             live.add_incident(incident)
         live.finish_jobs(now - timedelta(minutes=30), now, set())
         written = write_traffic(live, rng, start, now)
@@ -651,6 +659,7 @@ def _demo_live_traffic(url: str):
         f"Live traffic: {written['request_logs']:,} requests since {start:%H:%M} UTC (as "
         f"`hk demo traffic` writes them); incident in the last 24 h: {incident.kind} "
         f"{incident.start:%H:%M}-{incident.end:%H:%M} UTC"
+        + (f" on {incident.route}" if incident.route else "")
     )
     return incident
 

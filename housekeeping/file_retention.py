@@ -267,6 +267,8 @@ class FilesResult:
     duration_ms: float = 0.0
     stopped_early: bool = False
     exceeds_delete_fraction: bool = False
+    # The max_delete_fraction that applied (the policy's, else safety's), for the dry run's line.
+    max_delete_fraction: float = 1.0
 
     @property
     def bytes_freed(self) -> int:
@@ -291,13 +293,17 @@ class FilesResult:
         where = f"{self.directory}/{self.glob}"
         if self.dry_run:
             return (
-                f"{self.policy}: would compress {self.to_compress:,} files "
-                f"({_size(self.to_compress_bytes)}) and "
-                f"{'archive and delete' if self.archive else 'delete'} "
-                f"{self.expected_deleted:,} ({_size(self.expected_deleted_bytes)}) of "
-                f"{self.matched_files:,} files in {where}; skipped {self.skipped_active} active, "
-                f"{self.skipped_grace} within grace"
-            ) + self._unreadable_clause()
+                (
+                    f"{self.policy}: would compress {self.to_compress:,} files "
+                    f"({_size(self.to_compress_bytes)}) and "
+                    f"{'archive and delete' if self.archive else 'delete'} "
+                    f"{self.expected_deleted:,} ({_size(self.expected_deleted_bytes)}) of "
+                    f"{self.matched_files:,} files in {where}; skipped {self.skipped_active} active, "
+                    f"{self.skipped_grace} within grace"
+                )
+                + self._unreadable_clause()
+                + self._refusal_clause()
+            )
         line = (
             f"{self.policy}: compressed {self.compressed:,}, archived {self.archived:,}, deleted "
             f"{self.deleted:,} of {self.matched_files:,} files in {where}, freed "
@@ -312,6 +318,18 @@ class FilesResult:
         if self.stopped_early:
             line += ", stopped early on request"
         return line
+
+    def _refusal_clause(self) -> str:
+        """What the run would do that the dry run did not: refuse (SafetyRefusal), as it deletes
+        more than max_delete_fraction of the matching files."""
+        if not self.exceeds_delete_fraction:
+            return ""
+        fraction = self.expected_deleted / self.matched_files
+        return (
+            f"; a real run would refuse: {fraction:.0%} of the files is above "
+            f"max_delete_fraction {self.max_delete_fraction:.0%} (policies.{self.policy}."
+            "max_delete_fraction or safety.max_delete_fraction; or run with allow_large_delete)"
+        )
 
     def _unreadable_clause(self) -> str:
         if not self.unreadable:
@@ -598,6 +616,7 @@ def run_file_policy(
         limit = config.delete_fraction_limit(policy)
         fraction = len(plan.expiring) / len(files) if files else 0.0
         result.exceeds_delete_fraction = fraction > limit
+        result.max_delete_fraction = limit
         if not files:
             log(f"{name}: no file in {directory} matches {policy.glob!r}")
         if options.dry_run:

@@ -4,7 +4,13 @@ An error line is one whose ``level`` (per the preset or mapping) is one of ``err
 pino and bunyan 50 and 60, winston ``error``, the reference shape's ``"type": "error"``. Only
 its route (cleaned as a request's) and its error's name (``err.type``, ``error.name``, cut at
 100 characters; ``(unnamed)`` without one) are staged, never the message or the stack, so
-neither can reach a rollup or a Slack message. A request logged at error level counts here too.
+neither can reach a rollup or a Slack message.
+
+A request line is never an error line here, whatever its level: pino-http and express-winston log
+every 5xx response at error level (pino-http with a stand-in ``Error``, "failed with status code
+500"), so counting them would add one error per failed request and route on top of the
+application's own error line, and would duplicate the 5xx the request rollups already count
+(``status_5xx``, the ``http_*error_rate`` rules). Only lines that are not requests count.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from analytics.rollups.engine import (
     duckdb_session,
     floor_hour,
     replace_hour_partitions,
+    text_or_placeholder,
     timestamp_literal,
 )
 from housekeeping.sql import sql_string
@@ -36,9 +43,11 @@ def refresh_log_errors(store: RollupStore, start: datetime, end: datetime) -> tu
             paths = "[" + ", ".join(sql_string(str(path)) for path in files) + "]"
             source = (
                 f"SELECT make_timestamp(epoch_us(ts) // 3600000000 * 3600000000) AS hour, "
-                f"coalesce(route, '(none)') AS route, error_name, count(*) AS errors "
+                f"{text_or_placeholder('route')} AS route, "
+                f"{text_or_placeholder('error_name', '(unnamed)')} AS error_name, "
+                f"count(*) AS errors "
                 f"FROM read_parquet({paths}) WHERE error_name IS NOT NULL "
-                f"AND outcome IN ('request', 'error') AND ts >= {timestamp_literal(low)} "
+                f"AND outcome = 'error' AND ts >= {timestamp_literal(low)} "
                 f"AND ts < {timestamp_literal(high)} GROUP BY ALL"
             )
         else:

@@ -27,9 +27,9 @@ values as SQL strings): the hot path never runs Python per line.
 from __future__ import annotations
 
 import re
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import AfterValidator, Field
 
 from housekeeping.config_types import StrictModel
 from housekeeping.sql import sql_string
@@ -47,11 +47,17 @@ _UNIT_MS = {"ns": 0.000001, "us": 0.001, "µs": 0.001, "ms": 1.0, "s": 1000.0, "
 
 
 def valid_path(value: str) -> str:
+    """``value`` when it is a dotted field path (``req.url``); ValueError naming it otherwise."""
     if not _PATH.match(value):
         raise ValueError(
             f"{value!r} is not a dotted field path (letters, digits, _ - @ $, parts joined by '.')"
         )
     return value
+
+
+# A mapping key holding a dotted path: checked per key, so a bad one is reported under its own
+# key path (analytics.sources.request_logs.fields.duration), not under ``fields``.
+DottedPath = Annotated[str, AfterValidator(valid_path)]
 
 
 class FieldMapping(StrictModel):
@@ -61,30 +67,22 @@ class FieldMapping(StrictModel):
     set ``timestamp``, ``route`` and ``select`` (``settings.JsonLinesSource`` checks).
     """
 
-    timestamp: str | None = None
+    timestamp: DottedPath | None = None
     timestamp_format: TimestampFormat | None = None
-    method: str | None = None
-    route: str | None = None
-    status: str | None = None
-    duration: str | None = None
+    method: DottedPath | None = None
+    route: DottedPath | None = None
+    status: DottedPath | None = None
+    duration: DottedPath | None = None
     # The unit of a duration written as a bare number; text such as "222ms" carries its own.
     duration_unit: DurationUnit | None = None
     # A line is a request when this path is present (and equals select_value, when set).
-    select: str | None = None
+    select: DottedPath | None = None
     select_value: str | None = None
     # Error lines (issue item 4 reads these): present when this path is, or the level is one of
     # error_levels.
-    error_name: str | None = None
-    level: str | None = None
+    error_name: DottedPath | None = None
+    level: DottedPath | None = None
     error_levels: list[str] | None = Field(default=None)
-
-    def model_post_init(self, context: object) -> None:
-        for key in ("timestamp", "method", "route", "status", "duration", "select", "level"):
-            value = getattr(self, key)
-            if value is not None:
-                valid_path(value)
-        if self.error_name is not None:
-            valid_path(self.error_name)
 
 
 PRESETS: dict[str, FieldMapping] = {

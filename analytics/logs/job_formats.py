@@ -27,7 +27,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from analytics.logs.formats import DurationUnit, TimestampFormat, valid_path
+from analytics.logs.formats import DottedPath, DurationUnit, TimestampFormat
 from housekeeping.config_types import StrictModel
 
 JOB_STATES = ("queued", "started", "completed", "failed")
@@ -42,29 +42,21 @@ class JobFieldMapping(StrictModel):
     (``settings.JobsJsonLinesSource`` checks).
     """
 
-    timestamp: str | None = None
+    timestamp: DottedPath | None = None
     timestamp_format: TimestampFormat | None = None
-    job_id: str | None = None
-    name: str | None = None
-    queue: str | None = None
-    state: str | None = None
-    duration: str | None = None
+    job_id: DottedPath | None = None
+    name: DottedPath | None = None
+    queue: DottedPath | None = None
+    state: DottedPath | None = None
+    duration: DottedPath | None = None
     duration_unit: DurationUnit | None = None
-    attempt: str | None = None
-    select: str | None = None
+    attempt: DottedPath | None = None
+    select: DottedPath | None = None
     select_value: str | None = None
     queued_states: list[str] | None = Field(default=None)
     started_states: list[str] | None = Field(default=None)
     completed_states: list[str] | None = Field(default=None)
     failed_states: list[str] | None = Field(default=None)
-
-    def model_post_init(self, context: object) -> None:
-        for key in ("timestamp", "job_id", "name", "queue", "state", "duration", "attempt"):
-            value = getattr(self, key)
-            if value is not None:
-                valid_path(value)
-        if self.select is not None:
-            valid_path(self.select)
 
     def states(self, state: str) -> list[str]:
         """The values of ``state`` that mean the lifecycle event ``state`` (JOB_STATES)."""

@@ -30,6 +30,7 @@ from pathlib import Path
 from analytics.logs.formats import duration_ms_sql, timestamp_sql
 from analytics.logs.ingest import LineShape, Slice, parsed_lines_sql, unparsed_outcome_sql
 from analytics.logs.job_formats import JOB_STATES
+from analytics.rollups.engine import text_or_placeholder
 from analytics.settings import JobsJsonLinesSource, JobsSource
 from housekeeping.sql import sql_string
 
@@ -116,7 +117,7 @@ def job_rows_sql(files: list[Path]) -> str:
     return f"""
         WITH per_job AS (
             SELECT
-                coalesce(queue, '(none)') AS queue,
+                {text_or_placeholder("queue")} AS queue,
                 job_id,
                 arg_max(name, ts) FILTER (WHERE name IS NOT NULL) AS name,
                 min(ts) AS first_at,
@@ -143,7 +144,7 @@ def job_rows_sql(files: list[Path]) -> str:
         )
         SELECT
             queue,
-            coalesce(name, '(none)') AS name,
+            {text_or_placeholder("name")} AS name,
             CASE last_state {status} END AS status,
             least(first_at, started_at) AS created_at,
             started_at,

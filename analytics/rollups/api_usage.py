@@ -35,6 +35,7 @@ from analytics.rollups.engine import (
     keep_published_where_lower,
     preview_rows,
     replace_dataset_partition,
+    text_or_placeholder,
 )
 from analytics.settings import AnalyticsSettings
 from analytics.sketch import bucket_sql, sketch_sql
@@ -105,8 +106,8 @@ def refresh_api_usage(
                 SELECT {API_USAGE_DAILY.select_list()} FROM (
                     SELECT
                         DATE {sql_string(day.isoformat())} AS day,
-                        coalesce(CAST(service AS VARCHAR), '(none)') AS service,
-                        coalesce(CAST(endpoint AS VARCHAR), '(none)') AS endpoint,
+                        {text_or_placeholder("service")} AS service,
+                        {text_or_placeholder("endpoint")} AS endpoint,
                         count(*) AS calls,
                         count(*) FILTER (WHERE NOT CAST(success AS BOOLEAN)) AS errors,
                         CAST(coalesce(sum(tokens_used), 0) AS BIGINT) AS tokens,

@@ -115,6 +115,13 @@ def timestamp_literal(moment: datetime) -> str:
     return f"TIMESTAMP '{moment.astimezone(UTC).replace(tzinfo=None).isoformat(sep=' ')}'"
 
 
+def text_or_placeholder(expression: str, placeholder: str = "(none)") -> str:
+    """SQL: ``expression`` as text, ``placeholder`` when it is NULL or empty: a group with no
+    route, method, queue, name or error name is shown one way (``(none)``, ``(unnamed)``),
+    whether the source left it NULL (a missing JSON key, a NULL column) or wrote ``""``."""
+    return f"coalesce(nullif(CAST({expression} AS VARCHAR), ''), {sql_string(placeholder)})"
+
+
 def check_range(start: datetime, end: datetime, unit: timedelta) -> None:
     """Refuse a range a rollup cannot replace exactly.
 

@@ -58,6 +58,7 @@ from analytics.rollups.engine import (
     keep_published_where_lower,
     preview_rows,
     replace_hour_partitions,
+    text_or_placeholder,
     timestamp_literal,
 )
 from analytics.settings import AnalyticsSettings, JobsJsonLinesSource, JobsSource
@@ -128,10 +129,10 @@ def refresh_jobs(
             connection,
             stream,
             source,
-            """
+            f"""
                 CREATE TEMP TABLE src AS SELECT
-                    coalesce(CAST(queue AS VARCHAR), '(none)') AS queue,
-                    coalesce(CAST(name AS VARCHAR), '(none)') AS name,
+                    {text_or_placeholder("queue")} AS queue,
+                    {text_or_placeholder("name")} AS name,
                     CAST(status AS VARCHAR) AS status,
                     CAST(CAST(created_at AS TIMESTAMPTZ) AS TIMESTAMP) AS created_at,
                     CAST(CAST(started_at AS TIMESTAMPTZ) AS TIMESTAMP) AS started_at,

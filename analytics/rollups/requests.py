@@ -52,6 +52,7 @@ from analytics.rollups.engine import (
     keep_published_where_lower,
     preview_rows,
     replace_hour_partitions,
+    text_or_placeholder,
     timestamp_literal,
 )
 from analytics.settings import AnalyticsSettings, JsonLinesSource
@@ -70,8 +71,8 @@ ALIASES = ("ts", "route", "method", "status_code", "duration_ms")
 MINUTE_GROUPS_SELECT = f"""
     SELECT
         make_timestamp(epoch_us(CAST(ts AS TIMESTAMPTZ)) // 60000000 * 60000000) AS minute,
-        coalesce(CAST(route AS VARCHAR), '(none)') AS route,
-        coalesce(upper(CAST(method AS VARCHAR)), '(none)') AS method,
+        {text_or_placeholder("route")} AS route,
+        {text_or_placeholder("upper(CAST(method AS VARCHAR))")} AS method,
         count(*) AS requests,
         count_if(status_code BETWEEN 200 AND 299) AS status_2xx,
         count_if(status_code BETWEEN 300 AND 399) AS status_3xx,

@@ -554,8 +554,9 @@ def live_rows(
     5xx, finished jobs (one per 20 requests, none failing) and revoked tokens (one per 10). Ids
     are left to the database. ``incidents`` are ``(kind, route or None, start_us, end_us)`` of
     LIVE_INCIDENT_KINDS: an error burst turns 30 % of the requests (of ``route``, or all) into
-    5xx, a slow period makes them take about 1.8 s, an outage answers all of them 503; a
-    stuck job is written by the caller (live.py), not here.
+    5xx whose error logs all name the burst's one cause (``DatabaseError``), a slow period
+    makes them take about 1.8 s, an outage answers all of them 503; a stuck job is written by
+    the caller (live.py), not here.
     """
     minutes = max(end_us - start_us, 0) / MINUTE_US
     rows = int(rng.poisson(requests_per_minute * minutes)) if minutes else 0
@@ -564,6 +565,8 @@ def live_rows(
     health = endpoint == _HEALTH
     status = _ordinary_status(rng, endpoint)
     duration = _MEDIAN_MS[endpoint] * np.exp(0.65 * rng.standard_normal(rows))
+    # An error burst has one cause: its 5xx log the burst's own error, not a mix of names.
+    burst = np.zeros(rows, dtype=bool)
     for kind, route, first_us, last_us in incidents:
         hit = (ts >= first_us) & (ts < last_us) & ~health
         if route is not None:
@@ -574,11 +577,12 @@ def live_rows(
         if kind == "error-burst":
             hit &= rng.random(rows) < _LIVE_ERROR_SHARE
             status[hit] = _BURST_STATUS_CODES[choice(rng, _BURST_STATUS_WEIGHTS, int(hit.sum()))]
+            burst |= hit
         elif kind == "slow":
             duration[hit] = _SLOW_MEDIAN_MS * np.exp(0.6 * rng.standard_normal(int(hit.sum())))
         elif kind == "outage":
             status[hit] = 503
-    requests, errors = _request_tables(rng, ts, endpoint, status, duration, users)
+    requests, errors = _request_tables(rng, ts, endpoint, status, duration, users, burst=burst)
     tables = {
         "request_logs": requests,
         "error_logs": errors if errors is not None else _NO_ERRORS,

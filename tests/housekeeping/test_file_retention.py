@@ -541,6 +541,25 @@ def test_a_delete_above_max_delete_fraction_is_refused_naming_the_numbers(tmp_pa
     assert result.deleted == 3
 
 
+def test_a_dry_run_says_when_max_delete_fraction_would_refuse_the_run(tmp_path, original):
+    lines = []
+    dry = run_file_policy(
+        files_config(tmp_path, max_delete_fraction=0.25),
+        "app_logs",
+        options=RunOptions(dry_run=True),
+        log=lines.append,
+    )
+
+    assert dry.exceeds_delete_fraction and dry.expected_deleted == 3
+    assert lines == [dry.summary_line()]
+    assert (
+        "; a real run would refuse: 38% of the files is above max_delete_fraction 25%" in (lines[0])
+    )
+    assert snapshot(tmp_path / "logs") == original.content
+    within = run_file_policy(files_config(tmp_path), "app_logs", options=RunOptions(dry_run=True))
+    assert "refuse" not in within.summary_line()
+
+
 def test_runs_are_recorded_in_the_history_like_table_policies(tmp_path, original):
     config = files_config(tmp_path)
     history = RunHistory.from_config(config)
