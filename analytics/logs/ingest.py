@@ -365,19 +365,25 @@ def _plan(
     claimed: dict[str, _File] = {}
     displaced: set[str] = set()
     unmatched: list[_File] = []
-    for file in files:
-        key = hosts.get((file.stat.st_dev, file.stat.st_ino))
-        if key is not None and _continues(file, streams[key]):
-            held.append((file, key, streams[key].offset, None))
-            claimed[key] = file
-        else:
-            if key is not None:
-                displaced.add(key)  # truncated or written over: not that stream any more
-            unmatched.append(file)
     by_head: dict[str, list[str]] = {}
     for key, state in streams.items():
         if state.head:
             by_head.setdefault(state.head, []).append(key)
+    for file in files:
+        key = hosts.get((file.stat.st_dev, file.stat.st_ino))
+        if key is not None and _continues(file, streams[key]):
+            offset = streams[key].offset
+            # a stream read further that this file holds too (a .gz cut short, since completed)
+            if not any(
+                offset < streams[k].offset <= file.length and _continues(file, streams[k])
+                for k in by_head.get(file.head, [])
+            ):
+                held.append((file, key, offset, None))
+                claimed[key] = file
+                continue
+        if key is not None:
+            displaced.add(key)  # truncated, written over or holding more: not that stream
+        unmatched.append(file)
     fresh = 0
     new: list[tuple[_File, str]] = []  # files found to be new streams this tick
     for file in unmatched:

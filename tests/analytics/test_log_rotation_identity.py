@@ -11,6 +11,7 @@ middle; the complete lines before the damage are read once, the rest is ``damage
 from __future__ import annotations
 
 import gzip
+import json
 import os
 import shutil
 import zlib
@@ -18,9 +19,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from analytics.logs.generate import other_line
-from analytics.logs.ingest import ingest_log_files, source_directory
+from analytics.logs.ingest import ingest_log_files, publish_line_counts, source_directory
 from tests.analytics.test_log_files import append, lines_of, make_requests, settings_for
-from tests.support.analytics_data import make_store
+from tests.support.analytics_data import make_store, publish, query
 
 START = datetime(2026, 11, 19, 10, tzinfo=UTC)
 BANNER = (other_line("pino", START) + "\n").encode()  # byte-identical in every file
@@ -213,8 +214,18 @@ def test_a_truncated_gz_reads_its_complete_lines_once(tmp_path):
     logs.tick()
     logs.tick()
     assert logs.counted == expected
-    # each damaged file counted under damaged_gzip; read once though ticked twice
+    # each damaged file counted under damaged_gzip (the line cut off), once though ticked twice
     assert logs.lines["damaged_gzip"] == 3
+    publish_line_counts(logs.store, datetime.now(UTC))
+    publish(logs.store, logs.settings)
+    damaged = query(
+        logs.settings,
+        "SELECT file, sum(lines)::BIGINT AS n FROM log_ingest_errors "
+        "WHERE bad AND reason = 'damaged_gzip' GROUP BY 1 ORDER BY 1",
+    )
+    names = sorted(f"access.log.{name}.gz" for name in ("first_block", "after_lines", "middle"))
+    assert list(damaged.file) == [str(logs.dir / name) for name in names]
+    assert list(damaged.n) == [1, 1, 1]
 
 
 def test_a_truncated_gz_completed_later_is_not_counted_twice(tmp_path):
@@ -239,3 +250,43 @@ def test_a_truncated_gz_completed_later_is_not_counted_twice(tmp_path):
     logs.tick()
     logs.tick()
     assert logs.counted == 350
+
+
+def test_a_gz_cut_short_beside_its_plain_file_then_completed_adds_nothing(tmp_path):
+    """Compression that crashed: the plain file stays, its .gz is cut short; compressed again,
+    the plain file removed: every line once."""
+    logs = Logs(tmp_path)
+    append(logs.live, BANNER + logs.take(120))
+    os.rename(logs.live, logs.dir / "access.log.1")
+    append(logs.live, BANNER + logs.take(3))
+    logs.tick()
+    whole = gzip.compress((logs.dir / "access.log.1").read_bytes())
+    (logs.dir / "access.log.1.gz").write_bytes(whole[: len(whole) // 2])
+    logs.tick()
+    (logs.dir / "access.log.1.gz").write_bytes(whole)
+    (logs.dir / "access.log.1").unlink()
+    logs.tick()
+    logs.tick()
+    assert logs.counted == 123
+    assert logs.lines.get("damaged_gzip", 0) == 0  # its content is the plain file's
+
+
+def test_a_manifest_written_before_marks_were_kept_goes_on_without_double_counting(tmp_path):
+    """Version 1 keyed the streams by their first line's fingerprint, without marks."""
+    logs = Logs(tmp_path)
+    append(logs.live, BANNER + logs.take(10))
+    logs.tick()
+    path = source_directory(logs.store.root) / "manifest.json"
+    data = json.loads(path.read_text())
+    data["version"] = 1
+    data["streams"] = {
+        state.pop("head"): {k: v for k, v in state.items() if k not in ("mark", "prefix")}
+        for state in data["streams"].values()
+    }
+    path.write_text(json.dumps(data))
+    append(logs.live, logs.take(4))
+    logs.tick()
+    os.rename(logs.live, logs.dir / "access.log.1")
+    append(logs.live, BANNER + logs.take(2))
+    logs.tick()
+    assert logs.counted == 16
