@@ -291,7 +291,7 @@ def gunzip(
     decoder = zlib.decompressobj(31)
     boundary = False  # a member ended and nothing of another one began yet
     failed = False
-    tail = bytearray()  # the decoded bytes from tail_start on (lines_end - WINDOW_BYTES at least)
+    tail = bytearray()  # the last WINDOW_BYTES decoded (from tail_start on) and the new chunk
     tail_start = 0
     with contextlib.ExitStack() as files:
         src = files.enter_context(open(source, "rb"))
@@ -336,17 +336,19 @@ def gunzip(
             newline = chunk.rfind(b"\n")
             if newline >= 0:
                 out.lines_end = begin + newline + 1
-                cut = max(0, out.lines_end - WINDOW_BYTES - tail_start)
-                del tail[:cut]
-                tail_start += cut
+                low = max(0, out.lines_end - WINDOW_BYTES) - tail_start
+                out.last = bytes(tail[low : out.lines_end - tail_start])
+            cut = max(0, out.size - WINDOW_BYTES - tail_start)  # the next windows need no more
+            del tail[:cut]
+            tail_start += cut
             if failed:
                 break
         out.complete = boundary and not failed
         if out.complete:
             out.lines_end = out.size
+            out.last = bytes(tail[-WINDOW_BYTES:])
         elif dst is not None:
             dst.truncate(max(0, out.lines_end - skip))
-        out.last = bytes(tail[: out.lines_end - tail_start][-WINDOW_BYTES:])
         for position in at:
             if position == 0:
                 out.windows[0] = b""
