@@ -20,6 +20,7 @@ from pathlib import Path
 
 from analytics.logs.generate import other_line
 from analytics.logs.ingest import ingest_log_files, publish_line_counts, source_directory
+from analytics.logs.manifest import WINDOW_BYTES, gunzip
 from tests.analytics.test_log_files import append, lines_of, make_requests, settings_for
 from tests.support.analytics_data import make_store, publish, query
 
@@ -138,9 +139,7 @@ def test_a_copy_seen_before_the_truncation_is_not_read_again(tmp_path):
     shutil.copyfile(logs.live, logs.dir / "access.log.1")
     logs.tick()  # the copy and the live file, the same content
     append(logs.live, logs.take(2))  # the live file grows before its truncation
-    shutil.copyfile(logs.live, logs.dir / "access.log.1")  # copytruncate's copy, again
-    with open(logs.live, "r+b") as handle:
-        handle.truncate(0)
+    logs.copytruncate()  # the copy written again over the first one, then the truncation
     append(logs.live, BANNER + logs.take(5))
     logs.tick()
     logs.tick()
@@ -290,3 +289,26 @@ def test_a_manifest_written_before_marks_were_kept_goes_on_without_double_counti
     append(logs.live, BANNER + logs.take(2))
     logs.tick()
     assert logs.counted == 16
+
+
+def test_gunzip_reads_every_member_and_what_decodes_before_a_cut(tmp_path):
+    data = b"".join(b'{"n": %d, "pad": "%s"}\n' % (n, b"x" * (n % 97)) for n in range(3000))
+    half = data.index(b"\n", len(data) // 2) + 1
+    whole = gzip.compress(data[:half]) + gzip.compress(data[half:]) + b"\0" * 8
+    path, out = tmp_path / "a.gz", tmp_path / "a.out"
+    path.write_bytes(whole)
+    content = gunzip(path, out, skip=100, at=(0, 5000, half + 7, len(data)))
+    assert content.complete and content.size == content.lines_end == len(data)
+    assert out.read_bytes() == data[100:]
+    assert content.windows == {
+        0: b"",
+        5000: data[5000 - WINDOW_BYTES : 5000],
+        half + 7: data[half + 7 - WINDOW_BYTES : half + 7],
+        len(data): data[-WINDOW_BYTES:],
+    }
+    assert content.prefix == data[:WINDOW_BYTES] and content.last == data[-WINDOW_BYTES:]
+    path.write_bytes(whole[: len(whole) - 3000])  # cut inside the second member
+    content = gunzip(path, out)
+    end = data[: content.size].rfind(b"\n") + 1
+    assert not content.complete and half < end == content.lines_end < len(data)
+    assert out.read_bytes() == data[:end] and content.last == data[end - WINDOW_BYTES : end]
