@@ -419,6 +419,8 @@ def _plan(
             compressed=file.gz is not None,
             head=file.head,
         )
+        if key in streams:  # held on: its marks stand until it is read further
+            state.mark, state.prefix = streams[key].mark, streams[key].prefix
         if copies is not None:
             # A copy of a stream another file holds (or a shorter copy): read only past the
             # bytes the stream has (the other file is read to its end first: it sorts first).
