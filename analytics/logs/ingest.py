@@ -19,7 +19,9 @@ Bad lines never stop a tick; each is counted under its file and one reason:
 - ``invalid_encoding``: not UTF-8 (a binary blob); ``control_characters``: a raw control
   character a JSON line cannot hold; ``line_too_long``: longer than ``max_line_bytes``;
 - ``missing_timestamp``, ``bad_timestamp``: a request line (per ``select``) without a usable one;
-- ``damaged_gzip``: a ``.gz`` that does not decompress (counted once, as 0 lines).
+- ``damaged_gzip``: a ``.gz`` cut short or damaged (counted once per file, as the 1 line cut off
+  at the damage, or 0 when none was or another file holds its content); its complete lines
+  before the damage are decompressed to tmp/ and read as the other lines are.
 
 The other outcomes are ``request`` and ``other`` (a line that is not a request: a start-up
 message, a job log), and blank lines, which are not counted. Only the mapped fields are kept:
@@ -33,7 +35,7 @@ import glob
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -44,8 +46,9 @@ from analytics.datasets import LOG_INGEST_ERRORS
 from analytics.logs.formats import duration_ms_sql, json_path, timestamp_sql
 from analytics.logs.manifest import (
     FINGERPRINT_BYTES,
-    GZIP_ERRORS,
+    WINDOW_BYTES,
     Chunk,
+    GzipContent,
     LogSourceError,
     Manifest,
     ManifestStore,
@@ -53,10 +56,11 @@ from analytics.logs.manifest import (
     copy_range,
     fingerprint,
     first_line,
-    gunzip_from,
-    gzip_isize,
+    gunzip,
     is_gzip,
     last_newline_end,
+    mark,
+    read_window,
 )
 from analytics.publish import RollupStore, hour_key
 from analytics.rollups.engine import duckdb_session, floor_hour, replace_dataset_partition
@@ -196,10 +200,82 @@ def log_files(source: LogFilesSource) -> list[Path]:
 
 
 @dataclass
-class _Candidate:
+class _File:
+    """A log file this tick: its stat, its first line's fingerprint and, for a .gz, what it
+    decompresses to (``gunzip``, windows at every stream's offset)."""
+
     path: Path
     stat: os.stat_result
-    compressed: bool
+    head: str
+    gz: GzipContent | None = None
+
+    @property
+    def length(self) -> int:
+        """Bytes of content (decoded ones for a .gz)."""
+        return self.gz.size if self.gz is not None else self.stat.st_size
+
+    def window(self, end: int) -> bytes | None:
+        """Content ``[end - WINDOW_BYTES, end)`` (None when it is shorter than ``end``)."""
+        if end > self.length:
+            return None
+        if self.gz is not None:
+            return self.gz.windows.get(end)
+        return read_window(self.path, end)
+
+
+def _continues(file: _File, state: StreamState) -> bool:
+    """Whether ``file`` holds ``state``'s stream up to its offset (same first line, at least
+    that long, the same bytes before the offset)."""
+    if file.head != state.head or file.length < state.offset:
+        return False
+    if not state.mark:
+        return True  # kept before marks were: the first line alone tells
+    window = file.window(state.offset)
+    return window is not None and mark(window) == state.mark
+
+
+def _prefix_of(file: _File, state: StreamState) -> bool:
+    """Whether ``file`` is a shorter copy of ``state``'s stream (a .gz cut short, a copy still
+    being made): the same first ``WINDOW_BYTES`` (or, for a .gz cut short within them, the same
+    first line)."""
+    if file.head != state.head or file.length >= state.offset or not state.prefix:
+        return False
+    size = min(state.offset, WINDOW_BYTES)
+    if file.length >= size:
+        window = file.gz.prefix[:size] if file.gz is not None else read_window(file.path, size)
+        return mark(window) == state.prefix
+    return file.gz is not None and not file.gz.complete
+
+
+def _start(file: _File) -> bytes:
+    """A file's first ``WINDOW_BYTES`` of content (all of it when shorter)."""
+    if file.gz is not None:
+        return file.gz.prefix
+    return read_window(file.path, min(file.length, WINDOW_BYTES))
+
+
+def _same_start(file: _File, other: _File) -> bool:
+    """Whether two files new this tick are copies of one content: the same first
+    ``WINDOW_BYTES``, the same whole content when shorter, or one a .gz cut short whose content
+    begins the other's."""
+    if file.head != other.head:
+        return False
+    mine, theirs = _start(file), _start(other)
+    size = min(len(mine), len(theirs))
+    if mine[:size] != theirs[:size]:
+        return False
+    cut = [f for f in (file, other) if f.gz is not None and not f.gz.complete]
+    return size == WINDOW_BYTES or len(mine) == len(theirs) or any(f.length <= size for f in cut)
+
+
+def _gz_head(content: GzipContent) -> bytes | None:
+    """A .gz's first line (as ``first_line``) from its decoded prefix; None without one."""
+    end = content.prefix.find(b"\n")
+    if end >= 0:
+        return content.prefix[: end + 1]
+    if len(content.prefix) >= FINGERPRINT_BYTES or (content.prefix and content.complete):
+        return content.prefix
+    return None
 
 
 def _plan(
@@ -208,58 +284,69 @@ def _plan(
     source: JsonLinesSource,
     now: float,
     in_place: bool = True,
-) -> tuple[list[Slice], dict[str, StreamState], list[tuple[str, str]]]:
+) -> tuple[list[Slice], dict[str, StreamState], list[tuple[str, str, int]]]:
     """The slices to read, the stream states once they are read, and damaged files (path,
-    reason). ``in_place``: a settled rotated plain file read from its start is read where it is
-    (no copy; ``_stage_tick`` checks after the read that it did not change), else every plain
-    slice is a copy of its new bytes."""
+    reason, lines lost). ``in_place``: a settled rotated plain file read from its start is read
+    where it is (no copy; ``_stage_tick`` checks after the read that it did not change), else
+    every plain slice is a copy of its new bytes.
+
+    Which stream a file holds: first the stream last seen at its device and inode, when the file
+    still holds it (``_continues``: not truncated below the offset, the same bytes before it);
+    else (renamed, copied, compressed, or truncated and written again) a stream with the same
+    first line whose bytes before its offset the file holds (the longest); when another file
+    holds that stream already this file is a copy of it, read only past what that file gives;
+    a file that is a shorter copy of a stream (``_prefix_of``) adds nothing; any other file is a
+    new stream read from its start. Plain files are matched before .gz files, so a .gz made
+    beside its plain file is a copy.
+    """
     settle = source.settle.total_seconds()
-    by_identity = {(s.device, s.inode): s for s in manifest.streams.values() if s.complete}
-    candidates: dict[str, list[_Candidate]] = {}
-    damaged: list[tuple[str, str]] = []
-    damaged_states: dict[str, StreamState] = {}
+    streams = manifest.streams
+    by_identity = {(s.device, s.inode): s for s in streams.values() if s.complete}
+    hosts = {(s.device, s.inode): key for key, s in streams.items() if s.head and s.inode}
+    offsets = tuple(sorted({s.offset for s in streams.values() if s.head}))
+    damaged: list[tuple[str, str, int]] = []
+    states: dict[str, StreamState] = {}
+    files: list[_File] = []
     unterminated: list[tuple[Path, os.stat_result]] = []  # plain files without a complete line
     for path in log_files(source):
         stat = path.stat()
-        compressed = is_gzip(path)
-        known = by_identity.get((stat.st_dev, stat.st_ino))
-        if (
-            compressed
-            and known is not None
-            and known.size == stat.st_size
-            and known.mtime == stat.st_mtime
-        ):
-            continue  # a .gz read to its end, unchanged since
         try:
-            head = first_line(path)
-        except GZIP_ERRORS:
-            if now - stat.st_mtime >= settle:
-                damaged.append((str(path), "damaged_gzip"))
-                # Remembered by identity: counted once, not again while the file is unchanged.
-                damaged_states[f"damaged:{stat.st_dev}:{stat.st_ino}"] = StreamState(
-                    path=str(path),
-                    device=stat.st_dev,
-                    inode=stat.st_ino,
-                    size=stat.st_size,
-                    mtime=stat.st_mtime,
-                    compressed=True,
-                    complete=True,
-                    failed="damaged_gzip",
-                )
-            continue
+            if not is_gzip(path):
+                head = first_line(path)
+                if head is None:
+                    unterminated.append((path, stat))
+                else:
+                    files.append(_File(path, stat, fingerprint(head)))
+                continue
+            known = by_identity.get((stat.st_dev, stat.st_ino))
+            if known is not None and (known.size, known.mtime) == (stat.st_size, stat.st_mtime):
+                continue  # a .gz read to its end (or as far as it decodes), unchanged since
+            content = gunzip(path, at=offsets)
         except OSError as exc:
             raise LogSourceError(f"cannot read log file {path} ({exc.strerror})") from None
-        if head is None:
-            unterminated.append((path, stat))
-            continue
-        candidates.setdefault(fingerprint(head), []).append(_Candidate(path, stat, compressed))
+        settled = now - stat.st_mtime >= settle
+        if not content.complete and not settled:
+            continue  # may still be being written; the next tick reads it
+        head = _gz_head(content)
+        if head is not None:
+            files.append(_File(path, stat, fingerprint(head), content))
+        elif not content.complete:
+            # Not a line decodes: remembered by identity, counted once while it is unchanged.
+            damaged.append((str(path), "damaged_gzip", int(content.size > 0)))
+            states[f"damaged:{stat.st_dev}:{stat.st_ino}"] = StreamState(
+                path=str(path),
+                device=stat.st_dev,
+                inode=stat.st_ino,
+                size=stat.st_size,
+                mtime=stat.st_mtime,
+                compressed=True,
+                complete=True,
+                failed="damaged_gzip",
+            )
 
-    slices: list[Slice] = []
-    states: dict[str, StreamState] = dict(damaged_states)
     # The file written last may be in the middle of a line even when quiet for a while.
     newest = max(
-        [c.stat.st_mtime for f in candidates.values() for c in f]
-        + [stat.st_mtime for _, stat in unterminated],
+        [f.stat.st_mtime for f in files] + [stat.st_mtime for _, stat in unterminated],
         default=0.0,
     )
     for path, stat in unterminated:
@@ -270,72 +357,137 @@ def _plan(
                     head = handle.read(FINGERPRINT_BYTES)
             except OSError as exc:
                 raise LogSourceError(f"cannot read log file {path} ({exc.strerror})") from None
-            candidates.setdefault(fingerprint(head), []).append(_Candidate(path, stat, False))
-    for key, found in candidates.items():
-        # The plain file while it exists (a .gz beside it may still be being written), else the
-        # largest.
-        best = min(found, key=lambda c: (c.compressed, -c.stat.st_size))
-        old = manifest.streams.get(key, StreamState())
+            files.append(_File(path, stat, fingerprint(head)))
+    files.sort(key=lambda f: (f.gz is not None, str(f.path)))
+
+    # Which stream each file holds: (file, key, offset to read from, the key it copies).
+    held: list[tuple[_File, str, int, str | None]] = []
+    claimed: dict[str, _File] = {}
+    displaced: set[str] = set()
+    unmatched: list[_File] = []
+    by_head: dict[str, list[str]] = {}
+    for key, state in streams.items():
+        if state.head:
+            by_head.setdefault(state.head, []).append(key)
+    for file in files:
+        key = hosts.get((file.stat.st_dev, file.stat.st_ino))
+        if key is not None and _continues(file, streams[key]):
+            offset = streams[key].offset
+            # a stream read further that this file holds too (a .gz cut short, since completed)
+            if not any(
+                offset < streams[k].offset <= file.length and _continues(file, streams[k])
+                for k in by_head.get(file.head, [])
+            ):
+                held.append((file, key, offset, None))
+                claimed[key] = file
+                continue
+        if key is not None:
+            displaced.add(key)  # truncated, written over or holding more: not that stream
+        unmatched.append(file)
+    fresh = 0
+    new: list[tuple[_File, str]] = []  # files found to be new streams this tick
+    for file in unmatched:
+        keys = by_head.get(file.head, [])
+        going = [k for k in keys if _continues(file, streams[k])]
+        if going:
+            key = max(going, key=lambda k: (streams[k].offset, k not in claimed))
+            if key not in claimed:
+                held.append((file, key, streams[key].offset, None))
+                claimed[key] = file
+                continue
+            copies = key
+        else:
+            copies = next((k for k in keys if _prefix_of(file, streams[k])), None)
+            if copies is None:
+                copies = next((k for f, k in new if _same_start(file, f)), None)
+        new_key = f"{manifest.next_seq}.{fresh}"
+        fresh += 1
+        held.append((file, new_key, 0, copies))
+        claimed[new_key] = file
+        new.append((file, new_key))
+
+    slices: list[Slice] = []
+    for file, key, offset, copies in held:
+        stat = file.stat
         state = StreamState(
-            offset=old.offset,
-            path=str(best.path),
-            device=best.stat.st_dev,
-            inode=best.stat.st_ino,
-            size=best.stat.st_size,
-            mtime=best.stat.st_mtime,
-            compressed=best.compressed,
+            offset=offset,
+            path=str(file.path),
+            device=stat.st_dev,
+            inode=stat.st_ino,
+            size=stat.st_size,
+            mtime=stat.st_mtime,
+            compressed=file.gz is not None,
+            head=file.head,
         )
-        settled = now - best.stat.st_mtime >= settle
+        if key in streams:  # held on: its marks stand until it is read further
+            state.mark, state.prefix = streams[key].mark, streams[key].prefix
+        if copies is not None:
+            # A copy of a stream another file holds (or a shorter copy): read only past the
+            # bytes the stream has (the other file is read to its end first: it sorts first).
+            source_state = states[copies] if copies in states else streams[copies]
+            if file.gz is not None:
+                end = file.gz.lines_end
+            elif file.length < source_state.offset:
+                end = last_newline_end(file.path, 0, file.length)
+            else:
+                end = file.length
+            state.offset = min(source_state.offset, end)
+            if state.offset == source_state.offset:
+                state.mark, state.prefix = source_state.mark, source_state.prefix
+            else:
+                state.mark = state.prefix = ""  # not read: filled in below
         target = store.tmp / f"{len(slices):06d}.jsonl"
-        if not best.compressed:
-            if best.stat.st_size < state.offset:
-                state.offset = 0  # rewritten with the same first line: new content
-            end = last_newline_end(best.path, state.offset, best.stat.st_size)
-            rotated = settled and best.stat.st_mtime < newest
-            unterminated = end < best.stat.st_size and rotated
-            if unterminated:
+        settled = now - stat.st_mtime >= settle
+        if file.gz is None:
+            end = last_newline_end(file.path, state.offset, stat.st_size)
+            rotated = settled and stat.st_mtime < newest
+            no_newline = end < stat.st_size and rotated
+            if no_newline:
                 # a rotated, quiet file's last line, written without a newline
-                end = best.stat.st_size
+                end = stat.st_size
             if in_place and rotated and state.offset == 0 and end > 0:
                 # all of it, unlikely to change: read in place (DuckDB reads a last line
                 # without a newline as a line)
-                identity = (
-                    best.stat.st_dev,
-                    best.stat.st_ino,
-                    best.stat.st_size,
-                    best.stat.st_mtime,
-                )
-                slices.append(Slice(best.path, best.path, identity))
-                state.offset = end
+                identity = (stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime)
+                slices.append(Slice(file.path, file.path, identity))
             elif end > state.offset:
-                copy_range(best.path, target, state.offset, end)
-                if unterminated:
+                copy_range(file.path, target, state.offset, end)
+                if no_newline:
                     with open(target, "ab") as handle:
                         handle.write(b"\n")
-                slices.append(Slice(target, best.path))
+                slices.append(Slice(target, file.path))
+            if end != state.offset or not state.mark:
                 state.offset = end
+                state.mark = mark(read_window(file.path, end))
+                state.prefix = mark(read_window(file.path, min(end, WINDOW_BYTES)))
         else:
-            isize = gzip_isize(best.path)
-            if state.offset > 0 and state.offset % (1 << 32) == isize:
-                state.complete = True
-            elif not settled:
-                continue  # may still be being compressed; the next tick reads it
-            elif state.offset == 0:
-                slices.append(Slice(best.path, best.path))  # DuckDB decompresses it
-                state.offset = isize
-                state.complete = True
-            else:
-                try:
-                    state.offset = gunzip_from(best.path, target, state.offset)
-                except GZIP_ERRORS:
-                    damaged.append((str(best.path), "damaged_gzip"))
-                    state.complete = True
-                    state.failed = "damaged_gzip"
-                    states[key] = state
-                    continue
-                slices.append(Slice(target, best.path))
-                state.complete = True
+            content = file.gz
+            end = content.lines_end
+            state.complete = True
+            if not content.complete:
+                state.failed = "damaged_gzip"
+                # the cut-off line lost (unless another file holds this content)
+                lost = int(content.size > end and copies is None)
+                damaged.append((str(file.path), "damaged_gzip", lost))
+            if end > state.offset:
+                if state.offset == 0 and content.complete:
+                    slices.append(Slice(file.path, file.path))  # DuckDB decompresses it
+                else:
+                    try:
+                        gunzip(file.path, target, state.offset)
+                    except OSError as exc:
+                        raise LogSourceError(
+                            f"cannot read log file {file.path} ({exc.strerror})"
+                        ) from None
+                    slices.append(Slice(target, file.path))
+            if end != state.offset or not state.mark:
+                state.offset = end
+                state.mark = mark(content.last)
+                state.prefix = mark(content.prefix[: min(end, WINDOW_BYTES)])
         states[key] = state
+    for key in displaced - set(states):
+        # its file now holds other content: known by its first line and marks only
+        states[key] = replace(streams[key], device=0, inode=0)
     return slices, states, damaged
 
 
@@ -443,7 +595,7 @@ def _stage(
     """Write the slices' lines to ``target`` (Parquet, STAGED_COLUMNS plus slice and outcome);
     a .gz DuckDB cannot decompress is left out and returned as damaged (the others are read
     again without it). Without slices the file holds no rows."""
-    damaged: list[tuple[str, str]] = []
+    damaged: list[tuple[str, str, int]] = []
     while slices:
         try:
             connection.execute(
@@ -458,7 +610,7 @@ def _stage(
             )
             if bad is None:
                 raise
-            damaged.append((str(bad.file), "damaged_gzip"))
+            damaged.append((str(bad.file), "damaged_gzip", 0))
             slices.remove(bad)
     columns = ", ".join(f"NULL::{kind} AS {name}" for name, kind in shape.columns)
     connection.execute(
@@ -487,7 +639,7 @@ class _Tick:
 
     slices: list[Slice]
     states: dict[str, StreamState]
-    damaged: list[tuple[str, str]]
+    damaged: list[tuple[str, str, int]]
     lines: dict[str, int]
     rows: int = 0
     low: datetime | None = None
@@ -554,9 +706,9 @@ def _stage_tick(
             f"WHEN {sql_string(kind)} THEN {sql_string(reason)}"
             for kind, reason in _REJECT_REASONS.items()
         )
-        connection.execute("CREATE TEMP TABLE damaged (file VARCHAR, reason VARCHAR)")
+        connection.execute("CREATE TEMP TABLE damaged (file VARCHAR, reason VARCHAR, lines BIGINT)")
         if damaged:
-            connection.executemany("INSERT INTO damaged VALUES (?, ?)", damaged)
+            connection.executemany("INSERT INTO damaged VALUES (?, ?, ?)", damaged)
         connection.execute(
             f"""
             CREATE TEMP TABLE line_counts AS
@@ -571,7 +723,7 @@ def _stage_tick(
                 SELECT file, CASE error_type {reject_case} ELSE 'malformed_json' END, count(*)
                 FROM ({rejects}) GROUP BY ALL
                 UNION ALL
-                SELECT file, reason, 0 FROM damaged
+                SELECT file, reason, lines FROM damaged
             ) GROUP BY ALL
             """
         )
@@ -630,8 +782,8 @@ def ingest_log_files(
             return result
         for key, state in tick.states.items():
             manifest.streams[key] = state
-        for path, reason in tick.damaged:
-            for state in manifest.streams.values():
+        for path, reason, _ in tick.damaged:
+            for state in tick.states.values():
                 if state.path == path:
                     state.complete, state.failed = True, reason
         manifest.chunks.append(

@@ -1,17 +1,23 @@
 """Which bytes of which log file were read: the manifest that makes log ingestion exactly once.
 
-A log file is known by the fingerprint of its first line (SHA-256 of its first complete line, at
-most ``FINGERPRINT_BYTES``), not by its name: the same content is one *stream* whether it is
-``app.log``, renamed to ``app.log.1`` by rotation or compressed to ``app.log.1.gz``. Per stream
-the manifest keeps the offset read so far (bytes of the uncompressed content, always just after a
-newline) and where it was last seen (path, device, inode, size, mtime). So:
+A *stream* is one content, wherever it is: ``app.log``, renamed to ``app.log.1`` by rotation,
+copied by copytruncate, compressed to ``app.log.1.gz``. Per stream the manifest keeps the offset
+read so far (bytes of the uncompressed content, always just after a newline), where it was last
+seen (path, device, inode, size, mtime) and what tells it from another stream beginning with the
+same line (a start-up banner): the fingerprints (SHA-256, 32 hex digits) of its first line, of
+its ``WINDOW_BYTES`` before the offset (``mark``) and of its first ``WINDOW_BYTES`` (``prefix``).
+A file holds a stream when it starts with the same line, is at least as long as the offset and
+has the same bytes before it (ingest.py, ``_plan``). So:
 
-- growth: the bytes past the offset are read;
-- rename: the renamed file has the same fingerprint, reading goes on from the offset;
-- compression: the ``.gz`` has the same fingerprint; its gzip trailer (ISIZE, the uncompressed
-  size mod 2^32) equals the offset when everything was read, else the rest is decompressed;
-- copytruncate: the copy keeps the fingerprint (its tail is read), the truncated file starts with
-  a new first line, so it is a new stream read from 0.
+- growth: the file at the stream's device and inode still holds it; the bytes past the offset
+  are read;
+- truncation (copytruncate, or any rewrite): the file at that inode is shorter than the offset or
+  differs before it: it is a new stream read from 0, even when its first line is the old one;
+- rename: the same inode, read on from the offset;
+- copy (copytruncate's ``app.log.1``): a new inode holding the stream: read on from the offset,
+  or, while the original still holds it, only past what the original gives;
+- compression: the ``.gz`` decompresses (``gunzip``) to content holding the stream: only what
+  was not read is read; a ``.gz`` cut short or damaged gives its complete lines before the damage.
 
 The manifest is one JSON file replaced by rename after the staged rows of a tick are on disk;
 staged files of a sequence number the manifest does not list are a crashed tick's and are deleted
@@ -57,6 +63,12 @@ class StreamState:
     # file's identity, size and mtime are unchanged.
     complete: bool = False
     failed: str = ""
+    # What tells this stream from another starting with the same line: the fingerprint of its
+    # first line, of its bytes [offset - WINDOW_BYTES, offset) and of its first WINDOW_BYTES
+    # (fewer when offset is smaller). Empty in a manifest written before they were kept.
+    head: str = ""
+    mark: str = ""
+    prefix: str = ""
 
 
 @dataclass
@@ -80,7 +92,7 @@ class Manifest:
     def to_json(self) -> str:
         return json.dumps(
             {
-                "version": 1,
+                "version": 2,
                 "next_seq": self.next_seq,
                 "streams": {key: asdict(state) for key, state in self.streams.items()},
                 "chunks": [asdict(chunk) for chunk in self.chunks],
@@ -93,7 +105,11 @@ class Manifest:
         data = json.loads(text)
         return cls(
             int(data["next_seq"]),
-            {key: StreamState(**value) for key, value in data["streams"].items()},
+            {
+                # a manifest of version 1 keyed its streams by their first line's fingerprint
+                key: StreamState(**({"head": key} if len(key) == 32 else {}) | value)
+                for key, value in data["streams"].items()
+            },
             [Chunk(**value) for value in data["chunks"]],
         )
 
@@ -193,13 +209,6 @@ def fingerprint(line: bytes) -> str:
     return hashlib.sha256(line).hexdigest()[:32]
 
 
-def gzip_isize(path: Path) -> int:
-    """The uncompressed size mod 2^32 a gzip file's trailer records (its last 4 bytes)."""
-    with open(path, "rb") as handle:
-        handle.seek(-4, os.SEEK_END)
-        return int.from_bytes(handle.read(4), "little")
-
-
 def last_newline_end(path: Path, start: int, size: int) -> int:
     """The position just after the last newline in ``[start, size)`` of a plain file; ``start``
     when there is none (a line still being written)."""
@@ -236,20 +245,111 @@ def copy_range(source: Path, target: Path, start: int, end: int) -> None:
             remaining -= copied
 
 
-def gunzip_from(source: Path, target: Path, skip: int) -> int:
-    """Decompress ``source`` into ``target`` leaving out its first ``skip`` bytes; returns the
-    uncompressed size. Raises EOFError, zlib.error or gzip.BadGzipFile for a damaged file."""
-    total = 0
-    with gzip.open(source, "rb") as src, open(target, "wb") as dst:
+WINDOW_BYTES = 4096
+
+
+def mark(data: bytes) -> str:
+    """The fingerprint of a window of content (``StreamState.mark`` and ``prefix``)."""
+    return hashlib.sha256(data).hexdigest()[:32]
+
+
+def read_window(path: Path, end: int) -> bytes:
+    """Bytes ``[max(0, end - WINDOW_BYTES), end)`` of a plain file (fewer when it is shorter)."""
+    with open(path, "rb") as handle:
+        handle.seek(max(0, end - WINDOW_BYTES))
+        return handle.read(min(end, WINDOW_BYTES))
+
+
+@dataclass
+class GzipContent:
+    """What a .gz decompresses to, as far as it does.
+
+    ``size``: uncompressed bytes decoded; ``complete``: every member ended with a valid trailer
+    (else it is truncated or damaged from ``size`` on); ``lines_end``: the end of the readable
+    lines (``size`` when complete: a last line without a newline is a line; else just after the
+    last newline decoded); ``prefix``: its first ``WINDOW_BYTES``; ``windows``: per position
+    asked for, the ``WINDOW_BYTES`` before it (absent when not decoded that far); ``last``: the
+    ``WINDOW_BYTES`` before ``lines_end``.
+    """
+
+    size: int = 0
+    complete: bool = False
+    lines_end: int = 0
+    prefix: bytes = b""
+    windows: dict[int, bytes] = field(default_factory=dict)
+    last: bytes = b""
+
+
+def gunzip(
+    source: Path, target: Path | None = None, skip: int = 0, at: tuple[int, ...] = ()
+) -> GzipContent:
+    """Decompress ``source`` (every gzip member) as far as it decodes, writing its readable lines
+    past the first ``skip`` bytes to ``target`` (when given; without a partial last line when
+    the file is cut short or damaged). Never raises for a damaged .gz (``complete`` is False);
+    OSError when it cannot be read."""
+    out = GzipContent()
+    decoder = zlib.decompressobj(31)
+    boundary = False  # a member ended and nothing of another one began yet
+    failed = False
+    tail = bytearray()  # the last WINDOW_BYTES decoded (from tail_start on) and the new chunk
+    tail_start = 0
+    with contextlib.ExitStack() as files:
+        src = files.enter_context(open(source, "rb"))
+        dst = files.enter_context(open(target, "wb")) if target is not None else None
+        pending = b""
         while True:
-            data = src.read(1 << 22)
+            data, pending = pending or src.read(1 << 20), b""
             if not data:
                 break
-            begin = total
-            total += len(data)
-            if total > skip:
-                dst.write(data[max(0, skip - begin) :])
-    return total
-
-
-GZIP_ERRORS = (EOFError, zlib.error, gzip.BadGzipFile)
+            if boundary:
+                if not data.strip(b"\0"):
+                    continue  # zero padding after the last member
+                decoder, boundary = zlib.decompressobj(31), False
+            saved = decoder.copy()
+            try:
+                chunk = decoder.decompress(data)
+            except zlib.error:
+                # damaged: again in small steps, keeping what decodes before the damage
+                decoder, chunk, failed = saved, b"", True
+                for step in range(0, len(data), 256):
+                    try:
+                        chunk += decoder.decompress(data[step : step + 256])
+                    except zlib.error:
+                        break
+            if decoder.eof and not failed:
+                boundary, pending = True, decoder.unused_data
+            if not chunk:
+                if failed:
+                    break
+                continue
+            begin = out.size
+            out.size += len(chunk)
+            if len(out.prefix) < WINDOW_BYTES:
+                out.prefix += chunk[: WINDOW_BYTES - len(out.prefix)]
+            tail += chunk
+            for position in at:
+                if begin < position <= out.size:
+                    low = max(0, position - WINDOW_BYTES) - tail_start
+                    out.windows[position] = bytes(tail[low : position - tail_start])
+            if dst is not None and out.size > skip:
+                dst.write(chunk[max(0, skip - begin) :])
+            newline = chunk.rfind(b"\n")
+            if newline >= 0:
+                out.lines_end = begin + newline + 1
+                low = max(0, out.lines_end - WINDOW_BYTES) - tail_start
+                out.last = bytes(tail[low : out.lines_end - tail_start])
+            cut = max(0, out.size - WINDOW_BYTES - tail_start)  # the next windows need no more
+            del tail[:cut]
+            tail_start += cut
+            if failed:
+                break
+        out.complete = boundary and not failed
+        if out.complete:
+            out.lines_end = out.size
+            out.last = bytes(tail[-WINDOW_BYTES:])
+        elif dst is not None:
+            dst.truncate(max(0, out.lines_end - skip))
+        for position in at:
+            if position == 0:
+                out.windows[0] = b""
+    return out
