@@ -19,7 +19,10 @@ A NULL value is no value: it goes in no bucket (``bucket_sql`` is NULL, which Du
 skips), so a sketch's total count is the number of values it holds.
 
 The rollups and the published views use the DuckDB SQL below; ``buckets_of``,
-``sketch_quantile`` and ``exact_quantile`` are their numpy references for the tests.
+``sketch_quantile`` and ``exact_quantile`` are their numpy references for the tests. The minute
+rollup read in pieces counts each piece's bucket lists with ``sketches_of_buckets`` (numpy, on
+the worker that read the piece) and adds the pieces' sketches of a group with ``sum_sketches``:
+the counts are integers, so the result is bit-identical to ``sketch_sql`` over all the rows.
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from analytics.datasets import SKETCH_TYPE
 
@@ -39,6 +44,9 @@ ZERO_BUCKET = -32768
 MIN_TRACKED_MS = 1e-6
 
 PERCENTILES = {"p50": 0.50, "p95": 0.95, "p99": 0.99}
+# SKETCH_TYPE in Arrow terms.
+SKETCH_ARROW_TYPE = pa.list_(pa.struct([("bucket", pa.int16()), ("count", pa.int32())]))
+_COUNT_LIMIT = np.iinfo(np.int32).max
 
 
 def bucket_sql(value: str) -> str:
@@ -128,3 +136,80 @@ def sketch_quantile(values: np.ndarray, q: float) -> float:
 def exact_quantile(values: np.ndarray, q: float) -> float:
     """The reference the sketch is tested against: percentile_cont (numpy's 'linear')."""
     return float(np.quantile(np.asarray(values, dtype=np.float64), q, method="linear"))
+
+
+def sketches_of_buckets(lists: pa.Array | pa.ChunkedArray) -> pa.ListArray:
+    """Per list of bucket numbers (``bucket_sql``'s SMALLINT; NULLs skipped), its sketch: the
+    sorted (bucket, count) pairs ``sketch_sql`` makes of it, as an Arrow array of
+    SKETCH_ARROW_TYPE, one per list and in their order (a NULL or empty list: the empty sketch).
+
+    Numpy with the GIL released for the sort: fit for a worker thread. TypeError when ``lists``
+    is not a list array of integers.
+    """
+    lists = _one_chunk(lists, "lists of bucket numbers")
+    if not pa.types.is_integer(lists.type.value_type):
+        raise TypeError(f"lists of bucket numbers expected, got {lists.type}")
+    groups, values = _flat(lists)
+    valid = values.is_valid().to_numpy(zero_copy_only=False)
+    buckets = values.fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
+    return _counted(len(lists), groups[valid], buckets[valid], None)
+
+
+def sum_sketches(sketches: pa.Array | pa.ChunkedArray) -> pa.ListArray:
+    """Per list of (bucket, count) pairs (SKETCH_ARROW_TYPE; a bucket may repeat, as in several
+    sketches concatenated), one sketch: the counts summed per bucket, sorted by bucket; the
+    sum of sketches is the sketch of all their values. A NULL or empty list: the empty sketch.
+
+    TypeError when ``sketches`` is not of SKETCH_ARROW_TYPE; ValueError when a summed count
+    does not fit the sketch's INTEGER.
+    """
+    sketches = _one_chunk(sketches, "sketches")
+    if sketches.type.value_type != SKETCH_ARROW_TYPE.value_type:
+        raise TypeError(f"sketches of type {SKETCH_ARROW_TYPE} expected, got {sketches.type}")
+    groups, pairs = _flat(sketches)
+    buckets = pairs.field("bucket").to_numpy(zero_copy_only=False).astype(np.int64)
+    counts = pairs.field("count").to_numpy(zero_copy_only=False).astype(np.int64)
+    return _counted(len(sketches), groups, buckets, counts)
+
+
+def _one_chunk(array: pa.Array | pa.ChunkedArray, what: str) -> pa.ListArray:
+    if isinstance(array, pa.ChunkedArray):
+        array = array.combine_chunks() if array.num_chunks else pa.array([], type=array.type)
+    if not isinstance(array, pa.ListArray):
+        raise TypeError(f"{what}: a list array expected, got {type(array).__name__}")
+    return array
+
+
+def _flat(lists: pa.ListArray) -> tuple[np.ndarray, pa.Array]:
+    """The values of ``lists`` (none for a NULL list), and the number of the list of each."""
+    groups = pc.list_parent_indices(lists).to_numpy(zero_copy_only=False).astype(np.int64)
+    return groups, pc.list_flatten(lists)
+
+
+def _counted(
+    lists: int, groups: np.ndarray, buckets: np.ndarray, counts: np.ndarray | None
+) -> pa.ListArray:
+    """``lists`` sketches: per group number, the ``counts`` (1 each when None) of its buckets
+    summed per bucket, sorted by bucket."""
+    keys = (groups << 16) | (buckets - ZERO_BUCKET)  # SMALLINT buckets: 16 bits above the group
+    if counts is None:
+        keys, summed = np.unique(keys, return_counts=True)
+    elif len(keys):
+        order = np.argsort(keys, kind="stable")
+        keys = keys[order]
+        starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
+        summed = np.add.reduceat(counts[order], starts)
+        keys = keys[starts]
+    else:
+        summed = counts
+    if len(summed) and summed.max() > _COUNT_LIMIT:
+        raise ValueError(f"a summed sketch count ({summed.max()}) does not fit INTEGER")
+    offsets = np.searchsorted(keys >> 16, np.arange(lists + 1)).astype(np.int32)
+    pairs = pa.StructArray.from_arrays(
+        [
+            pa.array(((keys & 0xFFFF) + ZERO_BUCKET).astype(np.int16)),
+            pa.array(summed.astype(np.int32)),
+        ],
+        names=["bucket", "count"],
+    )
+    return pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), pairs, type=SKETCH_ARROW_TYPE)

@@ -16,8 +16,9 @@ own, then measures in the same run, on the same client machine, ``--runs`` times
 
 ``--profile`` adds where the backfill's time goes, stage by stage in one child: the server's
 COPY alone (to /dev/null on the server, one backend and the hour pieces over the workers), COPY
-plus decoding to Arrow, DuckDB grouping per worker, merging the pieces' groups, the sketches,
-writing the files.
+plus decoding to Arrow, DuckDB grouping and counting the latency sketches per worker, merging the
+pieces' groups (summing sketches only where two pieces share a minute), finishing the rollup
+table, writing the files.
 
 Prints times and ratios; it asserts nothing (these machines are shared and noisy).
 """
@@ -207,7 +208,7 @@ def child_profile(root: Path, workers: int) -> None:
     stages[f"COPY + decode to Arrow, {workers} workers"] = time.perf_counter() - started
     started = time.perf_counter()
     groups = group_minutes_in_pieces(db, source, where, workers, store.root / ".tmp")
-    stages[f"COPY + decode + DuckDB group per worker, {workers} workers"] = (
+    stages[f"COPY + decode + group + sketches per worker, {workers} workers"] = (
         time.perf_counter() - started
     )
     with duckdb_session(store.root / ".tmp") as connection:
@@ -216,7 +217,7 @@ def child_profile(root: Path, workers: int) -> None:
         stages["merge the pieces' groups"] = time.perf_counter() - started
         started = time.perf_counter()
         sketch_minutes(connection)
-        stages["latency sketches"] = time.perf_counter() - started
+        stages["rollup table from the merged groups"] = time.perf_counter() - started
         started = time.perf_counter()
         publish_minutes(connection, store, BACKFILL_START, BACKFILL_END)
         stages["write hour files (keep-published check, Parquet, rename)"] = (

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import duckdb
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from analytics.datasets import REQUESTS_MINUTE
 from analytics.extract import (
@@ -56,7 +57,7 @@ from analytics.rollups.engine import (
     timestamp_literal,
 )
 from analytics.settings import AnalyticsSettings, JsonLinesSource
-from analytics.sketch import bucket_sql, sketch_sql
+from analytics.sketch import bucket_sql, sketch_sql, sketches_of_buckets, sum_sketches
 from housekeeping.config import HousekeepingConfig
 from housekeeping.database import AppDatabase
 from housekeeping.sql import sql_string
@@ -90,12 +91,12 @@ MINUTE_GROUPS_SELECT = f"""
 """
 MINUTE_GROUPS_SQL = f"CREATE TEMP TABLE fine AS {MINUTE_GROUPS_SELECT}"
 _COUNTS = ("requests", "status_2xx", "status_3xx", "status_4xx", "status_5xx", "status_429")
-# The groups of several pieces (``piece_groups``, MINUTE_GROUPS_SELECT's columns) as one group
-# per minute x route x method: a minute can have groups in two pieces (naive timestamps around a
-# clock change; a piece bound inside a minute). Sums, min, max and the concatenated bucket lists
-# are what one pass over all the rows gives, in any order.
-MERGE_PIECE_GROUPS_SQL = f"""
-    CREATE TEMP TABLE fine AS
+# The groups of several pieces (``group_minutes_in_pieces``: MINUTE_GROUPS_SELECT's columns with
+# ``latency_sketch`` counted per piece instead of ``buckets``) as one group per minute x route x
+# method: a minute can have groups in two pieces (naive timestamps around a clock change; a piece
+# bound inside a minute). Sums, min and max are what one pass over all the rows gives, in any
+# order; the concatenated sketches are summed per bucket afterwards (``sum_sketches``).
+MERGE_PIECE_GROUPS_SELECT = f"""
     SELECT
         minute,
         route,
@@ -104,7 +105,8 @@ MERGE_PIECE_GROUPS_SQL = f"""
         min(latency_min_ms) AS latency_min_ms,
         max(latency_max_ms) AS latency_max_ms,
         CAST(sum(latency_sum_us) AS BIGINT) AS latency_sum_us,
-        flatten(list(buckets)) AS buckets
+        flatten(list(latency_sketch)) AS latency_sketch,
+        count(*) AS pieces
     FROM piece_groups
     GROUP BY minute, route, method
 """
@@ -209,13 +211,15 @@ def group_minutes_in_pieces(
     where: Sequence[TimeRange],
     workers: int,
     temp_directory: Path | None = None,
-) -> pa.Table:
+) -> list[pa.Table]:
     """The request rows of ``where`` (PostgreSQL; ``source`` checked) grouped per piece.
 
     The extract is cut into ``copy_pieces`` (one COPY per UTC hour of a long range) and read by
     ``read_pieces`` on ``workers`` connections; each worker groups the pieces it reads
     (MINUTE_GROUPS_SELECT) in a DuckDB of its own with one thread, so reading, decoding and
-    grouping run in parallel. Returns every piece's groups (MINUTE_GROUPS_SELECT's columns) for
+    grouping run in parallel; the worker also counts each group's latency sketch
+    (``sketches_of_buckets``), so no bucket list outlives its piece. Returns each piece's groups (a
+    table per piece, MINUTE_GROUPS_SELECT's columns, ``latency_sketch`` in place of ``buckets``) for
     ``merge_minute_groups``; nothing is published. Raises what ``read_pieces`` raises (the first
     failure stops every worker): ``DatabaseError`` "reading <table>: ...", or ``SourceError``
     naming the column of a value that does not convert.
@@ -229,27 +233,69 @@ def group_minutes_in_pieces(
             session.execute("SET threads = 1")
 
         def consume(worker: int, reader: pa.RecordBatchReader) -> None:
-            session = sessions[worker]
-            session.register("source_rows", reader)
-            try:
-                groups.append(session.sql(MINUTE_GROUPS_SELECT).to_arrow_table())
-            except duckdb.ConversionException as exc:
-                raise conversion_failure(source, exc) from None
-            finally:
-                session.unregister("source_rows")
+            groups.append(group_piece(sessions[worker], source, reader))
 
         read_pieces(db, source, pieces, workers, consume)
-    return pa.concat_tables(groups)
+    return groups
 
 
-def merge_minute_groups(connection: duckdb.DuckDBPyConnection, groups: pa.Table) -> None:
-    """The temp table ``fine`` (one row per minute x route x method, MINUTE_GROUPS_SQL's
-    columns) from the groups of several pieces (``group_minutes_in_pieces``)."""
-    connection.register("piece_groups", groups)
+def group_piece(
+    session: duckdb.DuckDBPyConnection,
+    source: Source,
+    rows: pa.RecordBatchReader | pa.Table,
+) -> pa.Table:
+    """One piece's request rows (ALIASES' columns) grouped per minute x route x method in
+    ``session``: MINUTE_GROUPS_SELECT's columns with each group's ``latency_sketch`` counted
+    (``sketches_of_buckets``) in place of its ``buckets``, here on the caller's thread, so the
+    bucket lists (2 bytes a row) do not outlive their piece. ``SourceError`` naming the column
+    of ``source`` that holds a value which does not convert."""
+    session.register("source_rows", rows)
     try:
-        connection.execute(MERGE_PIECE_GROUPS_SQL)
+        fine = session.sql(MINUTE_GROUPS_SELECT).to_arrow_table()
+    except duckdb.ConversionException as exc:
+        raise conversion_failure(source, exc) from None
     finally:
-        connection.unregister("piece_groups")
+        session.unregister("source_rows")
+    buckets = fine.schema.get_field_index("buckets")
+    return fine.set_column(buckets, "latency_sketch", sketches_of_buckets(fine.column(buckets)))
+
+
+def merge_minute_groups(connection: duckdb.DuckDBPyConnection, groups: Sequence[pa.Table]) -> None:
+    """The temp table ``fine`` (one row per minute x route x method, MINUTE_GROUPS_SQL's
+    columns with ``latency_sketch`` for ``buckets``) from the groups of several pieces (a table
+    per piece, ``group_piece``). When no two pieces share a minute (whole UTC hours of instants)
+    their groups are ``fine`` as they are; else a group several pieces hold gets its counts
+    added and its sketches summed (MERGE_PIECE_GROUPS_SELECT, ``sum_sketches``)."""
+    if _minutes_apart(groups):
+        merged = pa.concat_tables(groups)
+    else:
+        connection.register("piece_groups", pa.concat_tables(groups))
+        try:
+            merged = connection.sql(MERGE_PIECE_GROUPS_SELECT).to_arrow_table()
+        finally:
+            connection.unregister("piece_groups")
+        sketches = merged.schema.get_field_index("latency_sketch")
+        if (pc.max(merged.column("pieces")).as_py() or 0) > 1:
+            merged = merged.set_column(
+                sketches, "latency_sketch", sum_sketches(merged.column(sketches))
+            )
+        merged = merged.drop_columns(["pieces"])
+    connection.register("merged_groups", merged)
+    try:
+        connection.execute("CREATE TEMP TABLE fine AS SELECT * FROM merged_groups")
+    finally:
+        connection.unregister("merged_groups")
+
+
+def _minutes_apart(groups: Sequence[pa.Table]) -> bool:
+    """Whether the pieces' minute ranges are disjoint, so no group is in two pieces."""
+    spans = sorted(
+        (span["min"], span["max"])
+        for table in groups
+        if table.num_rows
+        for span in [pc.min_max(table.column("minute")).as_py()]
+    )
+    return all(high < low for (_, high), (low, _) in zip(spans, spans[1:], strict=False))
 
 
 def _publish_minutes(
@@ -263,17 +309,22 @@ def _publish_minutes(
 
 
 def sketch_minutes(connection: duckdb.DuckDBPyConnection) -> int:
-    """The temp table ``rollup`` (REQUESTS_MINUTE's columns, latency sketches counted from the
-    bucket lists) from ``fine``, which is dropped; returns the requests it counts."""
+    """The temp table ``rollup`` (REQUESTS_MINUTE's columns) from ``fine``, which is dropped;
+    returns the requests it counts. The latency sketches are counted here from the bucket lists
+    (MINUTE_GROUPS_SQL), or taken as they are when ``fine`` holds them already
+    (``merge_minute_groups``)."""
+    columns = {row[0] for row in connection.execute("DESCRIBE fine").fetchall()}
+    sketch = "" if "latency_sketch" in columns else f", {sketch_sql('buckets')} AS latency_sketch"
+    excluded = "latency_sum_us" if sketch == "" else "buckets, latency_sum_us"
     connection.execute(
         f"""
         CREATE TEMP TABLE rollup AS
         SELECT {REQUESTS_MINUTE.select_list()} FROM (
             SELECT
-                * EXCLUDE (buckets, latency_sum_us),
+                * EXCLUDE ({excluded}),
                 requests - status_2xx - status_3xx - status_4xx - status_5xx AS status_other,
-                latency_sum_us / 1000.0 AS latency_sum_ms,
-                {sketch_sql("buckets")} AS latency_sketch
+                latency_sum_us / 1000.0 AS latency_sum_ms
+                {sketch}
             FROM fine
         )
         """

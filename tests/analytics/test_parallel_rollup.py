@@ -27,7 +27,14 @@ from analytics.extract import (
     read_pieces,
     stream_rows,
 )
-from analytics.rollups.requests import refresh_requests
+from analytics.rollups.engine import duckdb_session, load_stream
+from analytics.rollups.requests import (
+    ALIASES,
+    MINUTE_GROUPS_SQL,
+    refresh_requests,
+    request_logs_source,
+    sketch_minutes,
+)
 from housekeeping.config import ConfigError
 from housekeeping.database import AppDatabase, DatabaseError, libpq_url
 from housekeeping.sql import TableName
@@ -105,6 +112,25 @@ def test_parallel_backfill_publishes_exactly_what_one_worker_does(requests_db, t
     assert rows == published(one_settings.root_path)
     keys = [(row[0], row[1], row[2]) for row in rows]
     assert len(keys) == len(set(keys))
+
+
+@pytest.mark.postgres
+def test_sketches_counted_per_piece_are_those_of_one_pass_over_all_rows(requests_db, tmp_path):
+    # The workers count each hour's sketches and the merge sums them; the reference is one COPY
+    # grouped in one pass with the sketches counted by sketch_sql (the archive path's way).
+    start, end = START + timedelta(minutes=30), START + timedelta(hours=HOURS - 1, minutes=10)
+    _, settings = backfill(requests_db, tmp_path, "pieces", 2, start, end)
+    source = check_source(requests_db, request_logs_source(settings))
+    stream = stream_rows(requests_db, source, ALIASES, [TimeRange("ts", start, end)], streams=1)
+    with duckdb_session() as connection:
+        load_stream(connection, stream, source, MINUTE_GROUPS_SQL)
+        sketch_minutes(connection)
+        expected = connection.execute(
+            "SELECT * FROM rollup ORDER BY minute, route, method"
+        ).fetchall()
+
+    assert published(settings.root_path) == expected
+    assert any(len(row[-1]) > 1 for row in expected)  # sketches of several buckets
 
 
 @pytest.mark.postgres
