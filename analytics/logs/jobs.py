@@ -25,12 +25,15 @@ reason: the request source's ones, and ``missing_job_id`` (a job line without it
 
 from __future__ import annotations
 
+import os
+from datetime import UTC, datetime
 from pathlib import Path
 
 from analytics.logs.formats import duration_ms_sql, timestamp_sql
 from analytics.logs.ingest import LineShape, Slice, parsed_lines_sql, unparsed_outcome_sql
 from analytics.logs.job_formats import JOB_STATES
-from analytics.rollups.engine import text_or_placeholder
+from analytics.logs.manifest import Chunk, Manifest, ManifestStore
+from analytics.rollups.engine import duckdb_session, text_or_placeholder
 from analytics.settings import JobsJsonLinesSource, JobsSource
 from housekeeping.sql import sql_string
 
@@ -98,39 +101,121 @@ def job_lines_sql(slices: list[Slice], source: JobsJsonLinesSource) -> str:
 JOB_LINES = LineShape(job_lines_sql, JOB_STAGED_COLUMNS, ("job",))
 
 
-def job_rows_sql(files: list[Path]) -> str:
-    """A SELECT of one row per job from the staged job lines in ``files``: queue, name, status,
-    created_at, started_at, finished_at (naive UTC), attempts, as the jobs table's rows are read
-    (the rules are in the module's docstring)."""
+# One row per job of some of its lines (a partial state), mergeable with another partial of
+# the same job (``_MERGE``): each ``arg_max`` keeps the moment it was taken at, so the merge of
+# partials picks what one aggregate over all the lines would. A compacted chunk holds these rows.
+JOB_STATE_COLUMNS = (
+    ("queue", "VARCHAR"),
+    ("job_id", "VARCHAR"),
+    ("name", "VARCHAR"),
+    ("name_at", "TIMESTAMP"),
+    ("first_at", "TIMESTAMP"),
+    ("last_at", "TIMESTAMP"),
+    ("last_state", "VARCHAR"),
+    ("last_key", "BIGINT"),
+    ("last_start", "TIMESTAMP"),
+    ("starts", "BIGINT"),
+    ("duration_ms", "DOUBLE"),
+    ("duration_at", "TIMESTAMP"),
+    ("attempt", "BIGINT"),
+)
+_FINISHED = "state IN ('completed', 'failed')"
+# The last line of a job: the latest, ties broken finished, then started, then queued.
+_LINE_KEY = "epoch_us(ts) * 4 + CASE state WHEN 'queued' THEN 0 WHEN 'started' THEN 1 ELSE 2 END"
+_MERGE = """
+    arg_max(name, name_at) AS name, max(name_at) AS name_at,
+    min(first_at) AS first_at, max(last_at) AS last_at,
+    arg_max(last_state, last_key) AS last_state, max(last_key) AS last_key,
+    max(last_start) AS last_start, sum(starts)::BIGINT AS starts,
+    arg_max(duration_ms, duration_at) AS duration_ms, max(duration_at) AS duration_at,
+    max(attempt) AS attempt
+"""
+
+
+def _paths(files: list[Path]) -> str:
+    return "[" + ", ".join(sql_string(str(path)) for path in files) + "]"
+
+
+def _empty_state() -> str:
+    return "SELECT " + ", ".join(f"NULL::{kind} AS {name}" for name, kind in JOB_STATE_COLUMNS) + (
+        " WHERE false"
+    )
+
+
+def _line_state_sql(files: list[Path]) -> str:
+    """The partial state (JOB_STATE_COLUMNS) of every job from the staged lines in ``files``."""
     if not files:
+        return _empty_state()
+    return f"""
+        SELECT
+            {text_or_placeholder("queue")} AS queue,
+            job_id,
+            arg_max(name, ts) FILTER (WHERE name IS NOT NULL) AS name,
+            max(ts) FILTER (WHERE name IS NOT NULL) AS name_at,
+            min(ts) AS first_at,
+            max(ts) AS last_at,
+            arg_max(state, {_LINE_KEY}) AS last_state,
+            max({_LINE_KEY}) AS last_key,
+            max(ts) FILTER (WHERE state = 'started') AS last_start,
+            count(*) FILTER (WHERE state = 'started') AS starts,
+            arg_max(duration_ms, ts) FILTER (WHERE {_FINISHED}) AS duration_ms,
+            max(ts) FILTER (WHERE {_FINISHED} AND duration_ms IS NOT NULL) AS duration_at,
+            max(attempt) AS attempt
+        FROM read_parquet({_paths(files)}) WHERE outcome = 'job'
+        GROUP BY ALL
+    """
+
+
+def job_state_sql(files: list[Path], compacted: Path | None = None) -> str:
+    """A SELECT of one row per job (JOB_STATE_COLUMNS, naive UTC times) from the staged lines in
+    ``files`` and the compacted state ``compacted`` (a Parquet file of these rows): the state
+    one aggregate over all the lines the compacted state folded and those in ``files`` gives."""
+    if compacted is None:
+        return _line_state_sql(files)
+    return f"""
+        SELECT queue, job_id, {_MERGE} FROM (
+            {_line_state_sql(files)}
+            UNION ALL BY NAME
+            SELECT * FROM read_parquet({sql_string(str(compacted))})
+        ) GROUP BY queue, job_id
+    """
+
+
+def job_rows_sql(
+    files: list[Path], compacted: Path | None = None, finished_since: datetime | None = None
+) -> str:
+    """A SELECT of one row per job from the staged job lines in ``files`` and the compacted
+    state ``compacted`` (``job_state_sql``): queue, name, status, created_at, started_at,
+    finished_at (naive UTC), attempts, as the jobs table's rows are read (the rules are in the
+    module's docstring). With ``finished_since`` (aware), a job of the compacted state that
+    finished before it and has no line in ``files`` is left out unread (a refresh of hours from
+    ``finished_since`` on needs none of them); every other job is as without it."""
+    if not files and compacted is None:
         return (
             "SELECT NULL::VARCHAR AS queue, NULL::VARCHAR AS name, NULL::VARCHAR AS status, "
             "NULL::TIMESTAMP AS created_at, NULL::TIMESTAMP AS started_at, "
             "NULL::TIMESTAMP AS finished_at, NULL::BIGINT AS attempts WHERE false"
         )
-    paths = "[" + ", ".join(sql_string(str(path)) for path in files) + "]"
-    rank = "CASE state WHEN 'queued' THEN 0 WHEN 'started' THEN 1 ELSE 2 END"
+    state = job_state_sql(files, compacted)
+    if compacted is not None and finished_since is not None:
+        since = sql_string(finished_since.astimezone(UTC).replace(tzinfo=None).isoformat(sep=" "))
+        state = f"""
+            WITH lines AS ({_line_state_sql(files)})
+            SELECT queue, job_id, {_MERGE} FROM (
+                SELECT * FROM lines
+                UNION ALL BY NAME
+                SELECT * FROM read_parquet({sql_string(str(compacted))})
+                WHERE last_state NOT IN ('completed', 'failed')
+                    OR last_at >= {since}::TIMESTAMP
+                    OR (queue, job_id) IN (SELECT queue, job_id FROM lines)
+            ) GROUP BY queue, job_id
+        """
     status = " ".join(
         f"WHEN {sql_string(state)} THEN {sql_string(value)}"
         for state, value in _STATUS_OF_STATE.items()
     )
     return f"""
-        WITH per_job AS (
-            SELECT
-                {text_or_placeholder("queue")} AS queue,
-                job_id,
-                arg_max(name, ts) FILTER (WHERE name IS NOT NULL) AS name,
-                min(ts) AS first_at,
-                max(ts) AS last_at,
-                arg_max(state, epoch_us(ts) * 4 + {rank}) AS last_state,
-                max(ts) FILTER (WHERE state = 'started') AS last_start,
-                count(*) FILTER (WHERE state = 'started') AS starts,
-                arg_max(duration_ms, ts) FILTER (WHERE state IN ('completed', 'failed'))
-                    AS duration_ms,
-                max(attempt) AS attempt
-            FROM read_parquet({paths}) WHERE outcome = 'job'
-            GROUP BY ALL
-        ), placed AS (
+        WITH per_job AS ({state}), placed AS (
             SELECT *,
                 CASE WHEN last_state IN ('completed', 'failed') THEN last_at END AS finished_at
             FROM per_job
@@ -152,3 +237,84 @@ def job_rows_sql(files: list[Path]) -> str:
             coalesce(attempt, nullif(starts, 0)) AS attempts
         FROM started
     """
+
+
+def job_state_files(directory: Path) -> tuple[list[Path], Path | None]:
+    """What a refresh of the job source under ``directory`` reads: the staged line files of the
+    chunks not folded yet, and the compacted state (None before the first compaction)."""
+    path = directory / "manifest.json"
+    if not path.exists():
+        return [], None
+    store = ManifestStore(directory)
+    manifest = Manifest.from_json(path.read_text())
+    live = [chunk for chunk in manifest.chunks if not chunk.folded]
+    lines = [store.staged_file(c.seq) for c in live if c.rows and not c.compacted]
+    compacted = [store.staged_file(c.seq) for c in live if c.compacted]
+    return lines, (compacted[-1] if compacted else None)
+
+
+def _fsync(path: Path) -> None:
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def compact_job_chunks(directory: Path, after: int | None) -> int | None:
+    """Fold the job source's staged chunks into one compacted state when ``after`` or more
+    chunks are not folded yet (``after`` None: never); returns the compacted chunk's sequence
+    number, or None when nothing was folded.
+
+    The state (``job_state_sql`` of the chunks' lines and the previous compacted state: one
+    row per job) is written under ``tmp/``, fsynced and renamed to ``staged/<seq>.parquet``;
+    then the manifest (replaced atomically) lists it and marks the chunks it folded. A crash
+    before that leaves a file the next load deletes (nothing folded); after it, the folded
+    chunks' files are listed as folded and never read again. Their files are deleted by the
+    next compaction, not this one: a refresh that listed them just before may still be reading
+    them. Takes the source's ingest lock; raises ``LogSourceError`` when another process holds
+    it too long, ``duckdb.Error`` when a staged file cannot be read.
+    """
+    if after is None:
+        return None
+    store = ManifestStore(directory)
+    with store.locked():
+        manifest = store.load()
+        for chunk in manifest.chunks:
+            if chunk.folded:
+                store.staged_file(chunk.seq).unlink(missing_ok=True)
+        live = [chunk for chunk in manifest.chunks if not chunk.folded]
+        lines = [chunk for chunk in live if not chunk.compacted]
+        if len(lines) < after:
+            return None
+        previous = [chunk for chunk in live if chunk.compacted]
+        files = [store.staged_file(chunk.seq) for chunk in lines if chunk.rows]
+        compacted = store.staged_file(previous[-1].seq) if previous else None
+        seq = manifest.next_seq
+        draft = store.tmp / f"{seq:010d}.compacted.parquet"
+        with duckdb_session(store.tmp) as connection:
+            connection.execute(
+                f"COPY ({job_state_sql(files, compacted)} ORDER BY last_at) "
+                f"TO {sql_string(str(draft))} (FORMAT parquet, COMPRESSION zstd)"
+            )
+            jobs, low, high = connection.execute(
+                f"SELECT count(*), min(first_at), max(last_at) "
+                f"FROM read_parquet({sql_string(str(draft))})"
+            ).fetchone()
+        _fsync(draft)
+        os.replace(draft, store.staged_file(seq))
+        _fsync(store.staged)
+        for chunk in live:
+            chunk.folded = True
+        manifest.chunks.append(
+            Chunk(
+                seq,
+                int(jobs),
+                low.isoformat() if low else "",
+                high.isoformat() if high else "",
+                compacted=True,
+            )
+        )
+        manifest.next_seq = seq + 1
+        store.save(manifest)
+    return seq
