@@ -137,8 +137,10 @@ def _paths(files: list[Path]) -> str:
 
 
 def _empty_state() -> str:
-    return "SELECT " + ", ".join(f"NULL::{kind} AS {name}" for name, kind in JOB_STATE_COLUMNS) + (
-        " WHERE false"
+    return (
+        "SELECT "
+        + ", ".join(f"NULL::{kind} AS {name}" for name, kind in JOB_STATE_COLUMNS)
+        + (" WHERE false")
     )
 
 
