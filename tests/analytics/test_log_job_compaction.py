@@ -15,7 +15,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from analytics.logs.generate import JobRun, job_lines
+from analytics.logs.generate import JobRun, job_line, job_lines
 from analytics.logs.jobs import compact_job_chunks, job_state_files
 from analytics.rollups.jobs import refresh_jobs
 from analytics.settings import parse_analytics_settings
@@ -256,3 +256,34 @@ def test_compact_after_chunks_is_at_least_two(tmp_path):
                     }
                 }
             )
+
+
+def test_a_job_retried_after_its_failure_was_compacted_keeps_its_first_line(tmp_path):
+    """A job that failed before the refreshed hours is left out of the compacted state read,
+    unless lines staged since (its retry) name it: then it is the whole job, as without."""
+    run = JobRun("r1", "email", "digest", "failed", START, START + H / 60, START + H / 30)
+    retry = JobRun("r1", "email", "digest", "completed", START + 3 * H, None, START + 4 * H, 2)
+    first = [job_line("pino", run, m, s) for m, s in [(START, "queued"), (run.finished, "failed")]]
+    again = [job_line("pino", retry, START + 3 * H, "queued")]
+    again.append(job_line("pino", retry, START + 4 * H, "completed", 1000.0))
+    published = []
+    for compact_after in (None, 2):
+        settings = log_settings(tmp_path / str(compact_after), "pino", compact_after_chunks=None)
+        directory = settings.root_path / ".logs" / "jobs"
+        logs = tmp_path / str(compact_after) / "logs"
+        logs.mkdir(parents=True)
+        store = make_store(settings)
+        append(logs / "jobs.log", [(line + "\n").encode() for line in first])
+        refresh_jobs(None, store, settings, START, START + H, NOW)
+        append(logs / "jobs.log", [b"{}\n"])
+        refresh_jobs(None, store, settings, START, START + H, NOW)
+        if compact_after:
+            assert compact_job_chunks(directory, compact_after) is not None
+        append(logs / "jobs.log", [(line + "\n").encode() for line in again])
+        refresh_jobs(None, store, settings, START + 3 * H, END, NOW)
+        publish(store, settings)
+        published.append(jobs_hourly(settings))
+
+    assert published[1] == published[0]
+    # created in the first hour (not published again), completed on its second attempt
+    assert [row[3:7] for row in published[0]] == [(1, 0, 1, 0), (0, 1, 0, 1)]
