@@ -30,7 +30,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from analytics.logs.formats import duration_ms_sql, timestamp_sql
-from analytics.logs.ingest import LineShape, Slice, parsed_lines_sql, unparsed_outcome_sql
+from analytics.logs.ingest import LineShape, Slice, line_outcome_sql, parsed_lines_sql
 from analytics.logs.job_formats import JOB_STATES
 from analytics.logs.manifest import Chunk, Manifest, ManifestStore
 from analytics.rollups.engine import duckdb_session, text_or_placeholder
@@ -69,6 +69,12 @@ def job_lines_sql(slices: list[Slice], source: JobsJsonLinesSource) -> str:
         if mapping.states(state)
     )
     timestamp = timestamp_sql(value("timestamp"), mapping.timestamp_format, source.timezone)
+    outcome = line_outcome_sql(
+        "selected AND state IS NOT NULL",
+        "'job'",
+        value("timestamp"),
+        f"WHEN {value('job_id')} IS NULL THEN 'missing_job_id'",
+    )
     return f"""
         {parsed}, typed AS (
             SELECT *, {timestamp} AS ts, {selected} AS selected,
@@ -77,16 +83,7 @@ def job_lines_sql(slices: list[Slice], source: JobsJsonLinesSource) -> str:
         )
         SELECT
             slice,
-            CASE
-                WHEN v IS NULL THEN {unparsed_outcome_sql()}
-                WHEN selected AND state IS NOT NULL THEN
-                    CASE WHEN {value("job_id")} IS NULL THEN 'missing_job_id'
-                    WHEN {value("timestamp")} IS NULL THEN 'missing_timestamp'
-                    WHEN ts IS NULL THEN 'bad_timestamp'
-                    ELSE 'job' END
-                WHEN NOT starts_with(ltrim(line), '{{') THEN 'not_an_object'
-                ELSE 'other'
-            END AS outcome,
+            {outcome} AS outcome,
             ts,
             {value("job_id")} AS job_id,
             {value("queue")} AS queue,
