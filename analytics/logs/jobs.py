@@ -21,6 +21,10 @@ reason: the request source's ones, and ``missing_job_id`` (a job line without it
 - ``finished_at``: its last line's time when that line is a completed or failed one;
 - ``attempts``: the highest ``attempt`` its lines give, else its number of start lines;
 - ``name``: the last one its lines give (``(none)`` without one).
+
+``compact_job_chunks`` folds the staged chunks into one compacted state: one row per job of
+mergeable aggregates (JOB_STATE_COLUMNS), so that its merge with the job's lines staged later
+is what grouping all its lines gives (``job_state_sql``); ``job_rows_sql`` reads both.
 """
 
 from __future__ import annotations
