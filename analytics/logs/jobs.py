@@ -122,7 +122,8 @@ JOB_STATE_COLUMNS = (
 )
 _FINISHED = "state IN ('completed', 'failed')"
 # The last line of a job: the latest, ties broken finished, then started, then queued.
-_LINE_KEY = "epoch_us(ts) * 4 + CASE state WHEN 'queued' THEN 0 WHEN 'started' THEN 1 ELSE 2 END"
+_RANK = "CASE {} WHEN 'queued' THEN 0 WHEN 'started' THEN 1 ELSE 2 END"
+_LINE_KEY = f"epoch_us(ts) * 4 + {_RANK.format('state')}"
 _MERGE = """
     arg_max(name, name_at) AS name, max(name_at) AS name_at,
     min(first_at) AS first_at, max(last_at) AS last_at,
@@ -131,6 +132,27 @@ _MERGE = """
     arg_max(duration_ms, duration_at) AS duration_ms, max(duration_at) AS duration_at,
     max(attempt) AS attempt
 """
+
+
+# On disk, a compacted state leaves out what its other columns give (most jobs' name and
+# duration were given by their last line; last_key always follows from last_at and last_state):
+# half its bytes. _compacted_sql puts them back.
+_SHRUNK = (
+    "SELECT * REPLACE (nullif(name_at, last_at) AS name_at, "
+    "nullif(duration_at, last_at) AS duration_at, NULL::BIGINT AS last_key) FROM ({})"
+)
+
+
+def _compacted_sql(path: Path) -> str:
+    """The rows (JOB_STATE_COLUMNS) of the compacted state written at ``path``."""
+    return f"""
+        SELECT * REPLACE (
+            CASE WHEN name IS NOT NULL THEN coalesce(name_at, last_at) END AS name_at,
+            CASE WHEN duration_ms IS NOT NULL THEN coalesce(duration_at, last_at) END
+                AS duration_at,
+            coalesce(last_key, epoch_us(last_at) * 4 + {_RANK.format("last_state")}) AS last_key
+        ) FROM read_parquet({sql_string(str(path))})
+    """
 
 
 def _paths(files: list[Path]) -> str:
@@ -179,7 +201,7 @@ def job_state_sql(files: list[Path], compacted: Path | None = None) -> str:
         SELECT queue, job_id, {_MERGE} FROM (
             {_line_state_sql(files)}
             UNION ALL BY NAME
-            SELECT * FROM read_parquet({sql_string(str(compacted))})
+            SELECT * FROM ({_compacted_sql(compacted)})
         ) GROUP BY queue, job_id
     """
 
@@ -207,7 +229,7 @@ def job_rows_sql(
             SELECT queue, job_id, {_MERGE} FROM (
                 SELECT * FROM lines
                 UNION ALL BY NAME
-                SELECT * FROM read_parquet({sql_string(str(compacted))})
+                SELECT * FROM ({_compacted_sql(compacted)})
                 WHERE last_state NOT IN ('completed', 'failed')
                     OR last_at >= {since}::TIMESTAMP
                     OR (queue, job_id) IN (SELECT queue, job_id FROM lines)
@@ -297,7 +319,7 @@ def compact_job_chunks(directory: Path, after: int | None) -> int | None:
         draft = store.tmp / f"{seq:010d}.compacted.parquet"
         with duckdb_session(store.tmp) as connection:
             connection.execute(
-                f"COPY ({job_state_sql(files, compacted)} ORDER BY last_at) "
+                f"COPY ({_SHRUNK.format(job_state_sql(files, compacted))} ORDER BY last_at) "
                 f"TO {sql_string(str(draft))} (FORMAT parquet, COMPRESSION zstd)"
             )
             jobs, low, high = connection.execute(
