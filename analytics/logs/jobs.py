@@ -39,6 +39,7 @@ from analytics.logs.job_formats import JOB_STATES
 from analytics.logs.manifest import Chunk, Manifest, ManifestStore
 from analytics.rollups.engine import duckdb_session, text_or_placeholder
 from analytics.settings import JobsJsonLinesSource, JobsSource
+from housekeeping.atomic import fsync_directory
 from housekeeping.sql import sql_string
 
 JOB_STAGED_COLUMNS = (
@@ -278,14 +279,6 @@ def job_state_files(directory: Path) -> tuple[list[Path], Path | None]:
     return lines, (compacted[-1] if compacted else None)
 
 
-def _fsync(path: Path) -> None:
-    descriptor = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
-
-
 def compact_job_chunks(directory: Path, after: int | None) -> int | None:
     """Fold the job source's staged chunks into one compacted state when ``after`` or more
     chunks are not folded yet (``after`` None: never); returns the compacted chunk's sequence
@@ -326,9 +319,10 @@ def compact_job_chunks(directory: Path, after: int | None) -> int | None:
                 f"SELECT count(*), min(first_at), max(last_at) "
                 f"FROM read_parquet({sql_string(str(draft))})"
             ).fetchone()
-        _fsync(draft)
+        with open(draft, "rb") as written:
+            os.fsync(written.fileno())
         os.replace(draft, store.staged_file(seq))
-        _fsync(store.staged)
+        fsync_directory(store.staged)
         for chunk in live:
             chunk.folded = True
         manifest.chunks.append(
