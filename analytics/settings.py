@@ -146,6 +146,9 @@ class JobsJsonLinesSource(LogFilesSource):
     config_key: ClassVar[str] = "analytics.sources.jobs"
     format: JobPresetName | None = None
     fields: JobFieldMapping | None = None
+    # Staged chunks (one per tick) folded into one compacted job state once this many are not
+    # folded yet (analytics/logs/jobs.py ``compact_job_chunks``); null: never.
+    compact_after_chunks: int | None = Field(default=24, ge=2, le=100_000)
 
     @model_validator(mode="after")
     def _mapped(self) -> JobsJsonLinesSource:

@@ -109,6 +109,24 @@ def unparsed_outcome_sql() -> str:
     )
 
 
+def line_outcome_sql(picked: str, outcome: str, timestamp: str, checks: str = "") -> str:
+    """SQL: the outcome of a line (``line``, its parsed fields ``v``, its time ``ts`` in
+    scope): ``unparsed_outcome_sql`` when it is not JSON; when ``picked`` (SQL: a line the
+    source stages), the first of ``checks`` (``WHEN ... THEN 'reason'`` clauses) that holds,
+    ``missing_timestamp`` when ``timestamp`` (the raw field) is NULL, ``bad_timestamp`` when
+    ``ts`` is, else ``outcome`` (SQL); ``not_an_object`` for JSON that is no object; else
+    ``other``. The request and the job source share it."""
+    return f"""CASE
+                WHEN v IS NULL THEN {unparsed_outcome_sql()}
+                WHEN {picked} THEN
+                    CASE {checks} WHEN {timestamp} IS NULL THEN 'missing_timestamp'
+                    WHEN ts IS NULL THEN 'bad_timestamp'
+                    ELSE {outcome} END
+                WHEN NOT starts_with(ltrim(line), '{{') THEN 'not_an_object'
+                ELSE 'other'
+            END"""
+
+
 # DuckDB's CSV reject types -> our reasons.
 _REJECT_REASONS = {
     "INVALID ENCODING": "invalid_encoding",
@@ -544,6 +562,11 @@ def _lines_sql(slices: list[Slice], source: JsonLinesSource) -> str:
     else:
         is_error = "false"
     timestamp = timestamp_sql(value("timestamp"), mapping.timestamp_format, source.timezone)
+    outcome = line_outcome_sql(
+        "selected OR is_error",
+        "CASE WHEN selected THEN 'request' ELSE 'error' END",
+        value("timestamp"),
+    )
     return f"""
         {parsed}, typed AS (
             SELECT *, {timestamp} AS ts, {selected} AS selected, {is_error} AS is_error
@@ -551,16 +574,7 @@ def _lines_sql(slices: list[Slice], source: JsonLinesSource) -> str:
         )
         SELECT
             slice,
-            CASE
-                WHEN v IS NULL THEN {unparsed_outcome_sql()}
-                WHEN selected OR is_error THEN
-                    CASE WHEN {value("timestamp")} IS NULL THEN 'missing_timestamp'
-                    WHEN ts IS NULL THEN 'bad_timestamp'
-                    WHEN selected THEN 'request'
-                    ELSE 'error' END
-                WHEN NOT starts_with(ltrim(line), '{{') THEN 'not_an_object'
-                ELSE 'other'
-            END AS outcome,
+            {outcome} AS outcome,
             ts,
             {route_sql(value("route"))} AS route,
             upper({value("method")}) AS method,

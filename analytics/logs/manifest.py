@@ -81,6 +81,11 @@ class Chunk:
     ts_max: str = ""
     # The UTC hour (ISO) the tick ran in: its line counts belong to that hour.
     hour: str = ""
+    # A job source's compaction (analytics/logs/jobs.py): ``compacted``, the chunk is the job
+    # state of the chunks folded into it (hour ''); ``folded``, its rows are in a later
+    # compacted chunk (its staged file is no longer read; its line counts still are).
+    compacted: bool = False
+    folded: bool = False
 
 
 @dataclass

@@ -44,9 +44,14 @@ from analytics.logs.ingest import (
     ingest_log_files,
     publish_line_counts,
     source_directory,
-    staged_files,
 )
-from analytics.logs.jobs import JOB_LINES, LOG_JOB_STATUSES, job_rows_sql
+from analytics.logs.jobs import (
+    JOB_LINES,
+    LOG_JOB_STATUSES,
+    compact_job_chunks,
+    job_rows_sql,
+    job_state_files,
+)
 from analytics.publish import RollupStore
 from analytics.rollups.cleaned_up import Cleanup, load_with_archive, stream_with_archive
 from analytics.rollups.engine import (
@@ -180,7 +185,9 @@ def refresh_jobs_from_log_files(
     ``<root>/.logs/jobs``; bad lines counted in ``log_ingest_errors``, whose partition of the
     tick's hour is republished with every log source's counts); then every staged job line
     becomes one row per job (``job_rows_sql``), published as a jobs table's rows are
-    (``publish_job_hours``). ``now`` (aware, the database's clock) is the moment of the current
+    (``publish_job_hours``). Once ``compact_after_chunks`` chunks are staged they are folded
+    into one compacted job state (``compact_job_chunks``): a refresh reads the chunks staged
+    since and, of the compacted state, the jobs not finished before ``start``. ``now`` (aware, the database's clock) is the moment of the current
     hour's snapshots; the tick runs on this machine's clock, the one the files' mtimes are on.
     ``rows_without_timestamp`` counts this tick's job lines without a usable timestamp. Raises ``LogSourceError`` for an unreadable directory or file (nothing staged).
     """
@@ -191,12 +198,14 @@ def refresh_jobs_from_log_files(
     ingested = ingest_log_files(directory, settings.sources.jobs, tick_at, JOB_LINES)
     if ingested.seq is not None:
         publish_line_counts(store, tick_at)
-    everything = (datetime.min.replace(tzinfo=UTC), datetime.max.replace(tzinfo=UTC))
-    files = staged_files(directory, *everything)
+    compact_job_chunks(directory, settings.sources.jobs.compact_after_chunks)
+    files, compacted = job_state_files(directory)
     with duckdb_session(store.root / ".tmp") as connection:
-        # Jobs that finished before the range touch none of its hours (as for the archive).
+        # Jobs that finished before the range touch none of its hours (as for the archive):
+        # those of the compacted state are left out unread.
+        rows = job_rows_sql(files, compacted, finished_since=start)
         connection.execute(
-            f"CREATE TEMP TABLE src AS SELECT * FROM ({job_rows_sql(files)}) "
+            f"CREATE TEMP TABLE src AS SELECT * FROM ({rows}) "
             f"WHERE created_at < {timestamp_literal(end)} AND (finished_at IS NULL "
             f"OR finished_at >= {timestamp_literal(start)})"
         )
