@@ -3,12 +3,11 @@
 One *tick* (``ingest_log_files``) takes the ingest lock, loads the manifest, finds for every file
 of the source's glob the bytes not yet read (manifest.py says how rotation, compression and
 copytruncate are recognised), and reads them all in one DuckDB query: DuckDB's CSV reader splits
-the lines (one VARCHAR column, no quoting) and its JSON functions parse each line once
-(``json_extract_string`` of the mapped paths). No Python runs per line. A new or changed .gz is
-decompressed once, in Python (``gunzip``: the manifest needs its size, completeness and windows),
-the .gz files side by side, each into a plain copy of its complete lines under tmp/ that DuckDB
-reads (split among its threads, which a .gz cannot be). New bytes of a plain file are copied
-under tmp/ first, except a settled rotated file read whole: it is read in place, and when its
+the lines (one VARCHAR column, no quoting, gzip decompressed by DuckDB) and its JSON functions
+parse each line once (``json_extract_string`` of the mapped paths). No Python runs per line. A
+new or changed .gz is first decoded by ``gunzip`` (the manifest needs its size, completeness and
+windows), the .gz files side by side in threads. New bytes of a plain file are copied under
+tmp/ first, except a settled rotated file read whole: it is read in place, and when its
 identity, size or mtime changed by the end of the read the tick is read again from copies
 (``_stage_tick``). The tick writes two
 Parquet files, the request rows (``staged/<seq>.parquet``: slice, outcome, ts, route, method,
@@ -312,10 +311,8 @@ def _plan(
     states: dict[str, StreamState] = {}
     files: list[_File] = []
     unterminated: list[tuple[Path, os.stat_result]] = []  # plain files without a complete line
-    inflated: dict[Path, Path] = {}  # a .gz -> its decoded lines under tmp/
-    # The .gz files are decoded side by side (zlib inflates without holding the GIL), each
-    # once: DuckDB reads its plain copy of their complete lines under tmp/, which it splits
-    # among its threads (a .gz it could not) and does not inflate again.
+    # The .gz files are decoded side by side (zlib inflates without holding the GIL). Not
+    # written out: a plain copy for DuckDB cost more CPU than its own inflate saves.
     decoding: list[tuple[Path, os.stat_result, Future[GzipContent]]] = []
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as workers:
         for path in log_files(source):
@@ -333,9 +330,7 @@ def _plan(
             known = by_identity.get((stat.st_dev, stat.st_ino))
             if known is not None and (known.size, known.mtime) == (stat.st_size, stat.st_mtime):
                 continue  # a .gz read to its end (or as far as it decodes), unchanged since
-            decoded = store.tmp / f"gz{len(inflated):06d}.jsonl"
-            inflated[path] = decoded
-            decoding.append((path, stat, workers.submit(gunzip, path, decoded, at=offsets)))
+            decoding.append((path, stat, workers.submit(gunzip, path, at=offsets)))
         for path, stat, future in decoding:
             try:
                 content = future.result()
@@ -487,11 +482,15 @@ def _plan(
                 lost = int(content.size > end and copies is None)
                 damaged.append((str(file.path), "damaged_gzip", lost))
             if end > state.offset:
-                decoded = inflated[file.path]  # its lines, to end
-                if state.offset == 0:
-                    slices.append(Slice(decoded, file.path))
+                if state.offset == 0 and content.complete:
+                    slices.append(Slice(file.path, file.path))  # DuckDB decompresses it
                 else:
-                    copy_range(decoded, target, state.offset, end)
+                    try:
+                        gunzip(file.path, target, state.offset)
+                    except OSError as exc:
+                        raise LogSourceError(
+                            f"cannot read log file {file.path} ({exc.strerror})"
+                        ) from None
                     slices.append(Slice(target, file.path))
             if end != state.offset or not state.mark:
                 state.offset = end
@@ -501,10 +500,6 @@ def _plan(
     for key in displaced - set(states):
         # its file now holds other content: known by its first line and marks only
         states[key] = replace(streams[key], device=0, inode=0)
-    read = {piece.read for piece in slices}
-    for decoded in inflated.values():
-        if decoded not in read:
-            decoded.unlink(missing_ok=True)
     return slices, states, damaged
 
 
