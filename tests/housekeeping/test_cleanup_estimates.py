@@ -5,6 +5,8 @@ exactly."""
 
 from __future__ import annotations
 
+import time
+
 import psycopg
 import pytest
 import sqlalchemy as sa
@@ -46,11 +48,32 @@ def create_analyzed_tokens(pg: AppDatabase, expired_share: float) -> int:
             ),
             {"rows": ROWS, "expired": expired},
         )
+        # Sessions report their row counts to the statistics up to a second late: flushed
+        # after the ANALYZE, this INSERT would count as changed since it (stale statistics).
+        conn.execute(sa.text("SELECT pg_stat_force_next_flush()"))
+    wait_for_inserts_in_statistics(pg, ROWS)
     with pg.engine.connect() as conn:
         conn.execution_options(isolation_level="AUTOCOMMIT").execute(
             sa.text("ANALYZE revoked_tokens")
         )
     return expired
+
+
+def wait_for_inserts_in_statistics(pg: AppDatabase, rows: int, timeout: float = 30.0) -> None:
+    """Until pg_stat_user_tables counts ``rows`` inserted into revoked_tokens."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with pg.engine.connect() as conn:
+            inserted = conn.execute(
+                sa.text(
+                    "SELECT n_tup_ins FROM pg_stat_user_tables "
+                    "WHERE relid = to_regclass('revoked_tokens')"
+                )
+            ).scalar_one_or_none()
+        if (inserted or 0) >= rows:
+            return
+        assert time.monotonic() < deadline, f"statistics count {inserted} inserts, not {rows}"
+        time.sleep(0.1)
 
 
 def count_expired(pg: AppDatabase) -> int:
